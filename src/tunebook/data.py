@@ -220,3 +220,18 @@ def load_splits(folder: str | Path) -> dict[str, pd.DataFrame]:
         splits[name] = pd.read_json(path, orient="records", lines=True, dtype={"id": str, "text": str, "label": str, "tags": str})
         splits[name]["tags"] = splits[name]["tags"].fillna("").astype(str)
     return splits
+
+
+def save_dataset(folder: str | Path, splits: dict[str, pd.DataFrame], version: dict, report: list[dict]) -> Path:
+    """Write the splits, the dataset version and the cleaning report into ``folder``."""
+    folder = save_splits(splits, folder)
+    (folder / "dataset_version.json").write_text(json.dumps(version, indent=2))
+    (folder / "cleaning_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    return folder
+
+
+def split_table(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Examples per label in each split, with totals."""
+    table = pd.DataFrame({name: frame["label"].value_counts() for name, frame in splits.items()}).fillna(0).astype(int)
+    table.loc["total"] = table.sum()
+    return table

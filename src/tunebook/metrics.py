@@ -44,3 +44,30 @@ def headline(metrics: dict) -> dict:
     """The headline figures of a metrics dict, rounded for display."""
     keys = ("n", "accuracy", "macro_f1", "weighted_f1", "cost_weighted_error", "must_never_failures")
     return {key: round(metrics[key], 4) if isinstance(metrics[key], float) else metrics[key] for key in keys}
+
+
+def check_targets(card: JobCard, metrics: dict) -> list[dict]:
+    """Each of the card's success targets with the achieved value and whether it is met."""
+    checks = []
+    for name in ("macro_f1", "accuracy"):
+        required = getattr(card.targets, name)
+        if required is not None:
+            checks.append({"target": name, "required": f">= {required}", "achieved": round(metrics[name], 4), "met": metrics[name] >= required})
+    limit = card.targets.must_never_failures
+    checks.append({"target": "must_never_failures", "required": f"<= {limit}", "achieved": metrics["must_never_failures"], "met": metrics["must_never_failures"] <= limit})
+    return checks
+
+
+def weakest_classes(metrics: dict, n: int = 3) -> list[str]:
+    """The ``n`` labels with the lowest F1."""
+    return sorted(metrics["per_class"], key=lambda label: metrics["per_class"][label]["f1"])[:n]
+
+
+def baseline_verdict(card: JobCard, metrics: dict) -> str:
+    """Plain-words verdict: is prompting enough, or is fine-tuning warranted and where?"""
+    failed = [c for c in check_targets(card, metrics) if not c["met"]]
+    if not failed:
+        return "Prompting meets every target on the card: fine-tuning is not warranted. Ship the prompt."
+    misses = "; ".join(f"{c['target']} {c['achieved']} (needs {c['required']})" for c in failed)
+    weak = ", ".join(f"{label} (F1 {metrics['per_class'][label]['f1']:.2f})" for label in weakest_classes(metrics))
+    return f"Prompting misses {len(failed)} target(s): {misses}. Fine-tuning is warranted; weakest classes: {weak}."

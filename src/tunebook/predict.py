@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,12 @@ def _pad(sequences: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Ten
     return ids, mask
 
 
+def _cache_argument(model: PreTrainedModel) -> str:
+    """Name of the forward argument that takes a KV cache ('cache' in recent transformers, else 'past_key_values')."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def label_log_likelihoods(
     model: PreTrainedModel,
@@ -62,6 +69,7 @@ def label_log_likelihoods(
     cand_ids, cand_mask = _pad(candidates, tokenizer.pad_token_id, left=False)
     width = cand_ids.shape[1]
     dev = next(model.parameters()).device
+    cache_arg = _cache_argument(model)
     scores = np.zeros((len(texts), k), dtype=np.float64)
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="scoring labels", disable=not progress, total=len(starts)):
@@ -73,13 +81,13 @@ def label_log_likelihoods(
             input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev), use_cache=True, logits_to_keep=1
         )
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).repeat_interleave(k, dim=0)
-        cache = out.past_key_values
+        cache = getattr(out, "cache", None) or out.past_key_values
         cache.batch_repeat_interleave(k)
         b = len(chunk)
         ids2 = cand_ids.repeat(b, 1)
         mask2 = torch.cat([mask.repeat_interleave(k, dim=0), cand_mask.repeat(b, 1)], dim=1)
         pos2 = mask.sum(-1).repeat_interleave(k)[:, None] + torch.arange(width)[None, :]
-        out2 = model(input_ids=ids2.to(dev), attention_mask=mask2.to(dev), position_ids=pos2.to(dev), past_key_values=cache)
+        out2 = model(input_ids=ids2.to(dev), attention_mask=mask2.to(dev), position_ids=pos2.to(dev), **{cache_arg: cache})
         rest = torch.log_softmax(out2.logits[:, :-1].float(), dim=-1)
         token_lp = torch.cat(
             [first.gather(1, ids2[:, :1].to(dev)), rest.gather(2, ids2[:, 1:, None].to(dev)).squeeze(-1)], dim=1

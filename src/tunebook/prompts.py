@@ -64,3 +64,20 @@ def encode_example(
         "attention_mask": [1] * (len(prompt) + len(answer)),
         "labels": [IGNORE_INDEX] * len(prompt) + answer,
     }
+
+
+def render_text(tokenizer: PreTrainedTokenizerBase, card: JobCard, text: str) -> str:
+    """The exact prompt text the model sees for one input, chat template included."""
+    return tokenizer.apply_chat_template(build_messages(card, text), tokenize=False, add_generation_prompt=True)
+
+
+def show_supervision(tokenizer: PreTrainedTokenizerBase, features: dict[str, list[int]]) -> str:
+    """Decode a training example with its supervised (loss-bearing) tokens wrapped in [[...]]."""
+    parts, inside = [], False
+    for token, label in zip(features["input_ids"], features["labels"]):
+        supervised = label != IGNORE_INDEX
+        if supervised != inside:
+            parts.append("[[" if supervised else "]]")
+            inside = supervised
+        parts.append(tokenizer.decode([token]))
+    return "".join(parts) + ("]]" if inside else "")

@@ -1,0 +1,112 @@
+"""Command line: ``tunebook run`` runs the workbook; ``tunebook prepare-model`` caches the bundled model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tunebook.errors import TunebookError
+
+
+def parse_assignments(items: list[str]) -> dict:
+    """Parse ``KEY=VALUE`` pairs; values are read as YAML scalars (3 -> int, 0.5 -> float, true -> bool)."""
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TunebookError(f"-p expects KEY=VALUE, got '{item}'.")
+        parsed[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return parsed
+
+
+def load_config(path: str | None) -> dict:
+    """Read a YAML mapping of notebook parameters."""
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise TunebookError(f"config file not found: {file}")
+    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise TunebookError(f"{file}: expected a YAML mapping of PARAMETER: value.")
+    return data
+
+
+def absolute_paths(parameters: dict) -> dict:
+    """Make JOB_CARD (default: the bundled example) and a local BASE_MODEL absolute, since notebooks run inside the run folder."""
+    from tunebook.pipeline import notebooks_dir
+
+    resolved = dict(parameters)
+    card = Path(resolved.get("JOB_CARD") or notebooks_dir().parent / "examples" / "support_triage" / "job.yaml")
+    resolved["JOB_CARD"] = str(card.expanduser().resolve())
+    model = resolved.get("BASE_MODEL")
+    if isinstance(model, str) and model not in ("", "bundled") and Path(model).expanduser().exists():
+        resolved["BASE_MODEL"] = str(Path(model).expanduser().resolve())
+    return resolved
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tunebook.pipeline import NOTEBOOKS, run_workbook
+
+    parameters = {**load_config(args.config), **parse_assignments(args.param)}
+    parameters = absolute_paths(parameters)
+    steps = NOTEBOOKS
+    if args.steps:
+        wanted = [s.strip() for s in args.steps.split(",")]
+        steps = tuple(n for n in NOTEBOOKS if any(n.startswith(w) for w in wanted))
+        if not steps:
+            raise TunebookError(f"--steps {args.steps} matches none of {', '.join(NOTEBOOKS)}.")
+    name = args.name or time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir, summary = run_workbook(parameters, args.runs_dir, name, steps)
+    release = summary.get("05_release")
+    if release:
+        print(f"[tunebook] {release['headline']}")
+    print(f"[tunebook] results: {run_dir} (summary.json, executed notebooks, artifacts)")
+    return 0
+
+
+def _prepare_model(args: argparse.Namespace) -> int:
+    from tunebook.models import resolve_base_model
+
+    print(f"[tunebook] base model ready: {resolve_base_model(args.model)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tunebook`` argument parser."""
+    parser = argparse.ArgumentParser(prog="tunebook", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the notebooks with papermill into a new run folder")
+    run.add_argument("--config", help="YAML file of notebook parameters")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a notebook parameter (repeatable)")
+    run.add_argument("--name", help="run folder name (default: run-<timestamp>)")
+    run.add_argument("--runs-dir", default="runs", help="folder that holds run folders (default: runs)")
+    run.add_argument("--steps", help="comma-separated notebook prefixes to run, e.g. 00,01,02")
+    run.set_defaults(func=_run)
+    prepare = sub.add_parser("prepare-model", help="convert the bundled base model once and cache it")
+    prepare.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub id")
+    prepare.set_defaults(func=_prepare_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one clear message and exit with status 2 (a failed notebook: 1)."""
+    from tunebook.pipeline import NotebookFailed
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NotebookFailed as error:
+        print(f"[tunebook] error: {error}", file=sys.stderr)
+        return 1
+    except TunebookError as error:
+        print(f"[tunebook] error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
