@@ -161,6 +161,25 @@ def load_model(resolved: str, quantization: str = "none") -> PreTrainedModel:
     return model
 
 
+def disable_cpu_weight_packing(model: PreTrainedModel) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference; return how many layers were changed.
+
+    bitsandbytes 0.50 repacks a Linear4bit's weight the first time it runs in eval mode on a CPU with
+    AVX512-BF16; a training step after that (e.g. after measuring the untrained validation loss) computes
+    with the repacked weight as if it were not, and the adapter stops learning (loss stays at ~9.7).
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str | list[str] = "all-linear") -> LoraConfig:
     """LoRA adapter configuration for a causal language model."""
     if r <= 0:
