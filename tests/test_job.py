@@ -1,0 +1,111 @@
+"""Job card validation and the decision frame."""
+
+import pytest
+import yaml
+
+from tunebook import job
+from tunebook.errors import JobCardError, TunebookError
+
+from conftest import EXAMPLE
+
+
+def example_card_dict() -> dict:
+    return yaml.safe_load((EXAMPLE / "job.yaml").read_text())
+
+
+def problems_for(**changes) -> list[str]:
+    data = example_card_dict()
+    data.update(changes)
+    with pytest.raises(JobCardError) as caught:
+        job.parse_job_card(data, "card.yaml")
+    return caught.value.problems
+
+
+def test_example_card_loads_and_resolves_data_path():
+    card = job.load_job_card(EXAMPLE / "job.yaml")
+    assert card.task_kind == "classification"
+    assert card.label_names == ["billing", "technical", "account", "shipping", "feature_request", "escalate"]
+    assert card.data.path == str((EXAMPLE / "tickets.csv").resolve())
+
+
+def test_unknown_task_kind_is_named_with_the_allowed_kinds():
+    problems = problems_for(task_kind="summarisation")
+    assert len(problems) == 1
+    assert problems[0].startswith("task_kind: unknown task kind 'summarisation'")
+    assert "classification, extraction, tool_selection, drafting" in problems[0]
+
+
+def test_empty_and_duplicate_labels_are_reported():
+    assert any(p.startswith("labels:") and "at least two" in p for p in problems_for(labels=[], escalate_label=None, error_costs={}, must_never=[]))
+    labels = example_card_dict()["labels"] + [{"name": "billing", "definition": "again"}]
+    assert any("duplicate label(s) ['billing']" in p for p in problems_for(labels=labels))
+
+
+def test_cost_matrix_must_name_known_labels():
+    problems = problems_for(error_costs={"refunds": {"*": 3}, "billing": {"shiping": 2}})
+    assert any(p.startswith("error_costs.refunds:") for p in problems)
+    assert any(p.startswith("error_costs.billing.shiping:") for p in problems)
+
+
+def test_target_outside_unit_interval_names_the_field():
+    problems = problems_for(targets={"macro_f1": 1.5})
+    assert any(p.startswith("targets.macro_f1:") for p in problems)
+
+
+def test_misspelled_field_is_rejected():
+    problems = problems_for(descripton="typo")
+    assert problems == ["descripton: unknown field; remove it or check its spelling"]
+
+
+def test_every_problem_is_listed_at_once():
+    problems = problems_for(task_kind="nope", targets={"accuracy": -0.1})
+    assert {p.split(":")[0] for p in problems} == {"task_kind", "targets.accuracy"}
+
+
+def test_missing_card_file(tmp_path):
+    with pytest.raises(TunebookError, match="job card not found"):
+        job.load_job_card(tmp_path / "nope.yaml")
+
+
+def test_error_costs_and_must_never():
+    card = job.load_job_card(EXAMPLE / "job.yaml")
+    assert card.error_cost("escalate", "billing") == 10
+    assert card.error_cost("billing", "escalate") == 2
+    assert card.error_cost("billing", "shipping") == 1
+    assert card.error_cost("billing", "billing") == 0
+    assert card.is_must_never("escalate", "shipping")
+    assert not card.is_must_never("shipping", "escalate")
+
+
+@pytest.mark.parametrize(
+    ("answers", "approach", "proceed"),
+    [
+        ({}, "fine-tuning", True),
+        ({"prompting_solves_most": True}, "prompting", False),
+        ({"behaviour_not_knowledge": False, "prompting_solves_most": True}, "rag", False),
+        ({"behaviour_not_knowledge": False}, "hybrid", True),
+        ({"can_evaluate": False}, "not-yet", False),
+        ({"repeats_enough": False}, "prompting", False),
+    ],
+)
+def test_decision_frame(answers, approach, proceed):
+    data = example_card_dict()
+    data["decision"].update(answers)
+    decision = job.decide_approach(job.parse_job_card(data))
+    assert decision.approach == approach
+    assert decision.proceed_to_training is proceed
+    assert decision.reasons
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    card = job.load_job_card(EXAMPLE / "job.yaml")
+    again = job.load_job_card(job.save_job_card(card, tmp_path / "job.yaml"))
+    assert again == card
+    assert job.card_hash(again) == job.card_hash(card)
+
+
+def test_kinds_not_yet_trainable_are_refused_clearly():
+    data = example_card_dict()
+    data["task_kind"] = "extraction"
+    with pytest.raises(TunebookError, match="trains and evaluates only classification"):
+        job.require_runnable(job.parse_job_card(data))

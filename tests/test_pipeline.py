@@ -1,0 +1,107 @@
+"""The workbook end to end through papermill on the tiny model, and the CLI's refusals."""
+
+import json
+
+import nbformat
+import pytest
+
+from tunebook import cli, pipeline
+from tunebook.errors import TunebookError
+
+from conftest import write_job
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model):
+    """All six notebooks executed on the tiny model and a small job."""
+    root = tmp_path_factory.mktemp("workbook")
+    card = write_job(root / "job", per_label=5)
+    params = {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "MAX_STEPS": 3, "BATCH_SIZE": 4, "LORA_R": 4}
+    return pipeline.run_workbook(params, root / "runs", "tiny", progress=False)
+
+
+def test_all_six_notebooks_run_and_record_results(finished_run):
+    run_dir, summary = finished_run
+    for step in pipeline.NOTEBOOKS:
+        assert (run_dir / f"{step}.ipynb").is_file()
+        assert step in summary
+    assert (run_dir / "summary.json").is_file()
+    for artifact in ("job.yaml", "decision.json", "data/train.jsonl", "data/dataset_version.json", "baseline/predictions.jsonl",
+                     "adapter/adapter_model.safetensors", "adapter/tunebook_manifest.json", "loss_curve.png",
+                     "evaluation/metrics.json", "release/record.json"):
+        assert (run_dir / artifact).is_file(), artifact
+
+
+def test_recorded_results_match_the_artifacts(finished_run):
+    run_dir, summary = finished_run
+    version = json.loads((run_dir / "data" / "dataset_version.json").read_text())
+    baseline = json.loads((run_dir / "baseline" / "metrics.json").read_text())
+    tuned = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    manifest = json.loads((run_dir / "adapter" / "tunebook_manifest.json").read_text())
+    record = json.loads((run_dir / "release" / "record.json").read_text())
+    assert summary["00_define_the_job"]["approach"] == "fine-tuning"
+    assert summary["01_clean_the_data"]["dataset_hash"] == version["hash"] == manifest["dataset_hash"]
+    assert summary["01_clean_the_data"]["splits"] == {"train": 18, "val": 6, "test": 6}
+    assert summary["02_prove_the_baseline"]["macro_f1"] == pytest.approx(baseline["macro_f1"], abs=1e-4)
+    assert summary["04_evaluate"]["macro_f1"] == pytest.approx(tuned["macro_f1"], abs=1e-4)
+    assert baseline["n"] == tuned["n"] == 6
+    assert summary["05_release"]["baseline_macro_f1"] == pytest.approx(baseline["macro_f1"])
+    assert record["lineage"]["dataset_hash"] == version["hash"]
+    assert record["lineage"]["base_model"] == manifest["base_model"]
+    assert manifest["config"]["max_steps"] == 3 and manifest["config"]["lora_r"] == 4
+
+
+def test_same_inputs_give_the_same_dataset_hash(finished_run, tiny_model, tmp_path):
+    run_dir, summary = finished_run
+    card = run_dir / "job.yaml"
+    _, again = pipeline.run_workbook({"JOB_CARD": str(card)}, tmp_path, "again", steps=pipeline.NOTEBOOKS[:2], progress=False)
+    assert again["01_clean_the_data"]["dataset_hash"] == summary["01_clean_the_data"]["dataset_hash"]
+
+
+def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path):
+    with pytest.raises(TunebookError) as caught:
+        pipeline.run_workbook({"EPOCHZ": 1}, tmp_path, "bad", progress=False)
+    assert "unknown parameter EPOCHZ (did you mean 'EPOCHS'?)" in str(caught.value)
+    assert "Known parameters: BASE_MODEL" in str(caught.value)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_wrong_type_is_rejected(tmp_path):
+    with pytest.raises(TunebookError, match=r"EPOCHS must be float \(default 2.0\), got 'two'"):
+        pipeline.run_workbook({"EPOCHS": "two"}, tmp_path, "bad", progress=False)
+
+
+def test_run_folder_is_never_overwritten(tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(TunebookError, match="already exists; runs are never overwritten"):
+        pipeline.new_run_dir(tmp_path, "taken")
+
+
+def test_failing_notebook_stops_the_run_and_keeps_the_failing_cell(tmp_path, capsys):
+    card = write_job(tmp_path / "job")
+    (tmp_path / "job" / "tickets.csv").unlink()
+    code = cli.main(["run", "--runs-dir", str(tmp_path / "runs"), "--name", "broken", "-p", f"JOB_CARD={card}"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "notebook 01_clean_the_data failed" in err and "data file not found" in err
+    executed = nbformat.read(tmp_path / "runs" / "broken" / "01_clean_the_data.ipynb", as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0].ename == "DataError"
+    assert not (tmp_path / "runs" / "broken" / "02_prove_the_baseline.ipynb").exists()
+
+
+def test_bad_job_card_fails_in_the_first_notebook(tmp_path, capsys):
+    card = write_job(tmp_path / "job", task_kind="poetry")
+    code = cli.main(["run", "--runs-dir", str(tmp_path / "runs"), "--name", "badcard", "-p", f"JOB_CARD={card}", "--steps", "00"])
+    assert code == 1
+    assert "unknown task kind 'poetry'" in capsys.readouterr().err
+
+
+def test_cli_reads_config_file_and_typed_overrides(tmp_path):
+    config = tmp_path / "params.yaml"
+    config.write_text("EPOCHS: 1.5\nQUANTIZATION: none\n")
+    args = cli.build_parser().parse_args(["run", "--config", str(config), "-p", "MAX_STEPS=7", "-p", "QUANTIZATION=nf4"])
+    merged = {**cli.load_config(args.config), **cli.parse_assignments(args.param)}
+    assert merged == {"EPOCHS": 1.5, "QUANTIZATION": "nf4", "MAX_STEPS": 7}
+    with pytest.raises(TunebookError, match="KEY=VALUE"):
+        cli.parse_assignments(["MAX_STEPS"])
