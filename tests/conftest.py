@@ -50,16 +50,36 @@ def tokenizer(tiny_model):
     return load_tokenizer(tiny_model)
 
 
-def write_job(folder: Path, rows: list[dict] | None = None, per_label: int = 6, **card_changes) -> Path:
-    """Write a small copy of the support-triage job (card + CSV) into ``folder``; return the card path."""
+def write_job(folder: Path, rows: list[dict] | None = None, per_label: int = 6, example: str = "support_triage", **card_changes) -> Path:
+    """Write a small copy of an example job (card + data) into ``folder``; return the card path.
+
+    ``per_label`` examples are taken per label (classification), per tool (tool selection), or
+    ``6 * per_label`` in file order (extraction, drafting).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    card = yaml.safe_load((EXAMPLE / "job.yaml").read_text())
-    if rows is None:
-        frame = pd.read_csv(EXAMPLE / "tickets.csv", dtype=str, keep_default_na=False)
-        frame = frame[frame["text"].str.strip() != ""].drop_duplicates("text", keep=False)
-        rows = frame.groupby("label", group_keys=False).head(per_label).to_dict(orient="records")
-    pd.DataFrame(rows).to_csv(folder / "tickets.csv", index=False)
-    card["data"]["path"] = "tickets.csv"
+    source = EXAMPLE.parent / example
+    card = yaml.safe_load((source / "job.yaml").read_text())
+    data_name = card["data"]["path"]
+    for extra in ("output_schema_file", "tools_file"):
+        if extra in card:
+            shutil.copy(source / card[extra], folder / card[extra])
+    if data_name.endswith(".csv"):
+        if rows is None:
+            frame = pd.read_csv(source / data_name, dtype=str, keep_default_na=False)
+            frame = frame[frame["text"].str.strip() != ""].drop_duplicates("text", keep=False)
+            rows = frame.groupby("label", group_keys=False).head(per_label).to_dict(orient="records")
+        pd.DataFrame(rows).to_csv(folder / data_name, index=False)
+    else:
+        if rows is None:
+            frame = pd.read_json(source / data_name, lines=True, dtype={"id": str})
+            frame = frame[frame["text"].str.strip() != ""].drop_duplicates("text", keep=False)
+            if card["task_kind"] == "tool_selection":
+                frame = frame[frame["target"].map(lambda t: isinstance(t, dict))]
+                rows = frame.groupby(frame["target"].map(lambda t: t["tool"]), group_keys=False).head(per_label)
+            else:
+                rows = frame.head(6 * per_label)
+            rows = rows.to_dict(orient="records")
+        pd.DataFrame(rows).to_json(folder / data_name, orient="records", lines=True, force_ascii=False)
     card.update(card_changes)
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(card, sort_keys=False))

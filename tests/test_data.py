@@ -29,12 +29,12 @@ def planted_dirt() -> dict[str, set[str]]:
 
 
 def test_cleaning_finds_exactly_the_planted_dirt(card):
-    examples = data.load_examples(card)
-    kept, report = data.clean(examples)
+    examples, invalid = data.load_examples(card)
+    kept, report = data.clean(examples, invalid)
     dirt = planted_dirt()
     by_reason = {
         "duplicate": {r["id"] for r in report if r["reason"].startswith("duplicate of row")},
-        "conflict": {r["id"] for r in report if r["reason"].startswith("conflicting labels")},
+        "conflict": {r["id"] for r in report if r["reason"].startswith("conflicting targets")},
         "empty": {r["id"] for r in report if r["reason"] == "empty text"},
     }
     assert by_reason == {"duplicate": dirt["duplicates"], "conflict": dirt["conflict"], "empty": dirt["empty"]}
@@ -45,11 +45,11 @@ def test_cleaning_finds_exactly_the_planted_dirt(card):
 def test_duplicates_after_normalisation_keep_the_first():
     rows = pd.DataFrame(
         {"row": [1, 2, 3], "id": ["a", "b", "c"], "text": ["Where is  my parcel?", "WHERE is my parcel? ", "other"],
-         "label": ["shipping", "shipping", "billing"], "tags": ["", "", ""]}
+         "target": ["shipping", "shipping", "billing"], "tags": ["", "", ""]}
     )
     kept, report = data.clean(rows)
     assert kept["id"].tolist() == ["a", "c"]
-    assert report == [{"row": 2, "id": "b", "text": "WHERE is my parcel? ", "label": "shipping", "reason": "duplicate of row 1"}]
+    assert report == [{"row": 2, "id": "b", "text": "WHERE is my parcel? ", "target": "shipping", "reason": "duplicate of row 1"}]
 
 
 def test_missing_file_names_the_path(tmp_path):
@@ -105,32 +105,32 @@ def test_non_utf8_file_is_reported(tmp_path):
 
 
 def test_split_is_stratified_disjoint_and_deterministic(card):
-    kept, _ = data.clean(data.load_examples(card))
-    splits = data.split(kept, test_fraction=0.2, val_fraction=0.1, seed=0)
+    kept, _ = data.clean(*data.load_examples(card))
+    splits = data.split(kept, card, test_fraction=0.2, val_fraction=0.1, seed=0)
     ids = [set(frame["id"]) for frame in splits.values()]
     assert sum(len(i) for i in ids) == len(kept)
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     for frame in splits.values():
-        assert set(frame["label"]) == set(card.label_names)
-    test_share = splits["test"]["label"].value_counts() / kept["label"].value_counts()
+        assert set(frame["target"]) == set(card.label_names)
+    test_share = splits["test"]["target"].value_counts() / kept["target"].value_counts()
     assert test_share.between(0.15, 0.25).all()
-    again = data.split(kept, seed=0)
+    again = data.split(kept, card, seed=0)
     assert all(data.frame_hash(splits[n]) == data.frame_hash(again[n]) for n in data.SPLITS)
-    other = data.split(kept, seed=1)
+    other = data.split(kept, card, seed=1)
     assert data.frame_hash(other["test"]) != data.frame_hash(splits["test"])
 
 
-def test_too_rare_label_cannot_be_split():
+def test_too_rare_label_cannot_be_split(card):
     rows = pd.DataFrame({"row": [1, 2, 3, 4], "id": list("abcd"), "text": list("wxyz"),
-                         "label": ["billing"] * 3 + ["account"], "tags": [""] * 4})
+                         "target": ["billing"] * 3 + ["account"], "tags": [""] * 4})
     with pytest.raises(DataError, match=r"fewer than 3 clean examples.*'account': 1"):
-        data.split(rows)
+        data.split(rows, card)
 
 
 def test_dataset_version_round_trip(card, tmp_path):
-    examples = data.load_examples(card)
-    kept, report = data.clean(examples)
-    splits = data.split(kept)
+    examples, invalid = data.load_examples(card)
+    kept, report = data.clean(examples, invalid)
+    splits = data.split(kept, card)
     version = data.dataset_version(splits, card.data.path, {"seed": 0}, len(examples))
     data.save_dataset(tmp_path, splits, version, report)
     reloaded = data.load_splits(tmp_path)

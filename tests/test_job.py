@@ -38,7 +38,7 @@ def test_unknown_task_kind_is_named_with_the_allowed_kinds():
 def test_empty_and_duplicate_labels_are_reported():
     assert any(p.startswith("labels:") and "at least two" in p for p in problems_for(labels=[], escalate_label=None, error_costs={}, must_never=[]))
     labels = example_card_dict()["labels"] + [{"name": "billing", "definition": "again"}]
-    assert any("duplicate label(s) ['billing']" in p for p in problems_for(labels=labels))
+    assert any("duplicate name(s) ['billing']" in p for p in problems_for(labels=labels))
 
 
 def test_cost_matrix_must_name_known_labels():
@@ -104,8 +104,67 @@ def test_save_and_reload_round_trip(tmp_path):
     assert job.card_hash(again) == job.card_hash(card)
 
 
-def test_kinds_not_yet_trainable_are_refused_clearly():
-    data = example_card_dict()
-    data["task_kind"] = "extraction"
-    with pytest.raises(TunebookError, match="trains and evaluates only classification"):
-        job.require_runnable(job.parse_job_card(data))
+def other_card(example: str) -> dict:
+    data = yaml.safe_load((EXAMPLE.parent / example / "job.yaml").read_text())
+    return job._inline_files(data, EXAMPLE.parent / example / "job.yaml")
+
+
+@pytest.mark.parametrize("example", ["support_triage", "order_extraction", "support_tools", "reply_drafting"])
+def test_every_example_card_is_valid(example):
+    card = job.load_job_card(EXAMPLE.parent / example / "job.yaml")
+    assert job.decide_approach(card).approach == "fine-tuning"
+    assert job.card_overview(card)
+
+
+def test_invalid_json_schema_is_named():
+    data = other_card("order_extraction")
+    data["output_schema"]["properties"]["quantity"]["type"] = "integr"
+    with pytest.raises(JobCardError) as caught:
+        job.parse_job_card(data)
+    assert any(p.startswith("output_schema: invalid JSON Schema at properties/quantity/type") for p in caught.value.problems)
+
+
+def test_extraction_weights_and_must_never_name_real_fields():
+    data = other_card("order_extraction")
+    data["field_weights"]["colour"] = 2
+    data["must_never"] = [{"field": "sku"}]
+    with pytest.raises(JobCardError) as caught:
+        job.parse_job_card(data)
+    assert {p.split(":")[0] for p in caught.value.problems} == {"field_weights.colour", "must_never[0].field"}
+
+
+def test_tool_catalogue_problems():
+    data = other_card("support_tools")
+    data["tools"].append(dict(data["tools"][0]))
+    data["tools"][1] = {**data["tools"][1], "parameters": {"type": "object", "required": "order_id"}}
+    with pytest.raises(JobCardError) as caught:
+        job.parse_job_card(data)
+    problems = caught.value.problems
+    assert any("duplicate name(s) ['track_parcel']" in p for p in problems)
+    assert any(p.startswith("tools[1].parameters: invalid JSON Schema") for p in problems)
+
+
+def test_drafting_rules_are_checked():
+    data = other_card("reply_drafting")
+    data["rules"]["required_patterns"][0]["regex"] = "^Hi ("
+    data["rules"]["min_words"] = 100
+    data["must_never"] = [{"rule": "no_swearing"}]
+    with pytest.raises(JobCardError) as caught:
+        job.parse_job_card(data)
+    keys = {p.split(":")[0] for p in caught.value.problems}
+    assert keys == {"rules.required_patterns[0].regex", "rules", "must_never[0].rule"}
+
+
+def test_kind_specific_fields_are_required():
+    for example, message in (("order_extraction", "output_schema: an extraction job needs"), ("reply_drafting", "rules: a drafting job needs")):
+        data = other_card(example)
+        data.pop("output_schema", None), data.pop("rules", None), data.pop("must_never", None)
+        with pytest.raises(JobCardError, match=message):
+            job.parse_job_card(data)
+
+
+def test_missing_schema_file_is_named(tmp_path):
+    card = yaml.safe_load((EXAMPLE.parent / "order_extraction" / "job.yaml").read_text())
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(card))
+    with pytest.raises(JobCardError, match=r"output_schema_file: file not found: .*schema.json"):
+        job.load_job_card(tmp_path / "job.yaml")

@@ -15,7 +15,7 @@ def card():
 
 
 def frame(pairs):
-    return pd.DataFrame({"id": [str(i) for i in range(len(pairs))], "label": [t for t, _ in pairs], "prediction": [p for _, p in pairs]})
+    return pd.DataFrame({"id": [str(i) for i in range(len(pairs))], "target": [t for t, _ in pairs], "prediction": [p for _, p in pairs]})
 
 
 PAIRS = [("billing", "billing"), ("billing", "escalate"), ("escalate", "billing"), ("shipping", "shipping"),
@@ -29,7 +29,7 @@ def test_classification_metrics(card):
     assert result["macro_f1"] == pytest.approx(f1_score(truth, pred, labels=card.label_names, average="macro", zero_division=0))
     assert result["cost_weighted_error"] == pytest.approx((2 + 10 + 1) / 8)
     assert result["must_never_failures"] == 1
-    assert result["must_never_examples"] == [{"id": "2", "label": "escalate", "prediction": "billing"}]
+    assert result["must_never_examples"] == [{"id": "2", "target": "escalate", "prediction": "billing"}]
     assert result["per_class"]["technical"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert result["confusion_matrix"]["matrix"][card.label_names.index("escalate")][card.label_names.index("billing")] == 1
 

@@ -3,6 +3,7 @@
 import json
 
 import nbformat
+import yaml
 import pytest
 
 from tunebook import cli, pipeline
@@ -45,7 +46,8 @@ def test_recorded_results_match_the_artifacts(finished_run):
     assert summary["02_prove_the_baseline"]["macro_f1"] == pytest.approx(baseline["macro_f1"], abs=1e-4)
     assert summary["04_evaluate"]["macro_f1"] == pytest.approx(tuned["macro_f1"], abs=1e-4)
     assert baseline["n"] == tuned["n"] == 6
-    assert summary["05_release"]["baseline_macro_f1"] == pytest.approx(baseline["macro_f1"])
+    assert summary["05_release"]["primary"] == "macro_f1"
+    assert summary["05_release"]["baseline"] == pytest.approx(baseline["macro_f1"])
     assert record["lineage"]["dataset_hash"] == version["hash"]
     assert record["lineage"]["base_model"] == manifest["base_model"]
     assert manifest["config"]["max_steps"] == 3 and manifest["config"]["lora_r"] == 4
@@ -67,7 +69,7 @@ def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path):
 
 
 def test_wrong_type_is_rejected(tmp_path):
-    with pytest.raises(TunebookError, match=r"EPOCHS must be float \(default 2.0\), got 'two'"):
+    with pytest.raises(TunebookError, match=r"EPOCHS must be float \(default 1.0\), got 'two'"):
         pipeline.run_workbook({"EPOCHS": "two"}, tmp_path, "bad", progress=False)
 
 
@@ -105,3 +107,30 @@ def test_cli_reads_config_file_and_typed_overrides(tmp_path):
     assert merged == {"EPOCHS": 1.5, "QUANTIZATION": "nf4", "MAX_STEPS": 7}
     with pytest.raises(TunebookError, match="KEY=VALUE"):
         cli.parse_assignments(["MAX_STEPS"])
+
+
+@pytest.mark.parametrize("example", ["order_extraction", "support_tools", "reply_drafting"])
+def test_other_task_kinds_run_the_whole_workbook(example, tiny_model, tmp_path):
+    card = write_job(tmp_path / "job", per_label=3, example=example)
+    params = {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "MAX_STEPS": 2, "BATCH_SIZE": 4, "LORA_R": 4, "K_SHOTS": 1}
+    run_dir, summary = pipeline.run_workbook(params, tmp_path / "runs", example, progress=False)
+    baseline = json.loads((run_dir / "baseline" / "metrics.json").read_text())
+    tuned = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    primary = {"order_extraction": "field_accuracy", "support_tools": "argument_exact_match", "reply_drafting": "rule_pass_rate"}[example]
+    assert baseline["primary"] == tuned["primary"] == primary
+    assert summary["02_prove_the_baseline"][primary] == pytest.approx(baseline[primary], abs=1e-4)
+    assert set(summary["02_prove_the_baseline"]["variants"]) == {"zero-shot", "1-shot"}
+    assert summary["02_prove_the_baseline"]["verdict"].startswith("Prompting")
+    assert summary["05_release"]["primary"] == primary
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_run_stops_after_the_baseline_when_the_frame_says_prompting(tiny_model, tmp_path):
+    card = write_job(tmp_path / "job", per_label=3)
+    data = yaml.safe_load(card.read_text())
+    data["decision"]["prompting_solves_most"] = True
+    card.write_text(yaml.safe_dump(data))
+    run_dir, summary = pipeline.run_workbook({"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "K_SHOTS": 0}, tmp_path, "p", progress=False)
+    assert summary["00_define_the_job"]["approach"] == "prompting"
+    assert "stopped after the baseline" in summary["stopped"]
+    assert (run_dir / "02_prove_the_baseline.ipynb").is_file() and not (run_dir / "03_train_qlora.ipynb").exists()

@@ -15,8 +15,8 @@ from conftest import write_job
 @pytest.fixture(scope="module")
 def tiny_job(tmp_path_factory):
     card = job.load_job_card(write_job(tmp_path_factory.mktemp("job"), per_label=4))
-    kept, _ = data.clean(data.load_examples(card))
-    return card, data.split(kept, test_fraction=0.25, val_fraction=0.25)
+    kept, _ = data.clean(*data.load_examples(card))
+    return card, data.split(kept, card, test_fraction=0.25, val_fraction=0.25)
 
 
 @pytest.mark.parametrize("quantization", ["none", "nf4"])
@@ -41,7 +41,7 @@ def test_manifest_records_lineage(tiny_job, tiny_model, tmp_path):
     train.train_adapter(card, splits, tiny_model, config, tmp_path / "adapter", dataset_hash="abc123")
     manifest = train.read_manifest(tmp_path / "adapter")
     assert manifest["dataset_hash"] == "abc123"
-    assert manifest["job"] == card.name and manifest["labels"] == card.label_names
+    assert manifest["job"] == card.name and manifest["choices"] == card.label_names
     assert manifest["job_card_sha256"] == job.card_hash(card)
     assert manifest["base_model"] == models.model_identity(tiny_model)
     assert len(manifest["base_model"]["sha256"]) == 64

@@ -65,6 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     release = summary.get("05_release")
     if release:
         print(f"[tunebook] {release['headline']}")
+    elif "02_prove_the_baseline" in summary:
+        print(f"[tunebook] baseline: {summary['02_prove_the_baseline']['verdict']}")
     print(f"[tunebook] results: {run_dir} (summary.json, executed notebooks, artifacts)")
     return 0
 

@@ -13,8 +13,9 @@ import pandas as pd
 
 from tunebook.errors import DataError, closest
 from tunebook.job import JobCard
+from tunebook.outputs import target_problems
 
-COLUMNS = ["id", "text", "label", "tags"]
+COLUMNS = ["id", "text", "target", "tags"]
 SPLITS = ("train", "val", "test")
 
 
@@ -55,14 +56,21 @@ def load_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: the file is empty (no header, no rows).") from None
     except pd.errors.ParserError as error:
         raise DataError(f"{path}: cannot be parsed as CSV: {error}. Check quoting and the number of fields on that line.") from None
-    return frame.fillna("").astype(str)
+    # Structured targets (JSON objects in JSONL/Parquet) stay objects; everything else becomes text.
+    return frame.apply(lambda column: column.map(lambda v: v if isinstance(v, (dict, list)) else "" if v is None or v != v else str(v)))
 
 
-def to_examples(frame: pd.DataFrame, card: JobCard, source: str) -> pd.DataFrame:
-    """Map the card's columns onto (row, id, text, label, tags) and check every label against the card."""
+def to_examples(frame: pd.DataFrame, card: JobCard, source: str) -> tuple[pd.DataFrame, list[dict]]:
+    """Map the card's columns onto (row, id, text, target, tags); return them and the rows whose target breaks the card.
+
+    A classification label outside the card's label set stops here with the rows named; a structured target that
+    is not valid JSON or breaks the schema, the tool catalogue or the drafting rules is reported for the cleaning
+    step to drop and list.
+    """
     spec = card.data
     columns = list(frame.columns)
-    for role, column in (("text_column", spec.text_column), ("label_column", spec.label_column)):
+    target_role = "label_column" if card.task_kind == "classification" else "target_column"
+    for role, column in (("text_column", spec.text_column), (target_role, card.target_column)):
         if column not in columns:
             raise DataError(
                 f"{source}: no column '{column}' (data.{role} in the job card){closest(column, columns)}. "
@@ -76,31 +84,39 @@ def to_examples(frame: pd.DataFrame, card: JobCard, source: str) -> pd.DataFrame
     if len(frame) == 0:
         raise DataError(f"{source}: the file has a header but no rows. Add labelled examples.")
     rows = pd.RangeIndex(1, len(frame) + 1)
+    texts = frame[spec.text_column].astype(str).tolist()
+    checked = [target_problems(card, raw, text) for raw, text in zip(frame[card.target_column].tolist(), texts)]
     examples = pd.DataFrame(
         {
             "row": rows,
             "id": frame[spec.id_column].astype(str).values if spec.id_column in columns else [f"row-{r}" for r in rows],
-            "text": frame[spec.text_column].astype(str).values,
-            "label": frame[spec.label_column].astype(str).str.strip().values,
+            "text": texts,
+            "target": [target for target, _ in checked],
             "tags": frame[spec.tags_column].astype(str).values if spec.tags_column in columns else "",
         }
     )
-    allowed = set(card.label_names)
-    bad = examples[(examples["label"] != "") & ~examples["label"].isin(allowed)]
-    if len(bad):
-        listed = "; ".join(
-            f"row {r.row} (id {r.id}): '{r.label}'{closest(r.label, allowed)}" for r in bad.head(10).itertuples()
-        )
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise DataError(
-            f"{source}: {len(bad)} label(s) outside the job card's label set {sorted(allowed)}: {listed}{more}. "
-            "Fix the data or add the label to the card."
-        )
-    return examples
+    if card.task_kind == "classification":
+        allowed = set(card.label_names)
+        bad = examples[(examples["target"] != "") & ~examples["target"].isin(allowed)]
+        if len(bad):
+            listed = "; ".join(
+                f"row {r.row} (id {r.id}): '{r.target}'{closest(r.target, allowed)}" for r in bad.head(10).itertuples()
+            )
+            more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+            raise DataError(
+                f"{source}: {len(bad)} label(s) outside the job card's label set {sorted(allowed)}: {listed}{more}. "
+                "Fix the data or add the label to the card."
+            )
+    invalid = [
+        {"row": int(row), "id": str(ident), "problems": problems}
+        for row, ident, (_, problems) in zip(examples["row"], examples["id"], checked)
+        if problems
+    ]
+    return examples, invalid
 
 
-def load_examples(card: JobCard) -> pd.DataFrame:
-    """Load and validate the card's data file."""
+def load_examples(card: JobCard) -> tuple[pd.DataFrame, list[dict]]:
+    """Load the card's data file and check every target against the card."""
     return to_examples(load_table(card.data.path), card, card.data.path)
 
 
@@ -109,25 +125,28 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().casefold()
 
 
-def clean(examples: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-    """Drop empty rows, exact duplicates and conflicting labels; return what is kept and a report of every drop."""
+def clean(examples: pd.DataFrame, invalid: list[dict] | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """Drop empty rows, invalid targets, exact duplicates and conflicting targets; return what is kept and a report of every drop."""
     report: list[dict] = []
+    problems = {item["row"]: item["problems"] for item in invalid or []}
 
     def drop(row: pd.Series, reason: str) -> None:
-        report.append({"row": int(row["row"]), "id": row["id"], "text": row["text"], "label": row["label"], "reason": reason})
+        report.append({"row": int(row["row"]), "id": row["id"], "text": row["text"], "target": row["target"], "reason": reason})
 
-    empty = (examples["text"].str.strip() == "") | (examples["label"] == "")
+    empty = (examples["text"].str.strip() == "") | (examples["target"] == "")
     for _, row in examples[empty].iterrows():
-        drop(row, "empty text" if not row["text"].strip() else "empty label")
-    kept = examples[~empty].copy()
+        drop(row, "empty text" if not row["text"].strip() else "empty target")
+    bad = examples["row"].isin(problems) & ~empty
+    for _, row in examples[bad].iterrows():
+        drop(row, "invalid target: " + "; ".join(problems[row["row"]]))
+    kept = examples[~empty & ~bad].copy()
     kept["_key"] = kept["text"].map(normalise)
 
-    conflicted = kept.groupby("_key")["label"].transform("nunique") > 1
-    for key, group in kept[conflicted].groupby("_key", sort=False):
-        labels = sorted(group["label"].unique())
+    conflicted = kept.groupby("_key")["target"].transform("nunique") > 1
+    for _, group in kept[conflicted].groupby("_key", sort=False):
         rows = group["row"].tolist()
         for _, row in group.iterrows():
-            drop(row, f"conflicting labels {labels} for the same text (rows {rows}); needs review")
+            drop(row, f"conflicting targets for the same text (rows {rows}); needs review")
     kept = kept[~conflicted]
 
     first = kept.groupby("_key")["row"].transform("min")
@@ -139,25 +158,37 @@ def clean(examples: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     return kept.reset_index(drop=True), report
 
 
-def split(examples: pd.DataFrame, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """Split into train/val/test, stratified by label."""
+def stratum(card: JobCard, target: str) -> str:
+    """The group a target is stratified by: its label, its tool, or one group for free-form targets."""
+    if card.task_kind == "classification":
+        return target
+    if card.task_kind == "tool_selection":
+        return str(json.loads(target).get("tool"))
+    return "all"
+
+
+def split(
+    examples: pd.DataFrame, card: JobCard, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0
+) -> dict[str, pd.DataFrame]:
+    """Split into train/val/test, stratified by label (or tool)."""
     for name, value in (("TEST_FRACTION", test_fraction), ("VAL_FRACTION", val_fraction)):
         if not 0 < value < 1:
             raise DataError(f"{name} must be between 0 and 1, got {value}.")
     if test_fraction + val_fraction >= 1:
         raise DataError(f"TEST_FRACTION + VAL_FRACTION must be below 1, got {test_fraction + val_fraction}.")
-    counts = examples["label"].value_counts()
+    strata = examples["target"].map(lambda t: stratum(card, t))
+    counts = strata.value_counts()
     too_rare = counts[counts < 3]
     if len(too_rare):
         raise DataError(
-            f"labels with fewer than 3 clean examples cannot be split into train/val/test: {too_rare.to_dict()}. "
+            f"labels or tools with fewer than 3 clean examples cannot be split into train/val/test: {too_rare.to_dict()}. "
             "Add examples for them or remove them from the job card."
         )
     # Per-label allocation (rather than sklearn's train_test_split) keeps every label in every split,
     # which small jobs need and which sklearn's stratification does not guarantee.
     rng = np.random.default_rng(seed)
     assignment = pd.Series("", index=examples.index)
-    for _, group in examples.groupby("label", sort=True):
+    for _, group in examples.groupby(strata, sort=True):
         order = group.index.to_numpy()[rng.permutation(len(group))]
         n_test = max(1, round(len(group) * test_fraction))
         n_val = max(1, round(len(group) * val_fraction))
@@ -217,7 +248,7 @@ def load_splits(folder: str | Path) -> dict[str, pd.DataFrame]:
         path = folder / f"{name}.jsonl"
         if not path.is_file():
             raise DataError(f"missing split {path}: run 01_clean_the_data for this run folder first.")
-        splits[name] = pd.read_json(path, orient="records", lines=True, dtype={"id": str, "text": str, "label": str, "tags": str})
+        splits[name] = pd.read_json(path, orient="records", lines=True, dtype={"id": str, "text": str, "target": str, "tags": str})
         splits[name]["tags"] = splits[name]["tags"].fillna("").astype(str)
     return splits
 
@@ -230,8 +261,10 @@ def save_dataset(folder: str | Path, splits: dict[str, pd.DataFrame], version: d
     return folder
 
 
-def split_table(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Examples per label in each split, with totals."""
-    table = pd.DataFrame({name: frame["label"].value_counts() for name, frame in splits.items()}).fillna(0).astype(int)
+def split_table(card: JobCard, splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Examples per label (or tool) in each split, with totals."""
+    table = pd.DataFrame(
+        {name: frame["target"].map(lambda t: stratum(card, t)).value_counts() for name, frame in splits.items()}
+    ).fillna(0).astype(int)
     table.loc["total"] = table.sum()
     return table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -13,8 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunebook.errors import JobCardError, TunebookError
 
 TASK_KINDS = ("classification", "extraction", "tool_selection", "drafting")
-# Task kinds this version of the workbook can carry through training and evaluation.
-RUNNABLE_TASK_KINDS = ("classification",)
 
 
 class _Strict(BaseModel):
@@ -34,16 +33,50 @@ class DataSpec(_Strict):
     path: str
     text_column: str = "text"
     label_column: str = "label"
+    target_column: str = "target"
     id_column: str | None = "id"
     tags_column: str | None = "tags"
 
 
 class MustNever(_Strict):
-    """A failure that must never happen: predicting ``predicted`` ('*' = anything else) when the truth is ``actual``."""
+    """A failure that must never happen.
 
-    actual: str
+    classification / tool_selection: predicting ``predicted`` ('*' = anything else) when the truth is ``actual``;
+    extraction: a wrong value in ``field``; drafting: breaking rule ``rule``.
+    """
+
+    actual: str | None = None
     predicted: str = "*"
+    field: str | None = None
+    rule: str | None = None
     reason: str = ""
+
+
+class Tool(_Strict):
+    """One tool of a tool-selection catalogue; ``parameters`` is a JSON Schema of its arguments."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    description: str = Field(min_length=1)
+    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class NamedPattern(_Strict):
+    """A named regular expression used by a drafting rule."""
+
+    name: str = Field(min_length=1)
+    regex: str = Field(min_length=1)
+
+
+class DraftingRules(_Strict):
+    """Tone and policy rules a draft must pass, each checkable by code."""
+
+    required_patterns: list[NamedPattern] = Field(default_factory=list, description="Each must match the draft.")
+    echo_patterns: list[NamedPattern] = Field(default_factory=list, description="A match in the input must reappear in the draft.")
+    forbidden_phrases: list[str] = Field(default_factory=list, description="Case-insensitive phrases the draft must not contain.")
+    min_words: int | None = Field(default=None, ge=0)
+    max_words: int | None = Field(default=None, ge=1)
+    closing_line: str | None = Field(default=None, description="The draft's last line, exactly.")
+    plain_text: bool = Field(default=True, description="No markdown: headings, bullets, emphasis, links.")
 
 
 class Targets(_Strict):
@@ -51,6 +84,14 @@ class Targets(_Strict):
 
     macro_f1: float | None = Field(default=None, ge=0, le=1)
     accuracy: float | None = Field(default=None, ge=0, le=1)
+    json_validity: float | None = Field(default=None, ge=0, le=1)
+    schema_validity: float | None = Field(default=None, ge=0, le=1)
+    field_accuracy: float | None = Field(default=None, ge=0, le=1)
+    record_exact_match: float | None = Field(default=None, ge=0, le=1)
+    tool_accuracy: float | None = Field(default=None, ge=0, le=1)
+    argument_exact_match: float | None = Field(default=None, ge=0, le=1)
+    max_invalid_call_rate: float | None = Field(default=None, ge=0, le=1)
+    rule_pass_rate: float | None = Field(default=None, ge=0, le=1)
     must_never_failures: int = Field(default=0, ge=0)
 
 
@@ -73,6 +114,10 @@ class JobCard(_Strict):
     instructions: str = Field(default="", description="Extra instructions for the system prompt.")
     labels: list[Label] = Field(default_factory=list)
     escalate_label: str | None = None
+    output_schema: dict | None = Field(default=None, description="extraction: JSON Schema of the output object.")
+    field_weights: dict[str, float] = Field(default_factory=dict, description="extraction: weight of each field's errors.")
+    tools: list[Tool] = Field(default_factory=list, description="tool_selection: the tool catalogue.")
+    rules: DraftingRules | None = Field(default=None, description="drafting: the rules a draft must pass.")
     data: DataSpec
     error_costs: dict[str, dict[str, float]] = Field(default_factory=dict)
     must_never: list[MustNever] = Field(default_factory=list)
@@ -80,40 +125,100 @@ class JobCard(_Strict):
     decision: DecisionAnswers
 
     @model_validator(mode="after")
-    def _check_labels(self) -> "JobCard":
-        problems = []
-        names = [label.name for label in self.labels]
-        if self.task_kind == "classification" and not names:
-            problems.append("labels: a classification job needs at least two labels, found none")
-        elif self.task_kind == "classification" and len(names) < 2:
-            problems.append(f"labels: a classification job needs at least two labels, found {names}")
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            problems.append(f"labels: duplicate label(s) {duplicates}; each label must appear once")
-        known = set(names)
-        if self.escalate_label is not None and self.escalate_label not in known:
-            problems.append(f"escalate_label: '{self.escalate_label}' is not one of the labels {names}")
-        for true, row in self.error_costs.items():
-            if true not in known:
-                problems.append(f"error_costs.{true}: '{true}' is not one of the labels {names}")
-            for predicted, cost in row.items():
-                if predicted != "*" and predicted not in known:
-                    problems.append(f"error_costs.{true}.{predicted}: '{predicted}' is not one of the labels {names} (or '*')")
-                if cost < 0:
-                    problems.append(f"error_costs.{true}.{predicted}: cost must be >= 0, got {cost}")
-        for i, rule in enumerate(self.must_never):
-            for field in ("actual", "predicted"):
-                value = getattr(rule, field)
-                if value != "*" and value not in known:
-                    problems.append(f"must_never[{i}].{field}: '{value}' is not one of the labels {names}")
+    def _check_kind(self) -> "JobCard":
+        problems = {
+            "classification": self._classification_problems,
+            "extraction": self._extraction_problems,
+            "tool_selection": self._tool_problems,
+            "drafting": self._drafting_problems,
+        }[self.task_kind]()
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _choice_problems(self, kind_field: str, names: list[str]) -> list[str]:
+        problems = []
+        if len(names) < 2:
+            problems.append(f"{kind_field}: a {self.task_kind} job needs at least two {kind_field}, found {names or 'none'}")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            problems.append(f"{kind_field}: duplicate name(s) {duplicates}; each must appear once")
+        known = set(names)
+        for true, row in self.error_costs.items():
+            if true not in known:
+                problems.append(f"error_costs.{true}: '{true}' is not one of the {kind_field} {names}")
+            for predicted, cost in row.items():
+                if predicted != "*" and predicted not in known:
+                    problems.append(f"error_costs.{true}.{predicted}: '{predicted}' is not one of the {kind_field} {names} (or '*')")
+                if cost < 0:
+                    problems.append(f"error_costs.{true}.{predicted}: cost must be >= 0, got {cost}")
+        for i, rule in enumerate(self.must_never):
+            if rule.actual is None:
+                problems.append(f"must_never[{i}].actual: name the true {kind_field[:-1]} this rule protects")
+            for field in ("actual", "predicted"):
+                value = getattr(rule, field)
+                if value is not None and value != "*" and value not in known:
+                    problems.append(f"must_never[{i}].{field}: '{value}' is not one of the {kind_field} {names}")
+        return problems
+
+    def _classification_problems(self) -> list[str]:
+        problems = self._choice_problems("labels", [label.name for label in self.labels])
+        if self.escalate_label is not None and self.escalate_label not in self.label_names:
+            problems.append(f"escalate_label: '{self.escalate_label}' is not one of the labels {self.label_names}")
+        return problems
+
+    def _tool_problems(self) -> list[str]:
+        problems = self._choice_problems("tools", [tool.name for tool in self.tools])
+        for i, tool in enumerate(self.tools):
+            problems += [f"tools[{i}].parameters: {p}" for p in schema_problems(tool.parameters)]
+        return problems
+
+    def _extraction_problems(self) -> list[str]:
+        if not self.output_schema:
+            return ["output_schema: an extraction job needs a JSON Schema (inline, or output_schema_file: path)"]
+        problems = [f"output_schema: {p}" for p in schema_problems(self.output_schema)]
+        fields = set(self.output_schema.get("properties", {}))
+        if not problems and (self.output_schema.get("type") != "object" or not fields):
+            problems.append("output_schema: must describe an object with properties (the fields to extract)")
+        problems += [f"field_weights.{name}: not a field of output_schema {sorted(fields)}" for name in self.field_weights if name not in fields]
+        for i, rule in enumerate(self.must_never):
+            if rule.field not in fields:
+                problems.append(f"must_never[{i}].field: '{rule.field}' is not a field of output_schema {sorted(fields)}")
+        return problems
+
+    def _drafting_problems(self) -> list[str]:
+        if self.rules is None:
+            return ["rules: a drafting job needs checkable rules (required_patterns, forbidden_phrases, min_words, ...)"]
+        problems = []
+        for group in ("required_patterns", "echo_patterns"):
+            for i, pattern in enumerate(getattr(self.rules, group)):
+                try:
+                    re.compile(pattern.regex)
+                except re.error as error:
+                    problems.append(f"rules.{group}[{i}].regex: not a valid regular expression ({error})")
+        low, high = self.rules.min_words, self.rules.max_words
+        if low is not None and high is not None and low > high:
+            problems.append(f"rules: min_words ({low}) is above max_words ({high})")
+        names = set(rule_names(self.rules))
+        for i, rule in enumerate(self.must_never):
+            if rule.rule not in names:
+                problems.append(f"must_never[{i}].rule: '{rule.rule}' is not one of the rules {sorted(names)}")
+        return problems
+
+    @property
+    def choices(self) -> list[str]:
+        """The closed set of answers scored by likelihood: labels, or tool names."""
+        return [tool.name for tool in self.tools] if self.task_kind == "tool_selection" else self.label_names
 
     @property
     def label_names(self) -> list[str]:
         """The allowed labels, in card order."""
         return [label.name for label in self.labels]
+
+    @property
+    def target_column(self) -> str:
+        """The data column holding the target: the label column for classification, else the target column."""
+        return self.data.label_column if self.task_kind == "classification" else self.data.target_column
 
     def error_cost(self, true: str, predicted: str) -> float:
         """Cost of predicting ``predicted`` when the truth is ``true`` (0 when right, 1 by default)."""
@@ -126,7 +231,33 @@ class JobCard(_Strict):
         """Whether this (truth, prediction) pair is one of the card's must-never failures."""
         if true == predicted:
             return False
-        return any(r.actual in (true, "*") and r.predicted in (predicted, "*") for r in self.must_never)
+        return any(r.actual in (true, "*") and r.predicted in (predicted, "*") for r in self.must_never if r.actual)
+
+
+def schema_problems(schema: dict) -> list[str]:
+    """Problems that make ``schema`` an invalid JSON Schema (empty when it is valid)."""
+    from jsonschema import exceptions, validators
+
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except exceptions.SchemaError as error:
+        where = "/".join(str(p) for p in error.path) or "(root)"
+        return [f"invalid JSON Schema at {where}: {error.message}"]
+    return []
+
+
+def rule_names(rules: DraftingRules) -> list[str]:
+    """Names of every check a drafting rule set implies, in report order."""
+    names = [f"required:{p.name}" for p in rules.required_patterns] + [f"echo:{p.name}" for p in rules.echo_patterns]
+    if rules.forbidden_phrases:
+        names.append("no_forbidden_phrases")
+    if rules.min_words is not None or rules.max_words is not None:
+        names.append("length")
+    if rules.closing_line:
+        names.append("closing_line")
+    if rules.plain_text:
+        names.append("plain_text")
+    return names
 
 
 def _problems(error: ValidationError) -> list[str]:
@@ -153,6 +284,27 @@ def parse_job_card(data: object, source: str = "<job card>") -> JobCard:
         raise JobCardError(source, _problems(error)) from None
 
 
+_FILE_FIELDS = {"output_schema_file": "output_schema", "tools_file": "tools"}
+
+
+def _inline_files(data: dict, card_path: Path) -> dict:
+    """Replace ``output_schema_file`` / ``tools_file`` (paths relative to the card) with their JSON content."""
+    data = dict(data)
+    for file_field, field in _FILE_FIELDS.items():
+        if file_field not in data:
+            continue
+        source = card_path.parent / str(data.pop(file_field))
+        if field in data:
+            raise JobCardError(str(card_path), [f"{file_field}: give either {field} or {file_field}, not both"])
+        try:
+            data[field] = json.loads(source.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise JobCardError(str(card_path), [f"{file_field}: file not found: {source}"]) from None
+        except json.JSONDecodeError as error:
+            raise JobCardError(str(card_path), [f"{file_field}: {source} is not valid JSON ({error})"]) from None
+    return data
+
+
 def load_job_card(path: str | Path) -> JobCard:
     """Read and validate ``job.yaml``; the data path is resolved relative to the card's folder."""
     path = Path(path)
@@ -162,6 +314,8 @@ def load_job_card(path: str | Path) -> JobCard:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise JobCardError(str(path), [f"not valid YAML: {error}"]) from None
+    if isinstance(data, dict):
+        data = _inline_files(data, path)
     card = parse_job_card(data, str(path))
     data_path = Path(card.data.path)
     if not data_path.is_absolute():
@@ -183,13 +337,23 @@ def card_hash(card: JobCard) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def require_runnable(card: JobCard) -> None:
-    """Raise a clear error when the card's task kind cannot be trained by this version."""
-    if card.task_kind not in RUNNABLE_TASK_KINDS:
-        raise TunebookError(
-            f"task_kind '{card.task_kind}' is a valid job, but this version of tunebook trains and evaluates "
-            f"only {', '.join(RUNNABLE_TASK_KINDS)} jobs."
-        )
+def card_overview(card: JobCard) -> list[dict]:
+    """One row per label, output field, tool or rule: what the model must produce."""
+    if card.task_kind == "classification":
+        return [label.model_dump() for label in card.labels]
+    if card.task_kind == "extraction":
+        required = set(card.output_schema.get("required", []))
+        return [
+            {"field": name, "type": spec.get("type"), "enum": spec.get("enum"), "required": name in required,
+             "weight": card.field_weights.get(name, 1.0), "description": spec.get("description", "")}
+            for name, spec in card.output_schema.get("properties", {}).items()
+        ]
+    if card.task_kind == "tool_selection":
+        return [
+            {"tool": tool.name, "arguments": ", ".join(tool.parameters.get("properties", {})), "description": tool.description}
+            for tool in card.tools
+        ]
+    return [{"rule": name} for name in rule_names(card.rules)]
 
 
 class Decision(BaseModel):

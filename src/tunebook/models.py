@@ -125,7 +125,7 @@ def quantization_config(quantization: str) -> BitsAndBytesConfig | None:
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
+            bnb_4bit_use_double_quant=False,  # saves ~5 MB on a 135M model and costs step time on CPU
             bnb_4bit_compute_dtype=compute_dtype(),
         )
     return None

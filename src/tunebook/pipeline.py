@@ -20,6 +20,7 @@ NOTEBOOKS = (
     "04_evaluate",
     "05_release",
 )
+BASELINE_STEP = "02_prove_the_baseline"
 KERNEL_NAME = "tunebook"
 RESULTS = "results"
 # Set by the runner for every notebook, never by the user.
@@ -169,7 +170,15 @@ def run_workbook(
         timings[step] = round(time.perf_counter() - started, 1)
         if progress:
             print(f"[tunebook] {step} done in {timings[step]:.0f} s", flush=True)
+        if step == BASELINE_STEP and not load_results(run_dir, NOTEBOOKS[0])["proceed_to_training"]:
+            stopped = "the decision frame recommends against fine-tuning; stopped after the baseline (FORCE_TRAINING=true overrides)"
+            if progress:
+                print(f"[tunebook] {stopped}", flush=True)
+            break
+    else:
+        stopped = None
     summary = summarise(run_dir)
+    summary["stopped"] = stopped
     summary["seconds_per_notebook"] = timings
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return run_dir, summary

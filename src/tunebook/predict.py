@@ -15,7 +15,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 from tunebook.models import load_model, load_tokenizer
-from tunebook.prompts import build_messages, encode_prompt, encode_target
+from tunebook.prompts import build_messages, encode_prompt, encode_target, end_of_turn_id, tool_prefix
+
+MAX_NEW_TOKENS = {"extraction": 96, "tool_selection": 64, "drafting": 160}
 
 
 def load_for_inference(
@@ -44,6 +46,12 @@ def _pad(sequences: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Ten
     return ids, mask
 
 
+def _candidates(tokenizer: PreTrainedTokenizerBase, card: JobCard) -> list[list[int]]:
+    if card.task_kind == "tool_selection":
+        return [tokenizer(tool_prefix(name), add_special_tokens=False)["input_ids"] for name in card.choices]
+    return [encode_target(tokenizer, name) for name in card.choices]
+
+
 def _cache_argument(model: PreTrainedModel) -> str:
     """Name of the forward argument that takes a KV cache ('cache' in recent transformers, else 'past_key_values')."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -57,14 +65,16 @@ def label_log_likelihoods(
     card: JobCard,
     texts: list[str],
     batch_size: int = 8,
-    max_length: int = 1024,
+    max_length: int = 2048,
     progress: bool = True,
+    shots: list[tuple[str, str]] = (),
 ) -> np.ndarray:
-    """Log-likelihood of every allowed label (answer + end-of-turn) for each text, shape (n_texts, n_labels).
+    """Log-likelihood of every allowed answer for each text, shape (n_texts, n_choices).
 
-    Each batch of prompts runs once; its key/value cache is then shared by all label candidates.
+    Classification scores each label plus the end-of-turn token; tool selection scores each tool's call prefix.
+    Each batch of prompts runs once; its key/value cache is then shared by all candidates.
     """
-    candidates = [encode_target(tokenizer, name) for name in card.label_names]
+    candidates = _candidates(tokenizer, card)
     k = len(candidates)
     cand_ids, cand_mask = _pad(candidates, tokenizer.pad_token_id, left=False)
     width = cand_ids.shape[1]
@@ -74,7 +84,7 @@ def label_log_likelihoods(
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="scoring labels", disable=not progress, total=len(starts)):
         chunk = texts[start : start + batch_size]
-        prompts = [encode_prompt(tokenizer, build_messages(card, t))[-max_length:] for t in chunk]
+        prompts = [encode_prompt(tokenizer, build_messages(card, t, shots))[-max_length:] for t in chunk]
         ids, mask = _pad(prompts, tokenizer.pad_token_id, left=True)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(
@@ -97,21 +107,80 @@ def label_log_likelihoods(
     return scores
 
 
-def classify(
+def choose(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    card: JobCard,
+    texts: list[str],
+    batch_size: int = 8,
+    progress: bool = True,
+    shots: list[tuple[str, str]] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The most likely label or tool for each text, and the probabilities over all choices."""
+    scores = label_log_likelihoods(model, tokenizer, card, texts, batch_size, progress=progress, shots=shots)
+    probs = torch.softmax(torch.from_numpy(scores), dim=-1).numpy()
+    return np.array(card.choices)[probs.argmax(axis=1)], probs
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    card: JobCard,
+    texts: list[str],
+    prefixes: list[str] | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    progress: bool = True,
+    shots: list[tuple[str, str]] = (),
+) -> list[str]:
+    """Greedy answers (batched, with a KV cache, stopping at end of turn); each continues its prefix if given."""
+    prefixes = prefixes or [""] * len(texts)
+    dev = next(model.parameters()).device
+    stop = end_of_turn_id(tokenizer)
+    answers: list[str] = []
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="generating", disable=not progress, total=len(starts)):
+        chunk = list(zip(texts[start : start + batch_size], prefixes[start : start + batch_size]))
+        prompts = [
+            encode_prompt(tokenizer, build_messages(card, text, shots)) + tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            for text, prefix in chunk
+        ]
+        ids, mask = _pad(prompts, tokenizer.pad_token_id, left=True)
+        out = model.generate(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens, do_sample=False,
+            eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+        )
+        for (_, prefix), row in zip(chunk, out[:, ids.shape[1]:].tolist()):
+            row = row[: row.index(stop)] if stop in row else row
+            answers.append(prefix + tokenizer.decode(row, skip_special_tokens=True))
+    return [a.strip() for a in answers]
+
+
+def predict(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     card: JobCard,
     examples: pd.DataFrame,
     batch_size: int = 8,
     progress: bool = True,
+    shots: list[tuple[str, str]] = (),
+    max_new_tokens: int | None = None,
 ) -> pd.DataFrame:
-    """Predict a label for each example by scoring every allowed label; returns one row per example."""
-    scores = label_log_likelihoods(model, tokenizer, card, examples["text"].tolist(), batch_size, progress=progress)
-    probs = torch.softmax(torch.from_numpy(scores), dim=-1).numpy()
-    labels = np.array(card.label_names)
-    result = examples[["id", "text", "label", "tags"]].reset_index(drop=True).copy()
-    result["prediction"] = labels[probs.argmax(axis=1)]
-    result["confidence"] = probs.max(axis=1).round(6)
-    for j, name in enumerate(labels):
-        result[f"p_{name}"] = probs[:, j].round(6)
+    """One prediction per example, as the card's task kind asks: scored choice, tool call or generated answer."""
+    texts = examples["text"].tolist()
+    result = examples[["id", "text", "target", "tags"]].reset_index(drop=True).copy()
+    budget = max_new_tokens or MAX_NEW_TOKENS.get(card.task_kind, 128)
+    if card.task_kind in ("classification", "tool_selection"):
+        chosen, probs = choose(model, tokenizer, card, texts, batch_size, progress, shots)
+        result["confidence"] = probs.max(axis=1).round(6)
+        if card.task_kind == "classification":
+            result["prediction"] = chosen
+            for j, name in enumerate(card.choices):
+                result[f"p_{name}"] = probs[:, j].round(6)
+        else:
+            prefixes = [tool_prefix(tool) for tool in chosen]
+            result["prediction"] = generate(model, tokenizer, card, texts, prefixes, batch_size, budget, progress, shots)
+    else:
+        result["prediction"] = generate(model, tokenizer, card, texts, None, batch_size, budget, progress, shots)
     return result

@@ -13,10 +13,10 @@ from tunebook.metrics import check_targets
 
 def check_adapter_matches(manifest: dict, card: JobCard, base_identity: dict) -> None:
     """Refuse an adapter trained for another job or another base model, naming both."""
-    if manifest.get("job") != card.name or manifest.get("labels") != card.label_names:
+    if manifest.get("job") != card.name or manifest.get("job_card_sha256") != card_hash(card):
         raise TunebookError(
-            f"the adapter was trained for job '{manifest.get('job')}' (labels {manifest.get('labels')}), "
-            f"but this run's job is '{card.name}' (labels {card.label_names}). Train an adapter for this job."
+            f"the adapter was trained for job '{manifest.get('job')}' (card {str(manifest.get('job_card_sha256'))[:12]}), "
+            f"but this run's job is '{card.name}' (card {card_hash(card)[:12]}). Train an adapter for this job card."
         )
     trained_on = manifest.get("base_model", {})
     if trained_on.get("sha256") and base_identity.get("sha256") and trained_on["sha256"] != base_identity["sha256"]:
@@ -28,18 +28,20 @@ def check_adapter_matches(manifest: dict, card: JobCard, base_identity: dict) ->
 
 def compare(card: JobCard, baseline: dict, tuned: dict) -> dict:
     """Tuned vs baseline on the headline metrics, with the card's targets checked for the tuned model."""
-    keys = ("accuracy", "macro_f1", "weighted_f1", "cost_weighted_error", "must_never_failures")
+    keys = [k for k in tuned["headline_keys"] if k != "n"]
     rows = {key: {"baseline": baseline[key], "tuned": tuned[key], "change": tuned[key] - baseline[key]} for key in keys}
     targets = check_targets(card, tuned)
-    beats = tuned["macro_f1"] > baseline["macro_f1"]
+    primary = tuned["primary"]
+    beats = tuned[primary] > baseline[primary]
     return {
+        "primary": primary,
         "metrics": rows,
         "tuned_beats_baseline": beats,
         "targets": targets,
         "meets_targets": all(t["met"] for t in targets),
         "headline": (
-            f"macro-F1 on the test split: prompting baseline {baseline['macro_f1']:.3f}, tuned adapter {tuned['macro_f1']:.3f} "
-            f"({'better' if beats else 'NOT better'} by {tuned['macro_f1'] - baseline['macro_f1']:+.3f})"
+            f"{primary} on the test split: prompting baseline {baseline[primary]:.3f}, tuned adapter {tuned[primary]:.3f} "
+            f"({'better' if beats else 'NOT better'} by {tuned[primary] - baseline[primary]:+.3f})"
         ),
     }
 

@@ -33,10 +33,10 @@ class TrainConfig:
     quantization: str = "nf4"
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
-    learning_rate: float = 2e-4
-    epochs: float = 2.0
+    learning_rate: float = 1e-3
+    epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 8
     max_length: int = 512
@@ -71,7 +71,7 @@ class TrainResult:
 def build_features(tokenizer: PreTrainedTokenizerBase, card: JobCard, frame: pd.DataFrame, max_length: int, split: str) -> list[dict]:
     """Tokenized training features for every row of a split."""
     return [
-        encode_example(tokenizer, card, row.text, row.label, max_length, where=f"{split} split, id {row.id}")
+        encode_example(tokenizer, card, row.text, row.target, max_length, where=f"{split} split, id {row.id}")
         for row in frame.itertuples()
     ]
 
@@ -173,7 +173,7 @@ def train_adapter(
         "job": card.name,
         "job_card_sha256": card_hash(card),
         "task_kind": card.task_kind,
-        "labels": card.label_names,
+        "choices": card.choices,
         "dataset_hash": dataset_hash,
         "base_model": model_identity(base_model),
         "config": asdict(config),
