@@ -3,8 +3,9 @@
 import json
 
 import nbformat
-import yaml
+import pandas as pd
 import pytest
+import yaml
 
 from tunebook import cli, pipeline
 from tunebook.errors import TunebookError
@@ -64,7 +65,7 @@ def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path):
     with pytest.raises(TunebookError) as caught:
         pipeline.run_workbook({"EPOCHZ": 1}, tmp_path, "bad", progress=False)
     assert "unknown parameter EPOCHZ (did you mean 'EPOCHS'?)" in str(caught.value)
-    assert "Known parameters: BASE_MODEL" in str(caught.value)
+    assert "Known parameters: BAD_LINES, BASE_MODEL, BATCH_SIZE" in str(caught.value)
     assert not (tmp_path / "bad").exists()
 
 
@@ -134,3 +135,20 @@ def test_run_stops_after_the_baseline_when_the_frame_says_prompting(tiny_model, 
     assert summary["00_define_the_job"]["approach"] == "prompting"
     assert "stopped after the baseline" in summary["stopped"]
     assert (run_dir / "02_prove_the_baseline.ipynb").is_file() and not (run_dir / "03_train_qlora.ipynb").exists()
+
+
+def test_review_decisions_replay_headless_with_the_same_hash(tmp_path, tiny_model):
+    card = write_job(tmp_path / "job", per_label=5)
+    first_id = pd.read_csv(tmp_path / "job" / "tickets.csv")["id"].iloc[0]
+    decisions = tmp_path / "review_decisions.yaml"
+    decisions.write_text(f"- {{id: {first_id}, action: drop, note: off-topic}}\n")
+    params = {"JOB_CARD": str(card), "DECISIONS_FILE": str(decisions), "BASE_MODEL": tiny_model}
+    hashes = []
+    for name in ("one", "two"):
+        run_dir, summary = pipeline.run_workbook(params, tmp_path / "runs", name, steps=pipeline.NOTEBOOKS[:2], progress=False)
+        report = json.loads((run_dir / "data" / "cleaning_report.json").read_text())
+        assert [r["reason"] for r in report if r["id"] == first_id] == ["review decision: drop (off-topic)"]
+        assert (run_dir / "data" / "data_card.md").read_text().startswith("# Data card: support_triage")
+        hashes.append(summary["01_clean_the_data"]["dataset_hash"])
+    _, plain = pipeline.run_workbook({**params, "DECISIONS_FILE": ""}, tmp_path / "runs", "plain", steps=pipeline.NOTEBOOKS[:2], progress=False)
+    assert hashes[0] == hashes[1] != plain["01_clean_the_data"]["dataset_hash"]

@@ -28,6 +28,8 @@ def test_training_lowers_validation_loss_and_saves_a_peft_adapter(tiny_job, tiny
     config = train.TrainConfig(quantization=quantization, max_steps=12, batch_size=8, learning_rate=5e-3, lora_r=8, warmup_ratio=0)
     result = train.train_adapter(card, splits, tiny_model, config, tmp_path / "adapter", dataset_hash="abc123")
     assert result.val_loss_after < result.val_loss_before - 0.5
+    assert result.log_history[0] == {"step": 0, "eval_loss": result.val_loss_before}
+    assert [e["step"] for e in result.log_history if "eval_loss" in e][:2] == [0, 3]  # four evaluations over 12 steps
     names = {p.name for p in result.adapter_dir.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", train.MANIFEST} <= names
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)

@@ -13,13 +13,16 @@ import pandas as pd
 
 from tunebook.errors import DataError, closest
 from tunebook.job import JobCard
-from tunebook.outputs import target_problems
+from tunebook.outputs import canonical, target_problems
 
 COLUMNS = ["id", "text", "target", "tags"]
 SPLITS = ("train", "val", "test")
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+BAD_LINE_POLICIES = ("error", "skip")
+
+
+def _read_jsonl(path: Path, bad_lines: str, skipped: list[dict]) -> pd.DataFrame:
     records = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -27,17 +30,24 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                 continue
             try:
                 record = json.loads(line)
+                problem = None if isinstance(record, dict) else f"expected a JSON object per line, got {type(record).__name__}"
             except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}). Fix or remove that line.") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}, line {number}: expected a JSON object per line, got {type(record).__name__}.")
-            records.append(record)
+                problem = f"not valid JSON ({error.msg})"
+            if problem is None:
+                records.append(record)
+            elif bad_lines == "skip":
+                skipped.append({"line": number, "text": line.rstrip("\n"), "reason": problem})
+            else:
+                raise DataError(f"{path}, line {number}: {problem}. Fix or remove that line, or set BAD_LINES='skip' to list and skip such lines.")
     return pd.DataFrame.from_records(records)
 
 
-def load_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV, JSONL or Parquet file into a DataFrame of strings."""
+def load_table(path: str | Path, bad_lines: str = "error", skipped: list[dict] | None = None) -> pd.DataFrame:
+    """Read a CSV, JSONL or Parquet file; JSONL lines that are not JSON objects stop the load or, with
+    ``bad_lines='skip'``, are appended to ``skipped`` with their line number and text."""
     path = Path(path)
+    if bad_lines not in BAD_LINE_POLICIES:
+        raise DataError(f"BAD_LINES must be one of {', '.join(BAD_LINE_POLICIES)}, got '{bad_lines}'.")
     if not path.is_file():
         raise DataError(f"data file not found: {path}. Check data.path in the job card (relative paths start at the card's folder).")
     suffix = path.suffix.lower()
@@ -45,13 +55,15 @@ def load_table(path: str | Path) -> pd.DataFrame:
         if suffix == ".csv":
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
         elif suffix in (".jsonl", ".ndjson"):
-            frame = _read_jsonl(path)
+            frame = _read_jsonl(path, bad_lines, skipped if skipped is not None else [])
         elif suffix == ".parquet":
             frame = pd.read_parquet(path)
         else:
             raise DataError(f"{path}: unsupported file type '{suffix}'. Use .csv, .jsonl or .parquet.")
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text (byte {error.start} cannot be decoded). Re-save the file as UTF-8.") from None
+    except PermissionError:
+        raise DataError(f"{path}: cannot be read (permission denied). Check the file's permissions.") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (no header, no rows).") from None
     except pd.errors.ParserError as error:
@@ -115,9 +127,9 @@ def to_examples(frame: pd.DataFrame, card: JobCard, source: str) -> tuple[pd.Dat
     return examples, invalid
 
 
-def load_examples(card: JobCard) -> tuple[pd.DataFrame, list[dict]]:
+def load_examples(card: JobCard, bad_lines: str = "error", skipped: list[dict] | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """Load the card's data file and check every target against the card."""
-    return to_examples(load_table(card.data.path), card, card.data.path)
+    return to_examples(load_table(card.data.path, bad_lines, skipped), card, card.data.path)
 
 
 def normalise(text: str) -> str:
@@ -125,8 +137,71 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().casefold()
 
 
-def clean(examples: pd.DataFrame, invalid: list[dict] | None = None) -> tuple[pd.DataFrame, list[dict]]:
-    """Drop empty rows, invalid targets, exact duplicates and conflicting targets; return what is kept and a report of every drop."""
+DECISIONS = ("keep", "relabel", "drop")
+
+
+def load_decisions(path: str | Path | None, card: JobCard | None = None) -> dict[str, dict]:
+    """Read a review-decisions file (YAML list of {id, action: keep | relabel | drop, target?, note?}) keyed by id."""
+    if not path:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"decisions file not found: {path} (DECISIONS_FILE). Leave it empty to apply the policy only.")
+    import yaml
+
+    entries = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    decisions = {}
+    for number, entry in enumerate(entries, start=1):
+        where = f"{path}, decision {number}"
+        if not isinstance(entry, dict) or "id" not in entry or entry.get("action") not in DECISIONS:
+            raise DataError(f"{where}: expected {{id: ..., action: keep | relabel | drop}}, got {entry!r}.")
+        if entry["action"] == "relabel":
+            if "target" not in entry:
+                raise DataError(f"{where}: a relabel decision needs the new target.")
+            if card is not None and card.task_kind == "classification" and entry["target"] not in card.label_names:
+                raise DataError(f"{where}: '{entry['target']}' is not one of the labels {card.label_names}{closest(str(entry['target']), card.label_names)}.")
+        decisions[str(entry["id"])] = entry
+    return decisions
+
+
+def save_decisions(decisions: dict[str, dict], path: str | Path) -> Path:
+    """Write review decisions as YAML, in id order."""
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump([decisions[k] for k in sorted(decisions)], sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def apply_decisions(card: JobCard, examples: pd.DataFrame, decisions: dict[str, dict]) -> tuple[pd.DataFrame, list[dict]]:
+    """Apply relabel decisions (recording the old target) and set aside rows a reviewer dropped."""
+    examples = examples.copy()
+    report = []
+    unknown = sorted(set(decisions) - set(examples["id"]))
+    if unknown:
+        raise DataError(f"review decisions name ids that are not in the data: {unknown[:10]}. Check DECISIONS_FILE.")
+    for index, row in examples.iterrows():
+        decision = decisions.get(row["id"])
+        if decision is None:
+            continue
+        if decision["action"] == "relabel":
+            new = decision["target"] if isinstance(decision["target"], str) else canonical(card, decision["target"])
+            report.append({"row": int(row["row"]), "id": row["id"], "text": row["text"], "target": row["target"],
+                           "reason": f"review decision: relabelled to {new}"})
+            examples.at[index, "target"] = new
+        elif decision["action"] == "drop":
+            report.append({"row": int(row["row"]), "id": row["id"], "text": row["text"], "target": row["target"],
+                           "reason": f"review decision: drop{' (' + decision['note'] + ')' if decision.get('note') else ''}"})
+    dropped = {item["id"] for item in report if item["reason"].startswith("review decision: drop")}
+    return examples[~examples["id"].isin(dropped)], report
+
+
+def clean(examples: pd.DataFrame, invalid: list[dict] | None = None, keep: set[str] = frozenset()) -> tuple[pd.DataFrame, list[dict]]:
+    """Drop empty rows, invalid targets, exact duplicates and conflicting targets; return what is kept and a report of every drop.
+
+    Ids in ``keep`` (a reviewer's keep decisions) are never dropped as conflicts.
+    """
     report: list[dict] = []
     problems = {item["row"]: item["problems"] for item in invalid or []}
 
@@ -142,7 +217,7 @@ def clean(examples: pd.DataFrame, invalid: list[dict] | None = None) -> tuple[pd
     kept = examples[~empty & ~bad].copy()
     kept["_key"] = kept["text"].map(normalise)
 
-    conflicted = kept.groupby("_key")["target"].transform("nunique") > 1
+    conflicted = (kept.groupby("_key")["target"].transform("nunique") > 1) & ~kept["id"].isin(keep)
     for _, group in kept[conflicted].groupby("_key", sort=False):
         rows = group["row"].tolist()
         for _, row in group.iterrows():
@@ -168,9 +243,10 @@ def stratum(card: JobCard, target: str) -> str:
 
 
 def split(
-    examples: pd.DataFrame, card: JobCard, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0
+    examples: pd.DataFrame, card: JobCard, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Split into train/val/test, stratified by label (or tool)."""
+    """Split into train/val/test, stratified by label (or tool); rows sharing a group (near duplicates) share a split."""
     for name, value in (("TEST_FRACTION", test_fraction), ("VAL_FRACTION", val_fraction)):
         if not 0 < value < 1:
             raise DataError(f"{name} must be between 0 and 1, got {value}.")
@@ -195,6 +271,10 @@ def split(
         assignment[order[:n_test]] = "test"
         assignment[order[n_test : n_test + n_val]] = "val"
         assignment[order[n_test + n_val :]] = "train"
+    if groups is not None:
+        # every member of a near-duplicate group follows the group's first row, so no group spans two splits
+        leader = pd.Series(examples.index, index=examples.index).groupby(np.asarray(groups)).transform("min")
+        assignment = pd.Series(assignment[leader].to_numpy(), index=examples.index)
     parts = [examples[assignment == name] for name in SPLITS]
     return {name: part.sort_values("row").reset_index(drop=True) for name, part in zip(SPLITS, parts)}
 

@@ -70,3 +70,35 @@ def compare_bars(figures: dict[str, dict[str, float]], title: str, path: str | P
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def class_balance(table, path: str | Path | None = None) -> Figure:
+    """Examples per label (or tool), with the hard cases shaded."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [str(n) for n in table.index]
+    ax.bar(names, table["examples"], label="all examples", color="#9ecae1")
+    ax.bar(names, table["hard"], label="tagged hard", color="#3182bd")
+    ax.set_ylabel("examples")
+    ax.set_title("Balance and hard-case coverage")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def length_histogram(lengths, max_length: int, path: str | Path | None = None) -> Figure:
+    """Histogram of prompt and answer token counts, with the MAX_LENGTH cut marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(lengths["total_tokens"], bins=30, alpha=0.7, label="prompt + answer")
+    ax.hist(lengths["answer_tokens"], bins=30, alpha=0.7, label="answer")
+    ax.axvline(max_length, color="red", linestyle="--", label=f"MAX_LENGTH {max_length}")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("examples")
+    ax.set_title("Lengths")
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

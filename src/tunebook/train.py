@@ -134,6 +134,7 @@ def train_adapter(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules))
     steps_per_epoch = max(1, -(-len(train_features) // config.batch_size))
+    total_steps = config.max_steps if config.max_steps > 0 else max(1, round(steps_per_epoch * config.epochs))
     args = TrainingArguments(
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=config.batch_size,
@@ -141,11 +142,11 @@ def train_adapter(
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
-        warmup_steps=int(config.warmup_ratio * (config.max_steps if config.max_steps > 0 else steps_per_epoch * config.epochs)),
+        warmup_steps=int(config.warmup_ratio * total_steps),
         lr_scheduler_type="linear",
         logging_steps=max(1, steps_per_epoch // 10),
         eval_strategy="steps",
-        eval_steps=config.eval_steps or steps_per_epoch,
+        eval_steps=config.eval_steps or max(1, total_steps // 4),
         save_strategy="no",
         train_sampling_strategy="group_by_length",
         remove_unused_columns=False,
@@ -188,7 +189,9 @@ def train_adapter(
         "argv": sys.argv[:1],
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return TrainResult(out_dir, trainer.state.log_history, val_before, val_after, manifest)
+    # train() starts a fresh log, so the untrained adapter's validation loss is put back in front of it.
+    history = [{"step": 0, "eval_loss": val_before}, *trainer.state.log_history]
+    return TrainResult(out_dir, history, val_before, val_after, manifest)
 
 
 def read_manifest(adapter_dir: str | Path) -> dict:

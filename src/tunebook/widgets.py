@@ -63,3 +63,61 @@ def job_card_form(path: str | Path):
 
     save.on_click(on_save)
     return w.VBox([*fields.values(), save, out])
+
+
+def record_decision(decisions: dict[str, dict], path: str | Path, item_id: str, action: str, target: str | None = None) -> dict:
+    """Record one review decision and rewrite the decisions file."""
+    from tunebook.data import save_decisions
+
+    entry = {"id": item_id, "action": action}
+    if action == "relabel":
+        entry["target"] = target
+    decisions[item_id] = entry
+    save_decisions(decisions, path)
+    return entry
+
+
+def review_browser(found, card: JobCard, path: str | Path, decisions: dict[str, dict] | None = None):
+    """Page through audit findings; keep, relabel or drop each, saving every choice to ``path``."""
+    import html
+
+    import ipywidgets as w
+
+    from tunebook.audit import review_items
+
+    items = review_items(found)
+    decisions = dict(decisions or {})
+    if not items:
+        return w.HTML("<b>Nothing to review:</b> no near duplicates, near conflicts or suspected label errors.")
+    position = {"i": 0}
+    view, status = w.HTML(), w.HTML()
+    new_target = (w.Dropdown(options=card.choices, description="new label") if card.choices
+                  else w.Textarea(description="new target", layout=w.Layout(width="90%")))
+    buttons = {name: w.Button(description=name) for name in ("◀ previous", "keep", "relabel", "drop", "next ▶")}
+
+    def show():
+        item = items[position["i"]]
+        done = decisions.get(item["id"], {}).get("action", "undecided")
+        view.value = (
+            f"<p><b>{position['i'] + 1} / {len(items)} · {item['kind']}</b> · row {item['row']} · id {html.escape(item['id'])} · "
+            f"decision: <b>{done}</b></p><p>{html.escape(item['text'])}</p><p>target: <code>{html.escape(item['target'])}</code></p>"
+            f"<p><i>{html.escape(item['context'])}</i></p>"
+        )
+
+    def move(step):
+        position["i"] = (position["i"] + step) % len(items)
+        show()
+
+    def decide(action):
+        item = items[position["i"]]
+        target = new_target.value if action == "relabel" else None
+        record_decision(decisions, path, item["id"], action, target)
+        status.value = f"saved {action} for {html.escape(item['id'])} to {html.escape(str(path))}"
+        move(1)
+
+    buttons["◀ previous"].on_click(lambda _: move(-1))
+    buttons["next ▶"].on_click(lambda _: move(1))
+    for action in ("keep", "relabel", "drop"):
+        buttons[action].on_click(lambda _, a=action: decide(a))
+    show()
+    return w.VBox([view, new_target, w.HBox(list(buttons.values())), status])
