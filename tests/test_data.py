@@ -137,3 +137,27 @@ def test_dataset_version_round_trip(card, tmp_path):
     assert {n: data.frame_hash(f) for n, f in reloaded.items()} == {n: v["hash"] for n, v in version["splits"].items()}
     assert version["rows_after"] == len(kept)
     assert version["source"]["sha256"] == data.file_hash(card.data.path)
+
+
+PLANTED = {  # from each example's DIRT.md
+    "order_extraction": {"duplicate": {"E0045", "E0098", "E0164", "E0233"}, "conflict": {"E0162", "E0191"},
+                         "empty": {"E0142"}, "invalid": {"E0267"}},
+    "support_tools": {"duplicate": {"S0048", "S0132", "S0190", "S0284"}, "conflict": {"S0104", "S0223"},
+                      "empty": {"S0097"}, "invalid": {"S0159", "S0252"}},
+    "reply_drafting": {"duplicate": {"D0053", "D0153", "D0234"}, "conflict": {"D0149", "D0180"},
+                       "empty": {"D0098"}, "invalid": {"D0125", "D0208"}},
+}
+
+
+@pytest.mark.parametrize("example", sorted(PLANTED))
+def test_cleaning_finds_the_planted_dirt_of_every_example(example):
+    card = job.load_job_card(EXAMPLE.parent / example / "job.yaml")
+    examples, invalid = data.load_examples(card)
+    _, report = data.clean(examples, invalid)
+    found = {"duplicate": set(), "conflict": set(), "empty": set(), "invalid": set()}
+    for item in report:
+        for prefix, name in (("duplicate of row", "duplicate"), ("conflicting targets", "conflict"), ("empty text", "empty"), ("invalid target", "invalid")):
+            if item["reason"].startswith(prefix):
+                found[name].add(item["id"])
+    assert found == PLANTED[example]
+    assert {r["id"]: r["row"] for r in report} == {r["id"]: int(examples.loc[examples["id"] == r["id"], "row"].iloc[0]) for r in report}

@@ -152,3 +152,21 @@ def test_review_decisions_replay_headless_with_the_same_hash(tmp_path, tiny_mode
         hashes.append(summary["01_clean_the_data"]["dataset_hash"])
     _, plain = pipeline.run_workbook({**params, "DECISIONS_FILE": ""}, tmp_path / "runs", "plain", steps=pipeline.NOTEBOOKS[:2], progress=False)
     assert hashes[0] == hashes[1] != plain["01_clean_the_data"]["dataset_hash"]
+
+
+def test_frozen_test_set_is_kept_as_given_and_leaks_are_removed(tmp_path, tiny_model):
+    card = write_job(tmp_path / "job", per_label=6)
+    frame = pd.read_csv(tmp_path / "job" / "tickets.csv")
+    test = frame.groupby("label").head(1)
+    train = frame.drop(test.index)
+    leak = test.iloc[0]
+    train = pd.concat([train, pd.DataFrame([{**leak.to_dict(), "id": "LEAK", "text": leak["text"] + " thanks"}])])
+    train.to_csv(tmp_path / "job" / "tickets.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    params = {"JOB_CARD": str(card), "TEST_FILE": str(tmp_path / "test.csv"), "BASE_MODEL": tiny_model, "NEAR_DUP_THRESHOLD": 0.7}
+    run_dir, summary = pipeline.run_workbook(params, tmp_path / "runs", "frozen", steps=pipeline.NOTEBOOKS[:2], progress=False)
+    saved = pd.read_json(run_dir / "data" / "test.jsonl", lines=True, dtype={"id": str})
+    assert sorted(saved["id"]) == sorted(test["id"].astype(str)) and sorted(saved["text"]) == sorted(test["text"])
+    report = json.loads((run_dir / "data" / "cleaning_report.json").read_text())
+    assert [r["id"] for r in report if "test-set row" in r["reason"]] == ["LEAK"]
+    assert summary["01_clean_the_data"]["splits"]["test"] == len(test)

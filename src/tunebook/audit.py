@@ -308,3 +308,36 @@ def write_data_card(path, card: JobCard, version: dict, found: Audit, removed: l
     path = Path(path)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def leaks_into(frozen: pd.DataFrame, examples: pd.DataFrame, threshold: float) -> dict[str, str]:
+    """Ids of ``examples`` that repeat or nearly repeat a text of the frozen test set, with the reason."""
+    texts = frozen["text"].tolist() + examples["text"].tolist()
+    pairs = near_duplicate_pairs(texts, threshold)
+    n = len(frozen)
+    leaks: dict[str, str] = {}
+    frozen_keys = {normalise(t): r for t, r in zip(frozen["text"], frozen["row"])}
+    for ident, text in zip(examples["id"], examples["text"]):
+        if normalise(text) in frozen_keys:
+            leaks[ident] = f"repeats test-set row {frozen_keys[normalise(text)]}"
+    for i, j, similarity in pairs.itertuples(index=False):
+        i, j = int(i), int(j)
+        if i < n <= j:
+            leaks.setdefault(examples["id"].iloc[j - n], f"near duplicate ({similarity:.2f}) of test-set row {frozen['row'].iloc[i]}")
+    return leaks
+
+
+def check_frozen_test(frozen: pd.DataFrame, invalid: list[dict]) -> list[dict]:
+    """What cleaning would remove from a user-supplied test set; reported only, the set stays as given."""
+    from tunebook.data import clean
+
+    _, findings = clean(frozen, invalid)
+    return [{**item, "reason": item["reason"] + " (kept: the test set is frozen)"} for item in findings]
+
+
+def remove_leaks(examples: pd.DataFrame, frozen: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, list[dict]]:
+    """Drop training candidates that repeat or nearly repeat a frozen test text, listing each."""
+    leaks = leaks_into(frozen, examples, threshold)
+    removed = [{"row": int(r.row), "id": r.id, "text": r.text, "target": r.target, "reason": leaks[r.id]}
+               for r in examples[examples["id"].isin(leaks)].itertuples()]
+    return examples[~examples["id"].isin(leaks)].reset_index(drop=True), removed

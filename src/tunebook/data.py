@@ -242,6 +242,37 @@ def stratum(card: JobCard, target: str) -> str:
     return "all"
 
 
+def _allocate(
+    examples: pd.DataFrame, card: JobCard, held_out: dict[str, float], seed: int, groups: np.ndarray | None
+) -> dict[str, pd.DataFrame]:
+    """Per label (or tool), give each held-out part its share (at least one row) and the rest to train."""
+    strata = examples["target"].map(lambda t: stratum(card, t))
+    counts = strata.value_counts()
+    too_rare = counts[counts < len(held_out) + 1]
+    if len(too_rare):
+        raise DataError(
+            f"labels or tools with fewer than {len(held_out) + 1} clean examples cannot be split into train/"
+            f"{'/'.join(held_out)}: {too_rare.to_dict()}. Add examples for them or remove them from the job card."
+        )
+    # Per-label allocation (rather than sklearn's train_test_split) keeps every label in every split,
+    # which small jobs need and which sklearn's stratification does not guarantee.
+    rng = np.random.default_rng(seed)
+    assignment = pd.Series("train", index=examples.index)
+    for _, group in examples.groupby(strata, sort=True):
+        order = group.index.to_numpy()[rng.permutation(len(group))]
+        start = 0
+        for name, fraction in held_out.items():
+            size = max(1, round(len(group) * fraction))
+            assignment[order[start : start + size]] = name
+            start += size
+    if groups is not None:
+        # every member of a near-duplicate group follows the group's first row, so no group spans two splits
+        leader = pd.Series(examples.index, index=examples.index).groupby(np.asarray(groups)).transform("min")
+        assignment = pd.Series(assignment[leader].to_numpy(), index=examples.index)
+    names = ["train", *held_out]
+    return {name: examples[assignment == name].sort_values("row").reset_index(drop=True) for name in names}
+
+
 def split(
     examples: pd.DataFrame, card: JobCard, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0,
     groups: np.ndarray | None = None,
@@ -252,31 +283,21 @@ def split(
             raise DataError(f"{name} must be between 0 and 1, got {value}.")
     if test_fraction + val_fraction >= 1:
         raise DataError(f"TEST_FRACTION + VAL_FRACTION must be below 1, got {test_fraction + val_fraction}.")
-    strata = examples["target"].map(lambda t: stratum(card, t))
-    counts = strata.value_counts()
-    too_rare = counts[counts < 3]
-    if len(too_rare):
-        raise DataError(
-            f"labels or tools with fewer than 3 clean examples cannot be split into train/val/test: {too_rare.to_dict()}. "
-            "Add examples for them or remove them from the job card."
-        )
-    # Per-label allocation (rather than sklearn's train_test_split) keeps every label in every split,
-    # which small jobs need and which sklearn's stratification does not guarantee.
-    rng = np.random.default_rng(seed)
-    assignment = pd.Series("", index=examples.index)
-    for _, group in examples.groupby(strata, sort=True):
-        order = group.index.to_numpy()[rng.permutation(len(group))]
-        n_test = max(1, round(len(group) * test_fraction))
-        n_val = max(1, round(len(group) * val_fraction))
-        assignment[order[:n_test]] = "test"
-        assignment[order[n_test : n_test + n_val]] = "val"
-        assignment[order[n_test + n_val :]] = "train"
-    if groups is not None:
-        # every member of a near-duplicate group follows the group's first row, so no group spans two splits
-        leader = pd.Series(examples.index, index=examples.index).groupby(np.asarray(groups)).transform("min")
-        assignment = pd.Series(assignment[leader].to_numpy(), index=examples.index)
-    parts = [examples[assignment == name] for name in SPLITS]
-    return {name: part.sort_values("row").reset_index(drop=True) for name, part in zip(SPLITS, parts)}
+    parts = _allocate(examples, card, {"test": test_fraction, "val": val_fraction}, seed, groups)
+    return {name: parts[name] for name in SPLITS}
+
+
+def split_with_frozen_test(
+    examples: pd.DataFrame, frozen_test: pd.DataFrame, card: JobCard, val_fraction: float = 0.1, seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Keep a user-supplied test set exactly as given; split the rest into train/val only."""
+    if len(frozen_test) == 0:
+        raise DataError("the frozen test set (TEST_FILE) has no rows.")
+    if not 0 < val_fraction < 1:
+        raise DataError(f"VAL_FRACTION must be between 0 and 1, got {val_fraction}.")
+    parts = _allocate(examples, card, {"val": val_fraction}, seed, groups)
+    return {"train": parts["train"], "val": parts["val"], "test": frozen_test.sort_values("row").reset_index(drop=True)}
 
 
 def frame_hash(frame: pd.DataFrame) -> str:
