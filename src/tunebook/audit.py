@@ -38,9 +38,16 @@ def minhash_signatures(sets: list[np.ndarray], num_perm: int = 64, seed: int = 0
     return signatures
 
 
-def _jaccard(x: np.ndarray, y: np.ndarray) -> float:
-    inter = len(np.intersect1d(x, y, assume_unique=True))
-    return inter / (len(x) + len(y) - inter)
+def _pair_jaccard(sets: list[np.ndarray], pairs: np.ndarray) -> np.ndarray:
+    """Exact Jaccard similarity of many (i, j) pairs of shingle sets, via one sparse incidence matrix."""
+    from scipy.sparse import csr_matrix
+
+    lengths = np.array([len(s) for s in sets])
+    _, columns = np.unique(np.concatenate(sets), return_inverse=True)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    matrix = csr_matrix((np.ones(len(columns), dtype=np.float32), columns.ravel(), indptr), shape=(len(sets), columns.max() + 1))
+    inter = np.asarray(matrix[pairs[:, 0]].multiply(matrix[pairs[:, 1]]).sum(axis=1)).ravel()
+    return inter / (lengths[pairs[:, 0]] + lengths[pairs[:, 1]] - inter)
 
 
 def lsh_rows(threshold: float, num_perm: int, miss: float = 0.01) -> int:
@@ -57,19 +64,28 @@ def near_duplicate_pairs(texts: list[str], threshold: float = 0.8, num_perm: int
     sets = [shingles(t, size) for t in texts]
     signatures = minhash_signatures(sets, num_perm)
     rows = lsh_rows(threshold, num_perm)
-    bands = num_perm // rows
-    candidates: set[tuple[int, int]] = set()
-    for band in range(bands):
-        keys = signatures[:, band * rows : (band + 1) * rows]
-        _, bucket = np.unique(keys, axis=0, return_inverse=True)
-        order = np.argsort(bucket.ravel(), kind="stable")
-        sorted_buckets = bucket.ravel()[order]
-        for group in np.split(order, np.flatnonzero(np.diff(sorted_buckets)) + 1):
-            if 1 < len(group) <= 200:  # a huge bucket is near-identical boilerplate; exact dedup handles it
-                group = np.sort(group)
-                candidates.update((int(i), int(j)) for k, i in enumerate(group) for j in group[k + 1 :])
-    found = [(i, j, _jaccard(sets[i], sets[j])) for i, j in sorted(candidates)]
-    return pd.DataFrame([f for f in found if f[2] >= threshold], columns=["i", "j", "similarity"])
+    mixers = np.random.default_rng(1).integers(1, 1 << 61, rows, dtype=np.uint64)
+    firsts, seconds = [], []
+    for band in range(num_perm // rows):
+        # one 64-bit key per row and band (wrapping arithmetic is fine for bucketing)
+        keys = (signatures[:, band * rows : (band + 1) * rows] * mixers).sum(axis=1)
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        sizes = np.diff(np.r_[starts, len(keys)])
+        for start, count in zip(starts[sizes > 1], sizes[sizes > 1]):
+            if count > 200:  # a huge bucket is near-identical boilerplate; exact dedup handles it
+                continue
+            members = np.sort(order[start : start + count])
+            i, j = np.triu_indices(count, k=1)
+            firsts.append(members[i])
+            seconds.append(members[j])
+    if not firsts:
+        return pd.DataFrame(columns=["i", "j", "similarity"])
+    pairs = np.unique(np.stack([np.concatenate(firsts), np.concatenate(seconds)], axis=1), axis=0)
+    similarity = _pair_jaccard(sets, pairs)
+    keep = similarity >= threshold
+    return pd.DataFrame({"i": pairs[keep, 0], "j": pairs[keep, 1], "similarity": similarity[keep]})
 
 
 def groups_from_pairs(n: int, pairs: pd.DataFrame) -> np.ndarray:
@@ -90,11 +106,10 @@ def groups_from_pairs(n: int, pairs: pd.DataFrame) -> np.ndarray:
 
 
 def suspected_label_errors(card: JobCard, examples: pd.DataFrame, threshold: float = 0.6, folds: int = 5, seed: int = 0) -> pd.DataFrame:
-    """Examples whose label a cross-validated TF-IDF + logistic-regression classifier confidently disputes."""
+    """Examples whose label a cross-validated TF-IDF + logistic-loss linear classifier confidently disputes."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import SGDClassifier
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
 
     columns = ["row", "id", "text", "target", "suggested", "confidence"]
     if card.task_kind not in ("classification", "tool_selection") or len(examples) < 2 * folds:
@@ -104,13 +119,16 @@ def suspected_label_errors(card: JobCard, examples: pd.DataFrame, threshold: flo
     folds = int(min(folds, counts.min()))
     if folds < 2:
         return pd.DataFrame(columns=columns)
-    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1), LogisticRegression(max_iter=1000, C=5.0))
+    # TF-IDF is unsupervised, so it is fitted once on all texts; only the classifier is cross-validated.
+    # Logistic loss by SGD: the same model as LogisticRegression, several times faster on 100k examples.
+    features = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(examples["text"].to_numpy())
+    model = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=seed)
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     from threadpoolctl import threadpool_limits
 
     # one BLAS thread: lbfgs on small problems thrashes when BLAS threads compete (24 s vs 0.4 s measured here)
     with threadpool_limits(limits=1):
-        probs = cross_val_predict(model, examples["text"].to_numpy(), labels, cv=cv, method="predict_proba")
+        probs = cross_val_predict(model, features, labels, cv=cv, method="predict_proba")
     classes = np.array(sorted(set(labels)))
     best = probs.argmax(axis=1)
     frame = examples[["row", "id", "text", "target"]].copy()
@@ -138,11 +156,13 @@ def token_lengths(tokenizer, card: JobCard, examples: pd.DataFrame, max_length: 
     """Prompt and answer token counts per example, with what MAX_LENGTH would cut."""
     from tunebook.prompts import render_text
 
-    # Render the chat template once around a marker, then tokenize every prompt in one batched call.
+    # The chat template around the input costs the same for every example (special tokens separate it from the
+    # input, so tokenization does not merge across the boundary): count it once, then only the inputs.
     marker = "\u0000TUNEBOOK-INPUT\u0000"
     before, after = render_text(tokenizer, card, marker).split(marker)
-    prompts = [before + text.strip() + after for text in examples["text"]]
-    prompt = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    fixed = len(tokenizer(before, add_special_tokens=False)["input_ids"]) + len(tokenizer(after, add_special_tokens=False)["input_ids"])
+    texts = [text.strip() for text in examples["text"]]
+    prompt = [fixed + len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     answer = [len(ids) + 1 for ids in tokenizer(list(examples["target"]), add_special_tokens=False)["input_ids"]]  # + end of turn
     frame = examples[["row", "id"]].copy()
     frame["prompt_tokens"], frame["answer_tokens"] = prompt, answer
@@ -167,12 +187,10 @@ class Audit:
 def near_findings(examples: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Near-duplicate pairs with the same target, and near-same texts with different targets."""
     pairs = near_duplicate_pairs(examples["text"].tolist(), threshold)
-    columns = ["row_a", "id_a", "text_a", "target_a", "row_b", "id_b", "text_b", "target_b", "similarity"]
-    rows = []
-    for i, j, similarity in pairs.itertuples(index=False):
-        a, b = examples.iloc[int(i)], examples.iloc[int(j)]
-        rows.append([a["row"], a["id"], a["text"], a["target"], b["row"], b["id"], b["text"], b["target"], round(similarity, 3)])
-    frame = pd.DataFrame(rows, columns=columns)
+    a = examples.iloc[pairs["i"].to_numpy(dtype=int)][["row", "id", "text", "target"]].reset_index(drop=True)
+    b = examples.iloc[pairs["j"].to_numpy(dtype=int)][["row", "id", "text", "target"]].reset_index(drop=True)
+    frame = pd.concat([a.add_suffix("_a"), b.add_suffix("_b")], axis=1)
+    frame["similarity"] = pairs["similarity"].round(3).to_numpy()
     same = frame["target_a"] == frame["target_b"]
     return frame[same].reset_index(drop=True), frame[~same].reset_index(drop=True)
 
