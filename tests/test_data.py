@@ -161,3 +161,9 @@ def test_cleaning_finds_the_planted_dirt_of_every_example(example):
                 found[name].add(item["id"])
     assert found == PLANTED[example]
     assert {r["id"]: r["row"] for r in report} == {r["id"]: int(examples.loc[examples["id"] == r["id"], "row"].iloc[0]) for r in report}
+
+
+def test_repeated_ids_are_refused(tmp_path):
+    path = write_job(tmp_path, rows=[{"id": "A", "text": "x", "label": "billing"}, {"id": "A", "text": "y", "label": "account"}])
+    with pytest.raises(DataError, match=r"ids must be unique .* repeated: \['A'\]"):
+        data.load_examples(job.load_job_card(path))

@@ -68,8 +68,14 @@ def load_table(path: str | Path, bad_lines: str = "error", skipped: list[dict] |
         raise DataError(f"{path}: the file is empty (no header, no rows).") from None
     except pd.errors.ParserError as error:
         raise DataError(f"{path}: cannot be parsed as CSV: {error}. Check quoting and the number of fields on that line.") from None
-    # Structured targets (JSON objects in JSONL/Parquet) stay objects; everything else becomes text.
-    return frame.apply(lambda column: column.map(lambda v: v if isinstance(v, (dict, list)) else "" if v is None or v != v else str(v)))
+    return frame.apply(lambda column: column.map(_cell))
+
+
+def _cell(value: object) -> object:
+    """Structured targets (JSON objects in JSONL/Parquet) stay objects; missing values become ''; the rest text."""
+    if isinstance(value, (dict, list)):
+        return value
+    return "" if value is None or value != value else str(value)
 
 
 def to_examples(frame: pd.DataFrame, card: JobCard, source: str) -> tuple[pd.DataFrame, list[dict]]:
@@ -107,6 +113,12 @@ def to_examples(frame: pd.DataFrame, card: JobCard, source: str) -> tuple[pd.Dat
             "tags": frame[spec.tags_column].astype(str).values if spec.tags_column in columns else "",
         }
     )
+    repeated = examples["id"][examples["id"].duplicated()].unique().tolist()
+    if repeated:
+        raise DataError(
+            f"{source}: ids must be unique (review decisions refer to them); repeated: {repeated[:10]}. "
+            "Fix the id column, or set data.id_column: null in the card to number the rows instead."
+        )
     if card.task_kind == "classification":
         allowed = set(card.label_names)
         bad = examples[(examples["target"] != "") & ~examples["target"].isin(allowed)]
