@@ -20,7 +20,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, Traine
 
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
-from tunebook.models import QUANTIZATIONS, disable_cpu_weight_packing, load_model, load_tokenizer, lora_config, model_identity
+from tunebook.models import QUANTIZATIONS, load_model, load_tokenizer, lora_config, model_identity
 from tunebook.prompts import IGNORE_INDEX, encode_example
 
 MANIFEST = "tunebook_manifest.json"
@@ -129,7 +129,6 @@ def train_adapter(
     train_features = build_features(tokenizer, card, splits["train"], config.max_length, "train")
     val_features = build_features(tokenizer, card, splits["val"], config.max_length, "val")
     model = load_model(base_model, config.quantization)
-    disable_cpu_weight_packing(model)
     if config.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules))
