@@ -72,7 +72,7 @@ def test_near_duplicate_groups_stay_in_one_split(card, clean):
     for k, base in enumerate(clean.groupby("target").head(2).itertuples()):
         rows.append((f"N{k}", base.text + " Thanks in advance.", base.target))
     planted = with_rows(clean, rows)
-    groups = audit.near_groups(planted, 0.7)
+    groups = audit.near_groups(planted, audit.run_audit(card, planted, near_threshold=0.7))
     with_groups = data.split(planted, card, seed=3, groups=groups)
     assert audit.cross_split_near_duplicates(with_groups, 0.7).empty
     without = data.split(planted, card, seed=3)

@@ -238,9 +238,13 @@ def drop_near_duplicates(examples: pd.DataFrame, pairs: pd.DataFrame, policy: st
     return examples[~examples["id"].isin(drop)].reset_index(drop=True), removed
 
 
-def near_groups(examples: pd.DataFrame, threshold: float) -> np.ndarray:
-    """Group id per row such that near-duplicate texts share a group."""
-    return groups_from_pairs(len(examples), near_duplicate_pairs(examples["text"].tolist(), threshold))
+def near_groups(examples: pd.DataFrame, found: Audit) -> np.ndarray:
+    """Group id per row such that texts the audit found near-duplicate share a group (rows dropped since are ignored)."""
+    position = {ident: i for i, ident in enumerate(examples["id"])}
+    pairs = pd.concat([found.near_duplicates, found.near_conflicts])
+    kept = pairs[pairs["id_a"].isin(position) & pairs["id_b"].isin(position)]
+    indexed = pd.DataFrame({"i": kept["id_a"].map(position), "j": kept["id_b"].map(position)})
+    return groups_from_pairs(len(examples), indexed)
 
 
 def cross_split_near_duplicates(splits: dict[str, pd.DataFrame], threshold: float) -> pd.DataFrame:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from tunebook.data import file_hash
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
 from tunebook.metrics import check_targets
@@ -46,16 +46,12 @@ def compare(card: JobCard, baseline: dict, tuned: dict) -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def lineage(run_dir: str | Path, card: JobCard, dataset: dict, manifest: dict) -> dict:
     """Where the result came from: job card, dataset version, base model, adapter and metric files, by hash."""
     run_dir = Path(run_dir)
     adapter = run_dir / "adapter" / "adapter_model.safetensors"
     files = {
-        name: _sha256(run_dir / name)
+        name: file_hash(run_dir / name)
         for name in ("baseline/metrics.json", "evaluation/metrics.json")
         if (run_dir / name).is_file()
     }
@@ -65,7 +61,7 @@ def lineage(run_dir: str | Path, card: JobCard, dataset: dict, manifest: dict) -
         "dataset_hash": dataset["hash"],
         "dataset_source": dataset["source"],
         "base_model": manifest["base_model"],
-        "adapter_sha256": _sha256(adapter) if adapter.is_file() else None,
+        "adapter_sha256": file_hash(adapter) if adapter.is_file() else None,
         "training_config": manifest["config"],
         "git_commit": manifest.get("git_commit"),
         "files": files,
