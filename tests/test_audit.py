@@ -101,8 +101,9 @@ def test_token_lengths_flag_what_max_length_cuts(card, clean, tokenizer):
     lengths = audit.token_lengths(tokenizer, card, planted, max_length=300)
     assert lengths.set_index("id").loc["X1", "prompt_cut"]
     assert not lengths.set_index("id").loc[clean["id"].iloc[0], "prompt_cut"]
-    tight = audit.token_lengths(tokenizer, card, planted, max_length=2)
-    assert tight["answer_cut"].any()
+    first = lengths.iloc[0]
+    tight = audit.token_lengths(tokenizer, card, planted.head(1), max_length=int(first["prompt_tokens"]) + 1)
+    assert tight["answer_cut"].all() and not tight["prompt_cut"].any()
 
 
 def test_review_decisions_relabel_drop_and_keep(card, tmp_path):

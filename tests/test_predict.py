@@ -53,7 +53,7 @@ def test_classify_returns_valid_labels_with_probabilities(card, model_and_tokeni
 def test_missing_adapter_is_reported(tiny_model, tmp_path):
     from tunebook.errors import TunebookError
 
-    with pytest.raises(TunebookError, match="no adapter in .*run 03_train_qlora first"):
+    with pytest.raises(TunebookError, match="no trained model in .*adapter_config.json missing.*run 03_train_qlora first"):
         predict.load_for_inference(tiny_model, tmp_path)
 
 

@@ -37,12 +37,15 @@ def test_only_the_answer_and_end_of_turn_are_supervised(card, tokenizer):
     assert prompts.show_supervision(tokenizer, features).endswith("assistant\n[[shipping<|im_end|>]]")
 
 
-def test_long_prompt_is_cut_from_the_left_keeping_the_answer(card, tokenizer):
-    features = prompts.encode_example(tokenizer, card, "word " * 600, "billing", max_length=64)
-    assert len(features["input_ids"]) == 64
-    assert tokenizer.decode([t for t, l in zip(features["input_ids"], features["labels"]) if l != -100]) == "billing<|im_end|>"
+def test_a_long_answer_is_cut_at_the_end_keeping_the_whole_prompt(card, tokenizer):
+    prompt = prompts.encode_prompt(tokenizer, prompts.build_messages(card, "My parcel is late"))
+    features = prompts.encode_example(tokenizer, card, "My parcel is late", "billing and more words", max_length=len(prompt) + 2)
+    assert features["input_ids"][: len(prompt)] == prompt
+    assert len(features["input_ids"]) == len(prompt) + 2
+    first_two = tokenizer("billing and more words", add_special_tokens=False)["input_ids"][:2]
+    assert [t for t, l in zip(features["input_ids"], features["labels"]) if l != -100] == first_two
 
 
-def test_no_supervised_token_left_is_an_error(card, tokenizer):
-    with pytest.raises(TunebookError, match="train split, id 7: the answer alone takes .* MAX_LENGTH=2"):
-        prompts.encode_example(tokenizer, card, "x", "feature_request", max_length=2, where="train split, id 7")
+def test_a_prompt_longer_than_max_length_is_an_error_naming_the_example(card, tokenizer):
+    with pytest.raises(TunebookError, match=r"train split, id 7: the prompt alone takes \d+ tokens and MAX_LENGTH is 64.*at least"):
+        prompts.encode_example(tokenizer, card, "word " * 600, "feature_request", max_length=64, where="train split, id 7")

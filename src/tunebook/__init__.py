@@ -1,6 +1,7 @@
 """tunebook: a guided workbook for fine-tuning a language model on one concrete business task."""
 
 import logging
+import warnings
 
 from tunebook.errors import TunebookError
 
@@ -20,3 +21,6 @@ class _HubKernelNotice(logging.Filter):
 
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_HubKernelNotice())
+# LLM.int8() on a CPU casts float32 inputs to float16 and says so on every layer call; QUANTIZATION='int8' is a
+# deliberate choice, and the notice would flood the notebook.
+warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")

@@ -172,8 +172,9 @@ def token_lengths(tokenizer, card: JobCard, examples: pd.DataFrame, max_length: 
     frame = examples[["row", "id"]].copy()
     frame["prompt_tokens"], frame["answer_tokens"] = prompt, answer
     frame["total_tokens"] = frame["prompt_tokens"] + frame["answer_tokens"]
-    frame["prompt_cut"] = frame["total_tokens"] > max_length
-    frame["answer_cut"] = frame["answer_tokens"] >= max_length  # nothing left to supervise: a silently wrong label
+    # Training keeps the whole prompt and cuts the answer's end; a prompt that does not fit leaves nothing to learn.
+    frame["prompt_cut"] = frame["prompt_tokens"] >= max_length
+    frame["answer_cut"] = (frame["total_tokens"] > max_length) & ~frame["prompt_cut"]
     return frame
 
 

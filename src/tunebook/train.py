@@ -1,47 +1,64 @@
-"""QLoRA training on top of transformers' Trainer and peft."""
+"""Training an adapter (QLoRA by default) on top of transformers' Trainer and peft."""
 
 from __future__ import annotations
 
 import json
 import platform
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from peft import get_peft_model, prepare_model_for_kbit_training
-from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
-from tunebook.models import QUANTIZATIONS, load_model, load_tokenizer, lora_config, model_identity
-from tunebook.prompts import IGNORE_INDEX, encode_example
+from tunebook.models import (
+    QUANTIZATIONS,
+    cache_argument,
+    linear_module_names,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    model_identity,
+)
+from tunebook.prompts import IGNORE_INDEX, encode_parts, end_of_turn_id, features_from
 
 MANIFEST = "tunebook_manifest.json"
+RUN_STATE = "tunebook_run.json"
+DEFAULT_LEARNING_RATE = {"lora": 1e-3, "full": 5e-5}
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass
 class TrainConfig:
-    """Everything that decides the adapter, recorded in its manifest."""
+    """Everything that decides the trained weights, recorded in the manifest."""
 
     quantization: str = "nf4"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
-    learning_rate: float = 1e-3
+    learning_rate: float = 0.0  # 0: the method's default (DEFAULT_LEARNING_RATE)
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 8
     max_length: int = 512
     warmup_ratio: float = 0.1
-    eval_steps: int = 0
+    eval_steps: int = 0  # 0: four validation passes per epoch
+    early_stopping_patience: int = 2  # validation passes without improvement before stopping; 0: never stop early
     seed: int = 0
 
     def check(self) -> None:
@@ -51,10 +68,24 @@ class TrainConfig:
         for name in ("lora_r", "lora_alpha", "batch_size", "max_length"):
             if getattr(self, name) <= 0:
                 raise TunebookError(f"{name.upper()} must be positive, got {getattr(self, name)}.")
-        if self.learning_rate <= 0:
-            raise TunebookError(f"LEARNING_RATE must be positive, got {self.learning_rate}.")
+        if self.learning_rate < 0:
+            raise TunebookError(f"LEARNING_RATE must be positive (or 0 for the method's default), got {self.learning_rate}.")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise TunebookError("set EPOCHS > 0 or MAX_STEPS > 0.")
+        if not 0 <= self.lora_dropout < 1:
+            raise TunebookError(f"LORA_DROPOUT must be in [0, 1), got {self.lora_dropout}.")
+        if self.early_stopping_patience < 0 or self.eval_steps < 0:
+            raise TunebookError("EARLY_STOPPING_PATIENCE and EVAL_STEPS must be 0 or more.")
+
+    @property
+    def full(self) -> bool:
+        """Whether every weight is trained (no adapter)."""
+        return self.quantization == "full"
+
+    @property
+    def effective_learning_rate(self) -> float:
+        """The learning rate used: the configured one, or the method's default."""
+        return self.learning_rate or DEFAULT_LEARNING_RATE["full" if self.full else "lora"]
 
 
 @dataclass
@@ -69,27 +100,155 @@ class TrainResult:
 
 
 def build_features(tokenizer: PreTrainedTokenizerBase, card: JobCard, frame: pd.DataFrame, max_length: int, split: str) -> list[dict]:
-    """Tokenized training features for every row of a split."""
-    return [
-        encode_example(tokenizer, card, row.text, row.target, max_length, where=f"{split} split, id {row.id}")
-        for row in frame.itertuples()
-    ]
+    """Tokenized training features for every row of a split; every example must keep at least one supervised token."""
+    features, too_long = [], []
+    for row in frame.itertuples():
+        prompt, answer = encode_parts(tokenizer, card, row.text, row.target)
+        if len(prompt) >= max_length:
+            too_long.append((row.id, len(prompt) + len(answer)))
+        else:
+            features.append(features_from(prompt, answer, max_length))
+    if too_long:
+        named = ", ".join(f"{i} ({n} tokens)" for i, n in too_long[:5]) + (f" and {len(too_long) - 5} more" if len(too_long) > 5 else "")
+        raise TunebookError(
+            f"{len(too_long)} example(s) of the {split} split would have no supervised token: their prompt alone is "
+            f"MAX_LENGTH={max_length} tokens or more, so truncation removes the whole answer. Examples: {named}. "
+            f"Raise MAX_LENGTH to at least {max(n for _, n in too_long)}, or drop them in 01_clean_the_data "
+            "(the audit's prompt_cut column lists them)."
+        )
+    return features
+
+
+def shared_prefix_length(features: list[dict], minimum: int = MIN_SHARED_PREFIX) -> int:
+    """Tokens every example in a batch starts with, up to the first supervised token's input; 0 when too short to pay off."""
+    if len(features) < 2:
+        return 0
+    first, length = features[0]["input_ids"], min(len(f["input_ids"]) for f in features)
+    for f in features[1:]:
+        ids = f["input_ids"]
+        length = next((i for i in range(length) if ids[i] != first[i]), length)
+    # The hidden state just before the first supervised token must come out of the per-example pass.
+    first_label = min(next(i for i, label in enumerate(f["labels"]) if label != IGNORE_INDEX) for f in features)
+    length = min(length, first_label - 1)
+    return length if length >= minimum else 0
+
+
+class CompletionCollator:
+    """Right-pads a batch and measures the prompt prefix all its examples share (run once per batch)."""
+
+    def __init__(self, pad_token_id: int, share_prefix: bool = True):
+        self.pad_token_id = pad_token_id
+        self.share_prefix = share_prefix
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        """Stack ``features`` into padded tensors plus ``prefix_length``."""
+        width = max(len(f["input_ids"]) for f in features)
+        batch = {
+            "input_ids": torch.full((len(features), width), self.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
+            "labels": torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long),
+        }
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            batch["input_ids"][i, :n] = torch.tensor(f["input_ids"])
+            batch["attention_mask"][i, :n] = 1
+            batch["labels"][i, :n] = torch.tensor(f["labels"])
+        batch["prefix_length"] = torch.tensor(shared_prefix_length(features) if self.share_prefix else 0)
+        return batch
+
+
+def completion_loss(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, prefix_length: int = 0
+) -> torch.Tensor:
+    """Mean cross-entropy over the supervised tokens.
+
+    The shared prompt prefix (the system prompt, usually most of each example) runs once for the whole batch and
+    its key/value cache is shared by every example; the vocabulary projection runs only where there is a loss.
+    Equal to the plain full-sequence loss up to float rounding (tested).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder()
+    p = int(prefix_length)
+    if p > 0:
+        prefix = decoder(input_ids=input_ids[:1, :p], use_cache=True)
+        cache = getattr(prefix, "cache", None) or prefix.past_key_values
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        positions = torch.arange(p, input_ids.shape[1], device=input_ids.device)[None, :]
+        hidden = decoder(
+            input_ids=input_ids[:, p:], attention_mask=attention_mask, position_ids=positions, **{cache_argument(decoder): cache}
+        ).last_hidden_state
+    else:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, p + 1:]
+    keep = targets != IGNORE_INDEX
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    return F.cross_entropy(logits, targets[keep])
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped batches whose order depends only on the seed and the epoch.
+
+    transformers' own sampler draws from the global RNG at the start of each epoch, so a run resumed from a
+    checkpoint inside an epoch sees a different order than the uninterrupted run did.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer before each epoch."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
 class CompletionOnlyTrainer(Trainer):
-    """Trainer whose loss covers only the answer tokens, projecting to the vocabulary only there."""
+    """Trainer whose loss covers only the answer tokens (see ``completion_loss``)."""
 
     loss_is_scaled_for_ga = False
 
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return SeededLengthGroupedSampler(batch, [len(f["input_ids"]) for f in dataset], seed)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Mean cross-entropy over supervised tokens; the LM head runs on those positions only."""
-        labels = inputs["labels"][:, 1:]
-        keep = labels != IGNORE_INDEX
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        hidden = base.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
-        loss = F.cross_entropy(logits, labels[keep])
-        return (loss, {"logits": logits}) if return_outputs else loss
+        """Mean cross-entropy over supervised tokens, with the batch's shared prefix computed once."""
+        loss = completion_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], inputs.get("prefix_length", 0))
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+
+class LiveLossCurve(TrainerCallback):
+    """Redraws the training curve in the notebook as losses are logged (does nothing outside IPython)."""
+
+    def __init__(self, before: float | None = None):
+        self.before = before
+        self.handle = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Update the figure with the latest log history."""
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            return
+        if get_ipython() is None:
+            return
+        import matplotlib.pyplot as plt
+
+        from tunebook.plots import loss_curve
+
+        history = ([{"step": 0, "eval_loss": self.before}] if self.before is not None else []) + state.log_history
+        fig = loss_curve(history)
+        if self.handle is None:
+            self.handle = display(fig, display_id=True)
+        else:
+            self.handle.update(fig)
+        plt.close(fig)
 
 
 def _git_commit() -> str | None:
@@ -111,6 +270,63 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process (and peak GPU memory allocated, on a GPU), in MB."""
+    peak = {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peak["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def prepare_model(base_model: str, config: TrainConfig) -> PreTrainedModel:
+    """The base model with a fresh LoRA adapter on it (or, for full fine-tuning, the base model itself)."""
+    model = load_model(base_model, config.quantization)
+    if config.full:
+        model.train()
+        return model
+    if config.quantization in ("nf4", "int8"):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    torch.manual_seed(config.seed)
+    try:
+        return get_peft_model(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules))
+    except ValueError as error:
+        if "target" not in str(error).lower():
+            raise
+        raise TunebookError(
+            f"LORA_TARGET_MODULES={config.target_modules!r} matches no layer of {Path(base_model).name}. "
+            f"Its linear layers are: {', '.join(linear_module_names(model))} (or use 'all-linear')."
+        ) from None
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _run_key(card: JobCard, base_model: str, config: TrainConfig, dataset_hash: str) -> dict:
+    return {"job_card_sha256": card_hash(card), "base_model": model_identity(base_model), "dataset_hash": dataset_hash, "config": asdict(config)}
+
+
+def _resume_state(checkpoints: Path, key: dict, resume: bool) -> dict | None:
+    """The saved state of an interrupted run with the same inputs, or None for a fresh start."""
+    saved = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not saved:
+        return None
+    if not resume:
+        raise TunebookError(f"{checkpoints} holds checkpoints of an interrupted run: set RESUME=True to continue it, or use a new run folder.")
+    state = json.loads((checkpoints / RUN_STATE).read_text()) if (checkpoints / RUN_STATE).is_file() else {}
+    differ = [name for name in key if state.get("key", {}).get(name) != key[name]]
+    if differ:
+        detail = differ
+        if "config" in differ and "config" in state.get("key", {}):
+            detail = [f"config.{k}" for k in key["config"] if state["key"]["config"].get(k) != key["config"][k]] or differ
+        raise TunebookError(
+            f"the checkpoints in {checkpoints} come from a run with different inputs ({', '.join(detail)}), so resuming "
+            "would mix two runs. Use a new run folder, or restore the settings of the interrupted run."
+        )
+    return {**state, "checkpoint": str(saved[-1])}
+
+
 def train_adapter(
     card: JobCard,
     splits: dict[str, pd.DataFrame],
@@ -118,78 +334,126 @@ def train_adapter(
     config: TrainConfig,
     out_dir: str | Path,
     dataset_hash: str,
+    resume: bool = True,
+    callbacks: list[TrainerCallback] = (),
+    keep_checkpoints: bool = False,
 ) -> TrainResult:
-    """Train a LoRA adapter (on a 4-bit base for QLoRA) and save it with its manifest in ``out_dir``."""
+    """Train an adapter (or the full model) on the train split, keep the checkpoint with the best validation loss,
+    and save it with its manifest in ``out_dir``.
+
+    Checkpoints go to ``out_dir/checkpoints`` at every validation pass; an interrupted run with the same inputs resumes
+    from the last one and ends with the same weights as an uninterrupted run.
+    """
     config.check()
     out_dir = Path(out_dir)
-    if (out_dir / "adapter_config.json").exists():
-        raise TunebookError(f"{out_dir} already holds an adapter; adapters are never overwritten. Use a new run folder.")
-    torch.manual_seed(config.seed)
+    if (out_dir / MANIFEST).exists():
+        raise TunebookError(f"{out_dir} already holds a trained model; it is never overwritten. Use a new run folder.")
     tokenizer = load_tokenizer(base_model)
     train_features = build_features(tokenizer, card, splits["train"], config.max_length, "train")
     val_features = build_features(tokenizer, card, splits["val"], config.max_length, "val")
-    model = load_model(base_model, config.quantization)
-    if config.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = get_peft_model(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules))
+    if not train_features or not val_features:
+        raise TunebookError("training needs examples in both the train and the val split; rerun 01_clean_the_data with more data.")
+    checkpoints = out_dir / "checkpoints"
+    key = _run_key(card, base_model, config, dataset_hash)
+    state = _resume_state(checkpoints, key, resume)
+    model = prepare_model(base_model, config)
     steps_per_epoch = max(1, -(-len(train_features) // config.batch_size))
     total_steps = config.max_steps if config.max_steps > 0 else max(1, round(steps_per_epoch * config.epochs))
+    eval_steps = config.eval_steps or max(1, min(steps_per_epoch, total_steps) // 4)
+    on_gpu = torch.cuda.is_available()
     args = TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"),
+        output_dir=str(checkpoints),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
+        learning_rate=config.effective_learning_rate,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         warmup_steps=int(config.warmup_ratio * total_steps),
         lr_scheduler_type="linear",
-        logging_steps=max(1, steps_per_epoch // 10),
+        logging_steps=max(1, min(eval_steps, steps_per_epoch // 10)),
         eval_strategy="steps",
-        eval_steps=config.eval_steps or max(1, total_steps // 4),
-        save_strategy="no",
-        train_sampling_strategy="group_by_length",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        prediction_loss_only=True,
         remove_unused_columns=False,
         report_to="none",
         seed=config.seed,
         data_seed=config.seed,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=model.dtype == torch.bfloat16 if hasattr(model, "dtype") else False,
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
         dataloader_num_workers=0,
+        disable_tqdm=False,
     )
+    extra = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience > 0 else []
     trainer = CompletionOnlyTrainer(
         model=model,
         args=args,
         train_dataset=train_features,
         eval_dataset=val_features,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True),
+        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        callbacks=[*extra, *callbacks],
     )
-    val_before = trainer.evaluate()["eval_loss"]
-    started = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - started
-    val_after = trainer.evaluate()["eval_loss"]
+    try:
+        if state is None:
+            val_before = trainer.evaluate()["eval_loss"]
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            (checkpoints / RUN_STATE).write_text(json.dumps({"key": key, "val_loss_before": val_before}, indent=2))
+        else:
+            val_before = state["val_loss_before"]
+        for callback in callbacks:
+            if isinstance(callback, LiveLossCurve):
+                callback.before = val_before
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=state["checkpoint"] if state else None)
+        wall = time.perf_counter() - started
+        val_after = trainer.evaluate()["eval_loss"]
+    except Exception as error:  # noqa: BLE001 - only out-of-memory is translated, everything else is re-raised
+        if not _is_out_of_memory(error):
+            raise
+        raise TunebookError(
+            f"out of memory while training with BATCH_SIZE={config.batch_size} and MAX_LENGTH={config.max_length} "
+            f"(longest training example: {max(len(f['input_ids']) for f in train_features)} tokens). Set BATCH_SIZE to "
+            f"{max(1, config.batch_size // 2)}, lower MAX_LENGTH, or use QUANTIZATION='nf4'; checkpoints saved so far "
+            f"are in {checkpoints} and a rerun with the same settings resumes from them."
+        ) from error
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    history = [{"step": 0, "eval_loss": val_before}, *trainer.state.log_history]
     manifest = {
         "job": card.name,
-        "job_card_sha256": card_hash(card),
+        "job_card_sha256": key["job_card_sha256"],
         "task_kind": card.task_kind,
         "choices": card.choices,
         "dataset_hash": dataset_hash,
-        "base_model": model_identity(base_model),
-        "config": asdict(config),
+        "base_model": key["base_model"],
+        "method": "full fine-tuning" if config.full else f"LoRA on a {config.quantization} base",
+        "config": {**asdict(config), "learning_rate_used": config.effective_learning_rate},
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train_examples": len(train_features),
         "val_examples": len(val_features),
+        "answers_cut": sum(f["labels"][-1] != end_of_turn_id(tokenizer) for f in train_features),
         "val_loss_before": val_before,
         "val_loss_after": val_after,
+        "best_step": trainer.state.best_global_step,
+        "steps": trainer.state.global_step,
+        "planned_steps": total_steps,
+        "stopped_early": trainer.state.global_step < total_steps,
+        "resumed_from": Path(state["checkpoint"]).name if state else None,
+        "seed": config.seed,
         "wall_time_s": round(wall, 2),
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **peak_memory_mb(),
+        "device": "cuda" if on_gpu else "cpu",
         "versions": _versions(),
         "git_commit": _git_commit(),
         "argv": sys.argv[:1],
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    # train() starts a fresh log, so the untrained adapter's validation loss is put back in front of it.
-    history = [{"step": 0, "eval_loss": val_before}, *trainer.state.log_history]
+    if not keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainResult(out_dir, history, val_before, val_after, manifest)
 
 
@@ -199,3 +463,48 @@ def read_manifest(adapter_dir: str | Path) -> dict:
     if not path.is_file():
         raise TunebookError(f"{path} is missing: this adapter was not trained by tunebook's 03_train_qlora.")
     return json.loads(path.read_text())
+
+
+def _method_trial(card: JobCard, splits: dict[str, pd.DataFrame], base_model: str, config: TrainConfig) -> dict:
+    """Train briefly with one method in this (fresh) process and report its cost and validation loss."""
+    with tempfile.TemporaryDirectory() as folder:
+        result = train_adapter(card, splits, base_model, config, Path(folder) / "adapter", "method-trial")
+    manifest = result.manifest
+    return {
+        "method": config.quantization,
+        "trainable_parameters": manifest["trainable_parameters"],
+        "peak_memory_mb": manifest["peak_memory_mb"],
+        **({"peak_gpu_memory_mb": manifest["peak_gpu_memory_mb"]} if "peak_gpu_memory_mb" in manifest else {}),
+        "seconds_per_step": round(manifest["wall_time_s"] / max(1, manifest["steps"]), 2),
+        "learning_rate": manifest["config"]["learning_rate_used"],
+        "val_loss_before": round(result.val_loss_before, 4),
+        "val_loss_after": round(result.val_loss_after, 4),
+    }
+
+
+def compare_methods(
+    card: JobCard,
+    splits: dict[str, pd.DataFrame],
+    base_model: str,
+    config: TrainConfig,
+    methods: list[str] = QUANTIZATIONS,
+    steps: int = 5,
+    val_examples: int = 32,
+) -> pd.DataFrame:
+    """Train each method for ``steps`` steps on this job, each in a fresh process so peak memory is its own.
+
+    Columns: trainable parameters, peak memory, seconds per step, learning rate and validation loss before/after.
+    """
+    unknown = [m for m in methods if m not in QUANTIZATIONS]
+    if unknown:
+        raise TunebookError(f"unknown method(s) {unknown}; choose from {', '.join(QUANTIZATIONS)}.")
+    short = {**splits, "val": splits["val"].head(val_examples)}
+    rows = []
+    for method in methods:
+        trial = TrainConfig(**{**asdict(config), "quantization": method, "max_steps": steps, "eval_steps": steps,
+                               "early_stopping_patience": 0,
+                               "learning_rate": config.learning_rate if (method == "full") == config.full else 0.0})
+        # One process per method: peak memory is a per-process high-water mark.
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            rows.append(pool.submit(_method_trial, card, short, base_model, trial).result())
+    return pd.DataFrame(rows).set_index("method")
