@@ -18,7 +18,7 @@ def finished_run(tmp_path_factory, tiny_model):
     """All six notebooks executed on the tiny model and a small job."""
     root = tmp_path_factory.mktemp("workbook")
     card = write_job(root / "job", per_label=5)
-    params = {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "MAX_STEPS": 3, "BATCH_SIZE": 4, "LORA_R": 4}
+    params = {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "MAX_STEPS": 3, "BATCH_SIZE": 4, "LORA_R": 4, "COMPARE_STEPS": 1}
     return pipeline.run_workbook(params, root / "runs", "tiny", progress=False)
 
 
@@ -29,7 +29,7 @@ def test_all_six_notebooks_run_and_record_results(finished_run):
         assert step in summary
     assert (run_dir / "summary.json").is_file()
     for artifact in ("job.yaml", "decision.json", "data/train.jsonl", "data/dataset_version.json", "baseline/predictions.jsonl",
-                     "adapter/adapter_model.safetensors", "adapter/tunebook_manifest.json", "loss_curve.png",
+                     "adapter/adapter_model.safetensors", "adapter/tunebook_manifest.json", "loss_curve.png", "method_tradeoff.png",
                      "evaluation/metrics.json", "release/record.json"):
         assert (run_dir / artifact).is_file(), artifact
 
@@ -52,6 +52,8 @@ def test_recorded_results_match_the_artifacts(finished_run):
     assert record["lineage"]["dataset_hash"] == version["hash"]
     assert record["lineage"]["base_model"] == manifest["base_model"]
     assert manifest["config"]["max_steps"] == 3 and manifest["config"]["lora_r"] == 4
+    tradeoff = pd.read_csv(run_dir / "method_tradeoff.csv", index_col="method")
+    assert list(tradeoff.index) == ["nf4", "int8", "none", "full"] and (tradeoff["seconds_per_step"] > 0).all()
 
 
 def test_same_inputs_give_the_same_dataset_hash(finished_run, tiny_model, tmp_path):
@@ -70,7 +72,7 @@ def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path):
 
 
 def test_wrong_type_is_rejected(tmp_path):
-    with pytest.raises(TunebookError, match=r"EPOCHS must be float \(default 1.0\), got 'two'"):
+    with pytest.raises(TunebookError, match=r"EPOCHS must be float \(default 3.0\), got 'two'"):
         pipeline.run_workbook({"EPOCHS": "two"}, tmp_path, "bad", progress=False)
 
 
@@ -113,7 +115,7 @@ def test_cli_reads_config_file_and_typed_overrides(tmp_path):
 @pytest.mark.parametrize("example", ["order_extraction", "support_tools", "reply_drafting"])
 def test_other_task_kinds_run_the_whole_workbook(example, tiny_model, tmp_path):
     card = write_job(tmp_path / "job", per_label=3, example=example)
-    params = {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "MAX_STEPS": 2, "BATCH_SIZE": 4, "LORA_R": 4, "K_SHOTS": 1}
+    params = {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "MAX_STEPS": 2, "BATCH_SIZE": 4, "LORA_R": 4, "K_SHOTS": 1, "COMPARE_METHODS": ""}
     run_dir, summary = pipeline.run_workbook(params, tmp_path / "runs", example, progress=False)
     baseline = json.loads((run_dir / "baseline" / "metrics.json").read_text())
     tuned = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
@@ -170,3 +172,56 @@ def test_frozen_test_set_is_kept_as_given_and_leaks_are_removed(tmp_path, tiny_m
     report = json.loads((run_dir / "data" / "cleaning_report.json").read_text())
     assert [r["id"] for r in report if "test-set row" in r["reason"]] == ["LEAK"]
     assert summary["01_clean_the_data"]["splits"]["test"] == len(test)
+
+
+@pytest.fixture(scope="module")
+def prepared_run(tmp_path_factory, tiny_model):
+    """A run folder after 00 and 01, ready for training."""
+    root = tmp_path_factory.mktemp("prepared")
+    card = write_job(root / "job", per_label=4)
+    run_dir, _ = pipeline.run_workbook({"JOB_CARD": str(card), "BASE_MODEL": tiny_model}, root / "runs", "prep", steps=pipeline.NOTEBOOKS[:2], progress=False)
+    return run_dir
+
+
+def test_every_training_parameter_of_03_reaches_the_train_config():
+    from tunebook import train
+
+    declared = {k: p for k, p in pipeline.declared_parameters().items() if "03_train_qlora" in p.notebooks}
+    not_config = {"RUN_DIR", "BASE_MODEL", "RESUME", "COMPARE_METHODS", "COMPARE_STEPS"}
+    config = train.config_from_parameters({k: p.default_value for k, p in declared.items()})
+    fields = {k.upper() for k in train.TrainConfig.__dataclass_fields__} | {"LORA_TARGET_MODULES"}
+    assert set(declared) - not_config <= fields
+    assert config.quantization == "nf4" and config.target_modules == "all-linear" and config.epochs == 3.0
+
+
+def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared_run, run_dir)
+    code = cli.main(["train", str(run_dir), "-p", f"BASE_MODEL={tiny_model}", "-p", "MAX_STEPS=2", "-p", "QUANTIZATION=none",
+                     "-p", "LORA_TARGET_MODULES=q_proj,v_proj"])
+    assert code == 0
+    manifest = json.loads((run_dir / "adapter" / "tunebook_manifest.json").read_text())
+    assert manifest["steps"] == 2 and manifest["config"]["target_modules"] == "q_proj,v_proj" and manifest["processes"] == 1
+    assert cli.main(["train", str(tmp_path / "run"), "-p", "LORA_RANK=4"]) == 2  # misspelled parameter: refused
+
+
+def test_training_runs_unchanged_under_torchrun_with_two_processes(prepared_run, tiny_model, tmp_path):
+    # CPU processes talking over gloo: the same code path accelerate launch / torchrun uses across GPUs.
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared_run, run_dir)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "tunebook.cli", "train", str(run_dir), "-p", f"BASE_MODEL={tiny_model}",
+               "-p", "MAX_STEPS=2", "-p", "BATCH_SIZE=2", "-p", "QUANTIZATION=none"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((run_dir / "adapter" / "tunebook_manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["steps"] == 2
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file() and not (run_dir / "adapter" / "checkpoints").exists()

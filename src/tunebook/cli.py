@@ -1,4 +1,5 @@
-"""Command line: ``tunebook run`` runs the workbook; ``tunebook prepare-model`` caches the bundled model."""
+"""Command line: ``tunebook run`` runs the workbook; ``tunebook train`` runs the training step alone (also under
+``accelerate launch`` / ``torchrun``); ``tunebook prepare-model`` caches the bundled model."""
 
 from __future__ import annotations
 
@@ -71,6 +72,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from tunebook.pipeline import check_parameters, declared_parameters
+    from tunebook.train import train_run_folder
+
+    step = "03_train_qlora"
+    declared = {k: p for k, p in declared_parameters().items() if step in p.notebooks and k != "RUN_DIR"}
+    given = absolute_paths({**load_config(args.config), **parse_assignments(args.param)})
+    given.pop("JOB_CARD")  # the run folder already holds the job card
+    check_parameters(given, declared)
+    parameters = {**{k: p.default_value for k, p in declared.items()}, **given}
+    result = train_run_folder(args.run_dir, parameters)
+    print(f"[tunebook] validation loss {result.val_loss_before:.3f} -> {result.val_loss_after:.3f}; adapter: {result.adapter_dir}")
+    return 0
+
+
 def _prepare_model(args: argparse.Namespace) -> int:
     from tunebook.models import resolve_base_model
 
@@ -89,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default="runs", help="folder that holds run folders (default: runs)")
     run.add_argument("--steps", help="comma-separated notebook prefixes to run, e.g. 00,01,02")
     run.set_defaults(func=_run)
+    train = sub.add_parser("train", help="train on a run folder prepared by 00 and 01 (what 03_train_qlora does)")
+    train.add_argument("run_dir", help="run folder written by 01_clean_the_data")
+    train.add_argument("--config", help="YAML file of 03_train_qlora parameters")
+    train.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a 03_train_qlora parameter (repeatable)")
+    train.set_defaults(func=_train)
     prepare = sub.add_parser("prepare-model", help="convert the bundled base model once and cache it")
     prepare.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub id")
     prepare.set_defaults(func=_prepare_model)

@@ -115,8 +115,10 @@ def compute_dtype() -> torch.dtype:
 
 
 def device() -> str:
-    """'cuda' when a GPU is present, else 'cpu'."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """This process's GPU when one is present ('cuda:<LOCAL_RANK>' under accelerate launch / torchrun), else 'cpu'."""
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
 
 
 def quantization_config(quantization: str) -> BitsAndBytesConfig | None:
@@ -216,7 +218,9 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str | list[str] = "all-linear") -> LoraConfig:
-    """LoRA adapter configuration for a causal language model."""
+    """LoRA adapter configuration for a causal language model; ``target_modules`` may be 'all-linear' or 'q_proj,v_proj'."""
     if r <= 0:
         raise TunebookError(f"LORA_R must be a positive integer, got {r}.")
+    if isinstance(target_modules, str) and target_modules != "all-linear":
+        target_modules = [name.strip() for name in target_modules.split(",") if name.strip()]
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")

@@ -63,6 +63,13 @@ class Parameter:
     help: str
     notebooks: list[str]
 
+    @property
+    def default_value(self):
+        """The default as a Python value (parameters cells hold plain literals)."""
+        import ast
+
+        return ast.literal_eval(self.default)
+
 
 def declared_parameters(folder: Path | None = None) -> dict[str, Parameter]:
     """Every parameter the notebooks declare, with the notebooks that use it."""

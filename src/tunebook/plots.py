@@ -102,3 +102,17 @@ def length_histogram(lengths, max_length: int, path: str | Path | None = None) -
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def method_tradeoff(table, path: str | Path | None = None) -> Figure:
+    """Peak memory, seconds per step and validation loss for each training method, side by side."""
+    columns = [("peak_memory_mb", "peak memory (MB)"), ("seconds_per_step", "seconds per step"), ("val_loss_after", "validation loss after")]
+    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3.2))
+    for ax, (column, title) in zip(axes, columns):
+        ax.bar(table.index.astype(str), table[column], color="tab:blue")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -55,7 +55,7 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 8
-    max_length: int = 512
+    max_length: int = 1024
     warmup_ratio: float = 0.1
     eval_steps: int = 0  # 0: four validation passes per epoch
     early_stopping_patience: int = 2  # validation passes without improvement before stopping; 0: never stop early
@@ -117,6 +117,20 @@ def build_features(tokenizer: PreTrainedTokenizerBase, card: JobCard, frame: pd.
             "(the audit's prompt_cut column lists them)."
         )
     return features
+
+
+def supervision_summary(tokenizer: PreTrainedTokenizerBase, features: list[dict]) -> dict:
+    """How many tokens carry the loss per example, and how many answers MAX_LENGTH cut (losing the stop token)."""
+    counts = [sum(label != IGNORE_INDEX for label in f["labels"]) for f in features]
+    stop = end_of_turn_id(tokenizer)
+    return {
+        "examples": len(features),
+        "supervised_tokens_min": min(counts),
+        "supervised_tokens_mean": round(sum(counts) / len(counts), 1),
+        "supervised_tokens_max": max(counts),
+        "tokens_per_example_mean": round(sum(len(f["input_ids"]) for f in features) / len(features), 1),
+        "answers_cut": sum(f["labels"][-1] != stop for f in features),
+    }
 
 
 def shared_prefix_length(features: list[dict], minimum: int = MIN_SHARED_PREFIX) -> int:
@@ -218,7 +232,12 @@ class CompletionOnlyTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Mean cross-entropy over supervised tokens, with the batch's shared prefix computed once."""
-        loss = completion_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], inputs.get("prefix_length", 0))
+        if self.accelerator.num_processes > 1:
+            # Under accelerate launch / torchrun the forward must go through the DistributedDataParallel wrapper so
+            # gradients are synchronised: the model's own loss (same definition, without the single-process shortcuts).
+            loss = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]).loss
+        else:
+            loss = completion_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], inputs.get("prefix_length", 0))
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
@@ -395,14 +414,16 @@ def train_adapter(
         args=args,
         train_dataset=train_features,
         eval_dataset=val_features,
-        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        data_collator=CompletionCollator(tokenizer.pad_token_id, share_prefix=args.world_size == 1),
         callbacks=[*extra, *callbacks],
     )
+    main_process = trainer.is_world_process_zero()
     try:
         if state is None:
             val_before = trainer.evaluate()["eval_loss"]
-            checkpoints.mkdir(parents=True, exist_ok=True)
-            (checkpoints / RUN_STATE).write_text(json.dumps({"key": key, "val_loss_before": val_before}, indent=2))
+            if main_process:
+                checkpoints.mkdir(parents=True, exist_ok=True)
+                (checkpoints / RUN_STATE).write_text(json.dumps({"key": key, "val_loss_before": val_before}, indent=2))
         else:
             val_before = state["val_loss_before"]
         for callback in callbacks:
@@ -421,7 +442,6 @@ def train_adapter(
             f"{max(1, config.batch_size // 2)}, lower MAX_LENGTH, or use QUANTIZATION='nf4'; checkpoints saved so far "
             f"are in {checkpoints} and a rerun with the same settings resumes from them."
         ) from error
-    model.save_pretrained(str(out_dir), safe_serialization=True)
     history = [{"step": 0, "eval_loss": val_before}, *trainer.state.log_history]
     manifest = {
         "job": card.name,
@@ -435,7 +455,7 @@ def train_adapter(
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train_examples": len(train_features),
         "val_examples": len(val_features),
-        "answers_cut": sum(f["labels"][-1] != end_of_turn_id(tokenizer) for f in train_features),
+        "answers_cut": supervision_summary(tokenizer, train_features)["answers_cut"],
         "val_loss_before": val_before,
         "val_loss_after": val_after,
         "best_step": trainer.state.best_global_step,
@@ -447,13 +467,17 @@ def train_adapter(
         "wall_time_s": round(wall, 2),
         **peak_memory_mb(),
         "device": "cuda" if on_gpu else "cpu",
+        "processes": args.world_size,
         "versions": _versions(),
         "git_commit": _git_commit(),
         "argv": sys.argv[:1],
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if not keep_checkpoints:
-        shutil.rmtree(checkpoints, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if main_process:
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(out_dir), safe_serialization=True)
+        (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if not keep_checkpoints:
+            shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainResult(out_dir, history, val_before, val_after, manifest)
 
 
@@ -463,6 +487,33 @@ def read_manifest(adapter_dir: str | Path) -> dict:
     if not path.is_file():
         raise TunebookError(f"{path} is missing: this adapter was not trained by tunebook's 03_train_qlora.")
     return json.loads(path.read_text())
+
+
+def config_from_parameters(parameters: dict) -> TrainConfig:
+    """A TrainConfig from 03_train_qlora's parameter names (QUANTIZATION, LORA_R, ...); other names are ignored."""
+    names = {f.upper(): f for f in TrainConfig.__dataclass_fields__} | {"LORA_TARGET_MODULES": "target_modules"}
+    return TrainConfig(**{names[k]: v for k, v in parameters.items() if k in names})
+
+
+def train_run_folder(run_dir: str | Path, parameters: dict) -> TrainResult:
+    """What 03_train_qlora does, for a script: train on a run folder written by 01_clean_the_data.
+
+    This is the entry point for ``accelerate launch -m tunebook.cli train RUN_DIR`` (or torchrun) on several GPUs.
+    """
+    from tunebook.data import load_splits
+    from tunebook.job import load_job_card
+    from tunebook.models import resolve_base_model
+
+    run_dir = Path(run_dir)
+    version = run_dir / "data" / "dataset_version.json"
+    if not version.is_file():
+        raise TunebookError(f"{run_dir} has no data/dataset_version.json: run 00_define_the_job and 01_clean_the_data into it first.")
+    card = load_job_card(run_dir / "job.yaml")
+    splits = load_splits(run_dir / "data")
+    base_model = resolve_base_model(parameters.get("BASE_MODEL", "bundled"))
+    config = config_from_parameters(parameters)
+    dataset_hash = json.loads(version.read_text())["hash"]
+    return train_adapter(card, splits, base_model, config, run_dir / "adapter", dataset_hash, resume=parameters.get("RESUME", True))
 
 
 def _method_trial(card: JobCard, splits: dict[str, pd.DataFrame], base_model: str, config: TrainConfig) -> dict:

@@ -1,0 +1,277 @@
+"""Benchmark: training throughput of tunebook's trainer against TRL's SFTTrainer, and against the matmul ceiling.
+
+Run:  .venv/bin/pip install "trl>=1.16,<2" && .venv/bin/python benchmarks/train_speed.py [--steps 8] [--quantization nf4]
+
+Same base model (the bundled SmolLM2-135M-Instruct, loaded the same way), same LoRA configuration (r 16, alpha 32,
+all linear layers, no dropout), same support-triage training split, batch size 8, same number of optimiser steps.
+Columns:
+  tunebook      train.train_adapter: completion-only loss, the batch's shared prompt prefix run once, the vocabulary
+                projection only on supervised positions, length-grouped batches, float32 compute on CPU.
+  TRL defaults  trl.SFTTrainer with SFTConfig defaults (bf16, gradient checkpointing, lr 2e-5, ...) on a
+                prompt-completion dataset rendered by the same chat template; logging_steps=1 to read token counts.
+  TRL fp32      the same with bf16=False and gradient_checkpointing=False (the two defaults that cost most on a CPU),
+                to show how much of the difference is the defaults and how much is the method.
+Each runs in its own process (peak memory is a per-process high-water mark). Step times exclude evaluation.
+Validation loss: mean cross-entropy per answer token (answer + end-of-turn) on the val split, measured the same way
+for every trained model. Achieved FLOP/s counts the matmul/attention FLOPs torch dispatches in one training step
+(torch.utils.flop_counter) divided by that step's time; the ceiling is this machine's fp32 GEMM rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from tunebook import data, job, models, prompts, train  # noqa: E402
+
+BATCH = 8
+
+
+def setup():
+    """The support-triage splits and the resolved bundled model."""
+    card = job.load_job_card(ROOT / "examples" / "support_triage" / "job.yaml")
+    kept, _ = data.clean(*data.load_examples(card))
+    return card, data.split(kept, card), models.resolve_base_model("bundled")
+
+
+def matmul_ceiling(dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM rate (FLOP/s) over shapes like this model's layers (576 <-> 1536, 2048 rows)."""
+    dev = models.device()
+    best = 0.0
+    for rows, inner, cols in ((2048, 576, 1536), (2048, 1536, 576), (2048, 576, 576), (4096, 1024, 1024)):
+        a, b = torch.randn(rows, inner, dtype=dtype, device=dev), torch.randn(inner, cols, dtype=dtype, device=dev)
+        for _ in range(3):
+            a @ b
+        repeats = 20
+        _sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        _sync()
+        best = max(best, 2 * rows * inner * cols * repeats / (time.perf_counter() - start))
+    return best
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class StepTimer:
+    """Trainer callback recording the wall time of every optimiser step (evaluation excluded)."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                _sync()
+                timer.started = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                _sync()
+                timer.steps.append(time.perf_counter() - timer.started)
+
+        self.steps: list[float] = []
+        self.started = 0.0
+        self.callback = _Callback()
+
+
+def val_loss(model, tokenizer, card, frame) -> float:
+    """Mean cross-entropy per answer token (answer + end-of-turn) over the split; full sequences, no shortcuts."""
+    features = train.build_features(tokenizer, card, frame, 512, "val")
+    collate = train.CompletionCollator(tokenizer.pad_token_id, share_prefix=False)
+    total, count = 0.0, 0
+    dev = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(features), BATCH):
+            batch = collate(features[start : start + BATCH])
+            n = int((batch["labels"][:, 1:] != prompts.IGNORE_INDEX).sum())
+            loss = train.completion_loss(model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["labels"].to(dev))
+            total, count = total + loss.item() * n, count + n
+    return total / count
+
+
+def step_flops(model, batch: dict, loss_fn) -> float:
+    """Matmul and attention FLOPs torch dispatches for one forward and backward pass on ``batch``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_fn(model, batch).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def peak_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    return round(peak, 1)
+
+
+def run_tunebook(steps: int, quantization: str) -> dict:
+    """Train with tunebook's trainer for ``steps`` steps; timings, tokens, FLOPs and validation loss."""
+    import tempfile
+
+    card, splits, base = setup()
+    tokenizer = models.load_tokenizer(base)
+    features = train.build_features(tokenizer, card, splits["train"], 512, "train")
+    order = list(train.SeededLengthGroupedSampler(BATCH, [len(f["input_ids"]) for f in features], seed=0))
+    batches = [[features[i] for i in order[k * BATCH : (k + 1) * BATCH]] for k in range(steps)]
+    timer = StepTimer()
+    config = train.TrainConfig(quantization=quantization, max_steps=steps, eval_steps=steps, early_stopping_patience=0)
+    with tempfile.TemporaryDirectory() as folder:
+        result = train.train_adapter(card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer.callback])
+        model = train.prepare_model(base, config)
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(Path(folder) / "adapter" / "adapter_model.safetensors"))
+    collate = train.CompletionCollator(tokenizer.pad_token_id)
+    batch = collate(batches[1])
+    flops = step_flops(model, batch, lambda m, b: train.completion_loss(m, b["input_ids"], b["attention_mask"], b["labels"], b["prefix_length"]))
+    computed = [int(collate(b)["prefix_length"]) + sum(len(f["input_ids"]) - int(collate(b)["prefix_length"]) for f in b) for b in batches]
+    return {
+        "step_s": timer.steps,
+        "tokens": [sum(len(f["input_ids"]) for f in b) for b in batches],
+        "computed_tokens": computed,
+        "flops_step": flops,
+        "flops_batch_index": 1,
+        "val_loss": val_loss(model, tokenizer, card, splits["val"]),
+        "peak_mb": peak_mb(),
+    }
+
+
+def run_trl(steps: int, quantization: str, fp32: bool) -> dict:
+    """Train with TRL's SFTTrainer (defaults, or bf16/gradient checkpointing off) for ``steps`` steps."""
+    import tempfile
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    card, splits, base = setup()
+    tokenizer = models.load_tokenizer(base)
+
+    def rows(frame):
+        return Dataset.from_list([
+            {"prompt": prompts.build_messages(card, r.text), "completion": [{"role": "assistant", "content": r.target}]}
+            for r in frame.itertuples()
+        ])
+
+    model = models.load_model(base, quantization)
+    timer = StepTimer()
+    logged: list[dict] = []
+    from transformers import TrainerCallback
+
+    class Logs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logged.append(dict(logs or {}))
+
+    extra = {"bf16": False, "gradient_checkpointing": False} if fp32 else {}
+    with tempfile.TemporaryDirectory() as folder:
+        config = SFTConfig(output_dir=folder, max_steps=steps, report_to="none", save_strategy="no", logging_steps=1,
+                           use_cpu=not torch.cuda.is_available(), **extra)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=rows(splits["train"]), processing_class=tokenizer,
+                             peft_config=models.lora_config(16, 32, 0.0), callbacks=[timer.callback, Logs()])
+        settings = {"bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing, "learning_rate": config.learning_rate,
+                    "batch_size": config.per_device_train_batch_size}
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.train()
+    model = trainer.model
+    model.config.use_cache = False
+    cumulative = [int(float(e["num_tokens"])) for e in logged if "num_tokens" in e]
+    tokens = [b - a for a, b in zip([0, *cumulative[:-1]], cumulative)]
+
+    def trl_loss(m, b):
+        with torch.autocast(device_type=models.device(), dtype=torch.bfloat16, enabled=settings["bf16"]):
+            out = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        logits = out.logits[:, :-1].float()
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["labels"][:, 1:].flatten(), ignore_index=-100)
+
+    model.train()
+    if settings["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+    dev = next(model.parameters()).device
+    flops = step_flops(model, {k: v.to(dev) for k, v in batch.items()}, trl_loss)
+    return {
+        "step_s": timer.steps,
+        "tokens": tokens,
+        "computed_tokens": tokens,
+        "flops_step": flops,
+        "flops_tokens": int(batch["attention_mask"].sum()),
+        "val_loss": val_loss(model, tokenizer, card, splits["val"]),
+        "peak_mb": peak_mb(),
+        "settings": settings,
+    }
+
+
+def in_process(function, *args) -> dict:
+    """Run ``function`` in a fresh process (own peak memory, no shared state)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--quantization", default="nf4", choices=["nf4", "none"])
+    parser.add_argument("--skip-trl-fp32", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    options = parser.parse_args()
+    ceiling = matmul_ceiling()
+    print(f"device: {models.device()}, torch threads {torch.get_num_threads()}, fp32 matmul ceiling {ceiling / 1e9:.1f} GFLOP/s")
+    runs = {"tunebook": in_process(run_tunebook, options.steps, options.quantization)}
+    runs["TRL defaults"] = in_process(run_trl, options.steps, options.quantization, False)
+    if not options.skip_trl_fp32:
+        runs["TRL fp32"] = in_process(run_trl, options.steps, options.quantization, True)
+    rows = {}
+    for name, run in runs.items():
+        # the first step carries one-off warm-up (kernel selection, allocator growth); report steady steps
+        steady = run["step_s"][1:] or run["step_s"]
+        step_s = sum(steady) / len(steady)
+        tokens = sum(run["tokens"][1:]) / max(1, len(run["tokens"][1:]))
+        index = run.get("flops_batch_index")
+        flops_step_time = run["step_s"][index] if index is not None else step_s
+        achieved = run["flops_step"] / flops_step_time
+        rows[name] = {
+            "seconds per step": round(step_s, 2),
+            "examples per second": round(BATCH / step_s, 2),
+            "tokens per second (non-padding)": round(tokens / step_s, 1),
+            "tokens computed per step": round(sum(run["computed_tokens"][1:]) / max(1, len(run["computed_tokens"][1:])), 1),
+            "GFLOP per step (counted)": round(run["flops_step"] / 1e9, 1),
+            "achieved GFLOP/s": round(achieved / 1e9, 1),
+            "share of fp32 matmul ceiling": round(achieved / ceiling, 2),
+            "validation loss after": round(run["val_loss"], 4),
+            "peak memory MB": run["peak_mb"],
+        }
+    names = list(rows)
+    width = max(len(k) for k in rows[names[0]]) + 2
+    print(f"\n{options.steps} steps x batch {BATCH}, support-triage train split, {options.quantization} base + LoRA r16 (all linear)")
+    print("".ljust(width) + "".join(n.rjust(16) for n in names) + "   tunebook / TRL defaults")
+    for key in rows[names[0]]:
+        ratio = rows["tunebook"][key] / rows["TRL defaults"][key] if rows["TRL defaults"][key] else float("nan")
+        print(key.ljust(width) + "".join(str(rows[n][key]).rjust(16) for n in names) + f"   {ratio:.2f}x")
+    for name, run in runs.items():
+        if "settings" in run:
+            print(f"{name} settings: {run['settings']}")
+    if options.json:
+        options.json.write_text(json.dumps({"ceiling_flops": ceiling, "rows": rows, "device": models.device()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
