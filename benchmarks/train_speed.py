@@ -13,8 +13,11 @@ Columns:
                 to show how much of the difference is the defaults and how much is the method.
 Each runs in its own process (peak memory is a per-process high-water mark). Step times exclude evaluation.
 Validation loss: mean cross-entropy per answer token (answer + end-of-turn) on the val split, measured the same way
-for every trained model. Achieved FLOP/s counts the matmul/attention FLOPs torch dispatches in one training step
-(torch.utils.flop_counter) divided by that step's time; the ceiling is this machine's fp32 GEMM rate.
+for every trained model. Achieved FLOP/s: the matrix-multiply FLOPs torch dispatches for one training step
+(torch.utils.flop_counter), counted on an unquantized copy of the model with the same LoRA and the same batch
+(bitsandbytes' 4-bit forward is a custom op the counter cannot see; the multiply work is the same), divided by the
+mean step time; attention FLOPs are not counted (the CPU attention kernel has no formula), so the figure is a lower
+bound. The ceiling is this machine's best fp32 GEMM rate on shapes like the model's layers.
 """
 
 from __future__ import annotations
@@ -101,18 +104,19 @@ def val_loss(model, tokenizer, card, frame) -> float:
         for start in range(0, len(features), BATCH):
             batch = collate(features[start : start + BATCH])
             n = int((batch["labels"][:, 1:] != prompts.IGNORE_INDEX).sum())
-            loss = train.completion_loss(model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["labels"].to(dev))
+            loss = train.completion_loss(model, {k: v.to(dev) for k, v in batch.items()})
             total, count = total + loss.item() * n, count + n
     return total / count
 
 
 def step_flops(model, batch: dict, loss_fn) -> float:
-    """Matmul and attention FLOPs torch dispatches for one forward and backward pass on ``batch``."""
+    """Matrix-multiply FLOPs torch dispatches for one forward and backward pass on ``batch``."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    dev = next(model.parameters()).device
     counter = FlopCounterMode(display=False)
     with counter:
-        loss_fn(model, batch).backward()
+        loss_fn(model, {k: v.to(dev) for k, v in batch.items()}).backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -143,15 +147,14 @@ def run_tunebook(steps: int, quantization: str) -> dict:
 
         set_peft_model_state_dict(model, load_file(Path(folder) / "adapter" / "adapter_model.safetensors"))
     collate = train.CompletionCollator(tokenizer.pad_token_id)
-    batch = collate(batches[1])
-    flops = step_flops(model, batch, lambda m, b: train.completion_loss(m, b["input_ids"], b["attention_mask"], b["labels"], b["prefix_length"]))
-    computed = [int(collate(b)["prefix_length"]) + sum(len(f["input_ids"]) - int(collate(b)["prefix_length"]) for f in b) for b in batches]
+    counted = train.prepare_model(base, train.TrainConfig(quantization="none"))
+    flops = sum(step_flops(counted, collate(b), train.completion_loss) for b in batches[1:]) / max(1, len(batches) - 1)
+    computed = [collate(b)["input_ids"].numel() for b in batches]
     return {
         "step_s": timer.steps,
         "tokens": [sum(len(f["input_ids"]) for f in b) for b in batches],
         "computed_tokens": computed,
         "flops_step": flops,
-        "flops_batch_index": 1,
         "val_loss": val_loss(model, tokenizer, card, splits["val"]),
         "peak_mb": peak_mb(),
     }
@@ -193,27 +196,28 @@ def run_trl(steps: int, quantization: str, fp32: bool) -> dict:
         batch = next(iter(trainer.get_train_dataloader()))
         trainer.train()
     model = trainer.model
-    model.config.use_cache = False
     cumulative = [int(float(e["num_tokens"])) for e in logged if "num_tokens" in e]
     tokens = [b - a for a, b in zip([0, *cumulative[:-1]], cumulative)]
 
     def trl_loss(m, b):
-        with torch.autocast(device_type=models.device(), dtype=torch.bfloat16, enabled=settings["bf16"]):
+        with torch.autocast(device_type="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=settings["bf16"]):
             out = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
         logits = out.logits[:, :-1].float()
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["labels"][:, 1:].flatten(), ignore_index=-100)
 
-    model.train()
+    counted = models.load_model(base, "none")
+    from peft import get_peft_model
+
+    counted = get_peft_model(counted, models.lora_config(16, 32, 0.0))
+    counted.train()
     if settings["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable()
-    dev = next(model.parameters()).device
-    flops = step_flops(model, {k: v.to(dev) for k, v in batch.items()}, trl_loss)
+        counted.gradient_checkpointing_enable()
+    flops = step_flops(counted, batch, trl_loss)
     return {
         "step_s": timer.steps,
         "tokens": tokens,
         "computed_tokens": tokens,
         "flops_step": flops,
-        "flops_tokens": int(batch["attention_mask"].sum()),
         "val_loss": val_loss(model, tokenizer, card, splits["val"]),
         "peak_mb": peak_mb(),
         "settings": settings,
@@ -245,9 +249,7 @@ def main() -> None:
         steady = run["step_s"][1:] or run["step_s"]
         step_s = sum(steady) / len(steady)
         tokens = sum(run["tokens"][1:]) / max(1, len(run["tokens"][1:]))
-        index = run.get("flops_batch_index")
-        flops_step_time = run["step_s"][index] if index is not None else step_s
-        achieved = run["flops_step"] / flops_step_time
+        achieved = run["flops_step"] / step_s
         rows[name] = {
             "seconds per step": round(step_s, 2),
             "examples per second": round(BATCH / step_s, 2),

@@ -52,40 +52,58 @@ def test_masks_supervise_exactly_the_answer_and_end_of_turn(tmp_path, tokenizer,
     assert tokenizer.decode(answer) == row["target"] + "<|im_end|>"
 
 
-def test_collator_pads_without_supervision_and_stops_the_shared_prefix_before_the_answer(tiny_job, tokenizer):
+def test_padded_layout_pads_without_supervision(tiny_job, tokenizer):
     card, splits = tiny_job
     features = train.build_features(tokenizer, card, splits["train"].head(4), 512, "train")
-    batch = train.CompletionCollator(tokenizer.pad_token_id)(features)
-    lengths = [len(f["input_ids"]) for f in features]
-    for i, n in enumerate(lengths):
+    batch = train.CompletionCollator(tokenizer.pad_token_id, share_prefix=False)(features)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        assert batch["input_ids"][i, :n].tolist() == f["input_ids"] and batch["labels"][i, :n].tolist() == f["labels"]
         assert batch["labels"][i, n:].eq(prompts.IGNORE_INDEX).all() and batch["attention_mask"][i, n:].eq(0).all()
-    p = int(batch["prefix_length"])
+
+
+def test_packed_layout_holds_the_shared_prefix_once_and_each_example_after_it(tiny_job, tokenizer):
+    card, splits = tiny_job
+    features = train.build_features(tokenizer, card, splits["train"].head(4), 512, "train")
+    p = train.shared_prefix_length(features)
     first_answer = min(next(i for i, x in enumerate(f["labels"]) if x != -100) for f in features)
     assert 16 <= p <= first_answer - 1
     assert all(f["input_ids"][:p] == features[0]["input_ids"][:p] for f in features)
     assert tokenizer.decode(features[0]["input_ids"][:p]).startswith("<|im_start|>system\n")
+    batch = train.CompletionCollator(tokenizer.pad_token_id)(features)
+    ids, positions, segments, targets = (batch[k][0].tolist() for k in ("input_ids", "position_ids", "segments", "labels"))
+    assert len(ids) == p + sum(len(f["input_ids"]) - p for f in features)  # no padding, prefix once
+    for k, f in enumerate(features, start=1):
+        where = [i for i, s in enumerate(segments) if s == k]
+        assert [ids[i] for i in where] == f["input_ids"][p:] and [positions[i] for i in where] == list(range(p, len(f["input_ids"])))
+        # each position's target is the next token of the same example where that token is supervised
+        assert [targets[i] for i in where] == f["labels"][p + 1:] + [prompts.IGNORE_INDEX]
+    mask = train.segment_mask(batch["segments"], torch.float32)[0, 0]
+    second = segments.index(2)
+    assert mask[second, p - 1] == 0 and mask[second, second - 1] < -1e30  # sees the prefix, not the first example
     assert train.shared_prefix_length(features[:1]) == 0
 
 
 @pytest.mark.parametrize("quantization", ["none", "nf4", "full"])
-def test_shared_prefix_loss_and_gradients_equal_the_plain_full_sequence_loss(tiny_job, tiny_model, tokenizer, quantization):
+def test_packed_loss_and_gradients_equal_the_plain_padded_loss(tiny_job, tiny_model, tokenizer, quantization):
     card, splits = tiny_job
-    batch = train.CompletionCollator(tokenizer.pad_token_id)(train.build_features(tokenizer, card, splits["train"].head(6), 512, "train"))
+    features = train.build_features(tokenizer, card, splits["train"].head(6), 512, "train")
+    packed = train.CompletionCollator(tokenizer.pad_token_id)(features)
+    padded = train.CompletionCollator(tokenizer.pad_token_id, share_prefix=False)(features)
     model = train.prepare_model(tiny_model, fast(quantization=quantization))
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    def loss_and_grads(prefix):
-        loss = train.completion_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"], prefix)
-        grads = torch.autograd.grad(loss, trainable)
-        return loss.item(), grads
+    def loss_and_grads(batch):
+        loss = train.completion_loss(model, batch)
+        return loss.item(), torch.autograd.grad(loss, trainable)
 
-    shared, shared_grads = loss_and_grads(batch["prefix_length"])
-    plain, plain_grads = loss_and_grads(0)
-    # the reference: the model's own forward over whole sequences and its shifted cross-entropy
+    shared, shared_grads = loss_and_grads(packed)
+    plain, plain_grads = loss_and_grads(padded)
+    # the reference: the model's own forward over whole padded sequences and its shifted cross-entropy
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    reference = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
-    assert int(batch["prefix_length"]) > 100
+        logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+    reference = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), padded["labels"][:, 1:].flatten(), ignore_index=-100)
+    assert "segments" in packed and packed["input_ids"].shape[1] < padded["input_ids"].numel() / 3
     assert shared == pytest.approx(plain, abs=1e-5) and plain == pytest.approx(reference.item(), abs=1e-5)
     for a, b in zip(shared_grads, plain_grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

@@ -27,7 +27,6 @@ from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
 from tunebook.models import (
     QUANTIZATIONS,
-    cache_argument,
     linear_module_names,
     load_model,
     load_tokenizer,
@@ -148,14 +147,26 @@ def shared_prefix_length(features: list[dict], minimum: int = MIN_SHARED_PREFIX)
 
 
 class CompletionCollator:
-    """Right-pads a batch and measures the prompt prefix all its examples share (run once per batch)."""
+    """Turns training features into a batch, in one of two layouts.
+
+    Packed (when the examples share a prompt prefix, e.g. the system prompt): one row holding the shared prefix once,
+    then each example's remaining tokens, no padding; ``segments`` numbers the examples (0 = the shared prefix) so
+    each attends only to the prefix and to itself, ``position_ids`` restart after the prefix for every example, and
+    ``labels`` holds the next-token target of every position (-100 where there is no loss).
+    Padded (otherwise): the usual right-padded rows with ``attention_mask`` and unshifted ``labels``.
+    """
 
     def __init__(self, pad_token_id: int, share_prefix: bool = True):
         self.pad_token_id = pad_token_id
         self.share_prefix = share_prefix
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        """Stack ``features`` into padded tensors plus ``prefix_length``."""
+        """Collate ``features`` (dicts of input_ids, attention_mask, labels)."""
+        p = shared_prefix_length(features) if self.share_prefix else 0
+        return self.packed(features, p) if p > 0 else self.padded(features)
+
+    def padded(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        """Right-padded rows, one per example."""
         width = max(len(f["input_ids"]) for f in features)
         batch = {
             "input_ids": torch.full((len(features), width), self.pad_token_id, dtype=torch.long),
@@ -167,35 +178,50 @@ class CompletionCollator:
             batch["input_ids"][i, :n] = torch.tensor(f["input_ids"])
             batch["attention_mask"][i, :n] = 1
             batch["labels"][i, :n] = torch.tensor(f["labels"])
-        batch["prefix_length"] = torch.tensor(shared_prefix_length(features) if self.share_prefix else 0)
         return batch
 
+    @staticmethod
+    def packed(features: list[dict], p: int) -> dict[str, torch.Tensor]:
+        """One row: the shared prefix once, then every example's own tokens."""
+        ids, positions, segments = list(features[0]["input_ids"][:p]), list(range(p)), [0] * p
+        targets = [IGNORE_INDEX] * p  # the prefix never predicts a supervised token (shared_prefix_length's cap)
+        for k, f in enumerate(features, start=1):
+            own = f["input_ids"][p:]
+            ids += own
+            positions += range(p, p + len(own))
+            segments += [k] * len(own)
+            targets += list(f["labels"][p + 1:]) + [IGNORE_INDEX]
+        row = lambda values: torch.tensor([values], dtype=torch.long)  # noqa: E731
+        return {"input_ids": row(ids), "position_ids": row(positions), "segments": row(segments), "labels": row(targets)}
 
-def completion_loss(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, prefix_length: int = 0
-) -> torch.Tensor:
-    """Mean cross-entropy over the supervised tokens.
 
-    The shared prompt prefix (the system prompt, usually most of each example) runs once for the whole batch and
-    its key/value cache is shared by every example; the vocabulary projection runs only where there is a loss.
-    Equal to the plain full-sequence loss up to float rounding (tested).
+def segment_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention mask for a packed row: causal, and each example sees only the prefix (segment 0) and itself."""
+    seg = segments[0]
+    allowed = torch.ones(len(seg), len(seg), dtype=torch.bool, device=seg.device).tril()
+    allowed &= (seg[:, None] == seg[None, :]) | (seg[None, :] == 0)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def completion_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the supervised tokens of a ``CompletionCollator`` batch.
+
+    In the packed layout the shared prompt prefix (usually most of each example) runs once for the whole batch and
+    there is no padding; the vocabulary projection runs only where there is a loss. Equal to the plain padded
+    full-sequence loss up to float rounding (tested).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
-    p = int(prefix_length)
-    if p > 0:
-        prefix = decoder(input_ids=input_ids[:1, :p], use_cache=True)
-        cache = getattr(prefix, "cache", None) or prefix.past_key_values
-        cache.batch_repeat_interleave(input_ids.shape[0])
-        positions = torch.arange(p, input_ids.shape[1], device=input_ids.device)[None, :]
-        hidden = decoder(
-            input_ids=input_ids[:, p:], attention_mask=attention_mask, position_ids=positions, **{cache_argument(decoder): cache}
-        ).last_hidden_state
+    if "segments" in batch:
+        mask = segment_mask(batch["segments"], base.get_input_embeddings().weight.dtype)
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]).last_hidden_state
+        targets = batch["labels"]
     else:
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    targets = labels[:, p + 1:]
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+        targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    logits = base.get_output_embeddings()(hidden[keep]).float()
     return F.cross_entropy(logits, targets[keep])
 
 
@@ -237,7 +263,7 @@ class CompletionOnlyTrainer(Trainer):
             # gradients are synchronised: the model's own loss (same definition, without the single-process shortcuts).
             loss = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]).loss
         else:
-            loss = completion_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], inputs.get("prefix_length", 0))
+            loss = completion_loss(model, inputs)
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
