@@ -15,9 +15,9 @@ Each runs in its own process (peak memory is a per-process high-water mark). Ste
 Validation loss: mean cross-entropy per answer token (answer + end-of-turn) on the val split, measured the same way
 for every trained model. Achieved FLOP/s: the matrix-multiply FLOPs torch dispatches for one training step
 (torch.utils.flop_counter), counted on an unquantized copy of the model with the same LoRA and the same batch
-(bitsandbytes' 4-bit forward is a custom op the counter cannot see; the multiply work is the same), divided by the
-mean step time; attention FLOPs are not counted (the CPU attention kernel has no formula), so the figure is a lower
-bound. The ceiling is this machine's best fp32 GEMM rate on shapes like the model's layers.
+(bitsandbytes' 4-bit forward is a custom op the counter cannot see; the multiply work is the same), plus the attention
+kernel's QK^T and PV products (torch has no formula for the CPU kernel; the one used is torch's GPU formula), divided
+by the mean step time. The ceiling is this machine's best fp32 GEMM rate on shapes like the model's layers.
 """
 
 from __future__ import annotations
@@ -109,12 +109,27 @@ def val_loss(model, tokenizer, card, frame) -> float:
     return total / count
 
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """QK^T and PV of the CPU flash-attention kernel: 4 * batch * heads * queries * keys * head_dim."""
+    b, h, s_q, d = query_shape
+    return 4 * b * h * s_q * key_shape[2] * d
+
+
+def _cpu_attention_backward_flops(grad_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """dP, dQ, dK and dV: twice the forward (the same count torch uses for the GPU kernels)."""
+    return 2 * _cpu_attention_flops(query_shape, key_shape, value_shape)
+
+
 def step_flops(model, batch: dict, loss_fn) -> float:
-    """Matrix-multiply FLOPs torch dispatches for one forward and backward pass on ``batch``."""
+    """Matrix-multiply and attention FLOPs torch dispatches for one forward and backward pass on ``batch``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     dev = next(model.parameters()).device
-    counter = FlopCounterMode(display=False)
+    aten = torch.ops.aten
+    counter = FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+    })
     with counter:
         loss_fn(model, {k: v.to(dev) for k, v in batch.items()}).backward()
     model.zero_grad(set_to_none=True)

@@ -34,6 +34,14 @@ def test_all_six_notebooks_run_and_record_results(finished_run):
         assert (run_dir / artifact).is_file(), artifact
 
 
+def test_training_curve_is_drawn_live_in_the_notebook(finished_run):
+    run_dir, _ = finished_run
+    book = nbformat.read(run_dir / "03_train_qlora.ipynb", as_version=4)
+    train_cell = next(c for c in book.cells if c.get("id") == "03-06")
+    images = [o for o in train_cell.outputs if o.output_type in ("display_data", "update_display_data") and "image/png" in o.get("data", {})]
+    assert images, "the training cell should show the live loss curve"
+
+
 def test_recorded_results_match_the_artifacts(finished_run):
     run_dir, summary = finished_run
     version = json.loads((run_dir / "data" / "dataset_version.json").read_text())

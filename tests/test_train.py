@@ -78,19 +78,23 @@ def test_packed_layout_holds_the_shared_prefix_once_and_each_example_after_it(ti
         assert [ids[i] for i in where] == f["input_ids"][p:] and [positions[i] for i in where] == list(range(p, len(f["input_ids"])))
         # each position's target is the next token of the same example where that token is supervised
         assert [targets[i] for i in where] == f["labels"][p + 1:] + [prompts.IGNORE_INDEX]
-    mask = train.segment_mask(batch["segments"], torch.float32)[0, 0]
+    mask = train.segment_mask(batch["segments"])[0, 0]
     second = segments.index(2)
-    assert mask[second, p - 1] == 0 and mask[second, second - 1] < -1e30  # sees the prefix, not the first example
+    assert mask[second, p - 1] and not mask[second, second - 1] and not mask[p - 1, p]  # the prefix, not the first example
+    additive = train.segment_mask(batch["segments"], torch.float32)[0, 0]
+    assert torch.equal(additive == 0, mask)
     assert train.shared_prefix_length(features[:1]) == 0
 
 
-@pytest.mark.parametrize("quantization", ["none", "nf4", "full"])
-def test_packed_loss_and_gradients_equal_the_plain_padded_loss(tiny_job, tiny_model, tokenizer, quantization):
+@pytest.mark.parametrize(("quantization", "attention"), [("none", "sdpa"), ("nf4", "sdpa"), ("full", "sdpa"), ("none", "eager")])
+def test_packed_loss_and_gradients_equal_the_plain_padded_loss(tiny_job, tiny_model, tokenizer, quantization, attention):
     card, splits = tiny_job
     features = train.build_features(tokenizer, card, splits["train"].head(6), 512, "train")
     packed = train.CompletionCollator(tokenizer.pad_token_id)(features)
     padded = train.CompletionCollator(tokenizer.pad_token_id, share_prefix=False)(features)
     model = train.prepare_model(tiny_model, fast(quantization=quantization))
+    model.set_attn_implementation(attention)
+    assert model.config._attn_implementation == attention
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     def loss_and_grads(batch):

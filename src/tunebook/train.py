@@ -195,13 +195,20 @@ class CompletionCollator:
         return {"input_ids": row(ids), "position_ids": row(positions), "segments": row(segments), "labels": row(targets)}
 
 
-def segment_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive attention mask for a packed row: causal, and each example sees only the prefix (segment 0) and itself."""
+PACKING_ATTENTION = ("sdpa", "eager")  # attention implementations that take a custom 4D mask
+
+
+def segment_mask(segments: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """4D attention mask for a packed row: causal, and each example sees only the prefix (segment 0) and itself.
+
+    Boolean (True = may attend) for SDPA; with ``dtype``, additive (0 or the dtype's minimum) for eager attention.
+    """
     seg = segments[0]
     allowed = torch.ones(len(seg), len(seg), dtype=torch.bool, device=seg.device).tril()
     allowed &= (seg[:, None] == seg[None, :]) | (seg[None, :] == 0)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
+    if dtype is None:
+        return allowed[None, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
 
 def completion_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -214,7 +221,8 @@ def completion_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> t
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
     if "segments" in batch:
-        mask = segment_mask(batch["segments"], base.get_input_embeddings().weight.dtype)
+        eager = base.config._attn_implementation == "eager"
+        mask = segment_mask(batch["segments"], base.get_input_embeddings().weight.dtype if eager else None)
         hidden = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]).last_hidden_state
         targets = batch["labels"]
     else:
@@ -440,7 +448,9 @@ def train_adapter(
         args=args,
         train_dataset=train_features,
         eval_dataset=val_features,
-        data_collator=CompletionCollator(tokenizer.pad_token_id, share_prefix=args.world_size == 1),
+        data_collator=CompletionCollator(
+            tokenizer.pad_token_id, share_prefix=args.world_size == 1 and model.config._attn_implementation in PACKING_ATTENTION
+        ),
         callbacks=[*extra, *callbacks],
     )
     main_process = trainer.is_world_process_zero()
