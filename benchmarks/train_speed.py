@@ -71,28 +71,6 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-class StepTimer:
-    """Trainer callback recording the wall time of every optimiser step (evaluation excluded)."""
-
-    def __init__(self):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class _Callback(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                _sync()
-                timer.started = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                _sync()
-                timer.steps.append(time.perf_counter() - timer.started)
-
-        self.steps: list[float] = []
-        self.started = 0.0
-        self.callback = _Callback()
-
-
 def val_loss(model, tokenizer, card, frame) -> float:
     """Mean cross-entropy per answer token (answer + end-of-turn) over the split; full sequences, no shortcuts."""
     features = train.build_features(tokenizer, card, frame, 512, "val")
@@ -152,10 +130,10 @@ def run_tunebook(steps: int, quantization: str) -> dict:
     features = train.build_features(tokenizer, card, splits["train"], 512, "train")
     order = list(train.SeededLengthGroupedSampler(BATCH, [len(f["input_ids"]) for f in features], seed=0))
     batches = [[features[i] for i in order[k * BATCH : (k + 1) * BATCH]] for k in range(steps)]
-    timer = StepTimer()
+    timer = train.StepTimer()
     config = train.TrainConfig(quantization=quantization, max_steps=steps, eval_steps=steps, early_stopping_patience=0)
     with tempfile.TemporaryDirectory() as folder:
-        result = train.train_adapter(card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer.callback])
+        result = train.train_adapter(card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer])
         model = train.prepare_model(base, config)
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -192,7 +170,7 @@ def run_trl(steps: int, quantization: str, fp32: bool) -> dict:
         ])
 
     model = models.load_model(base, quantization)
-    timer = StepTimer()
+    timer = train.StepTimer()
     logged: list[dict] = []
     from transformers import TrainerCallback
 
@@ -205,7 +183,7 @@ def run_trl(steps: int, quantization: str, fp32: bool) -> dict:
         config = SFTConfig(output_dir=folder, max_steps=steps, report_to="none", save_strategy="no", logging_steps=1,
                            use_cpu=not torch.cuda.is_available(), **extra)
         trainer = SFTTrainer(model=model, args=config, train_dataset=rows(splits["train"]), processing_class=tokenizer,
-                             peft_config=models.lora_config(16, 32, 0.0), callbacks=[timer.callback, Logs()])
+                             peft_config=models.lora_config(16, 32, 0.0), callbacks=[timer, Logs()])
         settings = {"bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing, "learning_rate": config.learning_rate,
                     "batch_size": config.per_device_train_batch_size}
         batch = next(iter(trainer.get_train_dataloader()))

@@ -60,6 +60,15 @@ def test_recorded_results_match_the_artifacts(finished_run):
     assert record["lineage"]["dataset_hash"] == version["hash"]
     assert record["lineage"]["base_model"] == manifest["base_model"]
     assert manifest["config"]["max_steps"] == 3 and manifest["config"]["lora_r"] == 4
+    comparison = json.loads((run_dir / "evaluation" / "comparison.json").read_text())
+    assert comparison["mcnemar"]["n"] == 6 and comparison["mcnemar"]["p_value"] == summary["04_evaluate"]["mcnemar_p_value"]
+    low, high = comparison["intervals"]["tuned"]["macro_f1"]["low"], comparison["intervals"]["tuned"]["macro_f1"]["high"]
+    assert low <= tuned["macro_f1"] <= high
+    assert set(comparison["slices"]["tuned"]) <= {"hard", "not hard"} and comparison["usable_output_rate"]["tuned"] == 1.0
+    assert comparison["overfitting"]["metric"] == "macro_f1" and comparison["overfitting"]["test"] == pytest.approx(tuned["macro_f1"])
+    assert set(comparison["calibration"]) == {"validation", "test"} and (run_dir / "reliability.png").is_file()
+    assert set(comparison["regression_probe"]["change"]) == {"text_loss", "instruction_loss"}
+    assert summary["04_evaluate"]["general_regression"] == comparison["regression_probe"]["regressed"]
     tradeoff = pd.read_csv(run_dir / "method_tradeoff.csv", index_col="method")
     assert list(tradeoff.index) == ["nf4", "int8", "none", "full"] and (tradeoff["seconds_per_step"] > 0).all()
 
@@ -213,6 +222,10 @@ def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, t
     manifest = json.loads((run_dir / "adapter" / "tunebook_manifest.json").read_text())
     assert manifest["steps"] == 2 and manifest["config"]["target_modules"] == "q_proj,v_proj" and manifest["processes"] == 1
     assert cli.main(["train", str(tmp_path / "run"), "-p", "LORA_RANK=4"]) == 2  # misspelled parameter: refused
+    assert json.loads((run_dir / "results" / "03_train_qlora.json").read_text())["steps"] == 2
+    assert cli.main(["run", "--continue", str(run_dir), "--steps", "02,04", "-p", f"BASE_MODEL={tiny_model}", "-p", "K_SHOTS=0"]) == 0
+    assert (run_dir / "04_evaluate.ipynb").is_file() and (run_dir / "evaluation" / "metrics.json").is_file()
+    assert cli.main(["run", "--continue", str(run_dir), "--steps", "04"]) == 2  # never overwritten
 
 
 def test_training_runs_unchanged_under_torchrun_with_two_processes(prepared_run, tiny_model, tmp_path):

@@ -38,3 +38,19 @@ def test_save_button_writes_the_card(tmp_path):
     inputs["Validate and save"].click()
     saved = job.parse_job_card(__import__("yaml").safe_load((tmp_path / "job.yaml").read_text()))
     assert saved.label_names == ["billing", "shipping"]
+
+
+def test_mistake_browser_pages_through_rows():
+    import pandas as pd
+
+    from tunebook import widgets
+
+    rows = pd.DataFrame({"id": ["A", "B"], "text": ["late parcel", "double charge"], "target": ["shipping", "billing"],
+                         "prediction_baseline": ["billing", "billing"], "prediction_tuned": ["shipping", "refund"],
+                         "flip": ["fixed by tuning", "broken by tuning"]})
+    box = widgets.mistake_browser(rows)
+    view, buttons = box.children
+    assert "1 / 2" in view.value and "late parcel" in view.value and "fixed by tuning" in view.value
+    buttons.children[1].click()
+    assert "2 / 2" in view.value and "double charge" in view.value
+    assert "Nothing to show" in widgets.mistake_browser(rows.head(0)).value

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,8 +62,14 @@ def _run(args: argparse.Namespace) -> int:
         steps = tuple(n for n in NOTEBOOKS if any(n.startswith(w) for w in wanted))
         if not steps:
             raise TunebookError(f"--steps {args.steps} matches none of {', '.join(NOTEBOOKS)}.")
-    name = args.name or time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir, summary = run_workbook(parameters, args.runs_dir, name, steps)
+    if args.continue_run:
+        if args.name:
+            raise TunebookError("--continue names the run folder itself; drop --name.")
+        folder = Path(args.continue_run)
+        run_dir, summary = run_workbook(parameters, folder.parent, folder.name, steps, continue_run=True)
+    else:
+        name = args.name or time.strftime("run-%Y%m%d-%H%M%S")
+        run_dir, summary = run_workbook(parameters, args.runs_dir, name, steps)
     release = summary.get("05_release")
     if release:
         print(f"[tunebook] {release['headline']}")
@@ -74,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from tunebook.pipeline import check_parameters, declared_parameters
-    from tunebook.train import train_run_folder
+    from tunebook.train import headline, train_run_folder
 
     step = "03_train_qlora"
     declared = {k: p for k, p in declared_parameters().items() if step in p.notebooks and k != "RUN_DIR"}
@@ -83,6 +90,10 @@ def _train(args: argparse.Namespace) -> int:
     check_parameters(given, declared)
     parameters = {**{k: p.default_value for k, p in declared.items()}, **given}
     result = train_run_folder(args.run_dir, parameters)
+    if os.environ.get("RANK", "0") == "0":
+        from tunebook.pipeline import save_results
+
+        save_results(args.run_dir, step, headline(result))
     print(f"[tunebook] validation loss {result.val_loss_before:.3f} -> {result.val_loss_after:.3f}; adapter: {result.adapter_dir}")
     return 0
 
@@ -104,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="run folder name (default: run-<timestamp>)")
     run.add_argument("--runs-dir", default="runs", help="folder that holds run folders (default: runs)")
     run.add_argument("--steps", help="comma-separated notebook prefixes to run, e.g. 00,01,02")
+    run.add_argument("--continue", dest="continue_run", metavar="RUN_DIR",
+                     help="run --steps in this existing run folder (e.g. 04,05 after `tunebook train`)")
     run.set_defaults(func=_run)
     train = sub.add_parser("train", help="train on a run folder prepared by 00 and 01 (what 03_train_qlora does)")
     train.add_argument("run_dir", help="run folder written by 01_clean_the_data")

@@ -117,6 +117,17 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
     return run_dir.resolve()
 
 
+def existing_run_dir(runs_dir: str | Path, name: str, steps: tuple[str, ...]) -> Path:
+    """An existing run folder to continue with ``steps``; refuse if one of them already ran there."""
+    run_dir = Path(runs_dir) / name
+    if not (run_dir / "job.yaml").is_file():
+        raise TunebookError(f"{run_dir} is not a run folder (no job.yaml); start one with `tunebook run`.")
+    done = [step for step in steps if (run_dir / f"{step}.ipynb").exists()]
+    if done:
+        raise TunebookError(f"{run_dir} already holds {', '.join(done)}; runs are never overwritten. Continue with later steps only.")
+    return run_dir.resolve()
+
+
 def ensure_kernel() -> str:
     """Register the 'tunebook' Jupyter kernel for this Python if it is missing; return its name."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -144,8 +155,10 @@ def run_workbook(
     steps: tuple[str, ...] = NOTEBOOKS,
     folder: Path | None = None,
     progress: bool = True,
+    continue_run: bool = False,
 ) -> tuple[Path, dict]:
-    """Check the parameters, then execute the notebooks in order into a new ``runs_dir/name``; return it and the summary."""
+    """Check the parameters, then execute the notebooks in order into a new ``runs_dir/name`` (or, with
+    ``continue_run``, into that existing run folder, for steps that have not run there); return it and the summary."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -153,7 +166,7 @@ def run_workbook(
     declared = declared_parameters(folder)
     check_parameters(parameters, declared)
     kernel = ensure_kernel()
-    run_dir = new_run_dir(runs_dir, name)
+    run_dir = existing_run_dir(runs_dir, name, steps) if continue_run else new_run_dir(runs_dir, name)
     if progress:
         print(f"[tunebook] run folder: {run_dir}", flush=True)
     timings = {}

@@ -116,3 +116,20 @@ def method_tradeoff(table, path: str | Path | None = None) -> Figure:
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def reliability(table, path: str | Path | None = None) -> Figure:
+    """Accuracy against mean confidence per confidence bin, with the diagonal of perfect calibration."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="calibrated")
+    ax.scatter(table["confidence"], table["accuracy"], s=20 + 4 * table["examples"], label="tuned model (size: examples)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("mean confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability (test split)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

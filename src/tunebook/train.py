@@ -304,6 +304,31 @@ class LiveLossCurve(TrainerCallback):
         plt.close(fig)
 
 
+class StepTimer(TrainerCallback):
+    """Records the wall time of every optimiser step (validation excluded)."""
+
+    def __init__(self):
+        self.steps: list[float] = []
+        self._started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        """Start the clock (after waiting for a GPU to finish queued work)."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """Stop the clock."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.steps.append(time.perf_counter() - self._started)
+
+    def steady(self) -> float:
+        """Median step time after the first (which carries one-off warm-up)."""
+        timed = sorted(self.steps[1:] or self.steps)
+        return timed[len(timed) // 2] if timed else float("nan")
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
@@ -517,6 +542,13 @@ def train_adapter(
     return TrainResult(out_dir, history, val_before, val_after, manifest)
 
 
+def headline(result: TrainResult) -> dict:
+    """The figures 03_train_qlora (or ``tunebook train``) records in results/03_train_qlora.json."""
+    keys = ("best_step", "steps", "stopped_early", "wall_time_s", "peak_memory_mb", "dataset_hash", "processes", "trainable_parameters")
+    return {"val_loss_before": result.val_loss_before, "val_loss_after": result.val_loss_after,
+            "quantization": result.manifest["config"]["quantization"], **{k: result.manifest[k] for k in keys}}
+
+
 def read_manifest(adapter_dir: str | Path) -> dict:
     """The manifest saved next to an adapter."""
     path = Path(adapter_dir) / MANIFEST
@@ -554,15 +586,16 @@ def train_run_folder(run_dir: str | Path, parameters: dict) -> TrainResult:
 
 def _method_trial(card: JobCard, splits: dict[str, pd.DataFrame], base_model: str, config: TrainConfig) -> dict:
     """Train briefly with one method in this (fresh) process and report its cost and validation loss."""
+    timer = StepTimer()
     with tempfile.TemporaryDirectory() as folder:
-        result = train_adapter(card, splits, base_model, config, Path(folder) / "adapter", "method-trial")
+        result = train_adapter(card, splits, base_model, config, Path(folder) / "adapter", "method-trial", callbacks=[timer])
     manifest = result.manifest
     return {
         "method": config.quantization,
         "trainable_parameters": manifest["trainable_parameters"],
         "peak_memory_mb": manifest["peak_memory_mb"],
         **({"peak_gpu_memory_mb": manifest["peak_gpu_memory_mb"]} if "peak_gpu_memory_mb" in manifest else {}),
-        "seconds_per_step": round(manifest["wall_time_s"] / max(1, manifest["steps"]), 2),
+        "seconds_per_step": round(timer.steady(), 2),
         "learning_rate": manifest["config"]["learning_rate_used"],
         "val_loss_before": round(result.val_loss_before, 4),
         "val_loss_after": round(result.val_loss_after, 4),
@@ -575,12 +608,13 @@ def compare_methods(
     base_model: str,
     config: TrainConfig,
     methods: list[str] = QUANTIZATIONS,
-    steps: int = 5,
+    steps: int = 4,
     val_examples: int = 32,
 ) -> pd.DataFrame:
     """Train each method for ``steps`` steps on this job, each in a fresh process so peak memory is its own.
 
-    Columns: trainable parameters, peak memory, seconds per step, learning rate and validation loss before/after.
+    Columns: trainable parameters, peak memory, median seconds per step after the first (warm-up), learning rate,
+    and validation loss before and after.
     """
     unknown = [m for m in methods if m not in QUANTIZATIONS]
     if unknown:

@@ -121,3 +121,31 @@ def review_browser(found, card: JobCard, path: str | Path, decisions: dict[str, 
         buttons[action].on_click(lambda _, a=action: decide(a))
     show()
     return w.VBox([view, new_target, w.HBox(list(buttons.values())), status])
+
+
+def mistake_browser(rows, columns: tuple[str, ...] = ("target", "prediction_baseline", "prediction_tuned", "flip")):
+    """Page through examples side by side (text, truth, both models' answers); returns the widget."""
+    import html
+
+    import ipywidgets as w
+
+    if len(rows) == 0:
+        return w.HTML("<b>Nothing to show.</b>")
+    records = rows.to_dict(orient="records")
+    position = {"i": 0}
+    view = w.HTML()
+    previous, following = w.Button(description="◀ previous"), w.Button(description="next ▶")
+
+    def show():
+        row = records[position["i"]]
+        parts = "".join(f"<p><b>{c}</b>: <code>{html.escape(str(row.get(c, '')))}</code></p>" for c in columns if c in row)
+        view.value = f"<p><b>{position['i'] + 1} / {len(records)}</b> · id {html.escape(str(row.get('id', '')))}</p><p>{html.escape(str(row.get('text', '')))}</p>{parts}"
+
+    def move(step):
+        position["i"] = (position["i"] + step) % len(records)
+        show()
+
+    previous.on_click(lambda _: move(-1))
+    following.on_click(lambda _: move(1))
+    show()
+    return w.VBox([view, w.HBox([previous, following])])

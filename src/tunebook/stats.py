@@ -1,0 +1,149 @@
+"""How sure a comparison is: bootstrap intervals, a paired test, slices by tag, flipped examples."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from tunebook.job import JobCard
+from tunebook.metrics import evaluate
+from tunebook.outputs import check_draft, check_tool_call, parse_json, schema_errors
+
+
+def fully_correct(card: JobCard, predictions: pd.DataFrame) -> np.ndarray:
+    """Per example: is the whole answer right (label, every field, the whole call, every rule)?"""
+    rows = predictions.itertuples()
+    if card.task_kind == "classification":
+        return (predictions["prediction"] == predictions["target"]).to_numpy()
+    if card.task_kind == "extraction":
+        return np.array([parse_json(r.prediction)[0] == json.loads(r.target) for r in rows])
+    if card.task_kind == "tool_selection":
+        correct = []
+        for r in rows:
+            value, error = parse_json(r.prediction)
+            correct.append(error is None and not check_tool_call(card, value) and value == json.loads(r.target))
+        return np.array(correct)
+    return np.array([all(check_draft(card, r.prediction, r.text).values()) for r in rows])
+
+
+def bootstrap(card: JobCard, predictions: pd.DataFrame, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Each headline metric with a percentile bootstrap interval (examples resampled with replacement)."""
+    point = evaluate(card, predictions)
+    keys = [k for k in point["headline_keys"] if k != "n"]
+    rng = np.random.default_rng(seed)
+    n = len(predictions)
+    draws = {k: [] for k in keys}
+    for _ in range(resamples):
+        sample = evaluate(card, predictions.iloc[rng.integers(0, n, n)])
+        for k in keys:
+            draws[k].append(sample[k])
+    tail = (1 - level) / 2 * 100
+    return pd.DataFrame(
+        {k: {"value": point[k], "low": float(np.percentile(draws[k], tail)), "high": float(np.percentile(draws[k], 100 - tail))} for k in keys}
+    ).T
+
+
+def mcnemar(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame, alpha: float = 0.05) -> dict:
+    """Exact McNemar test on fully-correct answers of two models over the same examples, with a verdict in words."""
+    merged = baseline[["id", "text", "target", "prediction"]].merge(tuned[["id", "prediction"]], on="id", suffixes=("_baseline", "_tuned"))
+    if len(merged) != len(baseline) or len(merged) != len(tuned):
+        raise ValueError("the baseline and the tuned model must be scored on the same examples (ids differ).")
+    right_before = fully_correct(card, merged.rename(columns={"prediction_baseline": "prediction"}))
+    right_after = fully_correct(card, merged.rename(columns={"prediction_tuned": "prediction"}))
+    fixed = int(np.sum(~right_before & right_after))
+    broken = int(np.sum(right_before & ~right_after))
+    p_value = binomtest(min(fixed, broken), fixed + broken, 0.5).pvalue if fixed + broken else 1.0
+    if p_value < alpha:
+        verdict = (f"The difference is real: tuning fixed {fixed} and broke {broken} of {len(merged)} examples "
+                   f"(exact McNemar p = {p_value:.3g} < {alpha}); the tuned model is {'better' if fixed > broken else 'worse'}.")
+    else:
+        verdict = (f"The difference could be chance: tuning fixed {fixed} and broke {broken} of {len(merged)} examples "
+                   f"(exact McNemar p = {p_value:.3g} >= {alpha}). More test examples would settle it.")
+    return {"n": len(merged), "fixed": fixed, "broken": broken, "p_value": float(p_value), "significant": bool(p_value < alpha), "verdict": verdict}
+
+
+def flips(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
+    """Examples one model got fully right and the other did not, side by side."""
+    merged = baseline[["id", "text", "target", "prediction"]].merge(tuned[["id", "prediction"]], on="id", suffixes=("_baseline", "_tuned"))
+    before = fully_correct(card, merged.rename(columns={"prediction_baseline": "prediction"}))
+    after = fully_correct(card, merged.rename(columns={"prediction_tuned": "prediction"}))
+    merged["flip"] = np.select([~before & after, before & ~after], ["fixed by tuning", "broken by tuning"], "")
+    return merged[merged["flip"] != ""].sort_values("flip").reset_index(drop=True)
+
+
+def slices(card: JobCard, predictions: pd.DataFrame, tag: str = "hard") -> pd.DataFrame:
+    """Headline metrics on the examples tagged ``tag`` and on the rest, so a gain only on easy cases shows."""
+    tagged = predictions["tags"].fillna("").str.split(r"[,;\s]+", regex=True).map(lambda tags: tag in tags)
+    rows = {}
+    for name, part in ((tag, predictions[tagged]), (f"not {tag}", predictions[~tagged])):
+        if len(part):
+            scores = evaluate(card, part)
+            rows[name] = {k: scores[k] for k in scores["headline_keys"]}
+    return pd.DataFrame(rows).T
+
+
+def valid_output_rate(card: JobCard, predictions: pd.DataFrame) -> float:
+    """Share of outputs a program can use: a known label, schema-valid JSON, a valid tool call, a non-empty draft."""
+    if not len(predictions):
+        return 0.0
+    if card.task_kind == "classification":
+        return float(predictions["prediction"].isin(card.label_names).mean())
+    if card.task_kind == "drafting":
+        return float(predictions["prediction"].fillna("").str.strip().ne("").mean())
+    usable = []
+    for text in predictions["prediction"]:
+        value, error = parse_json(text)
+        if card.task_kind == "extraction":
+            usable.append(error is None and not schema_errors(value, card.output_schema))
+        else:
+            usable.append(error is None and not check_tool_call(card, value))
+    return float(np.mean(usable))
+
+
+def overfitting(card: JobCard, train_predictions: pd.DataFrame, test_predictions: pd.DataFrame, max_gap: float = 0.15) -> dict:
+    """The primary metric on (a sample of) the train split and on the test split, with a warning past ``max_gap``."""
+    train_scores, test_scores = evaluate(card, train_predictions), evaluate(card, test_predictions)
+    primary = test_scores["primary"]
+    gap = train_scores[primary] - test_scores[primary]
+    warning = None
+    if gap > max_gap:
+        warning = (f"{primary} is {train_scores[primary]:.3f} on training examples but {test_scores[primary]:.3f} on the test split "
+                   f"(gap {gap:.3f} > {max_gap}): the adapter memorised its training data. Train for fewer epochs, lower the "
+                   "learning rate or the rank, or add examples.")
+    return {"metric": primary, "train": train_scores[primary], "test": test_scores[primary], "gap": gap, "warning": warning}
+
+
+def reliability(predictions: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
+    """Mean confidence against accuracy per confidence bin (a reliability table; a calibrated model sits on the diagonal)."""
+    correct = (predictions["prediction"] == predictions["target"]).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(predictions["confidence"], edges[1:-1]), 0, bins - 1)
+    table = pd.DataFrame({"bin": which, "confidence": predictions["confidence"], "correct": correct})
+    grouped = table.groupby("bin").agg(examples=("correct", "size"), confidence=("confidence", "mean"), accuracy=("correct", "mean"))
+    grouped.index = [f"{edges[i]:.1f}-{edges[i + 1]:.1f}" for i in grouped.index]
+    return grouped
+
+
+def abstain_threshold(val_predictions: pd.DataFrame, required_accuracy: float) -> dict:
+    """The lowest confidence threshold whose kept validation answers reach ``required_accuracy`` (the rest go to a person)."""
+    ordered = val_predictions.sort_values("confidence", ascending=False)
+    correct = (ordered["prediction"] == ordered["target"]).to_numpy(dtype=float)
+    kept_accuracy = np.cumsum(correct) / np.arange(1, len(correct) + 1)
+    meets = np.flatnonzero(kept_accuracy >= required_accuracy)
+    if not len(meets):
+        return {"threshold": None, "coverage": 0.0, "accuracy": None, "required_accuracy": required_accuracy}
+    last = meets[-1]  # the most examples kept while still meeting the requirement
+    return {"threshold": float(ordered["confidence"].iloc[last]), "coverage": float((last + 1) / len(ordered)),
+            "accuracy": float(kept_accuracy[last]), "required_accuracy": required_accuracy}
+
+
+def apply_threshold(predictions: pd.DataFrame, threshold: float | None) -> dict:
+    """Coverage and accuracy on the answers at or above ``threshold`` (the test split's view of the chosen threshold)."""
+    if threshold is None:
+        return {"coverage": 0.0, "accuracy": None}
+    kept = predictions[predictions["confidence"] >= threshold]
+    accuracy = float((kept["prediction"] == kept["target"]).mean()) if len(kept) else None
+    return {"coverage": len(kept) / len(predictions) if len(predictions) else 0.0, "accuracy": accuracy}
