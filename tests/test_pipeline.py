@@ -226,6 +226,8 @@ def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, t
     assert cli.main(["run", "--continue", str(run_dir), "--steps", "02,04", "-p", f"BASE_MODEL={tiny_model}", "-p", "K_SHOTS=0"]) == 0
     assert (run_dir / "04_evaluate.ipynb").is_file() and (run_dir / "evaluation" / "metrics.json").is_file()
     assert cli.main(["run", "--continue", str(run_dir), "--steps", "04"]) == 2  # never overwritten
+    assert cli.main(["train", str(run_dir), "-p", "JOB_CARD=other.yaml"]) == 2  # not silently ignored
+    assert cli.main(["run", "--continue", str(run_dir), "--steps", "05", "-p", "EPOCHS=2"]) == 2  # no step 05 uses EPOCHS
 
 
 def test_training_runs_unchanged_under_torchrun_with_two_processes(prepared_run, tiny_model, tmp_path):

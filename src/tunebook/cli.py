@@ -52,16 +52,20 @@ def absolute_paths(parameters: dict) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tunebook.pipeline import NOTEBOOKS, run_workbook
+    from tunebook.pipeline import NOTEBOOKS, declared_parameters, run_workbook
 
-    parameters = {**load_config(args.config), **parse_assignments(args.param)}
-    parameters = absolute_paths(parameters)
+    given = {**load_config(args.config), **parse_assignments(args.param)}
+    parameters = absolute_paths(given)
     steps = NOTEBOOKS
     if args.steps:
         wanted = [s.strip() for s in args.steps.split(",")]
         steps = tuple(n for n in NOTEBOOKS if any(n.startswith(w) for w in wanted))
         if not steps:
             raise TunebookError(f"--steps {args.steps} matches none of {', '.join(NOTEBOOKS)}.")
+        declared = declared_parameters()
+        unused = [k for k in given if k in declared and not set(declared[k].notebooks) & set(steps)]
+        if unused:
+            raise TunebookError(f"{', '.join(unused)} would be ignored: no notebook in --steps {args.steps} uses it.")
     if args.continue_run:
         if args.name:
             raise TunebookError("--continue names the run folder itself; drop --name.")
@@ -85,8 +89,10 @@ def _train(args: argparse.Namespace) -> int:
 
     step = "03_train_qlora"
     declared = {k: p for k, p in declared_parameters().items() if step in p.notebooks and k != "RUN_DIR"}
-    given = absolute_paths({**load_config(args.config), **parse_assignments(args.param)})
-    given.pop("JOB_CARD")  # the run folder already holds the job card
+    user = {**load_config(args.config), **parse_assignments(args.param)}
+    given = absolute_paths(user)
+    if "JOB_CARD" not in user:
+        given.pop("JOB_CARD")  # the run folder already holds the job card; a JOB_CARD given here is refused below
     check_parameters(given, declared)
     parameters = {**{k: p.default_value for k, p in declared.items()}, **given}
     result = train_run_folder(args.run_dir, parameters)

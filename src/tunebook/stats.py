@@ -76,7 +76,8 @@ def flips(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame) -> pd.Data
 
 def slices(card: JobCard, predictions: pd.DataFrame, tag: str = "hard") -> pd.DataFrame:
     """Headline metrics on the examples tagged ``tag`` and on the rest, so a gain only on easy cases shows."""
-    tagged = predictions["tags"].fillna("").str.split(r"[,;\s]+", regex=True).map(lambda tags: tag in tags)
+    tags = predictions["tags"] if "tags" in predictions else pd.Series("", index=predictions.index)
+    tagged = tags.fillna("").astype(str).str.split(r"[,;\s]+", regex=True).map(lambda found: tag in found)
     rows = {}
     for name, part in ((tag, predictions[tagged]), (f"not {tag}", predictions[~tagged])):
         if len(part):

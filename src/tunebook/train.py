@@ -51,7 +51,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
     learning_rate: float = 0.0  # 0: the method's default (DEFAULT_LEARNING_RATE)
-    epochs: float = 1.0
+    epochs: float = 3.0
     max_steps: int = -1
     batch_size: int = 8
     max_length: int = 1024
