@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -115,10 +114,9 @@ def step_flops(model, batch: dict, loss_fn) -> float:
 
 
 def peak_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if torch.cuda.is_available():
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    return round(peak, 1)
+    """Peak GPU memory allocated on a GPU, else the process's peak resident memory (MB)."""
+    peak = train.peak_memory_mb()
+    return peak.get("peak_gpu_memory_mb", peak["peak_memory_mb"])
 
 
 def run_tunebook(steps: int, quantization: str) -> dict:

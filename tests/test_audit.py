@@ -171,11 +171,11 @@ def test_review_items_cover_every_finding(card, clean):
 
 
 def test_batched_token_counts_match_the_training_encoding(card, clean, tokenizer):
-    from tunebook.prompts import encode_example
+    from tunebook.prompts import encode_parts, features_from
 
     sample = clean.head(20)
     lengths = audit.token_lengths(tokenizer, card, sample, max_length=4096)
     for row, counted in zip(sample.itertuples(), lengths.itertuples()):
-        features = encode_example(tokenizer, card, row.text, row.target, 4096)
+        features = features_from(*encode_parts(tokenizer, card, row.text, row.target), 4096)
         supervised = sum(label != -100 for label in features["labels"])
         assert (counted.prompt_tokens, counted.answer_tokens) == (len(features["input_ids"]) - supervised, supervised)

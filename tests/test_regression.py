@@ -27,6 +27,7 @@ def test_an_untrained_adapter_changes_nothing(lora_model, tokenizer):
     assert all(abs(v) < 1e-5 for v in result["change"].values()) and not result["regressed"]
 
 
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # the adapter on the tied output layer is the point
 def test_a_damaging_adapter_is_flagged(tiny_model, tokenizer):
     # The tiny random model's output layer is near-uniform whatever its inner layers do, so the damage goes where it
     # shows: a random adapter on the output projection.

@@ -108,3 +108,19 @@ def test_abstain_threshold_keeps_the_most_examples_that_meet_the_accuracy(card):
     assert stats.apply_threshold(val, 0.8) == {"coverage": 0.5, "accuracy": 1.0}
     table = stats.reliability(val, bins=2)
     assert table["examples"].sum() == 6 and table.loc["0.5-1.0", "accuracy"] == pytest.approx(4 / 6)
+
+
+@pytest.mark.parametrize(("example", "metric"), [("support_triage", "accuracy"), ("order_extraction", "record_exact_match"),
+                                                 ("support_tools", "argument_exact_match"), ("reply_drafting", "rule_pass_rate")])
+def test_fully_correct_agrees_with_the_exact_match_metric(tmp_path, example, metric):
+    from tunebook import data, metrics
+
+    kind_card = job.load_job_card(write_job(tmp_path, per_label=2, example=example))
+    examples, _ = data.load_examples(kind_card)
+    rows = examples.head(8)
+    # half right, half answered with another example's target
+    shifted = list(rows["target"].iloc[4:]) + list(rows["target"].iloc[:4])
+    predictions = rows.assign(prediction=list(rows["target"].iloc[:4]) + shifted[4:])
+    correct = stats.fully_correct(kind_card, predictions)
+    assert 0 < correct.mean() < 1
+    assert correct.mean() == pytest.approx(metrics.evaluate(kind_card, predictions)[metric])

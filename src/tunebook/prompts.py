@@ -111,20 +111,6 @@ def features_from(prompt: list[int], answer: list[int], max_length: int) -> dict
     }
 
 
-def encode_example(
-    tokenizer: PreTrainedTokenizerBase, card: JobCard, text: str, target: str, max_length: int, where: str = "example"
-) -> dict[str, list[int]]:
-    """Training features for one example, refusing one whose prompt leaves no room for an answer token."""
-    prompt, answer = encode_parts(tokenizer, card, text, target)
-    if len(prompt) >= max_length:
-        raise TunebookError(
-            f"{where}: the prompt alone takes {len(prompt)} tokens and MAX_LENGTH is {max_length}, so no answer token "
-            f"would be left to learn from. Raise MAX_LENGTH to at least {len(prompt) + len(answer)}, or drop the "
-            "example in 01_clean_the_data (its audit lists the examples MAX_LENGTH cuts)."
-        )
-    return features_from(prompt, answer, max_length)
-
-
 def render_text(tokenizer: PreTrainedTokenizerBase, card: JobCard, text: str, shots: list[tuple[str, str]] = ()) -> str:
     """The exact prompt text the model sees for one input, chat template included."""
     return tokenizer.apply_chat_template(build_messages(card, text, shots), tokenize=False, add_generation_prompt=True)

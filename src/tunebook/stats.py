@@ -14,19 +14,26 @@ from tunebook.outputs import check_draft, check_tool_call, parse_json, schema_er
 
 
 def fully_correct(card: JobCard, predictions: pd.DataFrame) -> np.ndarray:
-    """Per example: is the whole answer right (label, every field, the whole call, every rule)?"""
+    """Per example: is the whole answer right? The per-example basis of accuracy (classification), record exact match
+    (extraction), whole-call exact match (tool selection) and the all-rules pass rate (drafting) in ``metrics``."""
     rows = predictions.itertuples()
     if card.task_kind == "classification":
         return (predictions["prediction"] == predictions["target"]).to_numpy()
     if card.task_kind == "extraction":
-        return np.array([parse_json(r.prediction)[0] == json.loads(r.target) for r in rows])
+        fields = list(card.output_schema.get("properties", {}))
+        correct = []
+        for r in rows:
+            value, truth = parse_json(r.prediction)[0], json.loads(r.target)
+            value = value if isinstance(value, dict) else {}
+            correct.append(all(f in value and value[f] == truth.get(f) for f in fields))
+        return np.array(correct, dtype=bool)
     if card.task_kind == "tool_selection":
         correct = []
         for r in rows:
             value, error = parse_json(r.prediction)
             correct.append(error is None and not check_tool_call(card, value) and value == json.loads(r.target))
-        return np.array(correct)
-    return np.array([all(check_draft(card, r.prediction, r.text).values()) for r in rows])
+        return np.array(correct, dtype=bool)
+    return np.array([all(check_draft(card, r.prediction, r.text).values()) for r in rows], dtype=bool)
 
 
 def bootstrap(card: JobCard, predictions: pd.DataFrame, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
