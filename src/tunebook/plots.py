@@ -13,6 +13,14 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
+def _finish(fig: Figure, path: str | Path | None) -> Figure:
+    """Lay out the figure and save it as a PNG when a path is given."""
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
 def loss_curve(log_history: list[dict], path: str | Path | None = None) -> Figure:
     """Training and validation loss against step, from the Trainer's log history."""
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
@@ -27,10 +35,7 @@ def loss_curve(log_history: list[dict], path: str | Path | None = None) -> Figur
     ax.set_title("Training curve")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _finish(fig, path)
 
 
 def confusion(metrics: dict, title: str, path: str | Path | None = None) -> Figure:
@@ -47,10 +52,7 @@ def confusion(metrics: dict, title: str, path: str | Path | None = None) -> Figu
     for i in range(len(labels)):
         for j in range(len(labels)):
             ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _finish(fig, path)
 
 
 def compare_bars(figures: dict[str, dict[str, float]], title: str, path: str | Path | None = None) -> Figure:
@@ -66,10 +68,7 @@ def compare_bars(figures: dict[str, dict[str, float]], title: str, path: str | P
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _finish(fig, path)
 
 
 def class_balance(table, path: str | Path | None = None) -> Figure:
@@ -82,10 +81,7 @@ def class_balance(table, path: str | Path | None = None) -> Figure:
     ax.set_title("Balance and hard-case coverage")
     ax.tick_params(axis="x", rotation=45)
     ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _finish(fig, path)
 
 
 def length_histogram(lengths, max_length: int, path: str | Path | None = None) -> Figure:
@@ -98,10 +94,7 @@ def length_histogram(lengths, max_length: int, path: str | Path | None = None) -
     ax.set_ylabel("examples")
     ax.set_title("Lengths")
     ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _finish(fig, path)
 
 
 def method_tradeoff(table, path: str | Path | None = None) -> Figure:
@@ -112,10 +105,7 @@ def method_tradeoff(table, path: str | Path | None = None) -> Figure:
         ax.bar(table.index.astype(str), table[column], color="tab:blue")
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _finish(fig, path)
 
 
 def reliability(table, path: str | Path | None = None) -> Figure:
@@ -129,7 +119,4 @@ def reliability(table, path: str | Path | None = None) -> Figure:
     ax.set_ylabel("accuracy")
     ax.set_title("Reliability (test split)")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _finish(fig, path)

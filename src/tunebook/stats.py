@@ -53,13 +53,19 @@ def bootstrap(card: JobCard, predictions: pd.DataFrame, resamples: int = 1000, l
     ).T
 
 
-def mcnemar(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame, alpha: float = 0.05) -> dict:
-    """Exact McNemar test on fully-correct answers of two models over the same examples, with a verdict in words."""
+def _paired(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Both models' predictions side by side by id, and whether each got each example fully right."""
     merged = baseline[["id", "text", "target", "prediction"]].merge(tuned[["id", "prediction"]], on="id", suffixes=("_baseline", "_tuned"))
     if len(merged) != len(baseline) or len(merged) != len(tuned):
         raise ValueError("the baseline and the tuned model must be scored on the same examples (ids differ).")
-    right_before = fully_correct(card, merged.rename(columns={"prediction_baseline": "prediction"}))
-    right_after = fully_correct(card, merged.rename(columns={"prediction_tuned": "prediction"}))
+    before = fully_correct(card, merged.rename(columns={"prediction_baseline": "prediction"}))
+    after = fully_correct(card, merged.rename(columns={"prediction_tuned": "prediction"}))
+    return merged, before, after
+
+
+def mcnemar(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame, alpha: float = 0.05) -> dict:
+    """Exact McNemar test on fully-correct answers of two models over the same examples, with a verdict in words."""
+    merged, right_before, right_after = _paired(card, baseline, tuned)
     fixed = int(np.sum(~right_before & right_after))
     broken = int(np.sum(right_before & ~right_after))
     p_value = binomtest(min(fixed, broken), fixed + broken, 0.5).pvalue if fixed + broken else 1.0
@@ -74,9 +80,7 @@ def mcnemar(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame, alpha: f
 
 def flips(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
     """Examples one model got fully right and the other did not, side by side."""
-    merged = baseline[["id", "text", "target", "prediction"]].merge(tuned[["id", "prediction"]], on="id", suffixes=("_baseline", "_tuned"))
-    before = fully_correct(card, merged.rename(columns={"prediction_baseline": "prediction"}))
-    after = fully_correct(card, merged.rename(columns={"prediction_tuned": "prediction"}))
+    merged, before, after = _paired(card, baseline, tuned)
     merged["flip"] = np.select([~before & after, before & ~after], ["fixed by tuning", "broken by tuning"], "")
     return merged[merged["flip"] != ""].sort_values("flip").reset_index(drop=True)
 
