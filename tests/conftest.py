@@ -98,3 +98,46 @@ def example_copy(tmp_path) -> Path:
     target = tmp_path / "support_triage"
     shutil.copytree(EXAMPLE, target)
     return target
+
+
+KEYWORDS = {
+    "billing": ["invoice", "refund", "receipt", "overcharged"],
+    "technical": ["crash", "bug", "freezes", "error"],
+    "account": ["password", "login", "username", "2fa"],
+    "shipping": ["parcel", "courier", "tracking", "delivery"],
+    "feature_request": ["wish", "suggestion", "idea", "please add"],
+    "escalate": ["lawyer", "fraud", "police", "lawsuit"],
+}
+FILLER = ("hello team thanks again today order app week please quick note since monday about my the this still help "
+          "again customer question morning evening friday phone laptop kitchen blue green small large new old red "
+          "weekend message reply waiting minutes hours soon later honestly really maybe").split()
+
+
+def keyword_tickets(per_label: int, seed: int, start: int = 0) -> list[dict]:
+    """Support-triage tickets a tiny model can learn: each label's keyword among random filler words."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(per_label * len(KEYWORDS)):
+        label = list(KEYWORDS)[i % len(KEYWORDS)]
+        words = rng.sample(FILLER, 7)
+        words.append(rng.choice(KEYWORDS[label]))  # last, right before the answer: easy for a 2-layer model
+        rows.append({"id": f"K{start + i:04d}", "text": " ".join(words), "label": label, "tags": ""})
+    return rows
+
+
+def keyword_job(folder: Path, shuffled: bool = False) -> tuple[Path, Path]:
+    """The support-triage job card over learnable keyword tickets, and a frozen test file (true labels). With
+    ``shuffled`` the training pool's labels are permuted: a deliberately worse adapter for the same job."""
+    import random
+
+    pool = keyword_tickets(24, seed=1)
+    if shuffled:
+        labels = [row["label"] for row in pool]
+        random.Random(7).shuffle(labels)
+        pool = [{**row, "label": label} for row, label in zip(pool, labels)]
+    card = write_job(folder, rows=pool)
+    test = folder / "test.csv"
+    pd.DataFrame(keyword_tickets(6, seed=2, start=500)).to_csv(test, index=False)
+    return card, test

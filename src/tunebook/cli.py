@@ -1,5 +1,6 @@
 """Command line: ``tunebook run`` runs the workbook; ``tunebook train`` runs the training step alone (also under
-``accelerate launch`` / ``torchrun``); ``tunebook prepare-model`` caches the bundled model."""
+``accelerate launch`` / ``torchrun``); ``tunebook predict`` serves a job's released champion on a file;
+``tunebook versions`` / ``promote`` / ``rollback`` manage the registry; ``tunebook prepare-model`` caches the bundled model."""
 
 from __future__ import annotations
 
@@ -111,6 +112,50 @@ def _prepare_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace):
+    from tunebook.registry import open_registry
+
+    return open_registry(args.tracking_uri, workspace=args.runs_dir)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tunebook.serve import predict_file
+
+    result = predict_file(_store(args), args.job, args.input, args.output, args.base_model, args.version, args.batch_size)
+    print(f"[tunebook] {len(result)} predictions by '{args.job}' version {result['model_version'].iloc[0] if len(result) else '-'}: {args.output}")
+    return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from tunebook.registry import versions
+
+    table = versions(_store(args), args.job)
+    print(table.to_string() if len(table) else f"[tunebook] '{args.job}' has no registered versions.")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from tunebook.registry import promote
+
+    done = promote(_store(args), args.job, args.version, args.force, args.reason)
+    print(f"[tunebook] '{done['model']}' champion: version {done['champion']} (was {done['previous_champion'] or 'none'})")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from tunebook.registry import rollback
+
+    done = rollback(_store(args), args.job)
+    print(f"[tunebook] '{done['model']}' champion rolled back from version {done['rolled_back']} to version {done['champion']}")
+    return 0
+
+
+def _registry_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--job", required=True, help="job name (the job card's `name`), which names the registered model")
+    parser.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI, else RUNS_DIR/mlflow.db)")
+    parser.add_argument("--runs-dir", default="runs", help="folder whose mlflow.db is the default registry (default: runs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tunebook`` argument parser."""
     parser = argparse.ArgumentParser(prog="tunebook", description=__doc__)
@@ -132,6 +177,26 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = sub.add_parser("prepare-model", help="convert the bundled base model once and cache it")
     prepare.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub id")
     prepare.set_defaults(func=_prepare_model)
+    serve = sub.add_parser("predict", help="predict a file of inputs with a job's released champion")
+    _registry_arguments(serve)
+    serve.add_argument("--input", required=True, help="CSV, JSONL or Parquet file with the card's text column")
+    serve.add_argument("--output", required=True, help="JSONL file to write (never overwritten)")
+    serve.add_argument("--version", help="a registered version instead of the champion")
+    serve.add_argument("--base-model", default="bundled", help="the base model the adapter was trained on (default: bundled)")
+    serve.add_argument("--batch-size", type=int, default=8, help="examples per forward pass")
+    serve.set_defaults(func=_predict)
+    listing = sub.add_parser("versions", help="list a job's registered versions, aliases and gate verdicts")
+    _registry_arguments(listing)
+    listing.set_defaults(func=_versions)
+    promoting = sub.add_parser("promote", help="make a registered version the champion")
+    _registry_arguments(promoting)
+    promoting.add_argument("--version", required=True, help="the version to promote")
+    promoting.add_argument("--force", action="store_true", help="promote a version that failed its gate (needs --reason)")
+    promoting.add_argument("--reason", default="", help="why a failed gate is overridden (recorded on the version)")
+    promoting.set_defaults(func=_promote)
+    back = sub.add_parser("rollback", help="move a job's champion back to the version it replaced")
+    _registry_arguments(back)
+    back.set_defaults(func=_rollback)
     return parser
 
 

@@ -188,6 +188,7 @@ def run_workbook(
                 f"The partly executed notebook, with the failing cell, is {output}"
             ) from None
         timings[step] = round(time.perf_counter() - started, 1)
+        _attach_release_notebook(run_dir, output)
         if progress:
             print(f"[tunebook] {step} done in {timings[step]:.0f} s", flush=True)
         if step == BASELINE_STEP and not load_results(run_dir, NOTEBOOKS[0])["proceed_to_training"]:
@@ -202,6 +203,17 @@ def run_workbook(
     summary["seconds_per_notebook"] = timings
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return run_dir, summary
+
+
+def _attach_release_notebook(run_dir: Path, notebook: Path) -> None:
+    """After 05_release registered a version, add its executed notebook to that version's tracking run."""
+    registered = run_dir / "release" / "registered.json"
+    if not registered.is_file() or notebook.stem != NOTEBOOKS[-1]:
+        return
+    from tunebook.registry import log_file, open_registry
+
+    info = json.loads(registered.read_text())
+    log_file(open_registry(info["tracking_uri"]), info["run_id"], notebook, "notebooks")
 
 
 def summarise(run_dir: Path) -> dict:

@@ -8,9 +8,21 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from tunebook.job import JobCard
+from tunebook.job import JobCard, rule_names
 from tunebook.metrics import evaluate
 from tunebook.outputs import check_draft, check_tool_call, parse_json, schema_errors
+
+
+def _field_hits(card: JobCard, predictions: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per extraction field and example: is the field present and equal to the target (the metrics' per-field match)?"""
+    fields = list(card.output_schema.get("properties", {}))
+    hits = {f: [] for f in fields}
+    for r in predictions.itertuples():
+        value, truth = parse_json(r.prediction)[0], json.loads(r.target)
+        value = value if isinstance(value, dict) else {}
+        for f in fields:
+            hits[f].append(f in value and value[f] == truth.get(f))
+    return {f: np.array(v, dtype=bool) for f, v in hits.items()}
 
 
 def fully_correct(card: JobCard, predictions: pd.DataFrame) -> np.ndarray:
@@ -20,13 +32,8 @@ def fully_correct(card: JobCard, predictions: pd.DataFrame) -> np.ndarray:
     if card.task_kind == "classification":
         return (predictions["prediction"] == predictions["target"]).to_numpy()
     if card.task_kind == "extraction":
-        fields = list(card.output_schema.get("properties", {}))
-        correct = []
-        for r in rows:
-            value, truth = parse_json(r.prediction)[0], json.loads(r.target)
-            value = value if isinstance(value, dict) else {}
-            correct.append(all(f in value and value[f] == truth.get(f) for f in fields))
-        return np.array(correct, dtype=bool)
+        hits = list(_field_hits(card, predictions).values())
+        return np.logical_and.reduce(hits) if hits else np.ones(len(predictions), dtype=bool)
     if card.task_kind == "tool_selection":
         correct = []
         for r in rows:
@@ -34,6 +41,64 @@ def fully_correct(card: JobCard, predictions: pd.DataFrame) -> np.ndarray:
             correct.append(error is None and not check_tool_call(card, value) and value == json.loads(r.target))
         return np.array(correct, dtype=bool)
     return np.array([all(check_draft(card, r.prediction, r.text).values()) for r in rows], dtype=bool)
+
+
+def part_correct(card: JobCard, predictions: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per class, tool, field or rule: which examples it covers and whether each of them was right there.
+
+    Classes and tools cover the examples whose target they are (right = fully correct, so the rate is recall);
+    fields and rules cover every example (right = the field matches / the rule passes).
+    """
+    every = np.ones(len(predictions), dtype=bool)
+    if card.task_kind == "extraction":
+        return {f: (every, hit) for f, hit in _field_hits(card, predictions).items()}
+    if card.task_kind == "drafting":
+        checks = [check_draft(card, r.prediction, r.text) for r in predictions.itertuples()]
+        return {name: (every, np.array([c[name] for c in checks], dtype=bool)) for name in rule_names(card.rules)}
+    correct = fully_correct(card, predictions)
+    truth = predictions["target"] if card.task_kind == "classification" else predictions["target"].map(lambda t: json.loads(t)["tool"])
+    return {name: ((truth == name).to_numpy(), correct) for name in card.choices}
+
+
+def aligned(reference: pd.DataFrame, candidate: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both frames of predictions in the same example order; refuse frames scored on different examples."""
+    ids_ref, ids_new = reference["id"].astype(str), candidate["id"].astype(str)
+    if ids_ref.duplicated().any() or set(ids_ref) != set(ids_new) or len(ids_ref) != len(ids_new):
+        raise ValueError("both models must be scored on the same examples (ids differ).")
+    order = {i: k for k, i in enumerate(ids_ref)}
+    candidate = candidate.assign(_order=ids_new.map(order)).sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    reference = reference.reset_index(drop=True)
+    if not (reference["target"].astype(str).to_numpy() == candidate["target"].astype(str).to_numpy()).all():
+        raise ValueError("both models must be scored against the same targets (a target differs for the same id).")
+    return reference, candidate
+
+
+def _one_sided_drop(before: np.ndarray, after: np.ndarray) -> tuple[int, int, float]:
+    """Examples broken and fixed going from ``before`` to ``after``, and the exact one-sided p-value of a drop."""
+    broken, fixed = int(np.sum(before & ~after)), int(np.sum(~before & after))
+    p_value = binomtest(broken, broken + fixed, 0.5, alternative="greater").pvalue if broken + fixed else 1.0
+    return broken, fixed, float(p_value)
+
+
+def part_drops(card: JobCard, reference: pd.DataFrame, candidate: pd.DataFrame, tolerance: float = 0.02, alpha: float = 0.05) -> pd.DataFrame:
+    """Per class / tool / field / rule and for whole answers: the paired change from ``reference`` to ``candidate``,
+    and whether it is a drop past ``tolerance`` that an exact one-sided McNemar test finds significant at ``alpha``."""
+    reference, candidate = aligned(reference, candidate)
+    parts = {"(whole answers)": (np.ones(len(reference), dtype=bool), fully_correct(card, reference), fully_correct(card, candidate))}
+    ref_parts, new_parts = part_correct(card, reference), part_correct(card, candidate)
+    for name, (mask, right) in ref_parts.items():
+        parts[name] = (mask, right, new_parts[name][1])
+    rows = []
+    for name, (mask, before, after) in parts.items():
+        n = int(mask.sum())
+        if not n:
+            continue
+        broken, fixed, p_value = _one_sided_drop(before[mask], after[mask])
+        drop = (broken - fixed) / n
+        rows.append({"part": name, "examples": n, "reference": float(before[mask].mean()), "candidate": float(after[mask].mean()),
+                     "drop": drop, "broken": broken, "fixed": fixed, "p_value": p_value,
+                     "significant_drop": bool(drop > tolerance and p_value < alpha)})
+    return pd.DataFrame(rows).set_index("part")
 
 
 def bootstrap(card: JobCard, predictions: pd.DataFrame, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:

@@ -276,14 +276,25 @@ class CompletionOnlyTrainer(Trainer):
 
 
 class LiveLossCurve(TrainerCallback):
-    """Redraws the training curve in the notebook as losses are logged (does nothing outside IPython)."""
+    """Redraws the training curve in the notebook as losses are logged, at most every ``min_interval`` seconds apart
+    from validation passes and the end (does nothing outside IPython)."""
 
-    def __init__(self, before: float | None = None):
+    def __init__(self, before: float | None = None, min_interval: float = 2.0):
         self.before = before
+        self.min_interval = min_interval
         self.handle = None
+        self.drawn_at = float("-inf")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        """Update the figure with the latest log history."""
+        """Update the figure with the latest log history (training-loss logs only if the last redraw is old enough)."""
+        if "eval_loss" in (logs or {}) or time.perf_counter() - self.drawn_at >= self.min_interval:
+            self._draw(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """Draw the final curve."""
+        self._draw(state)
+
+    def _draw(self, state) -> None:
         try:
             from IPython import get_ipython
             from IPython.display import display
@@ -302,6 +313,7 @@ class LiveLossCurve(TrainerCallback):
         else:
             self.handle.update(fig)
         plt.close(fig)
+        self.drawn_at = time.perf_counter()
 
 
 class StepTimer(TrainerCallback):
