@@ -141,3 +141,28 @@ def keyword_job(folder: Path, shuffled: bool = False) -> tuple[Path, Path]:
     test = folder / "test.csv"
     pd.DataFrame(keyword_tickets(6, seed=2, start=500)).to_csv(test, index=False)
     return card, test
+
+
+RELEASE_PARAMETERS = {  # a full fine-tune of the tiny model learns the keyword tickets perfectly in 400 steps
+    "QUANTIZATION": "full", "LEARNING_RATE": 0.001, "BATCH_SIZE": 16, "MAX_STEPS": 400, "EVAL_STEPS": 400, "EARLY_STOPPING_PATIENCE": 0,
+    "COMPARE_METHODS": "", "BOOTSTRAP_RESAMPLES": 200,
+    # a randomly initialised model has no general behaviour to protect; the probe's threshold is tested on its own
+    "REGRESSION_MAX_INCREASE": 100.0,
+}
+
+
+@pytest.fixture(scope="session")
+def released(tmp_path_factory, tiny_model):
+    """Two releases of the support-triage job into one registry: a good adapter, then one trained on shuffled labels,
+    both evaluated on the same frozen test file. Returns (runs folder, good run, shuffled run)."""
+    from tunebook import pipeline
+
+    root = tmp_path_factory.mktemp("release")
+    good_card, test = keyword_job(root / "good")
+    bad_card, _ = keyword_job(root / "shuffled", shuffled=True)
+    runs = root / "runs"
+    found = []
+    for name, card in (("good", good_card), ("shuffled", bad_card)):
+        params = {**RELEASE_PARAMETERS, "JOB_CARD": str(card), "TEST_FILE": str(test), "BASE_MODEL": tiny_model}
+        found.append(pipeline.run_workbook(params, runs, name, progress=False))
+    return runs, found[0], found[1]

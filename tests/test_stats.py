@@ -124,3 +124,37 @@ def test_fully_correct_agrees_with_the_exact_match_metric(tmp_path, example, met
     correct = stats.fully_correct(kind_card, predictions)
     assert 0 < correct.mean() < 1
     assert correct.mean() == pytest.approx(metrics.evaluate(kind_card, predictions)[metric])
+
+
+@pytest.mark.parametrize(("example", "key", "score"), [("support_triage", "per_class", "recall"), ("order_extraction", "per_field", "exact_match"),
+                                                       ("support_tools", "per_tool", "recall"), ("reply_drafting", "per_rule", "pass_rate")])
+def test_part_rates_are_the_metrics_per_part_figures(tmp_path, example, key, score):
+    from tunebook import data, metrics
+
+    kind_card = job.load_job_card(write_job(tmp_path, per_label=2, example=example))
+    examples, _ = data.load_examples(kind_card)
+    rows = examples.head(8)
+    shifted = list(rows["target"].iloc[4:]) + list(rows["target"].iloc[:4])
+    predictions = rows.assign(prediction=list(rows["target"].iloc[:4]) + shifted[4:])
+    parts = metrics.evaluate(kind_card, predictions)[key]
+    table = stats.part_drops(kind_card, rows.assign(prediction=rows["target"]), predictions)
+    for part, figures in parts.items():
+        if part in table.index:
+            assert table.loc[part, "candidate"] == pytest.approx(figures[score]), part
+    assert table.loc["(whole answers)", "candidate"] == pytest.approx(stats.fully_correct(kind_card, predictions).mean())
+
+
+def test_a_significant_drop_is_flagged_and_a_small_one_is_not(card):
+    truth = ["billing"] * 20 + ["escalate"] * 4
+    reference = frame(truth, truth)
+    worse = frame(truth, ["shipping"] * 8 + ["billing"] * 12 + truth[20:])
+    table = stats.part_drops(card, reference, worse)
+    assert table.loc["billing", "significant_drop"] and table.loc["billing", "broken"] == 8
+    assert table.loc["billing", "p_value"] == pytest.approx(0.5 ** 8)
+    assert not table.loc["escalate", "significant_drop"] and table.loc["escalate", "drop"] == 0
+    one_off = frame(truth, ["shipping"] + truth[1:])
+    assert not stats.part_drops(card, reference, one_off).loc["billing", "significant_drop"]  # p = 0.5: could be chance
+    shuffled = worse.sample(frac=1, random_state=0)  # order does not matter: examples are paired by id
+    assert stats.part_drops(card, reference, shuffled).equals(table)
+    with pytest.raises(ValueError, match="same examples"):
+        stats.part_drops(card, reference, worse.head(10))

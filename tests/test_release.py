@@ -1,0 +1,190 @@
+"""Releasing: the gate, parity, latency and model card, and the whole release journey through the notebooks."""
+
+import json
+
+import nbformat
+import pandas as pd
+import pytest
+import torch
+
+from tunebook import cli, job, predict, registry, release, stats
+from tunebook.errors import TunebookError
+
+from conftest import EXAMPLE
+
+
+@pytest.fixture(scope="module")
+def card():
+    return job.load_job_card(EXAMPLE / "job.yaml")
+
+
+def frame(targets, predictions):
+    n = len(targets)
+    return pd.DataFrame({"id": [f"T{i}" for i in range(n)], "text": [f"ticket {i}" for i in range(n)], "target": targets,
+                         "prediction": predictions, "tags": [""] * n})
+
+
+CALM = {"change": {"text_loss": 0.05, "instruction_loss": 0.1}}
+MATCHING = {"applicable": True, "n": 10, "agreement": 1.0, "detail": "0 differ"}
+
+
+def test_the_gate_passes_an_adapter_no_worse_than_the_reference(card):
+    truth = ["billing"] * 10 + ["escalate"] * 5
+    verdict = release.gate(card, frame(truth, truth), frame(truth, ["billing"] * 15), "champion v1", CALM, MATCHING)
+    assert verdict["passed"] and verdict["failed"] == [] and "may be promoted" in verdict["verdict"]
+    assert {c["check"] for c in verdict["checks"]} >= {"must_never", "no_drop:(whole answers)", "no_drop:billing", "general_regression", "parity"}
+
+
+def test_the_gate_names_every_failing_check(card):
+    truth = ["billing"] * 12 + ["escalate"] * 6
+    reference = frame(truth, truth)
+    worse = frame(truth, ["shipping"] * 12 + ["escalate"] * 5 + ["billing"])
+    verdict = release.gate(card, worse, reference, "champion v1", {"change": {"text_loss": 0.1, "instruction_loss": 0.9}},
+                           {**MATCHING, "agreement": 0.8, "detail": "2 differ"})
+    assert verdict["failed"] == ["must_never", "no_drop:(whole answers)", "no_drop:billing", "general_regression", "parity"]
+    assert verdict["verdict"].startswith("Gate FAILED against champion v1: must_never, no_drop:(whole answers), no_drop:billing")
+    details = {c["check"]: c["detail"] for c in verdict["checks"]}
+    assert "1 must-never failure(s)" in details["must_never"] and "T17" in details["must_never"]
+    assert "instruction_loss +0.900" in details["general_regression"] and "80.0%" in details["parity"]
+
+
+def test_card_targets_block_only_when_required(card):
+    truth = ["billing"] * 8 + ["shipping"] * 8
+    mediocre = frame(truth, ["billing"] * 8 + ["shipping"] * 4 + ["billing"] * 4)
+    advisory = release.gate(card, mediocre, mediocre, "the prompting baseline", CALM, MATCHING)
+    assert advisory["passed"] and "target:macro_f1" in advisory["targets_missed"] and "not blocking" in advisory["verdict"]
+    strict = release.gate(card, mediocre, mediocre, "the prompting baseline", CALM, MATCHING, require_targets=True)
+    assert not strict["passed"] and "target:macro_f1" in strict["failed"] and "target:accuracy" in strict["failed"]
+
+
+def test_a_missing_probe_or_parity_fails_the_gate(card):
+    truth = ["billing"] * 4
+    verdict = release.gate(card, frame(truth, truth), frame(truth, truth), "x", None, None)
+    assert verdict["failed"] == ["general_regression", "parity"]
+
+
+def test_an_adapter_for_another_job_or_base_is_refused_naming_both(card):
+    from tunebook.job import card_hash
+
+    manifest = {"job": "order_extraction", "job_card_sha256": "ab" * 32, "base_model": {"name": "SmolLM2-135M-Instruct", "sha256": "cd" * 32}}
+    with pytest.raises(TunebookError, match="trained for job 'order_extraction'.*this run's job is 'support_triage'"):
+        release.check_adapter_matches(manifest, card, {"name": "SmolLM2-135M-Instruct", "sha256": "cd" * 32})
+    manifest.update(job="support_triage", job_card_sha256=card_hash(card))
+    with pytest.raises(TunebookError, match="base model 'SmolLM2-135M-Instruct' \\(sha256 cdcd.*BASE_MODEL is 'other' \\(sha256 efef"):
+        release.check_adapter_matches(manifest, card, {"name": "other", "sha256": "ef" * 32})
+
+
+@pytest.fixture(scope="module")
+def random_adapter(tmp_path_factory, tiny_model):
+    """A LoRA adapter with random (non-zero) weights on the tiny model, so merging changes the weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("random-adapter")
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_merged_model_predicts_what_the_adapter_on_its_base_predicts(tiny_model, random_adapter, small_job):
+    from tunebook import data
+
+    small = job.load_job_card(small_job)
+    examples = data.load_examples(small)[0].head(12)
+    model, tokenizer = predict.load_for_inference(tiny_model, random_adapter, "none")
+    merged = release.merged_model(tiny_model, random_adapter)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    plain = predict.load_for_inference(tiny_model)[0]
+    assert any((a - b).abs().max() > 1e-3 for a, b in zip(merged.parameters(), plain.parameters())), "the merge changed no weight"
+    same = release.parity(model, merged, tokenizer, small, examples)
+    assert same["applicable"] and same["agreement"] == 1.0 and same["n"] == 12 and same["max_confidence_difference"] < 1e-4
+    different = release.parity(model, plain, tokenizer, small, examples)  # the base alone is not the adapter
+    assert different["max_confidence_difference"] > 1e-3
+    assert not release.parity(model, None, tokenizer, small, examples)["applicable"]
+    speed = release.latency(model, tokenizer, small, examples.head(5))
+    assert speed["n"] == 5 and 0 < speed["p50_ms"] <= speed["p95_ms"] and speed["device"] == "cpu"
+
+
+# The release journey through the notebooks (fixture `released` in conftest: a good adapter, then a shuffled-label one).
+
+
+def test_first_adapter_becomes_champion_with_everything_logged(released):
+    runs, (good_dir, good), _ = released
+    result = good["05_release"]
+    assert good["04_evaluate"]["accuracy"] == 1.0, "the tiny model should learn the keyword tickets"
+    assert result["gate_passed"] and result["promoted"] and result["version"] == "1" and result["failed_checks"] == []
+    store = registry.open_registry(workspace=runs)
+    version = registry.get_version(store, "support_triage", 1)
+    assert registry.aliases(store, "support_triage")["champion"] == "1"
+    assert version.tags["tunebook.run_dir"] == str(good_dir.resolve()) and version.tags["tunebook.gate"] == "passed"
+    assert version.description.startswith("# support_triage · version 1")
+    run = store.client.get_run(version.run_id)
+    assert run.data.metrics["test.macro_f1"] == 1.0 and "latency.p95_ms" in run.data.metrics
+    assert run.data.params["train.quantization"] == "full" and run.data.params["dataset_hash"] == good["01_clean_the_data"]["dataset_hash"]
+    logged = {a.path for folder in ("", "adapter", "notebooks", "evaluation", "data") for a in store.client.list_artifacts(version.run_id, folder or None)}
+    for path in ("job.yaml", "model_card.md", "adapter/model.safetensors", "adapter/tunebook_manifest.json", "evaluation/predictions.jsonl",
+                 "data/dataset_version.json", "notebooks/00_define_the_job.ipynb", "notebooks/04_evaluate.ipynb", "notebooks/05_release.ipynb"):
+        assert path in logged, path
+    card_text = (good_dir / "release" / "model_card.md").read_text()
+    for heading in ("## Intended use", "## Lineage", "## Training", "## Test split", "## Release gate", "## Serving", "## Known failure modes"):
+        assert heading in card_text
+
+
+def test_shuffled_label_adapter_is_stopped_by_the_gate_with_the_failing_checks_named(released):
+    runs, _, (bad_dir, bad) = released
+    result = bad["05_release"]
+    assert not result["gate_passed"] and not result["promoted"] and result["version"] == "2"
+    assert {"must_never", "no_drop:(whole answers)", "no_drop:escalate"} <= set(result["failed_checks"])
+    store = registry.open_registry(workspace=runs)
+    assert registry.aliases(store, "support_triage") == {"champion": "1", "challenger": "2"}
+    book = nbformat.read(bad_dir / "05_release.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs)
+    assert "gating against champion v1" in printed and "Gate FAILED against champion v1: must_never" in printed
+    gate = json.loads((bad_dir / "release" / "gate.json").read_text())
+    assert gate["drops"]["(whole answers)"]["reference"] == 1.0 and gate["drops"]["(whole answers)"]["significant_drop"]
+
+
+def test_rollback_restores_the_earlier_champion(released, capsys):
+    runs, _, _ = released
+    where = ["--job", "support_triage", "--runs-dir", str(runs)]
+    assert cli.main(["promote", *where, "--version", "2"]) == 2
+    assert "failed its gate" in capsys.readouterr().err
+    assert cli.main(["promote", *where, "--version", "2", "--force", "--reason", "testing the way back"]) == 0
+    store = registry.open_registry(workspace=runs)
+    assert registry.aliases(store, "support_triage")["champion"] == "2"
+    assert cli.main(["rollback", *where]) == 0
+    assert "rolled back from version 2 to version 1" in capsys.readouterr().out
+    assert registry.aliases(store, "support_triage")["champion"] == "1"
+    assert cli.main(["rollback", *where]) == 2 and "first champion" in capsys.readouterr().err
+    assert cli.main(["versions", *where]) == 0 and "champion" in capsys.readouterr().out
+
+
+def test_the_champion_is_re_scored_when_the_test_split_differs(released, tiny_model):
+    runs, (good_dir, _), (bad_dir, _) = released
+    store = registry.open_registry(workspace=runs)
+    card = job.load_job_card(bad_dir / "job.yaml")
+    test = pd.read_json(bad_dir / "data" / "test.jsonl", lines=True, dtype={"id": str})
+    same, name, version = release.reference_predictions(store, card, bad_dir, test, tiny_model)
+    assert name == "champion v1" and version == "1" and len(same) == len(test)
+    subset = test.head(12)
+    rescored, name, _ = release.reference_predictions(store, card, bad_dir, subset, tiny_model, scratch=bad_dir / "scratch")
+    assert name == "champion v1 (re-scored on this test split)"
+    stored = pd.read_json(good_dir / "evaluation" / "predictions.jsonl", lines=True, dtype={"id": str}).set_index("id")
+    assert (rescored.set_index("id")["prediction"] == stored.loc[subset["id"], "prediction"]).all()
+
+
+def test_a_released_adapter_is_never_registered_again(released, tmp_path):
+    import shutil
+
+    runs, (good_dir, _), _ = released
+    store = registry.open_registry(workspace=runs)
+    args = (job.load_job_card(good_dir / "job.yaml"), {}, {}, {}, {}, {}, {}, {}, {})
+    with pytest.raises(TunebookError, match="already released"):
+        release.publish_run(store, good_dir, *args)
+    copy = tmp_path / "copy"
+    shutil.copytree(good_dir, copy)
+    (copy / "release" / "registered.json").unlink()
+    with pytest.raises(TunebookError, match="already version 1 of 'support_triage'.*never overwritten"):
+        release.publish_run(store, copy, *args)
+    assert len(registry.versions(store, "support_triage")) == 2
