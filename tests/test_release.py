@@ -121,6 +121,9 @@ def test_first_adapter_becomes_champion_with_everything_logged(released):
     assert version.description.startswith("# support_triage · version 1")
     run = store.client.get_run(version.run_id)
     assert run.data.metrics["test.macro_f1"] == 1.0 and "latency.p95_ms" in run.data.metrics
+    version_file = json.loads((good_dir / "data" / "dataset_version.json").read_text())
+    inputs = {d.tags[0].value: d.dataset.digest for d in run.inputs.dataset_inputs}
+    assert inputs == {split: version_file["splits"][split]["hash"][:12] for split in ("train", "val", "test")}
     assert run.data.params["train.quantization"] == "full" and run.data.params["dataset_hash"] == good["01_clean_the_data"]["dataset_hash"]
     logged = {a.path for folder in ("", "adapter", "notebooks", "evaluation", "data") for a in store.client.list_artifacts(version.run_id, folder or None)}
     for path in ("job.yaml", "model_card.md", "adapter/model.safetensors", "adapter/tunebook_manifest.json", "evaluation/predictions.jsonl",

@@ -78,6 +78,8 @@ def _run(args: argparse.Namespace) -> int:
     release = summary.get("05_release")
     if release:
         print(f"[tunebook] {release['headline']}")
+        outcome = "promoted to champion" if release["promoted"] else f"gate failed ({', '.join(release['failed_checks'])}); champion unchanged"
+        print(f"[tunebook] registered as version {release['version']}: {outcome}")
     elif "02_prove_the_baseline" in summary:
         print(f"[tunebook] baseline: {summary['02_prove_the_baseline']['verdict']}")
     print(f"[tunebook] results: {run_dir} (summary.json, executed notebooks, artifacts)")

@@ -176,16 +176,18 @@ def publish(
     description: Callable[[str], str],
     promote: bool,
     expected_champion: str | None,
+    datasets: dict[str, dict] | None = None,
 ) -> dict:
     """Log a tracking run (params, metrics, artifacts), register its model as a new version with the `challenger`
     alias and, if ``promote``, make it `champion` too; all of it or, on any failure, none of it in the registry.
 
     ``artifacts`` lists (artifact folder, local file or folder); ``model_artifact`` is the folder that holds the model;
-    ``description(version)`` gives the version's description (its model card), logged as ``model_card.md`` too.
+    ``description(version)`` gives the version's description (its model card), logged as ``model_card.md`` too;
+    ``datasets`` maps a context (train, val, test) to a dataset's name, digest, source and row count (MLflow inputs).
     ``expected_champion`` is the champion version the gate compared against (None: there was none); promotion is
     refused if another run changed the champion in the meantime.
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
     client = registry.client
     name = model_name(job)
@@ -199,6 +201,12 @@ def publish(
                 metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v is not None],
                 params=[Param(k, str(v)[:6000]) for k, v in _flat("", params).items()],
             )
+            if datasets:
+                client.log_inputs(run_id, [
+                    DatasetInput(Dataset(d["name"], d["digest"], "local", json.dumps({"uri": d["source"]}), profile=json.dumps({"num_rows": d["rows"]})),
+                                 [InputTag("mlflow.data.context", context)])
+                    for context, d in datasets.items()
+                ])
             for folder, path in artifacts:
                 if path.is_dir():
                     client.log_artifacts(run_id, str(path), folder)

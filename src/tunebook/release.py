@@ -123,7 +123,7 @@ def gate(
     drops = part_drops(card, reference, challenger, tolerance, alpha)
     for part, row in drops.iterrows():
         check(f"no_drop:{part}", not row["significant_drop"],
-              f"{reference_name} {row['reference']:.3f} -> {row['candidate']:.3f} on {row['examples']} examples "
+              f"{row['reference']:.3f} -> {row['candidate']:.3f} on {row['examples']} examples "
               f"(broke {row['broken']}, fixed {row['fixed']}, one-sided p = {row['p_value']:.3g})")
     if regression is None:
         check("general_regression", False, "no general-behaviour probe in evaluation/comparison.json: run 04_evaluate")
@@ -344,7 +344,9 @@ def publish_run(registry: Registry, run_dir: str | Path, card: JobCard, manifest
         return text
 
     logged = _metrics_to_log(baseline, tuned, comparison, gate_result, parity_result, latency_result)
+    datasets = {split: {"name": f"{card.name}-{split}", "digest": part["hash"][:12], "source": str((run_dir / "data" / f"{split}.jsonl").resolve()),
+                        "rows": part["rows"]} for split, part in dataset["splits"].items()}
     result = publish(registry, card.name, run_dir.name, params, logged, tags, artifacts, "adapter", card_text,
-                     promote and gate_result["passed"], expected)
+                     promote and gate_result["passed"], expected, datasets)
     (folder / "registered.json").write_text(json.dumps(result, indent=2))
     return result

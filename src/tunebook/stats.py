@@ -120,12 +120,9 @@ def bootstrap(card: JobCard, predictions: pd.DataFrame, resamples: int = 1000, l
 
 def _paired(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Both models' predictions side by side by id, and whether each got each example fully right."""
-    merged = baseline[["id", "text", "target", "prediction"]].merge(tuned[["id", "prediction"]], on="id", suffixes=("_baseline", "_tuned"))
-    if len(merged) != len(baseline) or len(merged) != len(tuned):
-        raise ValueError("the baseline and the tuned model must be scored on the same examples (ids differ).")
-    before = fully_correct(card, merged.rename(columns={"prediction_baseline": "prediction"}))
-    after = fully_correct(card, merged.rename(columns={"prediction_tuned": "prediction"}))
-    return merged, before, after
+    baseline, tuned = aligned(baseline, tuned)
+    merged = baseline[["id", "text", "target"]].assign(prediction_baseline=baseline["prediction"], prediction_tuned=tuned["prediction"])
+    return merged, fully_correct(card, baseline), fully_correct(card, tuned)
 
 
 def mcnemar(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame, alpha: float = 0.05) -> dict:
