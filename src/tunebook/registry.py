@@ -287,7 +287,7 @@ def promote(registry: Registry, job: str, version: str | int, force: bool = Fals
             if not (force and reason.strip()):
                 raise TunebookError(
                     f"version {version} of '{name}' failed its gate ({mv.tags.get(TAG + 'gate_failed') or 'no gate recorded'}); "
-                    "promote it anyway only with force=True and a reason, which are recorded.")
+                    "promote it anyway only with force and a reason (tunebook promote --force --reason \"...\"), which are recorded.")
             registry.client.set_model_version_tag(name, version, TAG + "forced", reason.strip())
         previous = aliases(registry, name).get(CHAMPION)
         _move_champion(registry, name, version, previous)
