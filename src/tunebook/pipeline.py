@@ -213,7 +213,11 @@ def _attach_release_notebook(run_dir: Path, notebook: Path) -> None:
     from tunebook.registry import log_file, open_registry
 
     info = json.loads(registered.read_text())
-    log_file(open_registry(info["tracking_uri"]), info["run_id"], notebook, "notebooks")
+    try:
+        log_file(open_registry(info["tracking_uri"]), info["run_id"], notebook, "notebooks")
+    except Exception as error:  # the release itself is complete; only this copy of the notebook is missing
+        print(f"[tunebook] warning: could not add {notebook.name} to tracking run {info['run_id']} at {info['tracking_uri']}: {error}",
+              file=sys.stderr)
 
 
 def summarise(run_dir: Path) -> dict:
