@@ -137,8 +137,8 @@ def test_first_adapter_becomes_champion_with_everything_logged(released):
     inputs = {d.tags[0].value: d.dataset.digest for d in run.inputs.dataset_inputs}
     assert inputs == {split: version_file["splits"][split]["hash"][:12] for split in ("train", "val", "test")}
     assert run.data.params["train.quantization"] == "full" and run.data.params["dataset_hash"] == good["01_clean_the_data"]["dataset_hash"]
-    logged = {a.path for folder in ("", "adapter", "notebooks", "evaluation", "data") for a in store.client.list_artifacts(version.run_id, folder or None)}
-    for path in ("job.yaml", "model_card.md", "adapter/model.safetensors", "adapter/tunebook_manifest.json", "evaluation/predictions.jsonl",
+    logged = {a.path for folder in ("", "adapter", "notebooks", "evaluation", "data", "release") for a in store.client.list_artifacts(version.run_id, folder or None)}
+    for path in ("job.yaml", "model_card.md", "release/gate.json", "adapter/model.safetensors", "adapter/tunebook_manifest.json", "evaluation/predictions.jsonl",
                  "data/dataset_version.json", "notebooks/00_define_the_job.ipynb", "notebooks/04_evaluate.ipynb", "notebooks/05_release.ipynb"):
         assert path in logged, path
     card_text = (good_dir / "release" / "model_card.md").read_text()
@@ -153,6 +153,9 @@ def test_shuffled_label_adapter_is_stopped_by_the_gate_with_the_failing_checks_n
     assert {"must_never", "no_drop:(whole answers)", "no_drop:escalate"} <= set(result["failed_checks"])
     store = registry.open_registry(workspace=runs)
     assert registry.aliases(store, "support_triage") == {"champion": "1", "challenger": "2"}
+    assert (bad_dir / "release" / "champion").is_dir()  # the champion's stored predictions, fetched for the paired gate
+    run_id = registry.get_version(store, "support_triage", 2).run_id
+    assert [a.path for a in store.client.list_artifacts(run_id, "release")] == ["release/gate.json"]  # not the champion's files
     book = nbformat.read(bad_dir / "05_release.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs)
     assert "gating against champion v1" in printed and "Gate FAILED against champion v1: must_never" in printed

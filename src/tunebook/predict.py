@@ -19,6 +19,19 @@ from tunebook.prompts import build_messages, encode_prompt, encode_target, end_o
 MAX_NEW_TOKENS = {"extraction": 96, "tool_selection": 64, "drafting": 160}
 
 
+def save_predictions(predictions: pd.DataFrame, path: str | Path) -> Path:
+    """Write a frame of predictions as JSON lines (UTF-8 kept as is)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    predictions.to_json(path, orient="records", lines=True, force_ascii=False)
+    return path
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """Read predictions written by ``save_predictions`` (ids stay text)."""
+    return pd.read_json(path, lines=True, dtype={"id": str})
+
+
 def load_for_inference(
     base_model: str, adapter_dir: str | Path | None = None, quantization: str = "none"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

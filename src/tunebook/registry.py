@@ -88,6 +88,11 @@ def model_name(job: str) -> str:
     return job
 
 
+def _no_such_version(error: Exception) -> bool:
+    """MLflow's answer for an alias or version number the registered model does not have (or no such model)."""
+    return _not_found(error) or "INVALID_PARAMETER_VALUE" in str(getattr(error, "error_code", ""))
+
+
 def _not_found(error: Exception) -> bool:
     return "RESOURCE_DOES_NOT_EXIST" in str(getattr(error, "error_code", "")) or "not found" in str(error).lower()
 
@@ -98,7 +103,7 @@ def _version_by_alias(registry: Registry, job: str, alias: str):
     try:
         return registry.client.get_model_version_by_alias(model_name(job), alias)
     except MlflowException as error:
-        if _not_found(error) or "INVALID_PARAMETER_VALUE" in str(getattr(error, "error_code", "")):
+        if _no_such_version(error):
             return None
         raise
 
@@ -283,14 +288,15 @@ def promote(registry: Registry, job: str, version: str | int, force: bool = Fals
     name, version = model_name(job), str(version)
     with registry.locked():
         mv = get_version(registry, job, version)
-        if mv.tags.get(TAG + "gate") != "passed":
-            if not (force and reason.strip()):
-                raise TunebookError(
-                    f"version {version} of '{name}' failed its gate ({mv.tags.get(TAG + 'gate_failed') or 'no gate recorded'}); "
-                    "promote it anyway only with force and a reason (tunebook promote --force --reason \"...\"), which are recorded.")
-            registry.client.set_model_version_tag(name, version, TAG + "forced", reason.strip())
+        overridden = mv.tags.get(TAG + "gate") != "passed"
+        if overridden and not (force and reason.strip()):
+            raise TunebookError(
+                f"version {version} of '{name}' failed its gate ({mv.tags.get(TAG + 'gate_failed') or 'no gate recorded'}); "
+                "promote it anyway only with force and a reason (tunebook promote --force --reason \"...\"), which are recorded.")
         previous = aliases(registry, name).get(CHAMPION)
         _move_champion(registry, name, version, previous)
+        if overridden:
+            registry.client.set_model_version_tag(name, version, TAG + "forced", reason.strip())
     return {"model": name, "champion": version, "previous_champion": previous}
 
 
@@ -317,7 +323,7 @@ def get_version(registry: Registry, job: str, version: str | int):
     try:
         return registry.client.get_model_version(model_name(job), str(version))
     except MlflowException as error:
-        if not (_not_found(error) or "INVALID_PARAMETER_VALUE" in str(getattr(error, "error_code", ""))):
+        if not _no_such_version(error):
             raise
         known = ", ".join(str(v) for v in versions(registry, job).index) or "none"
         raise TunebookError(f"'{job}' has no version {version} in {registry.uri} (registered versions: {known}).") from None

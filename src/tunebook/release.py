@@ -17,7 +17,7 @@ from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
 from tunebook.metrics import check_targets, evaluate, weak_spots
 from tunebook.models import load_model, model_identity
-from tunebook.predict import load_for_inference, predict
+from tunebook.predict import load_for_inference, predict, read_predictions
 from tunebook.registry import TAG, Registry, champion, download, find_version, publish
 from tunebook.stats import part_drops
 from tunebook.train import read_manifest
@@ -58,10 +58,16 @@ def compare(card: JobCard, baseline: dict, tuned: dict) -> dict:
     }
 
 
+def trained_weights(adapter_dir: str | Path) -> Path | None:
+    """The weights file 03_train_qlora saved: a LoRA adapter's, or a full fine-tune's model; None if neither is there."""
+    folder = Path(adapter_dir)
+    return next((folder / n for n in ("adapter_model.safetensors", "model.safetensors") if (folder / n).is_file()), None)
+
+
 def lineage(run_dir: str | Path, card: JobCard, dataset: dict, manifest: dict) -> dict:
     """Where the result came from: job card, dataset version, base model, adapter and metric files, by hash."""
     run_dir = Path(run_dir)
-    adapter = run_dir / "adapter" / "adapter_model.safetensors"
+    weights = trained_weights(run_dir / "adapter")
     files = {
         name: file_hash(run_dir / name)
         for name in ("baseline/metrics.json", "evaluation/metrics.json")
@@ -73,7 +79,7 @@ def lineage(run_dir: str | Path, card: JobCard, dataset: dict, manifest: dict) -
         "dataset_hash": dataset["hash"],
         "dataset_source": dataset["source"],
         "base_model": manifest["base_model"],
-        "adapter_sha256": file_hash(adapter) if adapter.is_file() else None,
+        "adapter_sha256": file_hash(weights) if weights else None,
         "training_config": manifest["config"],
         "git_commit": manifest.get("git_commit"),
         "files": files,
@@ -216,13 +222,13 @@ def reference_predictions(registry: Registry, card: JobCard, run_dir: str | Path
     baseline's before the first release. Returns (predictions, a name for them, champion version or None)."""
     current = champion(registry, card.name)
     if current is None:
-        frame = pd.read_json(Path(run_dir) / "baseline" / "predictions.jsonl", lines=True, dtype={"id": str})
+        frame = read_predictions(Path(run_dir) / "baseline" / "predictions.jsonl")
         return frame, "the prompting baseline (no champion yet)", None
     scratch = Path(scratch or Path(run_dir) / "release" / "champion")
     name = f"champion v{current.version}"
     if current.tags.get(TAG + "test_split_sha256") == frame_hash(test):
         path = download(registry, current, "evaluation/predictions.jsonl", scratch)
-        return pd.read_json(path, lines=True, dtype={"id": str}), name, str(current.version)
+        return read_predictions(path), name, str(current.version)
     adapter = download(registry, current, "adapter", scratch)  # another test split: score the champion on this one
     manifest = read_manifest(adapter)
     identity = model_identity(base_model)
@@ -325,7 +331,7 @@ def publish_run(registry: Registry, run_dir: str | Path, card: JobCard, manifest
     if (folder / "registered.json").exists():
         raise TunebookError(f"{folder / 'registered.json'} exists: this run folder was already released. Start a new run.")
     adapter = run_dir / "adapter"
-    weights = next((adapter / n for n in ("adapter_model.safetensors", "model.safetensors") if (adapter / n).is_file()), None)
+    weights = trained_weights(adapter)
     if weights is None:
         raise TunebookError(f"no trained weights in {adapter}: run 03_train_qlora first.")
     adapter_sha = file_hash(weights)
@@ -348,7 +354,7 @@ def publish_run(registry: Registry, run_dir: str | Path, card: JobCard, manifest
         "parity_agreement": f"{parity_result['agreement']:.4f}",
     }
     artifacts = [("adapter", adapter), ("evaluation", run_dir / "evaluation"), ("baseline", run_dir / "baseline"),
-                 ("release", folder), ("", run_dir / "job.yaml"), ("data", run_dir / "data" / "dataset_version.json"),
+                 ("release", folder / "gate.json"), ("", run_dir / "job.yaml"), ("data", run_dir / "data" / "dataset_version.json"),
                  ("data", run_dir / "data" / "data_card.md"), *[("notebooks", p) for p in sorted(run_dir.glob("[0-9][0-9]_*.ipynb"))]]
     params = {"job": card.name, "task_kind": card.task_kind, "base_model": manifest["base_model"].get("name"),
               "dataset_hash": dataset["hash"], "train": manifest["config"]}

@@ -10,7 +10,7 @@ from tunebook.data import load_table
 from tunebook.errors import DataError, TunebookError
 from tunebook.job import JobCard, load_job_card
 from tunebook.models import cache_dir, model_identity, resolve_base_model
-from tunebook.predict import load_for_inference, predict
+from tunebook.predict import load_for_inference, predict, save_predictions
 from tunebook.registry import Registry, champion, download, get_version
 from tunebook.release import check_adapter_matches
 from tunebook.train import read_manifest
@@ -60,6 +60,5 @@ def predict_file(registry: Registry, job: str, inputs: str | Path, output: str |
     model, tokenizer = load_for_inference(resolved, folder / "adapter", manifest["config"]["quantization"])
     result = predict(model, tokenizer, card, examples, batch_size, progress).drop(columns=["target", "tags", "text"])
     result.insert(1, "model_version", int(number))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    result.to_json(output, orient="records", lines=True, force_ascii=False)
+    save_predictions(result, output)
     return result
