@@ -128,7 +128,7 @@ def aliases(registry: Registry, job: str) -> dict[str, str]:
 def versions(registry: Registry, job: str) -> pd.DataFrame:
     """Every registered version of the job with its aliases, gate verdict, headline metric and origin."""
     found = registry.client.search_model_versions(f"name = '{model_name(job)}'")
-    held = {}
+    held = {}  # search results come without their aliases (MLflow 3.17), so they are read from the registered model
     for alias, number in aliases(registry, job).items():
         held.setdefault(number, []).append(alias)
     rows = []
