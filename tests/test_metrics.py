@@ -1,12 +1,14 @@
 """Task metrics, targets and the baseline verdict."""
 
+import json
+
 import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
 from tunebook import job, metrics, release
 
-from conftest import EXAMPLE
+from conftest import EXAMPLE, ROOT
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,30 @@ def test_targets_and_verdict(card):
     result = metrics.classification_metrics(card, frame(PAIRS))
     checks = {c["target"]: c["met"] for c in metrics.check_targets(card, result)}
     assert checks == {"macro_f1": False, "accuracy": False, "must_never_failures": False}
-    assert metrics.baseline_verdict(card, result).startswith("Prompting misses 3 target(s)")
+    verdict = metrics.baseline_verdict(card, result, "classical")
+    assert verdict["text"].startswith("The best cheap baseline (classical) misses 3 target(s)") and not verdict["meets_targets"]
+    assert verdict["missed"] == ["macro_f1", "accuracy", "must_never_failures"]
     perfect = metrics.classification_metrics(card, frame([(t, t) for t, _ in PAIRS]))
-    assert metrics.baseline_verdict(card, perfect).startswith("Prompting meets every target")
+    verdict = metrics.baseline_verdict(card, perfect, "classical")
+    assert verdict["meets_targets"] and "fine-tuning is not warranted" in verdict["text"]
+
+
+def test_extraction_reports_slot_filling_figures_so_null_everywhere_scores_zero():
+    from tunebook.job import load_job_card
+
+    card = load_job_card(ROOT / "examples" / "order_extraction" / "job.yaml")
+    fields = list(card.output_schema["properties"])
+    truth = [{f: None for f in fields} | {fields[0]: "A1", fields[1]: 2}, {f: None for f in fields} | {fields[0]: "B2"}]
+    nulls = json.dumps({f: None for f in fields})
+    rows = pd.DataFrame({"id": ["1", "2"], "target": [json.dumps(t) for t in truth], "text": ["", ""], "tags": ["", ""],
+                         "prediction": [nulls, json.dumps(truth[1] | {fields[0]: "WRONG"})]})
+    result = metrics.extraction_metrics(card, rows)
+    assert result["slot_recall"] == 0.0 and result["slot_precision"] == 0.0 and result["slot_f1"] == 0.0
+    assert result["field_accuracy"] > 0.5  # the per-field view rewards the nulls
+    half = rows.assign(prediction=[json.dumps(truth[0]), nulls])
+    result = metrics.extraction_metrics(card, half)
+    assert result["slot_precision"] == 1.0 and result["slot_recall"] == pytest.approx(2 / 3)
+    assert result["slot_f1"] == pytest.approx(0.8)
 
 
 def test_compare_states_the_difference(card):

@@ -48,6 +48,7 @@ def extraction_metrics(card: JobCard, predictions: pd.DataFrame) -> dict:
     weights = {f: card.field_weights.get(f, 1.0) for f in fields}
     valid_json, valid_schema, record_match, must_never = [], [], [], []
     per_field = {f: [] for f in fields}
+    slots = {"true_positives": 0, "predicted": 0, "expected": 0}
     for row in predictions.itertuples():
         truth = json.loads(row.target)
         value, error = parse_json(row.prediction)
@@ -55,6 +56,10 @@ def extraction_metrics(card: JobCard, predictions: pd.DataFrame) -> dict:
         valid_schema.append(error is None and not schema_errors(value, card.output_schema))
         value = value if isinstance(value, dict) else {}
         hits = {f: f in value and value[f] == truth.get(f) for f in fields}
+        for f in fields:
+            slots["predicted"] += value.get(f) is not None
+            slots["expected"] += truth.get(f) is not None
+            slots["true_positives"] += hits[f] and truth.get(f) is not None
         for f in fields:
             per_field[f].append(hits[f])
         record_match.append(all(hits.values()))
@@ -64,15 +69,21 @@ def extraction_metrics(card: JobCard, predictions: pd.DataFrame) -> dict:
     n = len(predictions)
     field_acc = {f: float(np.mean(v)) if n else 0.0 for f, v in per_field.items()}
     total = sum(weights.values())
+    precision = slots["true_positives"] / slots["predicted"] if slots["predicted"] else 0.0
+    recall = slots["true_positives"] / slots["expected"] if slots["expected"] else 0.0
     return {
         "task_kind": "extraction",
         "primary": "field_accuracy",
-        "headline_keys": ["n", "json_validity", "schema_validity", "field_accuracy", "record_exact_match", "must_never_failures"],
+        "headline_keys": ["n", "json_validity", "schema_validity", "field_accuracy", "record_exact_match", "slot_f1", "must_never_failures"],
         "n": n,
         "json_validity": float(np.mean(valid_json)) if n else 0.0,
         "schema_validity": float(np.mean(valid_schema)) if n else 0.0,
         "field_accuracy": sum(weights[f] * field_acc[f] for f in fields) / total if total else 0.0,
         "record_exact_match": float(np.mean(record_match)) if n else 0.0,
+        # the slot-filling view: only fields that hold a value count, so answering null everywhere scores 0
+        "slot_precision": precision,
+        "slot_recall": recall,
+        "slot_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "per_field": {f: {"exact_match": field_acc[f], "weight": weights[f]} for f in fields},
         "must_never_failures": len(must_never),
         "must_never_examples": must_never,
@@ -208,10 +219,14 @@ def weak_spots(metrics: dict, n: int = 3) -> list[str]:
     return []
 
 
-def baseline_verdict(card: JobCard, metrics: dict) -> str:
-    """Plain-words verdict: is prompting enough, or is fine-tuning warranted and where?"""
+def baseline_verdict(card: JobCard, metrics: dict, variant: str = "prompting") -> dict:
+    """Plain-words verdict on the best cheap baseline: does it already do the job, or is fine-tuning warranted and where?"""
     failed = [c for c in check_targets(card, metrics) if not c["met"]]
     if not failed:
-        return "Prompting meets every target on the card: fine-tuning is not warranted. Ship the prompt."
-    misses = "; ".join(f"{c['target']} {c['achieved']} (needs {c['required']})" for c in failed)
-    return f"Prompting misses {len(failed)} target(s): {misses}. Fine-tuning is warranted; weakest: {', '.join(weak_spots(metrics))}."
+        text = (f"The best cheap baseline ({variant}) already meets every target on the card: fine-tuning is not warranted. "
+                f"Ship {variant}; train only if something the card does not measure demands it (FORCE_TRAINING=true).")
+    else:
+        misses = "; ".join(f"{c['target']} {c['achieved']} (needs {c['required']})" for c in failed)
+        text = (f"The best cheap baseline ({variant}) misses {len(failed)} target(s): {misses}. Fine-tuning is warranted "
+                f"only if the tuned model beats {variant}, not just prompting; weakest: {', '.join(weak_spots(metrics))}.")
+    return {"variant": variant, "meets_targets": not failed, "missed": [c["target"] for c in failed], "text": text}
