@@ -27,9 +27,11 @@ from tunebook.job import JobCard
 from tunebook.metrics import evaluate
 from tunebook.outputs import canonical
 
-KINDS = ("trivial", "prompting", "retrieval", "classical")
-CLASSICAL_C = (0.3, 1.0, 3.0, 10.0, 30.0)
 FOLDER = "baseline"
+KINDS = ("trivial", "prompting", "retrieval", "classical")
+RULE_FILE = "evaluation/decision_rule.json"  # the tuned model's rule, fitted on validation by 04 (same path in a release)
+CLASSICAL_FILE = f"{FOLDER}/variants/classical/model.joblib"
+CLASSICAL_C = (0.3, 1.0, 3.0, 10.0, 30.0)
 
 
 @dataclass
@@ -334,10 +336,31 @@ def load_classical(run_dir: str | Path) -> ClassicalModel | None:
     """The classical model 02 fitted, if the job has one."""
     import joblib
 
-    path = Path(run_dir) / FOLDER / "variants" / "classical" / "model.joblib"
+    path = Path(run_dir) / CLASSICAL_FILE
     return joblib.load(path) if path.is_file() else None
 
 
 def load_variant_rule(run_dir: str | Path, name: str) -> DecisionRule:
     """The decision rule a choice variant fitted on validation."""
     return load_rule(Path(run_dir) / FOLDER / "variants" / _slug(name) / "decision_rule.json")
+
+
+def classical_model(run_dir: str | Path, card: JobCard) -> ClassicalModel | None:
+    """The classical model 02 fitted for this run (its raw probabilities are what a decision rule may mix in), or None
+    when the job has no fixed set of answers."""
+    return load_classical(run_dir) if card.choices else None
+
+
+def tuned_decision(folder: str | Path) -> tuple[DecisionRule | None, ClassicalModel | None]:
+    """The decision rule 04 fitted for the tuned model in a run folder (or a downloaded release, which has the same
+    layout), and the classical model it mixes in, if it does."""
+    path = Path(folder) / RULE_FILE
+    if not path.is_file():
+        return None, None
+    rule = load_rule(path)
+    if rule.mix_weight <= 0:
+        return rule, None
+    model = load_classical(folder)
+    if model is None:
+        raise TunebookError(f"{path} mixes in the classical model, but {Path(folder) / CLASSICAL_FILE} is missing.")
+    return rule, model

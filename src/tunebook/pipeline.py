@@ -191,8 +191,8 @@ def run_workbook(
         _attach_release_notebook(run_dir, output)
         if progress:
             print(f"[tunebook] {step} done in {timings[step]:.0f} s", flush=True)
-        if step == BASELINE_STEP and not load_results(run_dir, NOTEBOOKS[0])["proceed_to_training"]:
-            stopped = "the decision frame recommends against fine-tuning; stopped after the baseline (FORCE_TRAINING=true overrides)"
+        stopped = stop_reason(run_dir) if step == BASELINE_STEP else None
+        if stopped:
             if progress:
                 print(f"[tunebook] {stopped}", flush=True)
             break
@@ -203,6 +203,19 @@ def run_workbook(
     summary["seconds_per_notebook"] = timings
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return run_dir, summary
+
+
+def stop_reason(run_dir: Path) -> str | None:
+    """Why the run ends after the baseline (None: it goes on to training). FORCE_TRAINING overrides either reason."""
+    first, baseline = load_results(run_dir, NOTEBOOKS[0]), load_results(run_dir, BASELINE_STEP)
+    if first.get("force_training"):
+        return None
+    if not first["proceed_to_training"]:
+        return "the decision frame recommends against fine-tuning; stopped after the baseline (FORCE_TRAINING=true overrides)"
+    if baseline.get("meets_targets"):
+        return (f"the best cheap baseline ({baseline['variant']}) already meets every target on the card, so fine-tuning is not "
+                "warranted; stopped after the baseline (FORCE_TRAINING=true overrides)")
+    return None
 
 
 def _attach_release_notebook(run_dir: Path, notebook: Path) -> None:

@@ -12,7 +12,9 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tunebook.baselines import CLASSICAL_FILE, RULE_FILE, ClassicalModel, tuned_decision
 from tunebook.data import file_hash, frame_hash
+from tunebook.decide import DecisionRule, load_rule
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
 from tunebook.metrics import check_targets, evaluate, weak_spots
@@ -52,7 +54,8 @@ def compare(card: JobCard, baseline: dict, tuned: dict) -> dict:
         "targets": targets,
         "meets_targets": all(t["met"] for t in targets),
         "headline": (
-            f"{primary} on the test split: prompting baseline {baseline[primary]:.3f}, tuned adapter {tuned[primary]:.3f} "
+            f"{primary} on the test split: best baseline ({baseline.get('variant', 'prompting')}) {baseline[primary]:.3f}, "
+            f"tuned {tuned[primary]:.3f} "
             f"({'better' if beats else 'NOT better'} by {tuned[primary] - baseline[primary]:+.3f})"
         ),
     }
@@ -218,18 +221,20 @@ def latency(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: Jo
 
 def reference_predictions(registry: Registry, card: JobCard, run_dir: str | Path, test: pd.DataFrame, base_model: str,
                           batch_size: int = 8, scratch: str | Path | None = None) -> tuple[pd.DataFrame, str, str | None]:
-    """What the challenger is gated against: the champion's predictions on this test split, or the prompting
-    baseline's before the first release. Returns (predictions, a name for them, champion version or None)."""
+    """What the challenger is gated against: the champion's predictions on this test split, or, before the first
+    release, the best cheap baseline 02 chose on validation (its stored test predictions, after its decision rule). Returns (predictions, a name for them, champion version or None)."""
     current = champion(registry, card.name)
     if current is None:
         frame = read_predictions(Path(run_dir) / "baseline" / "predictions.jsonl")
-        return frame, "the prompting baseline (no champion yet)", None
+        variant = json.loads((Path(run_dir) / "baseline" / "metrics.json").read_text()).get("variant", "prompting")
+        return frame, f"the best baseline, {variant} (no champion yet)", None
     scratch = Path(scratch or Path(run_dir) / "release" / "champion")
     name = f"champion v{current.version}"
     if current.tags.get(TAG + "test_split_sha256") == frame_hash(test):
         path = download(registry, current, "evaluation/predictions.jsonl", scratch)
         return read_predictions(path), name, str(current.version)
     adapter = download(registry, current, "adapter", scratch)  # another test split: score the champion on this one
+    rule, other = fetch_decision(registry, current, scratch)
     manifest = read_manifest(adapter)
     identity = model_identity(base_model)
     if manifest["base_model"].get("sha256") != identity.get("sha256"):
@@ -237,7 +242,17 @@ def reference_predictions(registry: Registry, card: JobCard, run_dir: str | Path
             f"{name} was trained on base model '{manifest['base_model'].get('name')}' and evaluated on another test split; "
             f"it cannot be re-scored on BASE_MODEL '{identity.get('name')}'. Evaluate both on the same frozen test split (TEST_FILE).")
     model, tokenizer = load_for_inference(base_model, adapter, manifest["config"]["quantization"])
-    return predict(model, tokenizer, card, test, batch_size), f"{name} (re-scored on this test split)", str(current.version)
+    rescored = predict(model, tokenizer, card, test, batch_size, rule=rule, other_model=other)
+    return rescored, f"{name} (re-scored on this test split)", str(current.version)
+
+
+def fetch_decision(registry: Registry, version, folder: str | Path) -> tuple[DecisionRule | None, ClassicalModel | None]:
+    """Download a released version's decision rule (and the classical model it mixes in, if any) into ``folder``."""
+    download(registry, version, "evaluation", folder)
+    rule_path = Path(folder) / RULE_FILE
+    if rule_path.is_file() and load_rule(rule_path).mix_weight > 0:
+        download(registry, version, CLASSICAL_FILE, folder)
+    return tuned_decision(folder)
 
 
 def model_card(card: JobCard, version: str, run_dir: str | Path, manifest: dict, dataset: dict, baseline: dict, tuned: dict,
@@ -258,7 +273,7 @@ def model_card(card: JobCard, version: str, run_dir: str | Path, manifest: dict,
                         + ", ".join(str(e["id"]) for e in tuned["must_never_examples"][:10]))
     paired = comparison.get("mcnemar")
     if paired:
-        failures.append(f"- {paired['broken']} test example(s) the prompting baseline got right and this version gets wrong")
+        failures.append(f"- {paired['broken']} test example(s) the best baseline got right and this version gets wrong")
     regression = comparison.get("regression_probe")
     if regression and regression.get("warning"):
         failures.append(f"- general behaviour: {regression['warning']}")
@@ -291,7 +306,8 @@ def model_card(card: JobCard, version: str, run_dir: str | Path, manifest: dict,
         f"- validation loss {manifest['val_loss_before']:.3f} -> {manifest['val_loss_after']:.3f}; "
         f"{manifest['wall_time_s']:.0f} s on {manifest['device']}", "",
         f"## Test split ({tuned['n']} examples; 95% bootstrap intervals)", "",
-        "| metric | this version | prompting baseline |", "|---|---|---|", *rows, "",
+        f"| metric | this version | best baseline ({baseline.get('variant', 'prompting')}) |", "|---|---|---|", *rows, "",
+        *([f"Decision rule (fitted on validation): {comparison['decision_rule']}.", ""] if comparison.get("decision_rule") else []),
         *([paired["verdict"], ""] if paired else []),
         "## Release gate", "",
         gate_result["verdict"], "",

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from tunebook.baselines import tuned_decision
 from tunebook.data import load_table
 from tunebook.errors import DataError, TunebookError
 from tunebook.job import JobCard, load_job_card
 from tunebook.models import cache_dir, model_identity, resolve_base_model
 from tunebook.predict import load_for_inference, predict, save_predictions
 from tunebook.registry import Registry, champion, download, get_version
-from tunebook.release import check_adapter_matches
+from tunebook.release import check_adapter_matches, fetch_decision
 from tunebook.train import read_manifest
 
 
@@ -28,7 +29,8 @@ def fetch_release(registry: Registry, job: str, version: str | int | None = None
     folder = cache_dir() / "released" / chosen.run_id
     if not (folder / "adapter" / "tunebook_manifest.json").is_file() or not (folder / "job.yaml").is_file():
         download(registry, chosen, "adapter", folder)
-        download(registry, chosen, "job.yaml", folder)
+        fetch_decision(registry, chosen, folder)
+        download(registry, chosen, "job.yaml", folder)  # last: its presence marks a complete download
     return str(chosen.version), folder
 
 
@@ -58,7 +60,9 @@ def predict_file(registry: Registry, job: str, inputs: str | Path, output: str |
     check_adapter_matches(manifest, card, model_identity(resolved))
     examples = read_inputs(inputs, card)
     model, tokenizer = load_for_inference(resolved, folder / "adapter", manifest["config"]["quantization"])
-    result = predict(model, tokenizer, card, examples, batch_size, progress).drop(columns=["target", "tags", "text"])
+    rule, other = tuned_decision(folder)
+    result = predict(model, tokenizer, card, examples, batch_size, progress, rule=rule, other_model=other)
+    result = result.drop(columns=["target", "tags", "text"])
     result.insert(1, "model_version", int(number))
     save_predictions(result, output)
     return result

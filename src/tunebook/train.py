@@ -58,6 +58,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     eval_steps: int = 0  # 0: four validation passes per epoch
     early_stopping_patience: int = 2  # validation passes without improvement before stopping; 0: never stop early
+    general_mix: float = 0.5  # general requests answered by the base model, as a share of the training examples
     seed: int = 0
 
     def check(self) -> None:
@@ -73,6 +74,8 @@ class TrainConfig:
             raise TunebookError("set EPOCHS > 0 or MAX_STEPS > 0.")
         if not 0 <= self.lora_dropout < 1:
             raise TunebookError(f"LORA_DROPOUT must be in [0, 1), got {self.lora_dropout}.")
+        if self.general_mix < 0:
+            raise TunebookError(f"GENERAL_MIX must be 0 or more (a share of the training examples), got {self.general_mix}.")
         if self.early_stopping_patience < 0 or self.eval_steps < 0:
             raise TunebookError("EARLY_STOPPING_PATIENCE and EVAL_STEPS must be 0 or more.")
 
@@ -240,9 +243,10 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
     checkpoint inside an epoch sees a different order than the uninterrupted run did.
     """
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+    def __init__(self, batch_size: int, lengths: list[int], seed: int, groups: list[int] | None = None):
         super().__init__(batch_size, lengths=lengths)
         self.seed, self.epoch = seed, 0
+        self.groups = groups if groups is not None else [0] * len(lengths)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the Trainer before each epoch."""
@@ -250,7 +254,19 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        if len(set(self.groups)) == 1:
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        # Several groups (job examples, general replay examples): each batch holds one group, so it shares one prompt
+        # prefix and stays packed; batches of all groups are shuffled together, the incomplete ones go last.
+        full, partial = [], []
+        for group in sorted(set(self.groups)):
+            members = [i for i, g in enumerate(self.groups) if g == group]
+            order = get_length_grouped_indices([self.lengths[i] for i in members], self.batch_size, generator=generator)
+            chunks = [[members[j] for j in order[k : k + self.batch_size]] for k in range(0, len(order), self.batch_size)]
+            full += [c for c in chunks if len(c) == self.batch_size]
+            partial += [c for c in chunks if len(c) < self.batch_size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        return iter([i for chunk in shuffled + partial for i in chunk])
 
 
 class CompletionOnlyTrainer(Trainer):
@@ -262,7 +278,7 @@ class CompletionOnlyTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return SeededLengthGroupedSampler(batch, [len(f["input_ids"]) for f in dataset], seed)
+        return SeededLengthGroupedSampler(batch, [len(f["input_ids"]) for f in dataset], seed, [f.get("group", 0) for f in dataset])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Mean cross-entropy over supervised tokens, with the batch's shared prefix computed once."""
@@ -443,6 +459,12 @@ def train_adapter(
     val_features = build_features(tokenizer, card, splits["val"], config.max_length, "val")
     if not train_features or not val_features:
         raise TunebookError("training needs examples in both the train and the val split; rerun 01_clean_the_data with more data.")
+    job_examples = len(train_features)
+    if config.general_mix > 0:
+        from tunebook import replay
+
+        answers = replay.base_answers(base_model, replay.load_requests())
+        train_features += replay.replay_features(tokenizer, answers, round(config.general_mix * job_examples), config.max_length)
     checkpoints = out_dir / "checkpoints"
     key = _run_key(card, base_model, config, dataset_hash)
     state = _resume_state(checkpoints, key, resume)
@@ -526,9 +548,10 @@ def train_adapter(
         "method": "full fine-tuning" if config.full else f"LoRA on a {config.quantization} base",
         "config": {**asdict(config), "learning_rate_used": config.effective_learning_rate},
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "train_examples": len(train_features),
+        "train_examples": job_examples,
+        "general_examples": len(train_features) - job_examples,
         "val_examples": len(val_features),
-        "answers_cut": supervision_summary(tokenizer, train_features)["answers_cut"],
+        "answers_cut": supervision_summary(tokenizer, train_features[:job_examples])["answers_cut"],
         "val_loss_before": val_before,
         "val_loss_after": val_after,
         "best_step": trainer.state.best_global_step,
