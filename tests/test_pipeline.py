@@ -90,7 +90,7 @@ def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path):
 
 
 def test_wrong_type_is_rejected(tmp_path):
-    with pytest.raises(TunebookError, match=r"EPOCHS must be float \(default 3.0\), got 'two'"):
+    with pytest.raises(TunebookError, match=r"EPOCHS must be float \(default 2.0\), got 'two'"):
         pipeline.run_workbook({"EPOCHS": "two"}, tmp_path, "bad", progress=False)
 
 
@@ -212,7 +212,7 @@ def test_every_training_parameter_of_03_reaches_the_train_config():
     config = train.config_from_parameters({k: p.default_value for k, p in declared.items()})
     fields = {k.upper() for k in train.TrainConfig.__dataclass_fields__} | {"LORA_TARGET_MODULES"}
     assert set(declared) - not_config <= fields
-    assert config.quantization == "nf4" and config.target_modules == "all-linear" and config.epochs == 3.0
+    assert config.quantization == "nf4" and config.target_modules == "all-linear" and config.epochs == 2.0 and config.general_mix == 0.5
 
 
 def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, tmp_path):

@@ -66,6 +66,7 @@ PATHS = {  # how label_log_likelihoods runs, by what a test changes
 def test_cached_scoring_equals_full_sequence_scoring(card, model_and_tokenizer, eager_model, shots, path, monkeypatch):
     model, tokenizer = model_and_tokenizer
     model = eager_model if path == "eager-attention" else model
+    assert model.config._attn_implementation == ("eager" if path == "eager-attention" else "sdpa")
     per_text = shots if shots is PER_TEXT_SHOTS else [shots] * len(TEXTS)
     encoded = [prompts.encode_prompt(tokenizer, prompts.build_messages(card, t, s)) for t, s in zip(TEXTS, per_text)]
     assert len({len(e) for e in encoded}) == len(TEXTS)  # batches of unequal lengths: padding is exercised

@@ -28,7 +28,7 @@ def tiny_job(tmp_path_factory):
 def fast(**changes) -> train.TrainConfig:
     """A short training configuration for the tiny model."""
     settings = {"quantization": "none", "max_steps": 6, "batch_size": 4, "learning_rate": 5e-3, "lora_r": 8, "warmup_ratio": 0,
-                "eval_steps": 2, "early_stopping_patience": 0}
+                "eval_steps": 2, "early_stopping_patience": 0, "general_mix": 0.0}
     return train.TrainConfig(**{**settings, **changes})
 
 
@@ -312,3 +312,43 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny_job, tiny_model, tmp_path):
 def test_bad_settings_are_named(change, message):
     with pytest.raises(TunebookError, match=message):
         train.TrainConfig(**change).check()
+
+
+def test_replay_features_supervise_the_base_answers_as_chat_and_as_plain_text(tokenizer):
+    from tunebook import replay
+
+    answers = [{"prompt": "Name a colour.", "answer": "Blue is a colour.", "ended": True},
+               {"prompt": "Count to three.", "answer": "One, two, three and then", "ended": False}]
+    features = replay.replay_features(tokenizer, answers, chat=1, max_length=512)
+    assert [f["group"] for f in features] == [1, 2, 2]  # one chat example, every answer as plain text
+    chat, plain = features[0], features[1]
+    prompt = prompts.encode_prompt(tokenizer, [{"role": "user", "content": "Name a colour."}])
+    answer = tokenizer("Blue is a colour.", add_special_tokens=False)["input_ids"]
+    assert chat["input_ids"] == prompt + answer + [prompts.end_of_turn_id(tokenizer)]
+    assert chat["labels"] == [prompts.IGNORE_INDEX] * len(prompt) + answer + [prompts.end_of_turn_id(tokenizer)]
+    assert plain["input_ids"] == plain["labels"] == answer
+    assert features[2]["labels"][-1] != prompts.end_of_turn_id(tokenizer)  # an answer cut at the limit does not learn to stop
+    assert len(replay.load_requests()) == 120
+
+
+def test_grouped_batches_hold_one_group_each_and_every_example_once():
+    groups = [0] * 23 + [1] * 9 + [2] * 6
+    sampler = train.SeededLengthGroupedSampler(4, [10 + (i * 7) % 13 for i in range(len(groups))], seed=3, groups=groups)
+    order = list(iter(sampler))
+    assert sorted(order) == list(range(len(groups)))
+    batches = [order[k : k + 4] for k in range(0, len(order), 4)]
+    mixed = [b for b in batches if len({groups[i] for i in b}) > 1]
+    assert len(mixed) <= 2 and all(b in batches[-3:] for b in mixed)  # only the leftovers at the end can mix
+    assert order == list(iter(sampler))  # the same epoch gives the same order (resume)
+    sampler.set_epoch(1)
+    assert order != list(iter(sampler))
+
+
+def test_general_replay_is_mixed_into_training_and_recorded(tiny_job, tiny_model, tmp_path):
+    card, splits = tiny_job
+    result = train.train_adapter(card, splits, tiny_model, fast(max_steps=2, general_mix=0.5), tmp_path / "adapter", "h")
+    from tunebook import replay
+
+    answers = replay.base_answers(tiny_model, replay.load_requests())  # cached by the training run
+    expected = replay.replay_features(models.load_tokenizer(tiny_model), answers, round(0.5 * len(splits["train"])), 1024)
+    assert result.manifest["general_examples"] == len(expected) > 0 and result.manifest["train_examples"] == len(splits["train"])

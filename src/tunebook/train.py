@@ -37,7 +37,7 @@ from tunebook.prompts import IGNORE_INDEX, encode_parts, end_of_turn_id, feature
 
 MANIFEST = "tunebook_manifest.json"
 RUN_STATE = "tunebook_run.json"
-DEFAULT_LEARNING_RATE = {"lora": 1e-3, "full": 5e-5}
+DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 5e-5}
 MIN_SHARED_PREFIX = 16
 
 
@@ -51,7 +51,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
     learning_rate: float = 0.0  # 0: the method's default (DEFAULT_LEARNING_RATE)
-    epochs: float = 3.0
+    epochs: float = 2.0
     max_steps: int = -1
     batch_size: int = 8
     max_length: int = 1024
