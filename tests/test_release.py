@@ -150,7 +150,12 @@ def test_shuffled_label_adapter_is_stopped_by_the_gate_with_the_failing_checks_n
     runs, _, (bad_dir, bad) = released
     result = bad["05_release"]
     assert not result["gate_passed"] and not result["promoted"] and result["version"] == "2"
-    assert {"must_never", "no_drop:(whole answers)", "no_drop:escalate"} <= set(result["failed_checks"])
+    # Its probabilities carry no information, so the decision rule fitted on validation flattens them and, under the
+    # card's costs (a missed escalation costs 10), routes every ticket to escalate: no must-never failure, but whole
+    # answers and the other classes drop, and that is what the gate names.
+    assert {"no_drop:(whole answers)", "no_drop:billing", "no_drop:technical"} <= set(result["failed_checks"])
+    rule = json.loads((bad_dir / "evaluation" / "decision_rule.json").read_text())
+    assert rule["fitted_on"]["split"] == "validation" and rule["thresholds"].keys() <= {"escalate"}
     store = registry.open_registry(workspace=runs)
     assert registry.aliases(store, "support_triage") == {"champion": "1", "challenger": "2"}
     assert (bad_dir / "release" / "champion").is_dir()  # the champion's stored predictions, fetched for the paired gate
@@ -158,7 +163,7 @@ def test_shuffled_label_adapter_is_stopped_by_the_gate_with_the_failing_checks_n
     assert [a.path for a in store.client.list_artifacts(run_id, "release")] == ["release/gate.json"]  # not the champion's files
     book = nbformat.read(bad_dir / "05_release.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs)
-    assert "gating against champion v1" in printed and "Gate FAILED against champion v1: must_never" in printed
+    assert "gating against champion v1" in printed and "Gate FAILED against champion v1: no_drop:(whole answers)" in printed
     gate = json.loads((bad_dir / "release" / "gate.json").read_text())
     assert gate["drops"]["(whole answers)"]["reference"] == 1.0 and gate["drops"]["(whole answers)"]["significant_drop"]
 

@@ -187,7 +187,7 @@ class _CandidateTree:
                     nodes[key] = len(tokens)
                     tokens.append(cand[j - 1])
                     ancestors.append([nodes[key[:i]] for i in range(1, j + 1)])  # itself included
-        self.k, self.n = len(candidates), len(tokens)
+        self.n = len(tokens)
         self.first = torch.tensor([cand[0] for cand in candidates], dtype=torch.long, device=device)
         self.tokens = torch.tensor(tokens, dtype=torch.long, device=device)
         self.depth = torch.tensor([len(a) - 1 for a in ancestors], dtype=torch.long, device=device)
