@@ -36,13 +36,14 @@ class DecisionRule(BaseModel):
     fitted_on: dict = Field(default_factory=dict, description="what the values were chosen on (split, size, figures)")
 
     def probabilities(self, probs: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
-        """Calibrated (and, if fitted so, mixed) probabilities, shape (n, choices)."""
-        logits = np.log(np.clip(np.asarray(probs, dtype=float), _FLOOR, 1)) / self.temperature
+        """Mixed (if fitted so) and calibrated probabilities, shape (n, choices): the weighted log-probabilities of
+        the two models, divided by the temperature."""
+        logits = np.log(np.clip(np.asarray(probs, dtype=float), _FLOOR, 1))
         if self.mix_weight > 0:
             if other is None:
                 raise TunebookError(f"this decision rule mixes in the '{self.mix_with}' model's probabilities; pass them.")
             logits = (1 - self.mix_weight) * logits + self.mix_weight * np.log(np.clip(np.asarray(other, dtype=float), _FLOOR, 1))
-        return np.exp(log_softmax(logits, axis=1))
+        return np.exp(log_softmax(logits / self.temperature, axis=1))
 
     def decide(self, card: JobCard, probs: np.ndarray, other: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The chosen answers and the probabilities they were chosen from."""
@@ -128,18 +129,20 @@ def fit_thresholds(card: JobCard, probs: np.ndarray, truth: list[str]) -> tuple[
 
 def fit_rule(card: JobCard, probs: np.ndarray, truth: list[str], other: np.ndarray | None = None, other_name: str | None = None,
              source: str = "validation") -> DecisionRule:
-    """Fit temperature, mixture weight (if a second model's probabilities are given) and routing thresholds on one
-    labelled split, never the test split. The mixture weight minimises the negative log-likelihood over a grid."""
+    """Fit mixture weight (if a second model's probabilities are given), temperature and routing thresholds on one
+    labelled split, never the test split. Weight (over a grid) and temperature minimise the negative log-likelihood."""
     if not card.choices:
         raise TunebookError("a decision rule needs a closed set of answers (classification or tool selection).")
     index = _truth_index(card, truth)
     probs = np.asarray(probs, dtype=float)
-    temperature = fit_temperature(probs, index) if len(index) else 1.0
-    weight = 0.0
+    weight, temperature = 0.0, fit_temperature(probs, index) if len(index) else 1.0
     if other is not None and len(index):
-        rules = [DecisionRule(choices=card.choices, temperature=temperature, mix_weight=w, mix_with=other_name) for w in MIX_GRID]
-        losses = [_nll(r.probabilities(probs, other), index) for r in rules]
-        weight = MIX_GRID[int(np.argmin(losses))]
+        fits = []
+        for w in MIX_GRID:  # each weight with its own temperature; the pair with the lowest validation loss wins
+            mixed = DecisionRule(choices=card.choices, mix_weight=w, mix_with=other_name).probabilities(probs, other)
+            t = fit_temperature(mixed, index)
+            fits.append((_nll(DecisionRule(choices=card.choices, temperature=t).probabilities(mixed), index), w, t))
+        _, weight, temperature = min(fits)
     rule = DecisionRule(choices=card.choices, temperature=temperature, mix_weight=weight, mix_with=other_name if weight else None)
     calibrated = rule.probabilities(probs, other)
     thresholds, met = fit_thresholds(card, calibrated, list(truth)) if len(index) else ({}, True)
