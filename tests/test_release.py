@@ -130,6 +130,7 @@ def test_first_adapter_becomes_champion_with_everything_logged(released):
     version = registry.get_version(store, "support_triage", 1)
     assert registry.aliases(store, "support_triage")["champion"] == "1"
     assert version.tags["tunebook.run_dir"] == str(good_dir.resolve()) and version.tags["tunebook.gate"] == "passed"
+    assert version.tags["tunebook.decision_rule"].startswith("temperature") and version.tags["tunebook.baseline_variant"] == "classical"
     assert version.description.startswith("# support_triage · version 1")
     run = store.client.get_run(version.run_id)
     assert run.data.metrics["test.macro_f1"] == 1.0 and "latency.p95_ms" in run.data.metrics
@@ -139,6 +140,7 @@ def test_first_adapter_becomes_champion_with_everything_logged(released):
     assert run.data.params["train.quantization"] == "full" and run.data.params["dataset_hash"] == good["01_clean_the_data"]["dataset_hash"]
     logged = {a.path for folder in ("", "adapter", "notebooks", "evaluation", "data", "release") for a in store.client.list_artifacts(version.run_id, folder or None)}
     for path in ("job.yaml", "model_card.md", "release/gate.json", "adapter/model.safetensors", "adapter/tunebook_manifest.json", "evaluation/predictions.jsonl",
+                 "evaluation/decision_rule.json",
                  "data/dataset_version.json", "notebooks/00_define_the_job.ipynb", "notebooks/04_evaluate.ipynb", "notebooks/05_release.ipynb"):
         assert path in logged, path
     card_text = (good_dir / "release" / "model_card.md").read_text()

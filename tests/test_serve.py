@@ -64,3 +64,21 @@ def test_a_job_without_a_champion_says_how_to_get_one(tmp_path, capsys, monkeypa
     code = cli.main(["predict", "--job", "nobody", "--runs-dir", str(tmp_path / "runs"), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "o.jsonl")])
     err = capsys.readouterr().err
     assert code == 2 and "'nobody' has no champion" in err and "05_release" in err
+
+
+def test_predict_applies_the_released_decision_rule_exactly_as_evaluated(released, tiny_model, tmp_path, monkeypatch):
+    from tunebook import decide
+
+    runs, (good_dir, _), _ = released
+    monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
+    test = pd.read_json(good_dir / "data" / "test.jsonl", lines=True, dtype={"id": str})
+    test[["id", "text"]].to_csv(tmp_path / "test.csv", index=False)
+    store = registry.open_registry(workspace=runs)
+    served = serve.predict_file(store, "support_triage", tmp_path / "test.csv", tmp_path / "out.jsonl", tiny_model, version=1, progress=False)
+    evaluated = pd.read_json(good_dir / "evaluation" / "predictions.jsonl", lines=True, dtype={"id": str})
+    assert served["id"].tolist() == evaluated["id"].tolist()
+    assert served["prediction"].tolist() == evaluated["prediction"].tolist()
+    assert served["confidence"].to_numpy() == pytest.approx(evaluated["confidence"].to_numpy(), abs=1e-5)
+    fitted = decide.load_rule(good_dir / "evaluation" / "decision_rule.json")
+    released_rule = decide.load_rule(next((tmp_path / "cache" / "released").glob("*/evaluation/decision_rule.json")))
+    assert released_rule == fitted and fitted.fitted_on["split"] == "validation"

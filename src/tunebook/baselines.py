@@ -238,11 +238,13 @@ def run_variants(model, tokenizer, card: JobCard, splits: dict[str, pd.DataFrame
 
     if card.choices:
         classical, fit_seconds = _timed(fit_classical, card, train, seed)
+        # a chosen tool's arguments come from the language model, prompted with the input's nearest training examples
+        arguments = (lambda frame: retriever.shots(frame["text"].tolist(), k_shots)) if card.task_kind == "tool_selection" else (lambda frame: [])
         runs.append(_choice_variant(
             "classical", "classical", card, splits,
             lambda frame: classical.predict_proba(frame["text"].tolist()),
             lambda frame, probs, rule: predict.answer_choices(model, tokenizer, card, frame, probs, rule, batch_size=batch_size,
-                                                               progress=progress, max_new_tokens=max_new_tokens),
+                                                               progress=progress, shots=arguments(frame), max_new_tokens=max_new_tokens),
             notes={**classical.cv, "fit_seconds": round(fit_seconds, 2)}))
         runs[-1].notes["model"] = classical
     return runs

@@ -368,6 +368,8 @@ def publish_run(registry: Registry, run_dir: str | Path, card: JobCard, manifest
         "primary": primary, "primary_value": f"{tuned[primary]:.4f}",
         "latency_p50_ms": f"{latency_result['p50_ms']:.1f}", "latency_p95_ms": f"{latency_result['p95_ms']:.1f}",
         "parity_agreement": f"{parity_result['agreement']:.4f}",
+        "decision_rule": comparison.get("decision_rule") or "none (the answers are generated)",
+        "baseline_variant": str(baseline.get("variant", "")),
     }
     artifacts = [("adapter", adapter), ("evaluation", run_dir / "evaluation"), ("baseline", run_dir / "baseline"),
                  ("release", folder / "gate.json"), ("", run_dir / "job.yaml"), ("data", run_dir / "data" / "dataset_version.json"),
