@@ -119,7 +119,8 @@ def test_training_lowers_validation_loss_and_saves_a_peft_adapter(tiny_job, tiny
     # right before training, which without the workaround leaves the loss flat.
     card, splits = tiny_job
     splits = {**splits, "val": splits["train"]}  # on the tiny random model only memorisation is measurable
-    config = train.TrainConfig(quantization=quantization, max_steps=12, batch_size=8, learning_rate=5e-3, lora_r=8, warmup_ratio=0, eval_steps=3)
+    config = train.TrainConfig(quantization=quantization, max_steps=12, batch_size=8, learning_rate=5e-3, lora_r=8, warmup_ratio=0, eval_steps=3,
+                               general_mix=0.0)
     result = train.train_adapter(card, splits, tiny_model, config, tmp_path / "adapter", dataset_hash="abc123")
     assert result.val_loss_after < result.val_loss_before - 0.5
     assert result.log_history[0] == {"step": 0, "eval_loss": result.val_loss_before}

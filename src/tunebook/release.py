@@ -251,7 +251,7 @@ def fetch_decision(registry: Registry, version, folder: str | Path) -> tuple[Dec
     download(registry, version, "evaluation", folder)
     rule_path = Path(folder) / RULE_FILE
     if rule_path.is_file() and load_rule(rule_path).mix_weight > 0:
-        download(registry, version, CLASSICAL_FILE, folder)
+        download(registry, version, CLASSICAL_FILE, Path(folder) / Path(CLASSICAL_FILE).parent)  # MLflow keeps only the file name
     return tuned_decision(folder)
 
 
