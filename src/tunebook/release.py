@@ -222,7 +222,8 @@ def latency(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: Jo
 def reference_predictions(registry: Registry, card: JobCard, run_dir: str | Path, test: pd.DataFrame, base_model: str,
                           batch_size: int = 8, scratch: str | Path | None = None) -> tuple[pd.DataFrame, str, str | None]:
     """What the challenger is gated against: the champion's predictions on this test split, or, before the first
-    release, the best cheap baseline 02 chose on validation (its stored test predictions, after its decision rule). Returns (predictions, a name for them, champion version or None)."""
+    release, the best cheap baseline 02 chose on validation (its stored test predictions, after its decision rule).
+    Returns (predictions, a name for them, champion version or None)."""
     current = champion(registry, card.name)
     if current is None:
         frame = read_predictions(Path(run_dir) / "baseline" / "predictions.jsonl")
