@@ -28,7 +28,6 @@ from tunebook.metrics import evaluate
 from tunebook.outputs import canonical
 
 FOLDER = "baseline"
-KINDS = ("trivial", "prompting", "retrieval", "classical")
 RULE_FILE = "evaluation/decision_rule.json"  # the tuned model's rule, fitted on validation by 04 (same path in a release)
 CLASSICAL_FILE = f"{FOLDER}/variants/classical/model.joblib"
 CLASSICAL_C = (0.3, 1.0, 3.0, 10.0, 30.0)
@@ -326,31 +325,12 @@ def load_variant(run_dir: str | Path, name: str, split: str = "test") -> pd.Data
     return read_predictions(path)
 
 
-def load_summary(run_dir: str | Path) -> dict:
-    """What 02 recorded about its variants: which won on validation, and the table."""
-    path = Path(run_dir) / FOLDER / "variants.json"
-    if not path.is_file():
-        raise TunebookError(f"{path} is missing: run 02_prove_the_baseline for this run folder first.")
-    return json.loads(path.read_text())
-
-
 def load_classical(run_dir: str | Path) -> ClassicalModel | None:
     """The classical model 02 fitted, if the job has one."""
     import joblib
 
     path = Path(run_dir) / CLASSICAL_FILE
     return joblib.load(path) if path.is_file() else None
-
-
-def load_variant_rule(run_dir: str | Path, name: str) -> DecisionRule:
-    """The decision rule a choice variant fitted on validation."""
-    return load_rule(Path(run_dir) / FOLDER / "variants" / _slug(name) / "decision_rule.json")
-
-
-def classical_model(run_dir: str | Path, card: JobCard) -> ClassicalModel | None:
-    """The classical model 02 fitted for this run (its raw probabilities are what a decision rule may mix in), or None
-    when the job has no fixed set of answers."""
-    return load_classical(run_dir) if card.choices else None
 
 
 def tuned_decision(folder: str | Path) -> tuple[DecisionRule | None, ClassicalModel | None]:

@@ -451,8 +451,9 @@ def predict_with_rule(
     max_new_tokens: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, DecisionRule | None]:
     """Test predictions through a decision rule fitted on the validation split (mixing in ``other_model`` when that
-    lowers the validation loss); returns (test predictions, validation predictions, rule). Task kinds without a fixed
-    set of answers have no rule: their test predictions come back alone."""
+    lowers the validation loss); returns (test predictions, validation predictions, rule). Validation predictions
+    come back for classification only (tool arguments there would be generated for nothing); task kinds without a
+    fixed set of answers have no rule: their test predictions come back alone."""
     from tunebook.data import stratum
     from tunebook.decide import fit_rule
 
@@ -465,7 +466,7 @@ def predict_with_rule(
         others[split] = other_model.predict_proba(texts) if other_model is not None else None
     truth = [stratum(card, t) for t in splits["val"]["target"]]
     rule = fit_rule(card, probs["val"], truth, others["val"], "classical" if other_model is not None else None)
-    for split in ("val", "test"):
+    for split in ("val", "test") if card.task_kind == "classification" else ("test",):
         frames[split] = answer_choices(model, tokenizer, card, splits[split], probs[split], rule, others[split] if rule.mix_weight else None,
                                        batch_size=batch_size, progress=progress, max_new_tokens=max_new_tokens)
-    return frames["test"], frames["val"], rule
+    return frames["test"], frames.get("val"), rule
