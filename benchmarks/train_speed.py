@@ -1,6 +1,12 @@
 """Benchmark: training throughput of tunebook's trainer against TRL's SFTTrainer, and against the matmul ceiling.
 
 Run:  .venv/bin/pip install "trl>=1.16,<2" && .venv/bin/python benchmarks/train_speed.py [--steps 8] [--quantization nf4]
+      [--model llama-1.7b] [--tunebook-variants auto,sdpa,auto+compile]
+
+--model bundled (default) trains the real SmolLM2-135M-Instruct; --model llama-1.7b a randomly initialised model of
+SmolLM2-1.7B's shape (24 layers, hidden 2048, 32 heads) with the same tokenizer: speed needs no trained weights, and
+its validation losses only compare the runs with each other. --tunebook-variants runs tunebook once per attention
+implementation (auto = flex_attention on a GPU, sdpa on a CPU), '+compile' adding TORCH_COMPILE.
 
 Same base model (the bundled SmolLM2-135M-Instruct, loaded the same way), same LoRA configuration (r 16, alpha 32,
 all linear layers, no dropout), same support-triage training split, batch size 8, same number of optimiser steps.
@@ -9,15 +15,18 @@ Columns:
                 projection only on supervised positions, length-grouped batches, float32 compute on CPU.
   TRL defaults  trl.SFTTrainer with SFTConfig defaults (bf16, gradient checkpointing, lr 2e-5, ...) on a
                 prompt-completion dataset rendered by the same chat template; logging_steps=1 to read token counts.
-  TRL fp32      the same with bf16=False and gradient_checkpointing=False (the two defaults that cost most on a CPU),
-                to show how much of the difference is the defaults and how much is the method.
+  TRL no-GC     the same with gradient_checkpointing=False (and, on a CPU, bf16=False: bfloat16 is ~10x slower on
+                the CPUs here), to show how much of the difference is the defaults and how much is the method.
 Each runs in its own process (peak memory is a per-process high-water mark). Step times exclude evaluation.
 Validation loss: mean cross-entropy per answer token (answer + end-of-turn) on the val split, measured the same way
 for every trained model. Achieved FLOP/s: the matrix-multiply FLOPs torch dispatches for one training step
 (torch.utils.flop_counter), counted on an unquantized copy of the model with the same LoRA and the same batch
 (bitsandbytes' 4-bit forward is a custom op the counter cannot see; the multiply work is the same), plus the attention
 kernel's QK^T and PV products (torch has no formula for the CPU kernel; the one used is torch's GPU formula), divided
-by the mean step time. The ceiling is this machine's best fp32 GEMM rate on shapes like the model's layers.
+by the median steady step time. The ceiling is this machine's best GEMM rate in the compute dtype (fp32 on a CPU, on
+shapes like the model's layers; bf16 on a GPU, including an 8192^3 product that reaches the card's peak).
+Step times: the median of the steps after the first three (which carry warm-up, and compilation with TORCH_COMPILE);
+the first three are reported as warm-up seconds.
 """
 
 from __future__ import annotations
@@ -38,20 +47,48 @@ sys.path.insert(0, str(ROOT / "src"))
 from tunebook import data, job, models, prompts, train  # noqa: E402
 
 BATCH = 8
+WARMUP_STEPS = 3
+LARGER = {  # SmolLM2-1.7B's shape
+    "llama-1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
+                       head_dim=64, max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=130000.0),
+}
 
 
-def setup():
-    """The support-triage splits and the resolved bundled model."""
+def setup(model: str = "bundled"):
+    """The support-triage splits and the resolved base model (the bundled one, or a random one of a larger shape)."""
     card = job.load_job_card(ROOT / "examples" / "support_triage" / "job.yaml")
     kept, _ = data.clean(*data.load_examples(card))
-    return card, data.split(kept, card), models.resolve_base_model("bundled")
+    return card, data.split(kept, card), resolve_model(model)
+
+
+def resolve_model(model: str) -> str:
+    """A model folder: the bundled model, or a randomly initialised model of a shape in LARGER, saved once in bf16."""
+    bundled = models.resolve_base_model("bundled")
+    if model == "bundled":
+        return bundled
+    folder = models.cache_dir() / "benchmark-models" / model
+    if not (folder / "config.json").is_file():
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(bundled)
+        for key, value in LARGER[model].items():
+            setattr(config, key, value)
+        torch.manual_seed(0)
+        with torch.device(models.device()):
+            random = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        random.save_pretrained(folder)
+        models.load_tokenizer(bundled).save_pretrained(folder)
+    return str(folder)
 
 
 def matmul_ceiling(dtype: torch.dtype = torch.float32) -> float:
-    """Best GEMM rate (FLOP/s) over shapes like this model's layers (576 <-> 1536, 2048 rows)."""
+    """Best GEMM rate (FLOP/s) over shapes like the model's layers, and on a GPU an 8192^3 product (its peak)."""
     dev = models.device()
     best = 0.0
-    for rows, inner, cols in ((2048, 576, 1536), (2048, 1536, 576), (2048, 576, 576), (4096, 1024, 1024)):
+    shapes = [(2048, 576, 1536), (2048, 1536, 576), (2048, 576, 576), (4096, 1024, 1024)]
+    if dev.startswith("cuda"):
+        shapes += [(4096, 2048, 8192), (8192, 8192, 8192)]
+    for rows, inner, cols in shapes:
         a, b = torch.randn(rows, inner, dtype=dtype, device=dev), torch.randn(inner, cols, dtype=dtype, device=dev)
         for _ in range(3):
             a @ b
@@ -119,17 +156,22 @@ def peak_mb() -> float:
     return peak.get("peak_gpu_memory_mb", peak["peak_memory_mb"])
 
 
-def run_tunebook(steps: int, quantization: str) -> dict:
-    """Train with tunebook's trainer for ``steps`` steps; timings, tokens, FLOPs and validation loss."""
+def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant: str = "auto") -> dict:
+    """Train with tunebook's trainer for ``steps`` steps; timings, tokens, FLOPs and validation loss.
+
+    ``variant``: the attention implementation (auto, sdpa, flex_attention, eager), '+compile' for TORCH_COMPILE.
+    """
     import tempfile
 
-    card, splits, base = setup()
+    card, splits, base = setup(model)
     tokenizer = models.load_tokenizer(base)
     features = train.build_features(tokenizer, card, splits["train"], 512, "train")
     order = list(train.SeededLengthGroupedSampler(BATCH, [len(f["input_ids"]) for f in features], seed=0))
     batches = [[features[i] for i in order[k * BATCH : (k + 1) * BATCH]] for k in range(steps)]
     timer = train.StepTimer()
-    config = train.TrainConfig(quantization=quantization, max_steps=steps, eval_steps=steps, early_stopping_patience=0)
+    attention, _, compiled = variant.partition("+")
+    config = train.TrainConfig(quantization=quantization, max_steps=steps, eval_steps=steps, early_stopping_patience=0,
+                               general_mix=0.0, attention=attention, torch_compile=compiled == "compile")
     with tempfile.TemporaryDirectory() as folder:
         result = train.train_adapter(card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer])
         model = train.prepare_model(base, config)
@@ -138,7 +180,7 @@ def run_tunebook(steps: int, quantization: str) -> dict:
 
         set_peft_model_state_dict(model, load_file(Path(folder) / "adapter" / "adapter_model.safetensors"))
     collate = train.CompletionCollator(tokenizer.pad_token_id)
-    counted = train.prepare_model(base, train.TrainConfig(quantization="none"))
+    counted = train.prepare_model(base, train.TrainConfig(quantization="none", attention="sdpa"))
     flops = sum(step_flops(counted, collate(b), train.completion_loss) for b in batches[1:]) / max(1, len(batches) - 1)
     computed = [collate(b)["input_ids"].numel() for b in batches]
     return {
@@ -148,17 +190,18 @@ def run_tunebook(steps: int, quantization: str) -> dict:
         "flops_step": flops,
         "val_loss": val_loss(model, tokenizer, card, splits["val"]),
         "peak_mb": peak_mb(),
+        "settings": {"attention": config.attention_used, "torch_compile": config.torch_compile},
     }
 
 
-def run_trl(steps: int, quantization: str, fp32: bool) -> dict:
-    """Train with TRL's SFTTrainer (defaults, or bf16/gradient checkpointing off) for ``steps`` steps."""
+def run_trl(steps: int, quantization: str, no_checkpointing: bool, model: str = "bundled") -> dict:
+    """Train with TRL's SFTTrainer (defaults, or without gradient checkpointing) for ``steps`` steps."""
     import tempfile
 
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    card, splits, base = setup()
+    card, splits, base = setup(model)
     tokenizer = models.load_tokenizer(base)
 
     def rows(frame):
@@ -176,10 +219,11 @@ def run_trl(steps: int, quantization: str, fp32: bool) -> dict:
         def on_log(self, args, state, control, logs=None, **kwargs):
             logged.append(dict(logs or {}))
 
-    extra = {"bf16": False, "gradient_checkpointing": False} if fp32 else {}
+    on_gpu = torch.cuda.is_available()
+    extra = {"bf16": on_gpu, "gradient_checkpointing": False} if no_checkpointing else {}
     with tempfile.TemporaryDirectory() as folder:
         config = SFTConfig(output_dir=folder, max_steps=steps, report_to="none", save_strategy="no", logging_steps=1,
-                           use_cpu=not torch.cuda.is_available(), **extra)
+                           use_cpu=not on_gpu, **extra)
         trainer = SFTTrainer(model=model, args=config, train_dataset=rows(splits["train"]), processing_class=tokenizer,
                              peft_config=models.lora_config(16, 32, 0.0), callbacks=[timer, Logs()])
         settings = {"bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing, "learning_rate": config.learning_rate,
@@ -225,45 +269,72 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--quantization", default="nf4", choices=["nf4", "none"])
-    parser.add_argument("--skip-trl-fp32", action="store_true")
+    parser.add_argument("--model", default="bundled", choices=["bundled", *LARGER])
+    parser.add_argument("--tunebook-variants", default="auto", help="comma-separated: auto, sdpa, flex_attention, eager, each optionally +compile")
+    parser.add_argument("--skip-trl-defaults", action="store_true")
+    parser.add_argument("--skip-trl-no-gc", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     options = parser.parse_args()
-    ceiling = matmul_ceiling()
-    print(f"device: {models.device()}, torch threads {torch.get_num_threads()}, fp32 matmul ceiling {ceiling / 1e9:.1f} GFLOP/s")
-    runs = {"tunebook": in_process(run_tunebook, options.steps, options.quantization)}
-    runs["TRL defaults"] = in_process(run_trl, options.steps, options.quantization, False)
-    if not options.skip_trl_fp32:
-        runs["TRL fp32"] = in_process(run_trl, options.steps, options.quantization, True)
-    rows = {}
-    for name, run in runs.items():
-        # the first step carries one-off warm-up (kernel selection, allocator growth); report steady steps
-        steady = run["step_s"][1:] or run["step_s"]
-        step_s = sum(steady) / len(steady)
-        tokens = sum(run["tokens"][1:]) / max(1, len(run["tokens"][1:]))
-        achieved = run["flops_step"] / step_s
-        rows[name] = {
-            "seconds per step": round(step_s, 2),
-            "examples per second": round(BATCH / step_s, 2),
-            "tokens per second (non-padding)": round(tokens / step_s, 1),
-            "tokens computed per step": round(sum(run["computed_tokens"][1:]) / max(1, len(run["computed_tokens"][1:])), 1),
-            "GFLOP per step (counted)": round(run["flops_step"] / 1e9, 1),
-            "achieved GFLOP/s": round(achieved / 1e9, 1),
-            "share of fp32 matmul ceiling": round(achieved / ceiling, 2),
-            "validation loss after": round(run["val_loss"], 4),
-            "peak memory MB": run["peak_mb"],
-        }
+    on_gpu = torch.cuda.is_available()
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    ceiling = matmul_ceiling(dtype)
+    device = torch.cuda.get_device_name() if on_gpu else models.device()
+    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{str(dtype).split('.')[-1]} matmul ceiling {ceiling / 1e12:.2f} TFLOP/s")
+    resolve_model(options.model)  # once, before the runs start in their own processes
+    runs = {}
+    for variant in options.tunebook_variants.split(","):
+        runs[f"tunebook {variant}"] = in_process(run_tunebook, options.steps, options.quantization, options.model, variant)
+        report(runs, ceiling, dtype)
+    if not options.skip_trl_defaults:
+        runs["TRL defaults"] = in_process(run_trl, options.steps, options.quantization, False, options.model)
+        report(runs, ceiling, dtype)
+    if not options.skip_trl_no_gc:
+        runs["TRL no-GC"] = in_process(run_trl, options.steps, options.quantization, True, options.model)
+        report(runs, ceiling, dtype)
+    rows = {name: figures(run, ceiling, dtype) for name, run in runs.items()}
     names = list(rows)
+    reference = "TRL no-GC" if "TRL no-GC" in rows else names[-1]
     width = max(len(k) for k in rows[names[0]]) + 2
-    print(f"\n{options.steps} steps x batch {BATCH}, support-triage train split, {options.quantization} base + LoRA r16 (all linear)")
-    print("".ljust(width) + "".join(n.rjust(16) for n in names) + "   tunebook / TRL defaults")
+    print(f"\n{options.steps} steps x batch {BATCH}, support-triage train split, {options.model} model, "
+          f"{options.quantization} base + LoRA r16 (all linear), on {device}")
+    print("".ljust(width) + "".join(n.rjust(22) for n in names) + f"   {names[0]} / {reference}")
     for key in rows[names[0]]:
-        ratio = rows["tunebook"][key] / rows["TRL defaults"][key] if rows["TRL defaults"][key] else float("nan")
-        print(key.ljust(width) + "".join(str(rows[n][key]).rjust(16) for n in names) + f"   {ratio:.2f}x")
+        ratio = rows[names[0]][key] / rows[reference][key] if rows[reference][key] else float("nan")
+        print(key.ljust(width) + "".join(str(rows[n][key]).rjust(22) for n in names) + f"   {ratio:.2f}x")
     for name, run in runs.items():
-        if "settings" in run:
-            print(f"{name} settings: {run['settings']}")
+        print(f"{name} settings: {run['settings']}")
     if options.json:
-        options.json.write_text(json.dumps({"ceiling_flops": ceiling, "rows": rows, "device": models.device()}, indent=2))
+        options.json.write_text(json.dumps({"device": device, "ceiling_flops": ceiling, "model": options.model, "steps": options.steps,
+                                            "rows": rows, "settings": {n: r["settings"] for n, r in runs.items()},
+                                            "step_s": {n: r["step_s"] for n, r in runs.items()}}, indent=2))
+
+
+def report(runs: dict, ceiling: float, dtype: torch.dtype) -> None:
+    """Print the run just finished at once (a long benchmark cut short still leaves its figures)."""
+    name, run = list(runs.items())[-1]
+    print(f"[done] {name}: {json.dumps(figures(run, ceiling, dtype))} step_s={[round(t, 4) for t in run['step_s']]}", flush=True)
+
+
+def figures(run: dict, ceiling: float, dtype: torch.dtype) -> dict:
+    """One column of the table: steady step time (median after the warm-up steps), throughput, FLOP/s, loss."""
+    steady = sorted(run["step_s"][WARMUP_STEPS:] or run["step_s"])
+    step_s = steady[len(steady) // 2]
+    tokens = sum(run["tokens"][WARMUP_STEPS:]) / max(1, len(run["tokens"][WARMUP_STEPS:]))
+    computed = sum(run["computed_tokens"][WARMUP_STEPS:]) / max(1, len(run["computed_tokens"][WARMUP_STEPS:]))
+    achieved = run["flops_step"] / step_s
+    return {
+        "seconds per step": round(step_s, 4),
+        "warm-up seconds (first steps)": round(sum(run["step_s"][:WARMUP_STEPS]), 2),
+        "examples per second": round(BATCH / step_s, 1),
+        "tokens per second (non-padding)": round(tokens / step_s, 1),
+        "tokens computed per step": round(computed, 1),
+        "GFLOP per step (counted)": round(run["flops_step"] / 1e9, 1),
+        "achieved TFLOP/s": round(achieved / 1e12, 3),
+        f"share of {str(dtype).split('.')[-1]} matmul ceiling": round(achieved / ceiling, 4),
+        "validation loss after": round(run["val_loss"], 4),
+        "peak memory MB": run["peak_mb"],
+    }
 
 
 if __name__ == "__main__":

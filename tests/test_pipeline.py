@@ -215,6 +215,25 @@ def test_every_training_parameter_of_03_reaches_the_train_config():
     assert config.quantization == "nf4" and config.target_modules == "all-linear" and config.epochs == 2.0 and config.general_mix == 0.5
 
 
+def test_parameters_are_read_as_papermill_reads_them_without_importing_it():
+    import subprocess
+    import sys
+
+    import papermill
+
+    for name in pipeline.NOTEBOOKS:
+        path = pipeline.notebooks_dir() / f"{name}.ipynb"
+        ours = {p.name: (p.type_name, p.default, p.help) for p in pipeline.parameters_cell(path)}
+        theirs = {k: (v["inferred_type_name"], v["default"], v["help"]) for k, v in papermill.inspect_notebook(str(path)).items()}
+        assert ours == theirs and list(ours) == list(theirs)
+    # a training node needs no notebook runner: `tunebook train` reads the declarations without papermill
+    code = ("import sys; from tunebook import cli; code = cli.main(['train', 'no-such-run', '-p', 'MAX_STEPS=1']); "
+            "assert code == 2, code; assert 'papermill' not in sys.modules, 'papermill was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no-such-run" in done.stderr
+
+
 def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, tmp_path):
     import shutil
 
@@ -247,7 +266,9 @@ def test_training_runs_unchanged_under_torchrun_with_two_processes(prepared_run,
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--nproc_per_node", "2", "-m", "tunebook.cli", "train", str(run_dir), "-p", f"BASE_MODEL={tiny_model}",
                "-p", "MAX_STEPS=2", "-p", "BATCH_SIZE=2", "-p", "QUANTIZATION=none"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # CUDA_VISIBLE_DEVICES="": two processes on one GPU would both ask for cuda:<rank>; this test is about the gloo path.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((run_dir / "adapter" / "tunebook_manifest.json").read_text())
     assert manifest["processes"] == 2 and manifest["steps"] == 2

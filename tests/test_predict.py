@@ -24,9 +24,16 @@ def extraction_card():
     return job.load_job_card(EXAMPLE.parent / "order_extraction" / "job.yaml")
 
 
+def in_float32(model):
+    """These tests check the scoring and generation algorithms (caches, padding, batching), which must be exact on
+    any device: they compare in float32, where a GPU's bfloat16 rounding cannot flip a near-tie."""
+    return model.float()
+
+
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model):
-    return predict.load_for_inference(tiny_model)
+    model, tokenizer = predict.load_for_inference(tiny_model)
+    return in_float32(model), tokenizer
 
 
 def full_sequence_scores(model, tokenizer, card, text, shots=()):
@@ -35,7 +42,8 @@ def full_sequence_scores(model, tokenizer, card, text, shots=()):
     scores = []
     for answer in predict._candidates(tokenizer, card):
         with torch.no_grad():  # the logits of the positions that predict the answer's tokens only (fast)
-            logits = model(input_ids=torch.tensor([prompt + answer]), logits_to_keep=len(answer) + 1).logits[0, :-1]
+            ids = torch.tensor([prompt + answer], device=model.device)
+            logits = model(input_ids=ids, logits_to_keep=len(answer) + 1).logits[0, :-1]
         logp = torch.log_softmax(logits.float(), -1)
         scores.append(sum(logp[j, tok].item() for j, tok in enumerate(answer)))
     return scores
@@ -50,7 +58,7 @@ PER_TEXT_SHOTS = [[], [("I forgot my password", "account")], SHOTS]
 def eager_model(tiny_model):
     model, _ = predict.load_for_inference(tiny_model)
     model.set_attn_implementation("eager")
-    return model
+    return in_float32(model)
 
 
 PATHS = {  # how label_log_likelihoods runs, by what a test changes
@@ -187,15 +195,17 @@ def end_of_turn_when_top_token_divisible_by(model, tokenizer, divisor):
 def chatty_model(tiny_model):
     """The tiny model with its own random output layer: the tied one just repeats the last token ("\\n")."""
     model, _ = predict.load_for_inference(tiny_model)
+    model = in_float32(model)
     weight = model.get_output_embeddings().weight
-    model.get_output_embeddings().weight = torch.nn.Parameter(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    own = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))
+    model.get_output_embeddings().weight = torch.nn.Parameter(own.to(weight.device))
     return model
 
 
 def hf_generate(model, tokenizer, card, text, prefix, budget):
     """The reference: transformers' own greedy generation, one prompt at a time, cut at end of turn."""
     prompt = prompts.encode_prompt(tokenizer, prompts.build_messages(card, text)) + tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     stop = prompts.end_of_turn_id(tokenizer)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget, do_sample=False,

@@ -10,7 +10,7 @@ import torch
 from tunebook import cli, job, predict, registry, release, stats
 from tunebook.errors import TunebookError
 
-from conftest import EXAMPLE
+from conftest import EXAMPLE, tol
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_merged_model_predicts_what_the_adapter_on_its_base_predicts(tiny_model,
     same = release.parity(model, merged, tokenizer, small, examples)
     # LLM.int8 also rounds the activations to 8 bits, which a full-precision merged model does not
     assert same["applicable"] and same["agreement"] == 1.0 and same["n"] == 12
-    assert same["max_confidence_difference"] < (1e-3 if quantization == "int8" else 1e-4)
+    assert same["max_confidence_difference"] < tol(1e-3 if quantization == "int8" else 1e-4, 0.05)
     plain = predict.load_for_inference(tiny_model)[0]
     assert release.parity(model, plain, tokenizer, small, examples)["max_confidence_difference"] > 1e-3  # the base alone is not the adapter
     if quantization == "nf4":  # merging into the original weights ignores what 4-bit quantization did to them
@@ -115,7 +115,7 @@ def test_parity_does_not_apply_to_a_full_fine_tune_and_latency_is_timed_per_exam
     model, tokenizer = predict.load_for_inference(tiny_model)
     assert not release.parity(model, None, tokenizer, small, examples)["applicable"]
     speed = release.latency(model, tokenizer, small, examples)
-    assert speed["n"] == 5 and 0 < speed["p50_ms"] <= speed["p95_ms"] and speed["device"] == "cpu"
+    assert speed["n"] == 5 and 0 < speed["p50_ms"] <= speed["p95_ms"] and speed["device"] == str(model.device)
 
 
 # The release journey through the notebooks (fixture `released` in conftest: a good adapter, then a shuffled-label one).

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tunebook import cli, registry, serve
 from tunebook.errors import TunebookError
 
-from conftest import keyword_tickets
+from conftest import keyword_tickets, tol
 
 
 def test_predict_uses_the_champion_on_a_file_of_inputs(released, tiny_model, tmp_path, capsys, monkeypatch):
@@ -78,7 +78,7 @@ def test_predict_applies_the_released_decision_rule_exactly_as_evaluated(release
     evaluated = pd.read_json(good_dir / "evaluation" / "predictions.jsonl", lines=True, dtype={"id": str})
     assert served["id"].tolist() == evaluated["id"].tolist()
     assert served["prediction"].tolist() == evaluated["prediction"].tolist()
-    assert served["confidence"].to_numpy() == pytest.approx(evaluated["confidence"].to_numpy(), abs=1e-5)
+    assert served["confidence"].to_numpy() == pytest.approx(evaluated["confidence"].to_numpy(), abs=tol(1e-5, 1e-3))
     fitted = decide.load_rule(good_dir / "evaluation" / "decision_rule.json")
     released_rule = decide.load_rule(next((tmp_path / "cache" / "released").glob("*/evaluation/decision_rule.json")))
     assert released_rule == fitted and fitted.fitted_on["split"] == "validation"

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from tunebook import data, job, models, predict, prompts, train
 from tunebook.errors import TunebookError
 
-from conftest import write_job
+from conftest import assert_gradients_close, assert_same_choices, tol, write_job
 
 KINDS = ["support_triage", "order_extraction", "support_tools", "reply_drafting"]
 
@@ -105,12 +105,13 @@ def test_packed_loss_and_gradients_equal_the_plain_padded_loss(tiny_job, tiny_mo
     plain, plain_grads = loss_and_grads(padded)
     # the reference: the model's own forward over whole padded sequences and its shifted cross-entropy
     with torch.no_grad():
-        logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
-    reference = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), padded["labels"][:, 1:].flatten(), ignore_index=-100)
+        where = model.get_input_embeddings().weight.device
+        logits = model(input_ids=padded["input_ids"].to(where), attention_mask=padded["attention_mask"].to(where)).logits
+    reference = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), padded["labels"][:, 1:].flatten().to(where), ignore_index=-100)
     assert "segments" in packed and packed["input_ids"].shape[1] < padded["input_ids"].numel() / 3
-    assert shared == pytest.approx(plain, abs=1e-5) and plain == pytest.approx(reference.item(), abs=1e-5)
+    assert shared == pytest.approx(plain, abs=tol(1e-5, 0.05)) and plain == pytest.approx(reference.item(), abs=tol(1e-5, 0.05))
     for a, b in zip(shared_grads, plain_grads):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+        assert_gradients_close(a, b)
 
 
 @pytest.mark.parametrize("quantization", ["none", "nf4"])
@@ -191,7 +192,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_job, tiny_model, tmp_path
     best_step, best_loss = min(evals[:-1], key=lambda e: e[1])  # the last entry is the final re-evaluation
     assert result.manifest["stopped_early"] and result.manifest["steps"] < 30
     assert result.manifest["best_step"] == best_step
-    assert result.val_loss_after == pytest.approx(best_loss, abs=1e-5)
+    assert result.val_loss_after == pytest.approx(best_loss, abs=tol(1e-5, 0.02))
 
 
 def test_manifest_records_lineage(tiny_job, tiny_model, tmp_path):
@@ -224,12 +225,13 @@ def test_a_reloaded_adapter_predicts_exactly_what_the_trained_one_did(tiny_job, 
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(live, adapter_weights(result.adapter_dir))
+    live.set_attn_implementation("sdpa")  # as inference loads it (training may use flex_attention on a GPU)
     live.eval()
     reloaded, _ = predict.load_for_inference(tiny_model, result.adapter_dir)
     a = predict.label_log_likelihoods(live, tokenizer, card, texts, progress=False)
     b = predict.label_log_likelihoods(reloaded, tokenizer, card, texts, progress=False)
-    np.testing.assert_array_equal(a.argmax(1), b.argmax(1))
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_same_choices(a, b, tol(1e-5, 0.15))
+    np.testing.assert_allclose(a, b, atol=tol(1e-5, 0.15))
     base_only, _ = predict.load_for_inference(tiny_model)
     assert not np.allclose(predict.label_log_likelihoods(base_only, tokenizer, card, texts, progress=False), b, atol=1e-3)
 

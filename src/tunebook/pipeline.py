@@ -73,16 +73,43 @@ class Parameter:
 
 def declared_parameters(folder: Path | None = None) -> dict[str, Parameter]:
     """Every parameter the notebooks declare, with the notebooks that use it."""
-    import papermill
-
     folder = folder or notebooks_dir()
     found: dict[str, Parameter] = {}
     for name in NOTEBOOKS:
-        for key, info in papermill.inspect_notebook(str(folder / f"{name}.ipynb")).items():
-            if key in found:
-                found[key].notebooks.append(name)
+        for parameter in parameters_cell(folder / f"{name}.ipynb"):
+            if parameter.name in found:
+                found[parameter.name].notebooks.append(name)
             else:
-                found[key] = Parameter(key, info["inferred_type_name"], info["default"], info["help"], [name])
+                found[parameter.name] = parameter
+    return found
+
+
+def parameters_cell(notebook: Path) -> list[Parameter]:
+    """The ``NAME = literal  # help`` lines of a notebook's ``parameters`` cell (what papermill injects over).
+
+    Read with ``ast`` rather than papermill, so that ``tunebook train`` on a training node needs no notebook runner.
+    """
+    import ast
+    import io
+    import tokenize
+
+    cells = json.loads(notebook.read_text())["cells"]
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        raise TunebookError(f"{notebook} has no cell tagged 'parameters'.")
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    comments = {t.start[0]: t.string.lstrip("#").strip()
+                for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    found = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name, kind = node.target.id, ast.get_source_segment(source, node.annotation)
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name, kind = node.targets[0].id, type(ast.literal_eval(node.value)).__name__
+        else:
+            continue
+        default = ast.get_source_segment(source, node.value)
+        found.append(Parameter(name, kind, default, comments.get(node.end_lineno, ""), [notebook.stem]))
     return found
 
 

@@ -39,6 +39,7 @@ MANIFEST = "tunebook_manifest.json"
 RUN_STATE = "tunebook_run.json"
 DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 5e-5}
 MIN_SHARED_PREFIX = 16
+ATTENTIONS = ("auto", "sdpa", "eager", "flex_attention")
 
 
 @dataclass
@@ -60,6 +61,8 @@ class TrainConfig:
     early_stopping_patience: int = 2  # validation passes without improvement before stopping; 0: never stop early
     general_mix: float = 0.5  # general requests answered by the base model, as a share of the training examples
     seed: int = 0
+    attention: str = "auto"  # auto: flex_attention on a GPU (packed batches without a dense mask), sdpa on a CPU
+    torch_compile: bool = False  # compile the decoder (fewer, fused kernels per step; costs a compile up front)
 
     def check(self) -> None:
         """Raise a clear error for any out-of-range setting."""
@@ -78,11 +81,22 @@ class TrainConfig:
             raise TunebookError(f"GENERAL_MIX must be 0 or more (a share of the training examples), got {self.general_mix}.")
         if self.early_stopping_patience < 0 or self.eval_steps < 0:
             raise TunebookError("EARLY_STOPPING_PATIENCE and EVAL_STEPS must be 0 or more.")
+        if self.attention not in ATTENTIONS:
+            raise TunebookError(f"ATTENTION must be one of {', '.join(ATTENTIONS)}, got '{self.attention}'.")
+        if self.attention_used == "flex_attention" and not torch.cuda.is_available():
+            raise TunebookError("ATTENTION='flex_attention' needs a GPU (PyTorch has no FlexAttention backward on a CPU); use 'auto' or 'sdpa'.")
 
     @property
     def full(self) -> bool:
         """Whether every weight is trained (no adapter)."""
         return self.quantization == "full"
+
+    @property
+    def attention_used(self) -> str:
+        """The attention implementation training runs with: ATTENTION, with 'auto' resolved for this machine."""
+        if self.attention != "auto":
+            return self.attention
+        return "flex_attention" if torch.cuda.is_available() else "sdpa"
 
     @property
     def effective_learning_rate(self) -> float:
@@ -198,7 +212,7 @@ class CompletionCollator:
         return {"input_ids": row(ids), "position_ids": row(positions), "segments": row(segments), "labels": row(targets)}
 
 
-PACKING_ATTENTION = ("sdpa", "eager")  # attention implementations that take a custom 4D mask
+PACKING_ATTENTION = ("sdpa", "eager", "flex_attention")  # attention implementations that take a packed row's structure
 
 
 def segment_mask(segments: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -214,18 +228,40 @@ def segment_mask(segments: torch.Tensor, dtype: torch.dtype | None = None) -> to
     return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
 
+def segment_block_mask(segments: torch.Tensor):
+    """The same structure as ``segment_mask`` as a FlexAttention block mask: no dense T x T tensor, and the blocks
+    no query may see (other examples) are skipped by the kernel rather than masked after computing them."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    seg = segments[0]
+
+    def prefix_or_own(batch, head, query, key):
+        return (key <= query) & ((seg[query] == seg[key]) | (seg[key] == 0))
+
+    return create_block_mask(prefix_or_own, None, None, len(seg), len(seg), device=seg.device)
+
+
+def packed_attention_mask(model: PreTrainedModel, segments: torch.Tensor):
+    """The packed row's attention mask in the form the model's attention implementation takes."""
+    implementation = model.config._attn_implementation
+    if implementation == "flex_attention":
+        return segment_block_mask(segments)
+    return segment_mask(segments, model.get_input_embeddings().weight.dtype if implementation == "eager" else None)
+
+
 def completion_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over the supervised tokens of a ``CompletionCollator`` batch.
 
     In the packed layout the shared prompt prefix (usually most of each example) runs once for the whole batch and
     there is no padding; the vocabulary projection runs only where there is a loss. Equal to the plain padded
-    full-sequence loss up to float rounding (tested).
+    full-sequence loss up to float rounding (tested). The batch may sit on any device; it is moved to the model's.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
+    where = base.get_input_embeddings().weight.device
+    batch = {k: v.to(where, non_blocking=True) for k, v in batch.items()}
     if "segments" in batch:
-        eager = base.config._attn_implementation == "eager"
-        mask = segment_mask(batch["segments"], base.get_input_embeddings().weight.dtype if eager else None)
+        mask = packed_attention_mask(base, batch["segments"])
         hidden = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]).last_hidden_state
         targets = batch["labels"]
     else:
@@ -385,23 +421,30 @@ def peak_memory_mb() -> dict[str, float]:
 
 
 def prepare_model(base_model: str, config: TrainConfig) -> PreTrainedModel:
-    """The base model with a fresh LoRA adapter on it (or, for full fine-tuning, the base model itself)."""
+    """The base model with a fresh LoRA adapter on it (or, for full fine-tuning, the base model itself), set up with
+    the attention implementation and compilation ``config`` asks for."""
     model = load_model(base_model, config.quantization)
+    if model.config._attn_implementation != config.attention_used:
+        model.set_attn_implementation(config.attention_used)
     if config.full:
         model.train()
-        return model
-    if config.quantization in ("nf4", "int8"):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    torch.manual_seed(config.seed)
-    try:
-        return get_peft_model(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules))
-    except ValueError as error:
-        if "target" not in str(error).lower():
-            raise
-        raise TunebookError(
-            f"LORA_TARGET_MODULES={config.target_modules!r} matches no layer of {Path(base_model).name}. "
-            f"Its linear layers are: {', '.join(linear_module_names(model))} (or use 'all-linear')."
-        ) from None
+    else:
+        if config.quantization in ("nf4", "int8"):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        torch.manual_seed(config.seed)
+        try:
+            model = get_peft_model(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules))
+        except ValueError as error:
+            if "target" not in str(error).lower():
+                raise
+            raise TunebookError(
+                f"LORA_TARGET_MODULES={config.target_modules!r} matches no layer of {Path(base_model).name}. "
+                f"Its linear layers are: {', '.join(linear_module_names(model))} (or use 'all-linear')."
+            ) from None
+    if config.torch_compile:
+        # In place, so state dicts keep their names; dynamic: packed rows change length every step.
+        (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder().compile(dynamic=True)
+    return model
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -563,6 +606,7 @@ def train_adapter(
         "wall_time_s": round(wall, 2),
         **peak_memory_mb(),
         "device": "cuda" if on_gpu else "cpu",
+        "attention": config.attention_used,
         "processes": args.world_size,
         "versions": _versions(),
         "git_commit": _git_commit(),
