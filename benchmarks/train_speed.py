@@ -1,12 +1,12 @@
 """Benchmark: training throughput of tunebook's trainer against TRL's SFTTrainer, and against the matmul ceiling.
 
 Run:  .venv/bin/pip install "trl>=1.16,<2" && .venv/bin/python benchmarks/train_speed.py [--steps 8] [--quantization nf4]
-      [--model llama-1.7b] [--tunebook-variants auto,sdpa,auto+compile]
+      [--model llama-1.7b] [--tunebook-variants sdpa,flex_attention]
 
 --model bundled (default) trains the real SmolLM2-135M-Instruct; --model llama-1.7b a randomly initialised model of
 SmolLM2-1.7B's shape (24 layers, hidden 2048, 32 heads) with the same tokenizer: speed needs no trained weights, and
 its validation losses only compare the runs with each other. --tunebook-variants runs tunebook once per attention
-implementation (auto = flex_attention on a GPU, sdpa on a CPU), '+compile' adding TORCH_COMPILE.
+implementation (sdpa, eager, flex_attention on a GPU).
 
 Same base model (the bundled SmolLM2-135M-Instruct, loaded the same way), same LoRA configuration (r 16, alpha 32,
 all linear layers, no dropout), same support-triage training split, batch size 8, same number of optimiser steps.
@@ -25,14 +25,15 @@ for every trained model. Achieved FLOP/s: the matrix-multiply FLOPs torch dispat
 kernel's QK^T and PV products (torch has no formula for the CPU kernel; the one used is torch's GPU formula), divided
 by the median steady step time. The ceiling is this machine's best GEMM rate in the compute dtype (fp32 on a CPU, on
 shapes like the model's layers; bf16 on a GPU, including an 8192^3 product that reaches the card's peak).
-Step times: the median of the steps after the first three (which carry warm-up, and compilation with TORCH_COMPILE);
-the first three are reported as warm-up seconds.
+Step times: the median of the steps after the first three (which carry warm-up, and FlexAttention's kernel
+compilation); the first three are reported as warm-up seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -50,7 +51,7 @@ BATCH = 8
 WARMUP_STEPS = 3
 LARGER = {  # SmolLM2-1.7B's shape
     "llama-1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
-                       head_dim=64, max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=130000.0),
+                       head_dim=64, max_position_embeddings=8192, tie_word_embeddings=True),
 }
 
 
@@ -156,10 +157,10 @@ def peak_mb() -> float:
     return peak.get("peak_gpu_memory_mb", peak["peak_memory_mb"])
 
 
-def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant: str = "auto") -> dict:
+def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant: str = "sdpa") -> dict:
     """Train with tunebook's trainer for ``steps`` steps; timings, tokens, FLOPs and validation loss.
 
-    ``variant``: the attention implementation (auto, sdpa, flex_attention, eager), '+compile' for TORCH_COMPILE.
+    ``variant``: the attention implementation (sdpa, flex_attention, eager).
     """
     import tempfile
 
@@ -169,19 +170,20 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
     order = list(train.SeededLengthGroupedSampler(BATCH, [len(f["input_ids"]) for f in features], seed=0))
     batches = [[features[i] for i in order[k * BATCH : (k + 1) * BATCH]] for k in range(steps)]
     timer = train.StepTimer()
-    attention, _, compiled = variant.partition("+")
     config = train.TrainConfig(quantization=quantization, max_steps=steps, eval_steps=steps, early_stopping_patience=0,
-                               general_mix=0.0, attention=attention, torch_compile=compiled == "compile")
+                               general_mix=0.0, attention=variant)
     with tempfile.TemporaryDirectory() as folder:
         result = train.train_adapter(card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer])
-        model = train.prepare_model(base, config)
+        # validation loss on sdpa: the same numbers, without compiling a kernel for every padded batch shape
+        model = train.prepare_model(base, train.TrainConfig(**{**asdict(config), "attention": "sdpa"}))
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(model, load_file(Path(folder) / "adapter" / "adapter_model.safetensors"))
     collate = train.CompletionCollator(tokenizer.pad_token_id)
     counted = train.prepare_model(base, train.TrainConfig(quantization="none", attention="sdpa"))
-    flops = sum(step_flops(counted, collate(b), train.completion_loss) for b in batches[1:]) / max(1, len(batches) - 1)
+    counted_batches = batches[WARMUP_STEPS:][:3] or batches  # FLOPs per step vary little; three steps are enough
+    flops = sum(step_flops(counted, collate(b), train.completion_loss) for b in counted_batches) / len(counted_batches)
     computed = [collate(b)["input_ids"].numel() for b in batches]
     return {
         "step_s": timer.steps,
@@ -190,7 +192,7 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
         "flops_step": flops,
         "val_loss": val_loss(model, tokenizer, card, splits["val"]),
         "peak_mb": peak_mb(),
-        "settings": {"attention": config.attention_used, "torch_compile": config.torch_compile},
+        "settings": {"attention": config.attention},
     }
 
 
@@ -270,7 +272,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--quantization", default="nf4", choices=["nf4", "none"])
     parser.add_argument("--model", default="bundled", choices=["bundled", *LARGER])
-    parser.add_argument("--tunebook-variants", default="auto", help="comma-separated: auto, sdpa, flex_attention, eager, each optionally +compile")
+    parser.add_argument("--tunebook-variants", default="sdpa", help="comma-separated attention implementations: sdpa, flex_attention, eager")
     parser.add_argument("--skip-trl-defaults", action="store_true")
     parser.add_argument("--skip-trl-no-gc", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")

@@ -85,7 +85,7 @@ def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path):
     with pytest.raises(TunebookError) as caught:
         pipeline.run_workbook({"EPOCHZ": 1}, tmp_path, "bad", progress=False)
     assert "unknown parameter EPOCHZ (did you mean 'EPOCHS'?)" in str(caught.value)
-    assert "Known parameters: ALPHA, BAD_LINES, BASE_MODEL, BATCH_SIZE" in str(caught.value)
+    assert "Known parameters: ALPHA, ATTENTION, BAD_LINES, BASE_MODEL, BATCH_SIZE" in str(caught.value)
     assert not (tmp_path / "bad").exists()
 
 

@@ -83,10 +83,21 @@ def test_packed_layout_holds_the_shared_prefix_once_and_each_example_after_it(ti
     assert mask[second, p - 1] and not mask[second, second - 1] and not mask[p - 1, p]  # the prefix, not the first example
     additive = train.segment_mask(batch["segments"], torch.float32)[0, 0]
     assert torch.equal(additive == 0, mask)
+    # the FlexAttention form (GPU) describes the same structure token by token
+    from torch.nn.attention.flex_attention import create_mask
+
+    length = len(segments)
+    assert torch.equal(create_mask(train.prefix_or_own(batch["segments"]), None, None, length, length, device="cpu")[0, 0], mask)
     assert train.shared_prefix_length(features[:1]) == 0
 
 
-@pytest.mark.parametrize(("quantization", "attention"), [("none", "sdpa"), ("nf4", "sdpa"), ("full", "sdpa"), ("none", "eager")])
+GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention has no backward pass on a CPU")
+
+
+@pytest.mark.parametrize(("quantization", "attention"), [
+    ("none", "sdpa"), ("nf4", "sdpa"), ("full", "sdpa"), ("none", "eager"),
+    pytest.param("none", "flex_attention", marks=GPU_ONLY), pytest.param("nf4", "flex_attention", marks=GPU_ONLY),
+])
 def test_packed_loss_and_gradients_equal_the_plain_padded_loss(tiny_job, tiny_model, tokenizer, quantization, attention):
     card, splits = tiny_job
     features = train.build_features(tokenizer, card, splits["train"].head(6), 512, "train")
@@ -310,7 +321,8 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny_job, tiny_model, tmp_path):
     ("change", "message"),
     [({"quantization": "int3"}, "QUANTIZATION must be one of nf4, int8, none, full"), ({"lora_r": 0}, "LORA_R must be positive"),
      ({"learning_rate": -1}, "LEARNING_RATE must be positive"), ({"epochs": 0, "max_steps": -1}, "set EPOCHS > 0"),
-     ({"lora_dropout": 1.5}, "LORA_DROPOUT must be in")],
+     ({"lora_dropout": 1.5}, "LORA_DROPOUT must be in"), ({"attention": "flash"}, "ATTENTION must be one of sdpa, eager, flex_attention"),
+     pytest.param({"attention": "flex_attention"}, "needs a GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="refused on a CPU only"))],
 )
 def test_bad_settings_are_named(change, message):
     with pytest.raises(TunebookError, match=message):
