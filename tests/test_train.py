@@ -329,6 +329,20 @@ def test_bad_settings_are_named(change, message):
         train.TrainConfig(**change).check()
 
 
+@pytest.mark.parametrize("example", KINDS)
+def test_every_example_job_fits_the_default_max_length(example, tokenizer):
+    # The tool-selection job's prompts (the tool list) reach ~1,060 tokens: at the old default of 1024, 03 refused it.
+    from tunebook import pipeline
+    from conftest import EXAMPLE
+
+    declared = pipeline.declared_parameters()["MAX_LENGTH"]
+    assert set(declared.notebooks) == {"01_clean_the_data", "03_train_qlora"} and train.TrainConfig().max_length == declared.default_value
+    card = job.load_job_card(EXAMPLE.parent / example / "job.yaml")
+    kept, _ = data.clean(*data.load_examples(card))
+    longest = max(sum(map(len, prompts.encode_parts(tokenizer, card, row.text, row.target))) for row in kept.itertuples())
+    assert longest <= declared.default_value
+
+
 def test_replay_features_supervise_the_base_answers_as_chat_and_as_plain_text(tokenizer):
     from tunebook import replay
 

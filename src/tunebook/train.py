@@ -55,7 +55,7 @@ class TrainConfig:
     epochs: float = 2.0
     max_steps: int = -1
     batch_size: int = 8
-    max_length: int = 1024
+    max_length: int = 2048
     warmup_ratio: float = 0.1
     eval_steps: int = 0  # 0: four validation passes per epoch
     early_stopping_patience: int = 2  # validation passes without improvement before stopping; 0: never stop early
