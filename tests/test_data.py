@@ -4,6 +4,7 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
 
 from tunebook import data, job
 from tunebook.errors import DataError
@@ -167,3 +168,37 @@ def test_repeated_ids_are_refused(tmp_path):
     path = write_job(tmp_path, rows=[{"id": "A", "text": "x", "label": "billing"}, {"id": "A", "text": "y", "label": "account"}])
     with pytest.raises(DataError, match=r"ids must be unique .* repeated: \['A'\]"):
         data.load_examples(job.load_job_card(path))
+
+
+def test_made_up_ids_of_a_frozen_test_file_do_not_collide_with_the_training_file(tmp_path):
+    card_path = write_job(tmp_path / "job", per_label=3)
+    unnamed = yaml.safe_load(card_path.read_text())
+    unnamed["data"].pop("id_column", None)  # the default: an id column if the file has one
+    card_path.write_text(yaml.safe_dump(unnamed))
+    card = job.load_job_card(card_path)
+    frame = pd.read_csv(tmp_path / "job" / "tickets.csv").drop(columns="id")
+    frame.to_csv(tmp_path / "job" / "tickets.csv", index=False)
+    frame.head(4).assign(text=lambda f: f["text"] + " (test)").to_csv(tmp_path / "test.csv", index=False)
+    examples, _ = data.load_examples(card)
+    frozen, _ = data.load_frozen_test(tmp_path / "test.csv", card, examples)
+    assert examples["id"].iloc[0] == "row-1" and frozen["id"].tolist() == ["test-row-1", "test-row-2", "test-row-3", "test-row-4"]
+    # real ids shared by both files are refused, naming them
+    with_ids = pd.read_csv(EXAMPLE / "tickets.csv").head(3)
+    with_ids.to_csv(tmp_path / "job" / "tickets.csv", index=False)
+    with_ids.to_csv(tmp_path / "test.csv", index=False)
+    examples, _ = data.load_examples(card)
+    with pytest.raises(DataError, match=rf"ids \['{with_ids['id'][0]}'.*also name rows of"):
+        data.load_frozen_test(tmp_path / "test.csv", card, examples)
+
+
+def test_the_tags_and_id_columns_are_optional_and_a_near_miss_is_named(tmp_path):
+    source = EXAMPLE.parent / "order_extraction"
+    rows = pd.read_json(source / "orders.jsonl", lines=True).head(5)[["text", "target"]]  # no id, no tags
+    folder = tmp_path / "job"
+    card_path = write_job(folder, example="order_extraction", per_label=1)  # the card names id and tags columns
+    rows.to_json(folder / "orders.jsonl", orient="records", lines=True)
+    examples, _ = data.load_examples(job.load_job_card(card_path))  # was: "no column 'tags' (did you mean 'target'?)"
+    assert examples["tags"].tolist() == [""] * 5 and examples["id"].tolist() == [f"row-{i}" for i in range(1, 6)]
+    rows.assign(tag="hard").to_json(folder / "orders.jsonl", orient="records", lines=True)  # a column the card misnames
+    with pytest.raises(DataError, match=r"no column 'tags' \(data.tags_column in the job card\) \(did you mean 'tag'\?\)"):
+        data.load_examples(job.load_job_card(card_path))

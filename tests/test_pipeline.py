@@ -193,6 +193,14 @@ def test_frozen_test_set_is_kept_as_given_and_leaks_are_removed(tmp_path, tiny_m
     report = json.loads((run_dir / "data" / "cleaning_report.json").read_text())
     assert [r["id"] for r in report if "test-set row" in r["reason"]] == ["LEAK"]
     assert summary["01_clean_the_data"]["splits"]["test"] == len(test)
+    # counts: the card's file is "read" and "kept"; the frozen test set is counted on its own, not as kept rows
+    version = json.loads((run_dir / "data" / "dataset_version.json").read_text())
+    splits = summary["01_clean_the_data"]["splits"]
+    assert version["rows_before"] == len(train) and version["rows_after"] == splits["train"] + splits["val"] < len(train)
+    assert version["test_source"]["rows"] == len(test)
+    data_card = (run_dir / "data" / "data_card.md").read_text()
+    assert (f"- rows: {len(train)} read, {splits['train'] + splits['val']} kept (train {splits['train']}, val {splits['val']}); "
+            f"frozen test set: {len(test)} rows from `{tmp_path / 'test.csv'}`, unchanged") in data_card
 
 
 @pytest.fixture(scope="module")

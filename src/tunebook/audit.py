@@ -301,14 +301,16 @@ def _table(rows: list[dict], columns: list[str], limit: int = 50) -> str:
 def write_data_card(path: str | Path, card: JobCard, version: dict, found: Audit, removed: list[dict], skipped: list[dict],
                     review: list[dict], leaks: int) -> Path:
     """Write the data card (markdown): version, counts, policy, findings, what was removed and what still needs review."""
-    splits = ", ".join(f"{name} {info['rows']}" for name, info in version["splits"].items())
+    test_source = version.get("test_source")
+    splits = ", ".join(f"{name} {info['rows']}" for name, info in version["splits"].items() if not (test_source and name == "test"))
+    frozen = f"; frozen test set: {test_source['rows']} rows from `{test_source['path']}`, unchanged" if test_source else ""
     balance_rows = [{"label": name, **row} for name, row in found.balance.to_dict(orient="index").items()]
     text = f"""# Data card: {card.name}
 
 - task kind: {card.task_kind}
 - source: `{version['source']['path']}` (sha256 `{version['source']['sha256'][:16]}`)
 - dataset version: `{version['hash']}`
-- rows: {version['rows_before']} read, {version['rows_after']} kept ({splits})
+- rows: {version['rows_before']} read, {version['rows_after']} kept ({splits}){frozen}
 - policy: {', '.join(f'{k}={v}' for k, v in version['policy'].items() if k != 'decisions')}
 - review decisions applied: {len(version['policy'].get('decisions', {}))}
 - near duplicates across splits after splitting: {leaks}

@@ -78,12 +78,12 @@ def _cell(value: object) -> object:
     return "" if value is None or value != value else str(value)
 
 
-def to_examples(frame: pd.DataFrame, card: JobCard, source: str) -> tuple[pd.DataFrame, list[dict]]:
+def to_examples(frame: pd.DataFrame, card: JobCard, source: str, id_prefix: str = "row-") -> tuple[pd.DataFrame, list[dict]]:
     """Map the card's columns onto (row, id, text, target, tags); return them and the rows whose target breaks the card.
 
     A classification label outside the card's label set stops here with the rows named; a structured target that
     is not valid JSON or breaks the schema, the tool catalogue or the drafting rules is reported for the cleaning
-    step to drop and list.
+    step to drop and list. Without an id column, rows are named ``<id_prefix><row number>``.
     """
     spec = card.data
     columns = list(frame.columns)
@@ -94,11 +94,16 @@ def to_examples(frame: pd.DataFrame, card: JobCard, source: str) -> tuple[pd.Dat
                 f"{source}: no column '{column}' (data.{role} in the job card){closest(column, columns)}. "
                 f"Columns in the file: {columns}."
             )
+    # id and tags are optional: a file without them is fine. A near miss among the columns no other role uses is
+    # probably a typo in the card and is refused; the text or target column is never a near miss.
+    unused = [c for c in columns if c not in (spec.text_column, card.target_column, spec.id_column, spec.tags_column)]
     for role, column in (("id_column", spec.id_column), ("tags_column", spec.tags_column)):
-        if column is not None and column not in columns and len(frame):
-            hint = closest(column, columns)
-            if hint:
-                raise DataError(f"{source}: no column '{column}' (data.{role} in the job card){hint}.")
+        hint = closest(column, unused) if column is not None and column not in columns and len(frame) else ""
+        if hint:
+            raise DataError(
+                f"{source}: no column '{column}' (data.{role} in the job card){hint}. "
+                f"Columns in the file: {columns}. Fix the name in the card or the file, or set data.{role}: null."
+            )
     if len(frame) == 0:
         raise DataError(f"{source}: the file has a header but no rows. Add labelled examples.")
     rows = pd.RangeIndex(1, len(frame) + 1)
@@ -107,7 +112,7 @@ def to_examples(frame: pd.DataFrame, card: JobCard, source: str) -> tuple[pd.Dat
     examples = pd.DataFrame(
         {
             "row": rows,
-            "id": frame[spec.id_column].astype(str).values if spec.id_column in columns else [f"row-{r}" for r in rows],
+            "id": frame[spec.id_column].astype(str).values if spec.id_column in columns else [f"{id_prefix}{r}" for r in rows],
             "text": texts,
             "target": [target for target, _ in checked],
             "tags": frame[spec.tags_column].astype(str).values if spec.tags_column in columns else "",
@@ -142,6 +147,23 @@ def to_examples(frame: pd.DataFrame, card: JobCard, source: str) -> tuple[pd.Dat
 def load_examples(card: JobCard, bad_lines: str = "error", skipped: list[dict] | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """Load the card's data file and check every target against the card."""
     return to_examples(load_table(card.data.path, bad_lines, skipped), card, card.data.path)
+
+
+def load_frozen_test(
+    path: str | Path, card: JobCard, examples: pd.DataFrame, bad_lines: str = "error", skipped: list[dict] | None = None
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Load a user-supplied test set (TEST_FILE) like the card's data; its ids must not name a row of ``examples``.
+
+    Rows without an id column are named ``test-row-<n>``, so they cannot collide with the training file's ``row-<n>``.
+    """
+    frozen, invalid = to_examples(load_table(path, bad_lines, skipped), card, str(path), id_prefix="test-row-")
+    shared = sorted(set(frozen["id"]) & set(examples["id"]))
+    if shared:
+        raise DataError(
+            f"{path}: ids {shared[:10]}{' and more' if len(shared) > 10 else ''} also name rows of {card.data.path}; review "
+            "decisions and reports refer to rows by id, so they must be unique across both files. Rename them in one file."
+        )
+    return frozen, invalid
 
 
 def normalise(text: str) -> str:
@@ -330,18 +352,28 @@ def file_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def dataset_version(splits: dict[str, pd.DataFrame], source: str | Path, policy: dict, counts_before: int) -> dict:
-    """Describe the dataset version: per-split hashes, source hash, policy and counts."""
+def dataset_version(
+    splits: dict[str, pd.DataFrame], source: str | Path, policy: dict, counts_before: int, test_source: str | Path | None = None
+) -> dict:
+    """Describe the dataset version: per-split hashes, source hash, policy and counts.
+
+    ``rows_before`` and ``rows_after`` count the card's data file; a frozen test set (``test_source``) is counted
+    on its own, since none of its rows came from that file.
+    """
     split_hashes = {name: frame_hash(frame) for name, frame in splits.items()}
     combined = hashlib.sha256(json.dumps(split_hashes, sort_keys=True).encode()).hexdigest()
-    return {
+    from_source = [name for name in splits if not (test_source and name == "test")]
+    version = {
         "hash": combined,
         "splits": {name: {"hash": split_hashes[name], "rows": len(frame)} for name, frame in splits.items()},
         "source": {"path": str(source), "sha256": file_hash(source)},
         "policy": policy,
         "rows_before": counts_before,
-        "rows_after": sum(len(frame) for frame in splits.values()),
+        "rows_after": sum(len(splits[name]) for name in from_source),
     }
+    if test_source:
+        version["test_source"] = {"path": str(test_source), "sha256": file_hash(test_source), "rows": len(splits["test"])}
+    return version
 
 
 def save_splits(splits: dict[str, pd.DataFrame], folder: str | Path) -> Path:
