@@ -24,6 +24,8 @@ demo: setup
 	$(VENV)/bin/tunebook run --name $(RUN_NAME)
 
 test: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest -q
 
 test-slow: setup

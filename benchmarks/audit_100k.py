@@ -30,20 +30,26 @@ def synthetic(card: job.JobCard, n: int, seed: int = 0) -> pd.DataFrame:
     vocabulary = " ".join(base["text"]).split()
     picks = rng.integers(0, len(base), n)
     texts, targets = [], []
-    for k, i in enumerate(picks):
+    for i in picks:
         words = base["text"].iloc[i].split()
         for _ in range(rng.integers(1, 3)):
             words[rng.integers(0, len(words))] = vocabulary[rng.integers(0, len(vocabulary))]
         texts.append(" ".join(words))
         targets.append(base["target"].iloc[i])
-    return pd.DataFrame({"row": np.arange(1, n + 1), "id": [f"S{k}" for k in range(n)], "text": texts, "target": targets, "tags": ""})
+    return pd.DataFrame(
+        {"row": np.arange(1, n + 1), "id": [f"S{k}" for k in range(n)], "text": texts, "target": targets, "tags": ""}
+    )
 
 
 def exact_pairs(texts: list[str], threshold: float) -> set[tuple[int, int]]:
     """All pairs at or above ``threshold`` by exact Jaccard (quadratic)."""
     sets = [set(audit.shingles(t).tolist()) for t in texts]
-    return {(i, j) for i in range(len(sets)) for j in range(i + 1, len(sets))
-            if len(sets[i] & sets[j]) / len(sets[i] | sets[j]) >= threshold}
+    return {
+        (i, j)
+        for i in range(len(sets))
+        for j in range(i + 1, len(sets))
+        if len(sets[i] & sets[j]) / len(sets[i] | sets[j]) >= threshold
+    }
 
 
 def main(n: int = 100_000, threshold: float = 0.8) -> None:

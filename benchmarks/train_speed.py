@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -50,8 +50,16 @@ from tunebook import data, job, models, prompts, train  # noqa: E402
 BATCH = 8
 WARMUP_STEPS = 3
 LARGER = {  # SmolLM2-1.7B's shape
-    "llama-1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
-                       head_dim=64, max_position_embeddings=8192, tie_word_embeddings=True),
+    "llama-1.7b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        head_dim=64,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -130,7 +138,9 @@ def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=N
     return 4 * b * h * s_q * key_shape[2] * d
 
 
-def _cpu_attention_backward_flops(grad_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+def _cpu_attention_backward_flops(
+    grad_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
     """dP, dQ, dK and dV: twice the forward (the same count torch uses for the GPU kernels)."""
     return 2 * _cpu_attention_flops(query_shape, key_shape, value_shape)
 
@@ -141,10 +151,13 @@ def step_flops(model, batch: dict, loss_fn) -> float:
 
     dev = next(model.parameters()).device
     aten = torch.ops.aten
-    counter = FlopCounterMode(display=False, custom_mapping={
-        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
-    })
+    counter = FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+        },
+    )
     with counter:
         loss_fn(model, {k: v.to(dev) for k, v in batch.items()}).backward()
     model.zero_grad(set_to_none=True)
@@ -170,10 +183,16 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
     order = list(train.SeededLengthGroupedSampler(BATCH, [len(f["input_ids"]) for f in features], seed=0))
     batches = [[features[i] for i in order[k * BATCH : (k + 1) * BATCH]] for k in range(steps)]
     timer = train.StepTimer()
-    config = train.TrainConfig(quantization=quantization, max_steps=steps, eval_steps=steps, early_stopping_patience=0,
-                               general_mix=0.0, attention=variant)
+    config = train.TrainConfig(
+        quantization=quantization,
+        max_steps=steps,
+        eval_steps=steps,
+        early_stopping_patience=0,
+        general_mix=0.0,
+        attention=variant,
+    )
     with tempfile.TemporaryDirectory() as folder:
-        result = train.train_adapter(card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer])
+        train.train_adapter(card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer])
         # validation loss on sdpa: the same numbers, without compiling a kernel for every padded batch shape
         model = train.prepare_model(base, train.TrainConfig(**{**asdict(config), "attention": "sdpa"}))
         from peft import set_peft_model_state_dict
@@ -207,10 +226,15 @@ def run_trl(steps: int, quantization: str, no_checkpointing: bool, model: str = 
     tokenizer = models.load_tokenizer(base)
 
     def rows(frame):
-        return Dataset.from_list([
-            {"prompt": prompts.build_messages(card, r.text), "completion": [{"role": "assistant", "content": r.target}]}
-            for r in frame.itertuples()
-        ])
+        return Dataset.from_list(
+            [
+                {
+                    "prompt": prompts.build_messages(card, r.text),
+                    "completion": [{"role": "assistant", "content": r.target}],
+                }
+                for r in frame.itertuples()
+            ]
+        )
 
     model = models.load_model(base, quantization)
     timer = train.StepTimer()
@@ -224,12 +248,29 @@ def run_trl(steps: int, quantization: str, no_checkpointing: bool, model: str = 
     on_gpu = torch.cuda.is_available()
     extra = {"bf16": on_gpu, "gradient_checkpointing": False} if no_checkpointing else {}
     with tempfile.TemporaryDirectory() as folder:
-        config = SFTConfig(output_dir=folder, max_steps=steps, report_to="none", save_strategy="no", logging_steps=1,
-                           use_cpu=not on_gpu, **extra)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=rows(splits["train"]), processing_class=tokenizer,
-                             peft_config=models.lora_config(16, 32, 0.0), callbacks=[timer, Logs()])
-        settings = {"bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing, "learning_rate": config.learning_rate,
-                    "batch_size": config.per_device_train_batch_size}
+        config = SFTConfig(
+            output_dir=folder,
+            max_steps=steps,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            use_cpu=not on_gpu,
+            **extra,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=rows(splits["train"]),
+            processing_class=tokenizer,
+            peft_config=models.lora_config(16, 32, 0.0),
+            callbacks=[timer, Logs()],
+        )
+        settings = {
+            "bf16": config.bf16,
+            "gradient_checkpointing": config.gradient_checkpointing,
+            "learning_rate": config.learning_rate,
+            "batch_size": config.per_device_train_batch_size,
+        }
         batch = next(iter(trainer.get_train_dataloader()))
         trainer.train()
     model = trainer.model
@@ -237,7 +278,9 @@ def run_trl(steps: int, quantization: str, no_checkpointing: bool, model: str = 
     tokens = [b - a for a, b in zip([0, *cumulative[:-1]], cumulative)]
 
     def trl_loss(m, b):
-        with torch.autocast(device_type="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=settings["bf16"]):
+        with torch.autocast(
+            device_type="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=settings["bf16"]
+        ):
             out = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
         logits = out.logits[:, :-1].float()
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["labels"][:, 1:].flatten(), ignore_index=-100)
@@ -272,7 +315,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--quantization", default="nf4", choices=["nf4", "none"])
     parser.add_argument("--model", default="bundled", choices=["bundled", *LARGER])
-    parser.add_argument("--tunebook-variants", default="sdpa", help="comma-separated attention implementations: sdpa, flex_attention, eager")
+    parser.add_argument(
+        "--tunebook-variants",
+        default="sdpa",
+        help="comma-separated attention implementations: sdpa, flex_attention, eager",
+    )
     parser.add_argument("--skip-trl-defaults", action="store_true")
     parser.add_argument("--skip-trl-no-gc", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -281,12 +328,16 @@ def main() -> None:
     dtype = torch.bfloat16 if on_gpu else torch.float32
     ceiling = matmul_ceiling(dtype)
     device = torch.cuda.get_device_name() if on_gpu else models.device()
-    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{str(dtype).split('.')[-1]} matmul ceiling {ceiling / 1e12:.2f} TFLOP/s")
+    print(
+        f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{str(dtype).split('.')[-1]} matmul ceiling {ceiling / 1e12:.2f} TFLOP/s"
+    )
     resolve_model(options.model)  # once, before the runs start in their own processes
     runs = {}
     for variant in options.tunebook_variants.split(","):
-        runs[f"tunebook {variant}"] = in_process(run_tunebook, options.steps, options.quantization, options.model, variant)
+        runs[f"tunebook {variant}"] = in_process(
+            run_tunebook, options.steps, options.quantization, options.model, variant
+        )
         report(runs, ceiling, dtype)
     if not options.skip_trl_defaults:
         runs["TRL defaults"] = in_process(run_trl, options.steps, options.quantization, False, options.model)
@@ -298,8 +349,10 @@ def main() -> None:
     names = list(rows)
     reference = "TRL no-GC" if "TRL no-GC" in rows else names[-1]
     width = max(len(k) for k in rows[names[0]]) + 2
-    print(f"\n{options.steps} steps x batch {BATCH}, support-triage train split, {options.model} model, "
-          f"{options.quantization} base + LoRA r16 (all linear), on {device}")
+    print(
+        f"\n{options.steps} steps x batch {BATCH}, support-triage train split, {options.model} model, "
+        f"{options.quantization} base + LoRA r16 (all linear), on {device}"
+    )
     print("".ljust(width) + "".join(n.rjust(22) for n in names) + f"   {names[0]} / {reference}")
     for key in rows[names[0]]:
         ratio = rows[names[0]][key] / rows[reference][key] if rows[reference][key] else float("nan")
@@ -307,15 +360,29 @@ def main() -> None:
     for name, run in runs.items():
         print(f"{name} settings: {run['settings']}")
     if options.json:
-        options.json.write_text(json.dumps({"device": device, "ceiling_flops": ceiling, "model": options.model, "steps": options.steps,
-                                            "rows": rows, "settings": {n: r["settings"] for n, r in runs.items()},
-                                            "step_s": {n: r["step_s"] for n, r in runs.items()}}, indent=2))
+        options.json.write_text(
+            json.dumps(
+                {
+                    "device": device,
+                    "ceiling_flops": ceiling,
+                    "model": options.model,
+                    "steps": options.steps,
+                    "rows": rows,
+                    "settings": {n: r["settings"] for n, r in runs.items()},
+                    "step_s": {n: r["step_s"] for n, r in runs.items()},
+                },
+                indent=2,
+            )
+        )
 
 
 def report(runs: dict, ceiling: float, dtype: torch.dtype) -> None:
     """Print the run just finished at once (a long benchmark cut short still leaves its figures)."""
     name, run = list(runs.items())[-1]
-    print(f"[done] {name}: {json.dumps(figures(run, ceiling, dtype))} step_s={[round(t, 4) for t in run['step_s']]}", flush=True)
+    print(
+        f"[done] {name}: {json.dumps(figures(run, ceiling, dtype))} step_s={[round(t, 4) for t in run['step_s']]}",
+        flush=True,
+    )
 
 
 def figures(run: dict, ceiling: float, dtype: torch.dtype) -> dict:

@@ -42,6 +42,7 @@ def assert_same_choices(actual, expected, tolerance: float) -> None:
     clear = (top2[:, 1] - top2[:, 0]) > 2 * tolerance
     np.testing.assert_array_equal(actual.argmax(1)[clear], expected.argmax(1)[clear])
 
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "support_triage"
 
@@ -79,7 +80,9 @@ def tokenizer(tiny_model):
     return load_tokenizer(tiny_model)
 
 
-def write_job(folder: Path, rows: list[dict] | None = None, per_label: int = 6, example: str = "support_triage", **card_changes) -> Path:
+def write_job(
+    folder: Path, rows: list[dict] | None = None, per_label: int = 6, example: str = "support_triage", **card_changes
+) -> Path:
     """Write a small copy of an example job (card + data) into ``folder``; return the card path.
 
     ``per_label`` examples are taken per label (classification), per tool (tool selection), or
@@ -137,9 +140,11 @@ KEYWORDS = {
     "feature_request": ["wish", "suggestion", "idea", "please add"],
     "escalate": ["lawyer", "fraud", "police", "lawsuit"],
 }
-FILLER = ("hello team thanks again today order app week please quick note since monday about my the this still help "
-          "again customer question morning evening friday phone laptop kitchen blue green small large new old red "
-          "weekend message reply waiting minutes hours soon later honestly really maybe").split()
+FILLER = (
+    "hello team thanks again today order app week please quick note since monday about my the this still help "
+    "again customer question morning evening friday phone laptop kitchen blue green small large new old red "
+    "weekend message reply waiting minutes hours soon later honestly really maybe"
+).split()
 
 
 def keyword_tickets(per_label: int, seed: int, start: int = 0) -> list[dict]:
@@ -173,8 +178,15 @@ def keyword_job(folder: Path, shuffled: bool = False) -> tuple[Path, Path]:
 
 
 RELEASE_PARAMETERS = {  # a full fine-tune of the tiny model learns the keyword tickets perfectly in 400 steps
-    "QUANTIZATION": "full", "LEARNING_RATE": 0.001, "BATCH_SIZE": 16, "MAX_STEPS": 400, "EVAL_STEPS": 400, "EARLY_STOPPING_PATIENCE": 0,
-    "COMPARE_METHODS": "", "BOOTSTRAP_RESAMPLES": 200, "GENERAL_MIX": 0.0,
+    "QUANTIZATION": "full",
+    "LEARNING_RATE": 0.001,
+    "BATCH_SIZE": 16,
+    "MAX_STEPS": 400,
+    "EVAL_STEPS": 400,
+    "EARLY_STOPPING_PATIENCE": 0,
+    "COMPARE_METHODS": "",
+    "BOOTSTRAP_RESAMPLES": 200,
+    "GENERAL_MIX": 0.0,
     # the classical baseline is perfect on keyword tickets, so the frame alone would stop after 02; the journey trains
     "FORCE_TRAINING": True,
     # a randomly initialised model has no general behaviour to protect; the probe's threshold is tested on its own

@@ -3,11 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import EXAMPLE
 
 from tunebook import audit, data, job
 from tunebook.errors import DataError
-
-from conftest import EXAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +23,15 @@ def clean(card):
 def with_rows(clean: pd.DataFrame, rows: list[tuple[str, str, str]]) -> pd.DataFrame:
     """The clean example data plus planted rows (id, text, target) at the end."""
     start = int(clean["row"].max()) + 1
-    planted = pd.DataFrame({"row": range(start, start + len(rows)), "id": [r[0] for r in rows],
-                            "text": [r[1] for r in rows], "target": [r[2] for r in rows], "tags": ""})
+    planted = pd.DataFrame(
+        {
+            "row": range(start, start + len(rows)),
+            "id": [r[0] for r in rows],
+            "text": [r[1] for r in rows],
+            "target": [r[2] for r in rows],
+            "tags": "",
+        }
+    )
     return pd.concat([clean, planted], ignore_index=True)
 
 
@@ -41,12 +47,15 @@ def test_near_duplicates_and_near_conflicts_are_found_with_their_rows(card, clea
     source = clean[clean["id"] == "T0001"].iloc[0]
     paraphrase = source["text"] + " Thanks"
     conflict_source = clean[clean["id"] == "T0004"].iloc[0]
-    planted = with_rows(clean, [("P1", paraphrase, source["target"]),
-                                ("P2", conflict_source["text"] + " Please advise.", "technical")])
+    planted = with_rows(
+        clean, [("P1", paraphrase, source["target"]), ("P2", conflict_source["text"] + " Please advise.", "technical")]
+    )
     found = audit.run_audit(card, planted, near_threshold=0.7)
     assert found.near_duplicates[["id_a", "id_b"]].values.tolist() == [["T0001", "P1"]]
     assert found.near_duplicates["row_b"].tolist() == [int(planted.loc[planted["id"] == "P1", "row"].iloc[0])]
-    assert found.near_conflicts[["id_a", "target_a", "id_b", "target_b"]].values.tolist() == [["T0004", "escalate", "P2", "technical"]]
+    assert found.near_conflicts[["id_a", "target_a", "id_b", "target_b"]].values.tolist() == [
+        ["T0004", "escalate", "P2", "technical"]
+    ]
     assert found.summary["near_duplicate_pairs"] == 1 and found.summary["near_conflict_pairs"] == 1
 
 
@@ -81,7 +90,9 @@ def test_near_duplicate_groups_stay_in_one_split(card, clean):
 
 def test_suspected_label_error_is_listed_with_its_row(card, clean):
     billing = clean[clean["target"] == "billing"].iloc[0]
-    planted = with_rows(clean, [("L1", billing["text"] + " Also my card was charged twice for the same invoice.", "shipping")])
+    planted = with_rows(
+        clean, [("L1", billing["text"] + " Also my card was charged twice for the same invoice.", "shipping")]
+    )
     suspects = audit.suspected_label_errors(card, planted, threshold=0.4)
     assert "L1" in suspects["id"].tolist()
     row = suspects[suspects["id"] == "L1"].iloc[0]
@@ -109,16 +120,24 @@ def test_token_lengths_flag_what_max_length_cuts(card, clean, tokenizer):
 def test_review_decisions_relabel_drop_and_keep(card, tmp_path):
     examples, invalid = data.load_examples(card)
     decisions_path = data.save_decisions(
-        {"T0247": {"id": "T0247", "action": "relabel", "target": "billing"}, "T0001": {"id": "T0001", "action": "drop", "note": "test"}},
+        {
+            "T0247": {"id": "T0247", "action": "relabel", "target": "billing"},
+            "T0001": {"id": "T0001", "action": "drop", "note": "test"},
+        },
         tmp_path / "decisions.yaml",
     )
     decisions = data.load_decisions(decisions_path, card)
     decided, report = data.apply_decisions(card, examples, decisions)
     kept, removed = data.clean(decided, invalid)
     assert "T0001" not in set(kept["id"])
-    assert {r["id"]: r["reason"] for r in report} == {"T0001": "review decision: drop (test)", "T0247": "review decision: relabelled to billing"}
+    assert {r["id"]: r["reason"] for r in report} == {
+        "T0001": "review decision: drop (test)",
+        "T0247": "review decision: relabelled to billing",
+    }
     # relabelled, the conflict T0190/T0247 becomes an exact duplicate: T0190 is kept, T0247 dropped as its duplicate
-    assert "T0190" in set(kept["id"]) and any(r["id"] == "T0247" and r["reason"].startswith("duplicate of row") for r in removed)
+    assert "T0190" in set(kept["id"]) and any(
+        r["id"] == "T0247" and r["reason"].startswith("duplicate of row") for r in removed
+    )
 
 
 def test_keep_decision_protects_a_conflict(card):
@@ -130,7 +149,9 @@ def test_keep_decision_protects_a_conflict(card):
 def test_bad_decisions_are_named(card, tmp_path):
     path = tmp_path / "d.yaml"
     path.write_text("- {id: T0001, action: relabel, target: biling}\n")
-    with pytest.raises(DataError, match=r"decision 1: 'biling' is not one of the labels .* \(did you mean 'billing'\?\)"):
+    with pytest.raises(
+        DataError, match=r"decision 1: 'biling' is not one of the labels .* \(did you mean 'billing'\?\)"
+    ):
         data.load_decisions(path, card)
     path.write_text("- {id: T0001, action: maybe}\n")
     with pytest.raises(DataError, match="action: keep | relabel | drop"):
@@ -143,11 +164,16 @@ def test_bad_decisions_are_named(card, tmp_path):
 
 def test_broken_jsonl_line_can_be_skipped_and_listed(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"text": "a", "label": "billing"}\n{"text": "b", "label": \n[1, 2]\n{"text": "c", "label": "account"}\n')
+    path.write_text(
+        '{"text": "a", "label": "billing"}\n{"text": "b", "label": \n[1, 2]\n{"text": "c", "label": "account"}\n'
+    )
     skipped = []
     frame = data.load_table(path, bad_lines="skip", skipped=skipped)
     assert frame["text"].tolist() == ["a", "c"]
-    assert [(s["line"], s["reason"].split(" (")[0]) for s in skipped] == [(2, "not valid JSON"), (3, "expected a JSON object per line, got list")]
+    assert [(s["line"], s["reason"].split(" (")[0]) for s in skipped] == [
+        (2, "not valid JSON"),
+        (3, "expected a JSON object per line, got list"),
+    ]
 
 
 def test_ragged_csv_names_the_line(tmp_path):
@@ -165,7 +191,9 @@ def test_review_items_cover_every_finding(card, clean):
     assert [i["id"] for i in items if i["kind"] == "near duplicate"] == ["P1"]
     suspects = [i["id"] for i in items if i["kind"] == "suspected label error"]
     assert suspects == found.suspected_errors["id"].tolist()
-    assert [i["id"] for i in audit.needs_review(found, {})] == suspects  # near duplicates follow the policy, no review needed
+    assert [
+        i["id"] for i in audit.needs_review(found, {})
+    ] == suspects  # near duplicates follow the policy, no review needed
     decided = {suspects[0]: {"id": suspects[0], "action": "keep"}} if suspects else {}
     assert len(audit.needs_review(found, decided)) == len(suspects) - len(decided)
 

@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, keyword_job, write_job
 
 from tunebook import baselines, data, job, metrics, pipeline, predict
-
-from conftest import ROOT, keyword_job, write_job
 
 
 def frame(rows):
@@ -30,12 +29,23 @@ def test_trivial_answers_for_every_task_kind():
     assert baselines.trivial_answer(tools, frame([("a", call), ("b", call), ("c", other)])) == call
     extraction = card_of("order_extraction")
     fields = list(extraction.output_schema["properties"])
-    records = [{f: None for f in fields} | {fields[0]: "A"}, {f: None for f in fields} | {fields[0]: "B"}, {f: None for f in fields} | {fields[0]: "A"}]
-    answer = json.loads(baselines.trivial_answer(extraction, frame([(str(i), json.dumps(r)) for i, r in enumerate(records)])))
+    records = [
+        {f: None for f in fields} | {fields[0]: "A"},
+        {f: None for f in fields} | {fields[0]: "B"},
+        {f: None for f in fields} | {fields[0]: "A"},
+    ]
+    answer = json.loads(
+        baselines.trivial_answer(extraction, frame([(str(i), json.dumps(r)) for i, r in enumerate(records)]))
+    )
     assert answer == {f: None for f in fields} | {fields[0]: "A"} and list(answer) == fields
     drafting = card_of("reply_drafting")
-    replies = frame([("a", "Thanks for your message, we will refund you."), ("b", "Thanks for your message, we will check."),
-                     ("c", "Completely different words here")])
+    replies = frame(
+        [
+            ("a", "Thanks for your message, we will refund you."),
+            ("b", "Thanks for your message, we will check."),
+            ("c", "Completely different words here"),
+        ]
+    )
     assert baselines.trivial_answer(drafting, replies).startswith("Thanks for your message")
 
 
@@ -48,8 +58,13 @@ def test_trivial_predictions_carry_training_shares_as_probabilities():
 
 
 def test_retriever_puts_the_nearest_training_example_last():
-    train = frame([("my parcel never arrived at the door", "shipping"), ("the app crashes on start", "technical"),
-                   ("refund my invoice please", "billing")])
+    train = frame(
+        [
+            ("my parcel never arrived at the door", "shipping"),
+            ("the app crashes on start", "technical"),
+            ("refund my invoice please", "billing"),
+        ]
+    )
     shots = baselines.Retriever(train).shots(["parcel did not arrive", "app crashes"], 2)
     assert shots[0][-1] == ("my parcel never arrived at the door", "shipping")
     assert shots[1][-1] == ("the app crashes on start", "technical") and len(shots[1]) == 2
@@ -92,7 +107,9 @@ def test_every_variant_runs_on_the_tiny_model(example, tiny_model, tmp_path):
     n = len(examples)
     splits = {"train": examples.iloc[: n - 8], "val": examples.iloc[n - 8 : n - 4], "test": examples.iloc[n - 4 :]}
     model, tokenizer = predict.load_for_inference(tiny_model)
-    runs = baselines.run_variants(model, tokenizer, card, splits, k_shots=1, batch_size=4, max_new_tokens=8, progress=False)
+    runs = baselines.run_variants(
+        model, tokenizer, card, splits, k_shots=1, batch_size=4, max_new_tokens=8, progress=False
+    )
     names = [r.name for r in runs]
     expected = ["trivial", "zero-shot", "1-shot", "retrieval 1-shot"] + (["classical"] if card.choices else [])
     assert names == expected
@@ -101,27 +118,47 @@ def test_every_variant_runs_on_the_tiny_model(example, tiny_model, tmp_path):
         assert (run.rule is not None) == (bool(card.choices) and run.kind != "trivial")
     table = baselines.variant_table(card, runs, resamples=20)
     primary = metrics.evaluate(card, runs[0].test)["primary"]
-    assert list(table.index) == expected and {f"val {primary}", f"test {primary}", "test low", "test high", "ms per example"} <= set(table)
+    assert list(table.index) == expected and {
+        f"val {primary}",
+        f"test {primary}",
+        "test low",
+        "test high",
+        "ms per example",
+    } <= set(table)
     best, prompting = baselines.best_variant(runs, card), baselines.best_prompting(runs, card)
     folder = baselines.save_variants(tmp_path / "run", card, runs, best, prompting, table)
     assert json.loads((folder / "variants.json").read_text())["best"] == best.name
     assert json.loads((folder / "metrics.json").read_text())["variant"] == best.name
-    assert baselines.load_variant(tmp_path / "run", "retrieval 1-shot", "val")["id"].tolist() == runs[3].val["id"].tolist()
-    if card.task_kind == "tool_selection":  # the classical model picks the tool; the language model writes its arguments
+    assert (
+        baselines.load_variant(tmp_path / "run", "retrieval 1-shot", "val")["id"].tolist()
+        == runs[3].val["id"].tolist()
+    )
+    if (
+        card.task_kind == "tool_selection"
+    ):  # the classical model picks the tool; the language model writes its arguments
         from tunebook.prompts import tool_prefix
 
-        starts = [next((t for t in card.choices if p.startswith(tool_prefix(t))), None) for p in runs[-1].test["prediction"]]
+        starts = [
+            next((t for t in card.choices if p.startswith(tool_prefix(t))), None) for p in runs[-1].test["prediction"]
+        ]
         assert None not in starts
 
 
 def test_a_classical_baseline_that_meets_the_targets_stops_the_run_after_02(tiny_model, tmp_path):
     card, test = keyword_job(tmp_path / "job")
     params = {"JOB_CARD": str(card), "TEST_FILE": str(test), "BASE_MODEL": tiny_model, "K_SHOTS": 0}
-    run_dir, summary = pipeline.run_workbook(params, tmp_path / "runs", "stops", steps=pipeline.NOTEBOOKS[:4], progress=False)
-    assert summary["02_prove_the_baseline"]["variant"] == "classical" and summary["02_prove_the_baseline"]["meets_targets"]
+    run_dir, summary = pipeline.run_workbook(
+        params, tmp_path / "runs", "stops", steps=pipeline.NOTEBOOKS[:4], progress=False
+    )
+    assert (
+        summary["02_prove_the_baseline"]["variant"] == "classical"
+        and summary["02_prove_the_baseline"]["meets_targets"]
+    )
     assert "best cheap baseline (classical) already meets every target" in summary["stopped"]
     assert json.loads((run_dir / "summary.json").read_text())["stopped"] == summary["stopped"]
     assert not (run_dir / "03_train_qlora.ipynb").exists()
     forced = {**params, "FORCE_TRAINING": True, "MAX_STEPS": 1, "COMPARE_METHODS": "", "QUANTIZATION": "none"}
-    run_dir, summary = pipeline.run_workbook(forced, tmp_path / "runs", "forced", steps=pipeline.NOTEBOOKS[:4], progress=False)
+    run_dir, summary = pipeline.run_workbook(
+        forced, tmp_path / "runs", "forced", steps=pipeline.NOTEBOOKS[:4], progress=False
+    )
     assert summary["stopped"] is None and (run_dir / "adapter" / "tunebook_manifest.json").is_file()

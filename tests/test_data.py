@@ -5,11 +5,10 @@ import re
 import pandas as pd
 import pytest
 import yaml
+from conftest import EXAMPLE, write_job
 
 from tunebook import data, job
 from tunebook.errors import DataError
-
-from conftest import EXAMPLE, write_job
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +44,19 @@ def test_cleaning_finds_exactly_the_planted_dirt(card):
 
 def test_duplicates_after_normalisation_keep_the_first():
     rows = pd.DataFrame(
-        {"row": [1, 2, 3], "id": ["a", "b", "c"], "text": ["Where is  my parcel?", "WHERE is my parcel? ", "other"],
-         "target": ["shipping", "shipping", "billing"], "tags": ["", "", ""]}
+        {
+            "row": [1, 2, 3],
+            "id": ["a", "b", "c"],
+            "text": ["Where is  my parcel?", "WHERE is my parcel? ", "other"],
+            "target": ["shipping", "shipping", "billing"],
+            "tags": ["", "", ""],
+        }
     )
     kept, report = data.clean(rows)
     assert kept["id"].tolist() == ["a", "c"]
-    assert report == [{"row": 2, "id": "b", "text": "WHERE is my parcel? ", "target": "shipping", "reason": "duplicate of row 1"}]
+    assert report == [
+        {"row": 2, "id": "b", "text": "WHERE is my parcel? ", "target": "shipping", "reason": "duplicate of row 1"}
+    ]
 
 
 def test_missing_file_names_the_path(tmp_path):
@@ -61,7 +67,9 @@ def test_missing_file_names_the_path(tmp_path):
 def test_csv_without_text_column_names_it_and_suggests(tmp_path):
     path = write_job(tmp_path, rows=[{"id": "1", "txt": "hello", "label": "billing"}])
     card = job.load_job_card(path)
-    with pytest.raises(DataError, match=r"no column 'text' \(data.text_column in the job card\) \(did you mean 'txt'\?\)"):
+    with pytest.raises(
+        DataError, match=r"no column 'text' \(data.text_column in the job card\) \(did you mean 'txt'\?\)"
+    ):
         data.load_examples(card)
 
 
@@ -122,8 +130,15 @@ def test_split_is_stratified_disjoint_and_deterministic(card):
 
 
 def test_too_rare_label_cannot_be_split(card):
-    rows = pd.DataFrame({"row": [1, 2, 3, 4], "id": list("abcd"), "text": list("wxyz"),
-                         "target": ["billing"] * 3 + ["account"], "tags": [""] * 4})
+    rows = pd.DataFrame(
+        {
+            "row": [1, 2, 3, 4],
+            "id": list("abcd"),
+            "text": list("wxyz"),
+            "target": ["billing"] * 3 + ["account"],
+            "tags": [""] * 4,
+        }
+    )
     with pytest.raises(DataError, match=r"fewer than 3 clean examples.*'account': 1"):
         data.split(rows, card)
 
@@ -141,12 +156,24 @@ def test_dataset_version_round_trip(card, tmp_path):
 
 
 PLANTED = {  # from each example's DIRT.md
-    "order_extraction": {"duplicate": {"E0045", "E0098", "E0164", "E0233"}, "conflict": {"E0162", "E0191"},
-                         "empty": {"E0142"}, "invalid": {"E0267"}},
-    "support_tools": {"duplicate": {"S0048", "S0132", "S0190", "S0284"}, "conflict": {"S0104", "S0223"},
-                      "empty": {"S0097"}, "invalid": {"S0159", "S0252"}},
-    "reply_drafting": {"duplicate": {"D0053", "D0153", "D0234"}, "conflict": {"D0149", "D0180"},
-                       "empty": {"D0098"}, "invalid": {"D0125", "D0208"}},
+    "order_extraction": {
+        "duplicate": {"E0045", "E0098", "E0164", "E0233"},
+        "conflict": {"E0162", "E0191"},
+        "empty": {"E0142"},
+        "invalid": {"E0267"},
+    },
+    "support_tools": {
+        "duplicate": {"S0048", "S0132", "S0190", "S0284"},
+        "conflict": {"S0104", "S0223"},
+        "empty": {"S0097"},
+        "invalid": {"S0159", "S0252"},
+    },
+    "reply_drafting": {
+        "duplicate": {"D0053", "D0153", "D0234"},
+        "conflict": {"D0149", "D0180"},
+        "empty": {"D0098"},
+        "invalid": {"D0125", "D0208"},
+    },
 }
 
 
@@ -157,15 +184,24 @@ def test_cleaning_finds_the_planted_dirt_of_every_example(example):
     _, report = data.clean(examples, invalid)
     found = {"duplicate": set(), "conflict": set(), "empty": set(), "invalid": set()}
     for item in report:
-        for prefix, name in (("duplicate of row", "duplicate"), ("conflicting targets", "conflict"), ("empty text", "empty"), ("invalid target", "invalid")):
+        for prefix, name in (
+            ("duplicate of row", "duplicate"),
+            ("conflicting targets", "conflict"),
+            ("empty text", "empty"),
+            ("invalid target", "invalid"),
+        ):
             if item["reason"].startswith(prefix):
                 found[name].add(item["id"])
     assert found == PLANTED[example]
-    assert {r["id"]: r["row"] for r in report} == {r["id"]: int(examples.loc[examples["id"] == r["id"], "row"].iloc[0]) for r in report}
+    assert {r["id"]: r["row"] for r in report} == {
+        r["id"]: int(examples.loc[examples["id"] == r["id"], "row"].iloc[0]) for r in report
+    }
 
 
 def test_repeated_ids_are_refused(tmp_path):
-    path = write_job(tmp_path, rows=[{"id": "A", "text": "x", "label": "billing"}, {"id": "A", "text": "y", "label": "account"}])
+    path = write_job(
+        tmp_path, rows=[{"id": "A", "text": "x", "label": "billing"}, {"id": "A", "text": "y", "label": "account"}]
+    )
     with pytest.raises(DataError, match=r"ids must be unique .* repeated: \['A'\]"):
         data.load_examples(job.load_job_card(path))
 
@@ -181,7 +217,12 @@ def test_made_up_ids_of_a_frozen_test_file_do_not_collide_with_the_training_file
     frame.head(4).assign(text=lambda f: f["text"] + " (test)").to_csv(tmp_path / "test.csv", index=False)
     examples, _ = data.load_examples(card)
     frozen, _ = data.load_frozen_test(tmp_path / "test.csv", card, examples)
-    assert examples["id"].iloc[0] == "row-1" and frozen["id"].tolist() == ["test-row-1", "test-row-2", "test-row-3", "test-row-4"]
+    assert examples["id"].iloc[0] == "row-1" and frozen["id"].tolist() == [
+        "test-row-1",
+        "test-row-2",
+        "test-row-3",
+        "test-row-4",
+    ]
     # real ids shared by both files are refused, naming them
     with_ids = pd.read_csv(EXAMPLE / "tickets.csv").head(3)
     with_ids.to_csv(tmp_path / "job" / "tickets.csv", index=False)
@@ -199,6 +240,10 @@ def test_the_tags_and_id_columns_are_optional_and_a_near_miss_is_named(tmp_path)
     rows.to_json(folder / "orders.jsonl", orient="records", lines=True)
     examples, _ = data.load_examples(job.load_job_card(card_path))  # was: "no column 'tags' (did you mean 'target'?)"
     assert examples["tags"].tolist() == [""] * 5 and examples["id"].tolist() == [f"row-{i}" for i in range(1, 6)]
-    rows.assign(tag="hard").to_json(folder / "orders.jsonl", orient="records", lines=True)  # a column the card misnames
-    with pytest.raises(DataError, match=r"no column 'tags' \(data.tags_column in the job card\) \(did you mean 'tag'\?\)"):
+    rows.assign(tag="hard").to_json(
+        folder / "orders.jsonl", orient="records", lines=True
+    )  # a column the card misnames
+    with pytest.raises(
+        DataError, match=r"no column 'tags' \(data.tags_column in the job card\) \(did you mean 'tag'\?\)"
+    ):
         data.load_examples(job.load_job_card(card_path))

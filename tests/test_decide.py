@@ -4,10 +4,9 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import EXAMPLE
 
 from tunebook import decide, job
-
-from conftest import EXAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +24,9 @@ def row(card, **probs):
 def test_the_cost_matrix_turns_an_uncertain_ticket_into_escalate(card):
     probs = row(card, billing=0.75, escalate=0.2, technical=0.05)
     assert probs.argmax() == card.choices.index("billing")  # the most likely label...
-    assert decide.choose_answers(card, probs).tolist() == ["escalate"]  # ...is not the cheapest answer: a missed escalation costs 10
+    assert decide.choose_answers(card, probs).tolist() == [
+        "escalate"
+    ]  # ...is not the cheapest answer: a missed escalation costs 10
     confident = row(card, billing=0.95, escalate=0.04, technical=0.01)
     assert decide.choose_answers(card, confident).tolist() == ["billing"]
 
@@ -59,8 +60,10 @@ def test_thresholds_route_guarded_answers_and_meet_the_must_never_limit_on_valid
     higher = column[column > rule.thresholds["escalate"]]
     if len(higher):
         looser = decide.choose_answers(card, calibrated, {"escalate": float(higher.min()) + 1e-12})
-        assert decide.total_cost(card, truth, looser) >= decide.total_cost(card, truth, answers) or \
-            decide.must_never_count(card, truth, looser) > 0
+        assert (
+            decide.total_cost(card, truth, looser) >= decide.total_cost(card, truth, answers)
+            or decide.must_never_count(card, truth, looser) > 0
+        )
 
 
 def test_values_fitted_on_validation_are_reused_unchanged(card, tmp_path):

@@ -1,9 +1,9 @@
 """pyproject.toml and environment.yml declare the same dependencies."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -28,14 +28,30 @@ def test_pyproject_and_environment_agree():
 
 
 def test_torch_range_tops_out_at_2_13():
-    spec = Requirement(next(e for e in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"] if e.startswith("torch"))).specifier
+    spec = Requirement(
+        next(
+            e
+            for e in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+            if e.startswith("torch")
+        )
+    ).specifier
     assert Version("2.13.0") in spec and Version("2.13.9") in spec
     assert Version("2.14.0") not in spec
 
 
 def test_required_libraries_are_declared():
     names = set(pyproject_requirements())
-    for needed in ("jupyterlab", "ipywidgets", "papermill", "transformers", "peft", "bitsandbytes", "matplotlib", "scikit-learn", "torch"):
+    for needed in (
+        "jupyterlab",
+        "ipywidgets",
+        "papermill",
+        "transformers",
+        "peft",
+        "bitsandbytes",
+        "matplotlib",
+        "scikit-learn",
+        "torch",
+    ):
         assert needed in names
 
 

@@ -2,11 +2,10 @@
 
 import pytest
 import yaml
+from conftest import EXAMPLE
 
 from tunebook import job
 from tunebook.errors import JobCardError, TunebookError
-
-from conftest import EXAMPLE
 
 
 def example_card_dict() -> dict:
@@ -36,7 +35,10 @@ def test_unknown_task_kind_is_named_with_the_allowed_kinds():
 
 
 def test_empty_and_duplicate_labels_are_reported():
-    assert any(p.startswith("labels:") and "at least two" in p for p in problems_for(labels=[], escalate_label=None, error_costs={}, must_never=[]))
+    assert any(
+        p.startswith("labels:") and "at least two" in p
+        for p in problems_for(labels=[], escalate_label=None, error_costs={}, must_never=[])
+    )
     labels = example_card_dict()["labels"] + [{"name": "billing", "definition": "again"}]
     assert any("duplicate name(s) ['billing']" in p for p in problems_for(labels=labels))
 
@@ -121,7 +123,9 @@ def test_invalid_json_schema_is_named():
     data["output_schema"]["properties"]["quantity"]["type"] = "integr"
     with pytest.raises(JobCardError) as caught:
         job.parse_job_card(data)
-    assert any(p.startswith("output_schema: invalid JSON Schema at properties/quantity/type") for p in caught.value.problems)
+    assert any(
+        p.startswith("output_schema: invalid JSON Schema at properties/quantity/type") for p in caught.value.problems
+    )
 
 
 def test_extraction_weights_and_must_never_name_real_fields():
@@ -156,7 +160,10 @@ def test_drafting_rules_are_checked():
 
 
 def test_kind_specific_fields_are_required():
-    for example, message in (("order_extraction", "output_schema: an extraction job needs"), ("reply_drafting", "rules: a drafting job needs")):
+    for example, message in (
+        ("order_extraction", "output_schema: an extraction job needs"),
+        ("reply_drafting", "rules: a drafting job needs"),
+    ):
         data = other_card(example)
         data.pop("output_schema", None), data.pop("rules", None), data.pop("must_never", None)
         with pytest.raises(JobCardError, match=message):

@@ -4,11 +4,10 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import EXAMPLE, ROOT
 from sklearn.metrics import f1_score
 
 from tunebook import job, metrics, release
-
-from conftest import EXAMPLE, ROOT
 
 
 @pytest.fixture(scope="module")
@@ -17,23 +16,42 @@ def card():
 
 
 def frame(pairs):
-    return pd.DataFrame({"id": [str(i) for i in range(len(pairs))], "target": [t for t, _ in pairs], "prediction": [p for _, p in pairs]})
+    return pd.DataFrame(
+        {
+            "id": [str(i) for i in range(len(pairs))],
+            "target": [t for t, _ in pairs],
+            "prediction": [p for _, p in pairs],
+        }
+    )
 
 
-PAIRS = [("billing", "billing"), ("billing", "escalate"), ("escalate", "billing"), ("shipping", "shipping"),
-         ("technical", "account"), ("account", "account"), ("feature_request", "feature_request"), ("escalate", "escalate")]
+PAIRS = [
+    ("billing", "billing"),
+    ("billing", "escalate"),
+    ("escalate", "billing"),
+    ("shipping", "shipping"),
+    ("technical", "account"),
+    ("account", "account"),
+    ("feature_request", "feature_request"),
+    ("escalate", "escalate"),
+]
 
 
 def test_classification_metrics(card):
     result = metrics.classification_metrics(card, frame(PAIRS))
     truth, pred = zip(*PAIRS)
     assert result["accuracy"] == pytest.approx(5 / 8)
-    assert result["macro_f1"] == pytest.approx(f1_score(truth, pred, labels=card.label_names, average="macro", zero_division=0))
+    assert result["macro_f1"] == pytest.approx(
+        f1_score(truth, pred, labels=card.label_names, average="macro", zero_division=0)
+    )
     assert result["cost_weighted_error"] == pytest.approx((2 + 10 + 1) / 8)
     assert result["must_never_failures"] == 1
     assert result["must_never_examples"] == [{"id": "2", "target": "escalate", "prediction": "billing"}]
     assert result["per_class"]["technical"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
-    assert result["confusion_matrix"]["matrix"][card.label_names.index("escalate")][card.label_names.index("billing")] == 1
+    assert (
+        result["confusion_matrix"]["matrix"][card.label_names.index("escalate")][card.label_names.index("billing")]
+        == 1
+    )
 
 
 def test_targets_and_verdict(card):
@@ -41,7 +59,10 @@ def test_targets_and_verdict(card):
     checks = {c["target"]: c["met"] for c in metrics.check_targets(card, result)}
     assert checks == {"macro_f1": False, "accuracy": False, "must_never_failures": False}
     verdict = metrics.baseline_verdict(card, result, "classical")
-    assert verdict["text"].startswith("The best cheap baseline (classical) misses 3 target(s)") and not verdict["meets_targets"]
+    assert (
+        verdict["text"].startswith("The best cheap baseline (classical) misses 3 target(s)")
+        and not verdict["meets_targets"]
+    )
     assert verdict["missed"] == ["macro_f1", "accuracy", "must_never_failures"]
     perfect = metrics.classification_metrics(card, frame([(t, t) for t, _ in PAIRS]))
     verdict = metrics.baseline_verdict(card, perfect, "classical")
@@ -53,10 +74,20 @@ def test_extraction_reports_slot_filling_figures_so_null_everywhere_scores_zero(
 
     card = load_job_card(ROOT / "examples" / "order_extraction" / "job.yaml")
     fields = list(card.output_schema["properties"])
-    truth = [{f: None for f in fields} | {fields[0]: "A1", fields[1]: 2}, {f: None for f in fields} | {fields[0]: "B2"}]
+    truth = [
+        {f: None for f in fields} | {fields[0]: "A1", fields[1]: 2},
+        {f: None for f in fields} | {fields[0]: "B2"},
+    ]
     nulls = json.dumps({f: None for f in fields})
-    rows = pd.DataFrame({"id": ["1", "2"], "target": [json.dumps(t) for t in truth], "text": ["", ""], "tags": ["", ""],
-                         "prediction": [nulls, json.dumps(truth[1] | {fields[0]: "WRONG"})]})
+    rows = pd.DataFrame(
+        {
+            "id": ["1", "2"],
+            "target": [json.dumps(t) for t in truth],
+            "text": ["", ""],
+            "tags": ["", ""],
+            "prediction": [nulls, json.dumps(truth[1] | {fields[0]: "WRONG"})],
+        }
+    )
     result = metrics.extraction_metrics(card, rows)
     assert result["slot_recall"] == 0.0 and result["slot_precision"] == 0.0 and result["slot_f1"] == 0.0
     assert result["field_accuracy"] > 0.5  # the per-field view rewards the nulls

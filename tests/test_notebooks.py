@@ -31,7 +31,12 @@ def test_structure(path):
     nbformat.validate(book)
     assert book.metadata.kernelspec.name == KERNEL_NAME
     assert book.cells[0].cell_type == "markdown" and book.cells[0].source.startswith(f"# {path.stem[:2]} ·")
-    for heading in ("**What you will do:**", "**What you need:**", "**What you will learn:**", "*Time on a 2-core laptop:"):
+    for heading in (
+        "**What you will do:**",
+        "**What you need:**",
+        "**What you will learn:**",
+        "*Time on a 2-core laptop:",
+    ):
         assert heading in book.cells[0].source
     code = [c for c in book.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", [])

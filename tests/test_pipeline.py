@@ -6,11 +6,10 @@ import nbformat
 import pandas as pd
 import pytest
 import yaml
+from conftest import write_job
 
 from tunebook import cli, pipeline
 from tunebook.errors import TunebookError
-
-from conftest import write_job
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +17,15 @@ def finished_run(tmp_path_factory, tiny_model):
     """All six notebooks executed on the tiny model and a small job."""
     root = tmp_path_factory.mktemp("workbook")
     card = write_job(root / "job", per_label=5)
-    params = {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "MAX_STEPS": 3, "BATCH_SIZE": 4, "LORA_R": 4, "COMPARE_STEPS": 1,
-              "FORCE_TRAINING": True}  # the notebooks must all run, whatever the baselines reach on 6 test tickets
+    params = {
+        "JOB_CARD": str(card),
+        "BASE_MODEL": tiny_model,
+        "MAX_STEPS": 3,
+        "BATCH_SIZE": 4,
+        "LORA_R": 4,
+        "COMPARE_STEPS": 1,
+        "FORCE_TRAINING": True,
+    }  # the notebooks must all run, whatever the baselines reach on 6 test tickets
     return pipeline.run_workbook(params, root / "runs", "tiny", progress=False)
 
 
@@ -29,9 +35,19 @@ def test_all_six_notebooks_run_and_record_results(finished_run):
         assert (run_dir / f"{step}.ipynb").is_file()
         assert step in summary
     assert (run_dir / "summary.json").is_file()
-    for artifact in ("job.yaml", "decision.json", "data/train.jsonl", "data/dataset_version.json", "baseline/predictions.jsonl",
-                     "adapter/adapter_model.safetensors", "adapter/tunebook_manifest.json", "loss_curve.png", "method_tradeoff.png",
-                     "evaluation/metrics.json", "release/record.json"):
+    for artifact in (
+        "job.yaml",
+        "decision.json",
+        "data/train.jsonl",
+        "data/dataset_version.json",
+        "baseline/predictions.jsonl",
+        "adapter/adapter_model.safetensors",
+        "adapter/tunebook_manifest.json",
+        "loss_curve.png",
+        "method_tradeoff.png",
+        "evaluation/metrics.json",
+        "release/record.json",
+    ):
         assert (run_dir / artifact).is_file(), artifact
 
 
@@ -39,7 +55,11 @@ def test_training_curve_is_drawn_live_in_the_notebook(finished_run):
     run_dir, _ = finished_run
     book = nbformat.read(run_dir / "03_train_qlora.ipynb", as_version=4)
     train_cell = next(c for c in book.cells if c.get("id") == "03-06")
-    images = [o for o in train_cell.outputs if o.output_type in ("display_data", "update_display_data") and "image/png" in o.get("data", {})]
+    images = [
+        o
+        for o in train_cell.outputs
+        if o.output_type in ("display_data", "update_display_data") and "image/png" in o.get("data", {})
+    ]
     assert images, "the training cell should show the live loss curve"
 
 
@@ -62,11 +82,21 @@ def test_recorded_results_match_the_artifacts(finished_run):
     assert record["lineage"]["base_model"] == manifest["base_model"]
     assert manifest["config"]["max_steps"] == 3 and manifest["config"]["lora_r"] == 4
     comparison = json.loads((run_dir / "evaluation" / "comparison.json").read_text())
-    assert comparison["mcnemar"]["n"] == 6 and comparison["mcnemar"]["p_value"] == summary["04_evaluate"]["mcnemar_p_value"]
-    low, high = comparison["intervals"]["tuned"]["macro_f1"]["low"], comparison["intervals"]["tuned"]["macro_f1"]["high"]
+    assert (
+        comparison["mcnemar"]["n"] == 6
+        and comparison["mcnemar"]["p_value"] == summary["04_evaluate"]["mcnemar_p_value"]
+    )
+    low, high = (
+        comparison["intervals"]["tuned"]["macro_f1"]["low"],
+        comparison["intervals"]["tuned"]["macro_f1"]["high"],
+    )
     assert low <= tuned["macro_f1"] <= high
-    assert set(comparison["slices"]["tuned"]) <= {"hard", "not hard"} and comparison["usable_output_rate"]["tuned"] == 1.0
-    assert comparison["overfitting"]["metric"] == "macro_f1" and comparison["overfitting"]["test"] == pytest.approx(tuned["macro_f1"])
+    assert (
+        set(comparison["slices"]["tuned"]) <= {"hard", "not hard"} and comparison["usable_output_rate"]["tuned"] == 1.0
+    )
+    assert comparison["overfitting"]["metric"] == "macro_f1" and comparison["overfitting"]["test"] == pytest.approx(
+        tuned["macro_f1"]
+    )
     assert set(comparison["calibration"]) == {"validation", "test"} and (run_dir / "reliability.png").is_file()
     assert set(comparison["regression_probe"]["change"]) == {"text_loss", "instruction_loss"}
     assert summary["04_evaluate"]["general_regression"] == comparison["regression_probe"]["regressed"]
@@ -77,7 +107,9 @@ def test_recorded_results_match_the_artifacts(finished_run):
 def test_same_inputs_give_the_same_dataset_hash(finished_run, tiny_model, tmp_path):
     run_dir, summary = finished_run
     card = run_dir / "job.yaml"
-    _, again = pipeline.run_workbook({"JOB_CARD": str(card)}, tmp_path, "again", steps=pipeline.NOTEBOOKS[:2], progress=False)
+    _, again = pipeline.run_workbook(
+        {"JOB_CARD": str(card)}, tmp_path, "again", steps=pipeline.NOTEBOOKS[:2], progress=False
+    )
     assert again["01_clean_the_data"]["dataset_hash"] == summary["01_clean_the_data"]["dataset_hash"]
 
 
@@ -115,7 +147,9 @@ def test_failing_notebook_stops_the_run_and_keeps_the_failing_cell(tmp_path, cap
 
 def test_bad_job_card_fails_in_the_first_notebook(tmp_path, capsys):
     card = write_job(tmp_path / "job", task_kind="poetry")
-    code = cli.main(["run", "--runs-dir", str(tmp_path / "runs"), "--name", "badcard", "-p", f"JOB_CARD={card}", "--steps", "00"])
+    code = cli.main(
+        ["run", "--runs-dir", str(tmp_path / "runs"), "--name", "badcard", "-p", f"JOB_CARD={card}", "--steps", "00"]
+    )
     assert code == 1
     assert "unknown task kind 'poetry'" in capsys.readouterr().err
 
@@ -123,7 +157,9 @@ def test_bad_job_card_fails_in_the_first_notebook(tmp_path, capsys):
 def test_cli_reads_config_file_and_typed_overrides(tmp_path):
     config = tmp_path / "params.yaml"
     config.write_text("EPOCHS: 1.5\nQUANTIZATION: none\n")
-    args = cli.build_parser().parse_args(["run", "--config", str(config), "-p", "MAX_STEPS=7", "-p", "QUANTIZATION=nf4"])
+    args = cli.build_parser().parse_args(
+        ["run", "--config", str(config), "-p", "MAX_STEPS=7", "-p", "QUANTIZATION=nf4"]
+    )
     merged = {**cli.load_config(args.config), **cli.parse_assignments(args.param)}
     assert merged == {"EPOCHS": 1.5, "QUANTIZATION": "nf4", "MAX_STEPS": 7}
     with pytest.raises(TunebookError, match="KEY=VALUE"):
@@ -133,18 +169,35 @@ def test_cli_reads_config_file_and_typed_overrides(tmp_path):
 @pytest.mark.parametrize("example", ["order_extraction", "support_tools", "reply_drafting"])
 def test_other_task_kinds_run_the_whole_workbook(example, tiny_model, tmp_path):
     card = write_job(tmp_path / "job", per_label=3, example=example)
-    params = {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "MAX_STEPS": 2, "BATCH_SIZE": 4, "LORA_R": 4, "K_SHOTS": 1, "COMPARE_METHODS": "",
-              "FORCE_TRAINING": True}
+    params = {
+        "JOB_CARD": str(card),
+        "BASE_MODEL": tiny_model,
+        "MAX_STEPS": 2,
+        "BATCH_SIZE": 4,
+        "LORA_R": 4,
+        "K_SHOTS": 1,
+        "COMPARE_METHODS": "",
+        "FORCE_TRAINING": True,
+    }
     run_dir, summary = pipeline.run_workbook(params, tmp_path / "runs", example, progress=False)
     baseline = json.loads((run_dir / "baseline" / "metrics.json").read_text())
     tuned = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
-    primary = {"order_extraction": "field_accuracy", "support_tools": "argument_exact_match", "reply_drafting": "rule_pass_rate"}[example]
+    primary = {
+        "order_extraction": "field_accuracy",
+        "support_tools": "argument_exact_match",
+        "reply_drafting": "rule_pass_rate",
+    }[example]
     assert baseline["primary"] == tuned["primary"] == primary
     assert summary["02_prove_the_baseline"][primary] == pytest.approx(baseline[primary], abs=1e-4)
-    expected = {"trivial", "zero-shot", "1-shot", "retrieval 1-shot"} | ({"classical"} if example == "support_tools" else set())
+    expected = {"trivial", "zero-shot", "1-shot", "retrieval 1-shot"} | (
+        {"classical"} if example == "support_tools" else set()
+    )
     assert set(summary["02_prove_the_baseline"]["variants"]) == expected
     assert summary["02_prove_the_baseline"]["verdict"].startswith("The best cheap baseline")
-    assert json.loads((run_dir / "baseline" / "metrics.json").read_text())["variant"] == summary["02_prove_the_baseline"]["variant"]
+    assert (
+        json.loads((run_dir / "baseline" / "metrics.json").read_text())["variant"]
+        == summary["02_prove_the_baseline"]["variant"]
+    )
     assert summary["05_release"]["primary"] == primary
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
@@ -154,7 +207,9 @@ def test_run_stops_after_the_baseline_when_the_frame_says_prompting(tiny_model, 
     data = yaml.safe_load(card.read_text())
     data["decision"]["prompting_solves_most"] = True
     card.write_text(yaml.safe_dump(data))
-    run_dir, summary = pipeline.run_workbook({"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "K_SHOTS": 0}, tmp_path, "p", progress=False)
+    run_dir, summary = pipeline.run_workbook(
+        {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "K_SHOTS": 0}, tmp_path, "p", progress=False
+    )
     assert summary["00_define_the_job"]["approach"] == "prompting"
     assert "stopped after the baseline" in summary["stopped"]
     assert (run_dir / "02_prove_the_baseline.ipynb").is_file() and not (run_dir / "03_train_qlora.ipynb").exists()
@@ -168,12 +223,16 @@ def test_review_decisions_replay_headless_with_the_same_hash(tmp_path, tiny_mode
     params = {"JOB_CARD": str(card), "DECISIONS_FILE": str(decisions), "BASE_MODEL": tiny_model}
     hashes = []
     for name in ("one", "two"):
-        run_dir, summary = pipeline.run_workbook(params, tmp_path / "runs", name, steps=pipeline.NOTEBOOKS[:2], progress=False)
+        run_dir, summary = pipeline.run_workbook(
+            params, tmp_path / "runs", name, steps=pipeline.NOTEBOOKS[:2], progress=False
+        )
         report = json.loads((run_dir / "data" / "cleaning_report.json").read_text())
         assert [r["reason"] for r in report if r["id"] == first_id] == ["review decision: drop (off-topic)"]
         assert (run_dir / "data" / "data_card.md").read_text().startswith("# Data card: support_triage")
         hashes.append(summary["01_clean_the_data"]["dataset_hash"])
-    _, plain = pipeline.run_workbook({**params, "DECISIONS_FILE": ""}, tmp_path / "runs", "plain", steps=pipeline.NOTEBOOKS[:2], progress=False)
+    _, plain = pipeline.run_workbook(
+        {**params, "DECISIONS_FILE": ""}, tmp_path / "runs", "plain", steps=pipeline.NOTEBOOKS[:2], progress=False
+    )
     assert hashes[0] == hashes[1] != plain["01_clean_the_data"]["dataset_hash"]
 
 
@@ -186,8 +245,15 @@ def test_frozen_test_set_is_kept_as_given_and_leaks_are_removed(tmp_path, tiny_m
     train = pd.concat([train, pd.DataFrame([{**leak.to_dict(), "id": "LEAK", "text": leak["text"] + " thanks"}])])
     train.to_csv(tmp_path / "job" / "tickets.csv", index=False)
     test.to_csv(tmp_path / "test.csv", index=False)
-    params = {"JOB_CARD": str(card), "TEST_FILE": str(tmp_path / "test.csv"), "BASE_MODEL": tiny_model, "NEAR_DUP_THRESHOLD": 0.7}
-    run_dir, summary = pipeline.run_workbook(params, tmp_path / "runs", "frozen", steps=pipeline.NOTEBOOKS[:2], progress=False)
+    params = {
+        "JOB_CARD": str(card),
+        "TEST_FILE": str(tmp_path / "test.csv"),
+        "BASE_MODEL": tiny_model,
+        "NEAR_DUP_THRESHOLD": 0.7,
+    }
+    run_dir, summary = pipeline.run_workbook(
+        params, tmp_path / "runs", "frozen", steps=pipeline.NOTEBOOKS[:2], progress=False
+    )
     saved = pd.read_json(run_dir / "data" / "test.jsonl", lines=True, dtype={"id": str})
     assert sorted(saved["id"]) == sorted(test["id"].astype(str)) and sorted(saved["text"]) == sorted(test["text"])
     report = json.loads((run_dir / "data" / "cleaning_report.json").read_text())
@@ -196,11 +262,15 @@ def test_frozen_test_set_is_kept_as_given_and_leaks_are_removed(tmp_path, tiny_m
     # counts: the card's file is "read" and "kept"; the frozen test set is counted on its own, not as kept rows
     version = json.loads((run_dir / "data" / "dataset_version.json").read_text())
     splits = summary["01_clean_the_data"]["splits"]
-    assert version["rows_before"] == len(train) and version["rows_after"] == splits["train"] + splits["val"] < len(train)
+    assert version["rows_before"] == len(train) and version["rows_after"] == splits["train"] + splits["val"] < len(
+        train
+    )
     assert version["test_source"]["rows"] == len(test)
     data_card = (run_dir / "data" / "data_card.md").read_text()
-    assert (f"- rows: {len(train)} read, {splits['train'] + splits['val']} kept (train {splits['train']}, val {splits['val']}); "
-            f"frozen test set: {len(test)} rows from `{tmp_path / 'test.csv'}`, unchanged") in data_card
+    assert (
+        f"- rows: {len(train)} read, {splits['train'] + splits['val']} kept (train {splits['train']}, val {splits['val']}); "
+        f"frozen test set: {len(test)} rows from `{tmp_path / 'test.csv'}`, unchanged"
+    ) in data_card
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +278,13 @@ def prepared_run(tmp_path_factory, tiny_model):
     """A run folder after 00 and 01, ready for training."""
     root = tmp_path_factory.mktemp("prepared")
     card = write_job(root / "job", per_label=4)
-    run_dir, _ = pipeline.run_workbook({"JOB_CARD": str(card), "BASE_MODEL": tiny_model}, root / "runs", "prep", steps=pipeline.NOTEBOOKS[:2], progress=False)
+    run_dir, _ = pipeline.run_workbook(
+        {"JOB_CARD": str(card), "BASE_MODEL": tiny_model},
+        root / "runs",
+        "prep",
+        steps=pipeline.NOTEBOOKS[:2],
+        progress=False,
+    )
     return run_dir
 
 
@@ -220,7 +296,12 @@ def test_every_training_parameter_of_03_reaches_the_train_config():
     config = train.config_from_parameters({k: p.default_value for k, p in declared.items()})
     fields = {k.upper() for k in train.TrainConfig.__dataclass_fields__} | {"LORA_TARGET_MODULES"}
     assert set(declared) - not_config <= fields
-    assert config.quantization == "nf4" and config.target_modules == "all-linear" and config.epochs == 2.0 and config.general_mix == 0.5
+    assert (
+        config.quantization == "nf4"
+        and config.target_modules == "all-linear"
+        and config.epochs == 2.0
+        and config.general_mix == 0.5
+    )
 
 
 def test_parameters_are_read_as_papermill_reads_them_without_importing_it():
@@ -232,11 +313,16 @@ def test_parameters_are_read_as_papermill_reads_them_without_importing_it():
     for name in pipeline.NOTEBOOKS:
         path = pipeline.notebooks_dir() / f"{name}.ipynb"
         ours = {p.name: (p.type_name, p.default, p.help) for p in pipeline.parameters_cell(path)}
-        theirs = {k: (v["inferred_type_name"], v["default"], v["help"]) for k, v in papermill.inspect_notebook(str(path)).items()}
+        theirs = {
+            k: (v["inferred_type_name"], v["default"], v["help"])
+            for k, v in papermill.inspect_notebook(str(path)).items()
+        }
         assert ours == theirs and list(ours) == list(theirs)
     # a training node needs no notebook runner: `tunebook train` reads the declarations without papermill
-    code = ("import sys; from tunebook import cli; code = cli.main(['train', 'no-such-run', '-p', 'MAX_STEPS=1']); "
-            "assert code == 2, code; assert 'papermill' not in sys.modules, 'papermill was imported'")
+    code = (
+        "import sys; from tunebook import cli; code = cli.main(['train', 'no-such-run', '-p', 'MAX_STEPS=1']); "
+        "assert code == 2, code; assert 'papermill' not in sys.modules, 'papermill was imported'"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "no-such-run" in done.stderr
@@ -247,18 +333,51 @@ def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, t
 
     run_dir = tmp_path / "run"
     shutil.copytree(prepared_run, run_dir)
-    code = cli.main(["train", str(run_dir), "-p", f"BASE_MODEL={tiny_model}", "-p", "MAX_STEPS=2", "-p", "QUANTIZATION=none",
-                     "-p", "LORA_TARGET_MODULES=q_proj,v_proj"])
+    code = cli.main(
+        [
+            "train",
+            str(run_dir),
+            "-p",
+            f"BASE_MODEL={tiny_model}",
+            "-p",
+            "MAX_STEPS=2",
+            "-p",
+            "QUANTIZATION=none",
+            "-p",
+            "LORA_TARGET_MODULES=q_proj,v_proj",
+        ]
+    )
     assert code == 0
     manifest = json.loads((run_dir / "adapter" / "tunebook_manifest.json").read_text())
-    assert manifest["steps"] == 2 and manifest["config"]["target_modules"] == "q_proj,v_proj" and manifest["processes"] == 1
+    assert (
+        manifest["steps"] == 2
+        and manifest["config"]["target_modules"] == "q_proj,v_proj"
+        and manifest["processes"] == 1
+    )
     assert cli.main(["train", str(tmp_path / "run"), "-p", "LORA_RANK=4"]) == 2  # misspelled parameter: refused
     assert json.loads((run_dir / "results" / "03_train_qlora.json").read_text())["steps"] == 2
-    assert cli.main(["run", "--continue", str(run_dir), "--steps", "02,04", "-p", f"BASE_MODEL={tiny_model}", "-p", "K_SHOTS=0"]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                "--continue",
+                str(run_dir),
+                "--steps",
+                "02,04",
+                "-p",
+                f"BASE_MODEL={tiny_model}",
+                "-p",
+                "K_SHOTS=0",
+            ]
+        )
+        == 0
+    )
     assert (run_dir / "04_evaluate.ipynb").is_file() and (run_dir / "evaluation" / "metrics.json").is_file()
     assert cli.main(["run", "--continue", str(run_dir), "--steps", "04"]) == 2  # never overwritten
     assert cli.main(["train", str(run_dir), "-p", "JOB_CARD=other.yaml"]) == 2  # not silently ignored
-    assert cli.main(["run", "--continue", str(run_dir), "--steps", "05", "-p", "EPOCHS=2"]) == 2  # no step 05 uses EPOCHS
+    assert (
+        cli.main(["run", "--continue", str(run_dir), "--steps", "05", "-p", "EPOCHS=2"]) == 2
+    )  # no step 05 uses EPOCHS
 
 
 def test_training_runs_unchanged_under_torchrun_with_two_processes(prepared_run, tiny_model, tmp_path):
@@ -272,12 +391,29 @@ def test_training_runs_unchanged_under_torchrun_with_two_processes(prepared_run,
     run_dir = tmp_path / "run"
     shutil.copytree(prepared_run, run_dir)
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nproc_per_node", "2", "-m", "tunebook.cli", "train", str(run_dir), "-p", f"BASE_MODEL={tiny_model}",
-               "-p", "MAX_STEPS=2", "-p", "BATCH_SIZE=2", "-p", "QUANTIZATION=none"]
+    command = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tunebook.cli",
+        "train",
+        str(run_dir),
+        "-p",
+        f"BASE_MODEL={tiny_model}",
+        "-p",
+        "MAX_STEPS=2",
+        "-p",
+        "BATCH_SIZE=2",
+        "-p",
+        "QUANTIZATION=none",
+    ]
     # CUDA_VISIBLE_DEVICES="": two processes on one GPU would both ask for cuda:<rank>; this test is about the gloo path.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((run_dir / "adapter" / "tunebook_manifest.json").read_text())
     assert manifest["processes"] == 2 and manifest["steps"] == 2
-    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file() and not (run_dir / "adapter" / "checkpoints").exists()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file() and not (
+        run_dir / "adapter" / "checkpoints"
+    ).exists()

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLE
 
 from tunebook import job, predict, prompts
-
-from conftest import EXAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,9 @@ def eager_model(tiny_model):
 PATHS = {  # how label_log_likelihoods runs, by what a test changes
     "prefix-cache": {},
     "no-prefix-cache": {"MIN_SHARED_PREFIX": 10**6},  # prompts too different to share a start
-    "cache-per-candidate": {"TREE_ATTENTION": ()},  # attention without 4D masks (flash): the cache repeated per candidate
+    "cache-per-candidate": {
+        "TREE_ATTENTION": ()
+    },  # attention without 4D masks (flash): the cache repeated per candidate
     "eager-attention": {},
 }
 
@@ -87,7 +88,9 @@ def test_cached_scoring_equals_full_sequence_scoring(card, model_and_tokenizer, 
 
 
 @pytest.mark.parametrize("path", ["prefix-cache", "cache-per-candidate"])
-def test_tool_scoring_with_a_shared_prefix_equals_full_sequence_scoring(tools_card, model_and_tokenizer, path, monkeypatch):
+def test_tool_scoring_with_a_shared_prefix_equals_full_sequence_scoring(
+    tools_card, model_and_tokenizer, path, monkeypatch
+):
     model, tokenizer = model_and_tokenizer
     for name, value in PATHS[path].items():
         monkeypatch.setattr(predict, name, value)
@@ -129,7 +132,9 @@ def test_classify_returns_valid_labels_with_probabilities(card, model_and_tokeni
     import pandas as pd
 
     model, tokenizer = model_and_tokenizer
-    frame = pd.DataFrame({"id": ["1", "2"], "text": ["hello", "refund please"], "target": ["billing", "billing"], "tags": ["", "hard"]})
+    frame = pd.DataFrame(
+        {"id": ["1", "2"], "text": ["hello", "refund please"], "target": ["billing", "billing"], "tags": ["", "hard"]}
+    )
     result = predict.predict(model, tokenizer, card, frame, progress=False)
     assert set(result["prediction"]) <= set(card.label_names)
     probs = result[[f"p_{name}" for name in card.label_names]].to_numpy()
@@ -140,7 +145,9 @@ def test_classify_returns_valid_labels_with_probabilities(card, model_and_tokeni
 def test_missing_adapter_is_reported(tiny_model, tmp_path):
     from tunebook.errors import TunebookError
 
-    with pytest.raises(TunebookError, match="no trained model in .*adapter_config.json missing.*run 03_train_qlora first"):
+    with pytest.raises(
+        TunebookError, match="no trained model in .*adapter_config.json missing.*run 03_train_qlora first"
+    ):
         predict.load_for_inference(tiny_model, tmp_path)
 
 
@@ -148,7 +155,9 @@ def test_generation_is_batched_greedy_and_stops_at_end_of_turn(card, model_and_t
     model, tokenizer = model_and_tokenizer
     texts = ["first ticket", "a second, longer ticket about something else entirely"]
     together = predict.generate(model, tokenizer, card, texts, batch_size=2, max_new_tokens=8, progress=False)
-    alone = [predict.generate(model, tokenizer, card, [t], batch_size=1, max_new_tokens=8, progress=False)[0] for t in texts]
+    alone = [
+        predict.generate(model, tokenizer, card, [t], batch_size=1, max_new_tokens=8, progress=False)[0] for t in texts
+    ]
     assert together == alone  # left padding does not change what is generated
     assert all("<|im_end|>" not in answer for answer in together)
 
@@ -157,7 +166,14 @@ def test_tool_selection_scores_the_tool_then_generates_its_arguments(tools_card,
     import pandas as pd
 
     model, tokenizer = model_and_tokenizer
-    frame = pd.DataFrame({"id": ["1"], "text": ["where is A12345"], "target": ['{"tool": "track_parcel", "arguments": {}}'], "tags": [""]})
+    frame = pd.DataFrame(
+        {
+            "id": ["1"],
+            "text": ["where is A12345"],
+            "target": ['{"tool": "track_parcel", "arguments": {}}'],
+            "tags": [""],
+        }
+    )
     result = predict.predict(model, tokenizer, tools_card, frame, progress=False, max_new_tokens=4)
     chosen, probs = predict.choose(model, tokenizer, tools_card, frame["text"].tolist(), progress=False)
     assert result["prediction"][0].startswith(prompts.tool_prefix(chosen[0]))
@@ -167,7 +183,12 @@ def test_tool_selection_scores_the_tool_then_generates_its_arguments(tools_card,
 def test_few_shot_examples_come_before_the_input(card, tokenizer):
     import pandas as pd
 
-    train = pd.DataFrame({"text": [f"t{i}" for i in range(6)], "target": ["billing", "billing", "technical", "technical", "account", "shipping"]})
+    train = pd.DataFrame(
+        {
+            "text": [f"t{i}" for i in range(6)],
+            "target": ["billing", "billing", "technical", "technical", "account", "shipping"],
+        }
+    )
     shots = prompts.pick_shots(card, train, 3, seed=0)
     assert len({target for _, target in shots}) == 3  # different labels first
     rendered = prompts.render_text(tokenizer, card, "the input", shots)
@@ -204,14 +225,25 @@ def chatty_model(tiny_model):
 
 def hf_generate(model, tokenizer, card, text, prefix, budget):
     """The reference: transformers' own greedy generation, one prompt at a time, cut at end of turn."""
-    prompt = prompts.encode_prompt(tokenizer, prompts.build_messages(card, text)) + tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    prompt = (
+        prompts.encode_prompt(tokenizer, prompts.build_messages(card, text))
+        + tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    )
     ids = torch.tensor([prompt], device=model.device)
     stop = prompts.end_of_turn_id(tokenizer)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget, do_sample=False,
-                             eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
-    row = out[0, ids.shape[1]:].tolist()
-    return (prefix + tokenizer.decode(row[: row.index(stop)] if stop in row else row, skip_special_tokens=True)).strip(), len(row)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=budget,
+            do_sample=False,
+            eos_token_id=stop,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    row = out[0, ids.shape[1] :].tolist()
+    return (
+        prefix + tokenizer.decode(row[: row.index(stop)] if stop in row else row, skip_special_tokens=True)
+    ).strip(), len(row)
 
 
 def test_greedy_loop_equals_transformers_generate(card, chatty_model, tokenizer):
@@ -220,7 +252,9 @@ def test_greedy_loop_equals_transformers_generate(card, chatty_model, tokenizer)
     handle = end_of_turn_when_top_token_divisible_by(chatty_model, tokenizer, 7)
     try:
         expected = [hf_generate(chatty_model, tokenizer, card, t, p, 12) for t, p in zip(texts, prefixes)]
-        ours = predict.generate(chatty_model, tokenizer, card, texts, prefixes, batch_size=3, max_new_tokens=12, progress=False)
+        ours = predict.generate(
+            chatty_model, tokenizer, card, texts, prefixes, batch_size=3, max_new_tokens=12, progress=False
+        )
     finally:
         handle.remove()
     assert ours == [answer for answer, _ in expected]
@@ -232,7 +266,10 @@ class Scripted:
     then end its turn; counts the tokens each forward pass fed to the model."""
 
     def __init__(self, model, tokenizer, after: str, continuation: str):
-        self.tokens = tokenizer(after, add_special_tokens=False)["input_ids"][-1:] + tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        self.tokens = (
+            tokenizer(after, add_special_tokens=False)["input_ids"][-1:]
+            + tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        )
         assert len(set(self.tokens)) == len(self.tokens)
         self.next = dict(zip(self.tokens, self.tokens[1:] + [prompts.end_of_turn_id(tokenizer)]))
         self.model, self.fed = model, []
@@ -262,11 +299,17 @@ def test_json_stop_cuts_right_after_the_closing_brace(card, extraction_card, mod
     prefixes = ['{"a": 1,', '{"a": 1;']  # the first continues with the script; the second is never forced
     script = ' "b": 2}. More text'  # "}." is one token: the cut falls inside it
     with Scripted(model, tokenizer, prefixes[0], script) as scripted:
-        cut = predict.generate(model, tokenizer, extraction_card, texts, prefixes, batch_size=2, max_new_tokens=20, progress=False)
+        cut = predict.generate(
+            model, tokenizer, extraction_card, texts, prefixes, batch_size=2, max_new_tokens=20, progress=False
+        )
         steps_with_stop = len(scripted.fed)
-        uncut = predict.generate(model, tokenizer, card, texts, prefixes, batch_size=2, max_new_tokens=20, progress=False)
+        uncut = predict.generate(
+            model, tokenizer, card, texts, prefixes, batch_size=2, max_new_tokens=20, progress=False
+        )
         steps_without_stop = len(scripted.fed) - steps_with_stop
-        alone = predict.generate(model, tokenizer, extraction_card, texts[1:], prefixes[1:], batch_size=1, max_new_tokens=20, progress=False)
+        alone = predict.generate(
+            model, tokenizer, extraction_card, texts[1:], prefixes[1:], batch_size=1, max_new_tokens=20, progress=False
+        )
     assert cut[0] == '{"a": 1, "b": 2}'  # extraction: stopped as soon as the object was complete
     assert uncut[0] == '{"a": 1, "b": 2}. More text'  # classification has no JSON stop: it runs to end of turn
     assert cut[1] == uncut[1] == alone[0] and cut[1].startswith('{"a": 1;')  # the other row ran to the budget
@@ -278,7 +321,9 @@ def test_tool_call_stops_when_its_arguments_close_the_object(tools_card, model_a
     model, tokenizer = model_and_tokenizer
     prefix = prompts.tool_prefix("track_parcel")
     with Scripted(model, tokenizer, prefix, " {}}\nDone") as scripted:
-        answer = predict.generate(model, tokenizer, tools_card, ["where is A12345"], [prefix], max_new_tokens=30, progress=False)
+        answer = predict.generate(
+            model, tokenizer, tools_card, ["where is A12345"], [prefix], max_new_tokens=30, progress=False
+        )
     assert answer == ['{"tool": "track_parcel", "arguments": {}}']
     assert len(scripted.fed) == 2  # one prompt pass (a single prompt shares no prefix), then one step: " {}", "}"
 
@@ -289,11 +334,20 @@ def test_per_example_shots_in_predict(card, extraction_card, model_and_tokenizer
     model, tokenizer = model_and_tokenizer
     frame = pd.DataFrame({"id": ["1", "2", "3"], "text": TEXTS, "target": ["billing"] * 3, "tags": [""] * 3})
     per_example = predict.predict(model, tokenizer, card, frame, batch_size=2, progress=False, shots=PER_TEXT_SHOTS)
-    one_by_one = pd.concat([
-        predict.predict(model, tokenizer, card, frame.iloc[[i]], progress=False, shots=PER_TEXT_SHOTS[i]) for i in range(3)
-    ], ignore_index=True)
+    one_by_one = pd.concat(
+        [
+            predict.predict(model, tokenizer, card, frame.iloc[[i]], progress=False, shots=PER_TEXT_SHOTS[i])
+            for i in range(3)
+        ],
+        ignore_index=True,
+    )
     pd.testing.assert_frame_equal(per_example, one_by_one, atol=1e-5)
     shots = [[("two mugs", '{"product": "mug", "quantity": 2}')], [], [("a lamp", '{"product": "lamp"}')] * 2]
-    together = predict.predict(chatty_model, tokenizer, extraction_card, frame, batch_size=2, progress=False, shots=shots, max_new_tokens=6)
-    alone = [predict.generate(chatty_model, tokenizer, extraction_card, [t], max_new_tokens=6, progress=False, shots=s)[0] for t, s in zip(TEXTS, shots)]
+    together = predict.predict(
+        chatty_model, tokenizer, extraction_card, frame, batch_size=2, progress=False, shots=shots, max_new_tokens=6
+    )
+    alone = [
+        predict.generate(chatty_model, tokenizer, extraction_card, [t], max_new_tokens=6, progress=False, shots=s)[0]
+        for t, s in zip(TEXTS, shots)
+    ]
     assert together["prediction"].tolist() == alone and all(alone)

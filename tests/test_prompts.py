@@ -1,11 +1,10 @@
 """What the model sees: one rendering shared by baseline, training and evaluation."""
 
 import pytest
+from conftest import EXAMPLE
 
 from tunebook import job, prompts
 from tunebook.errors import TunebookError
-
-from conftest import EXAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,9 @@ def test_rendered_prompt_uses_our_system_prompt_not_the_template_default(card, t
 
 
 def test_only_the_answer_and_end_of_turn_are_supervised(card, tokenizer):
-    features = prompts.features_from(*prompts.encode_parts(tokenizer, card, "My parcel is late", "shipping"), max_length=512)
+    features = prompts.features_from(
+        *prompts.encode_parts(tokenizer, card, "My parcel is late", "shipping"), max_length=512
+    )
     prompt = prompts.encode_prompt(tokenizer, prompts.build_messages(card, "My parcel is late"))
     answer = tokenizer("shipping", add_special_tokens=False)["input_ids"]
     assert features["input_ids"] == prompt + answer + [prompts.end_of_turn_id(tokenizer)]
@@ -39,11 +40,14 @@ def test_only_the_answer_and_end_of_turn_are_supervised(card, tokenizer):
 
 def test_a_long_answer_is_cut_at_the_end_keeping_the_whole_prompt(card, tokenizer):
     prompt = prompts.encode_prompt(tokenizer, prompts.build_messages(card, "My parcel is late"))
-    features = prompts.features_from(*prompts.encode_parts(tokenizer, card, "My parcel is late", "billing and more words"), max_length=len(prompt) + 2)
+    features = prompts.features_from(
+        *prompts.encode_parts(tokenizer, card, "My parcel is late", "billing and more words"),
+        max_length=len(prompt) + 2,
+    )
     assert features["input_ids"][: len(prompt)] == prompt
     assert len(features["input_ids"]) == len(prompt) + 2
     first_two = tokenizer("billing and more words", add_special_tokens=False)["input_ids"][:2]
-    assert [t for t, l in zip(features["input_ids"], features["labels"]) if l != -100] == first_two
+    assert [t for t, label in zip(features["input_ids"], features["labels"]) if label != -100] == first_two
 
 
 def test_a_prompt_longer_than_max_length_is_an_error_naming_the_example(card, tokenizer):
@@ -52,5 +56,8 @@ def test_a_prompt_longer_than_max_length_is_an_error_naming_the_example(card, to
     from tunebook.train import build_features
 
     rows = pd.DataFrame({"id": ["7", "8"], "text": ["word " * 600, "short"], "target": ["feature_request", "billing"]})
-    with pytest.raises(TunebookError, match=r"1 example\(s\) of the train split .*MAX_LENGTH=300.*Examples: 7 \(\d+ tokens\).*at least \d+"):
+    with pytest.raises(
+        TunebookError,
+        match=r"1 example\(s\) of the train split .*MAX_LENGTH=300.*Examples: 7 \(\d+ tokens\).*at least \d+",
+    ):
         build_features(tokenizer, card, rows, 300, "train")

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from conftest import EXAMPLE
 
 from tunebook import data, job, models, predict, prompts
-
-from conftest import EXAMPLE
 
 pytestmark = pytest.mark.slow
 

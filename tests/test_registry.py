@@ -28,9 +28,18 @@ def release(store, tmp_path, name, passed=True, promote=True, expected="auto"):
     """Publish one version the way release.publish_run does, with a gate verdict."""
     current = registry.aliases(store, JOB).get(registry.CHAMPION)
     return registry.publish(
-        store, JOB, name, {"train": {"learning_rate": 0.001}}, {"test.macro_f1": 0.5}, {"gate": "passed" if passed else "failed",
-        "gate_failed": "" if passed else "must_never", "run_dir": name}, [("adapter", model_folder(tmp_path, name))], "adapter",
-        lambda version: f"# {JOB} · version {version}", promote and passed, current if expected == "auto" else expected)
+        store,
+        JOB,
+        name,
+        {"train": {"learning_rate": 0.001}},
+        {"test.macro_f1": 0.5},
+        {"gate": "passed" if passed else "failed", "gate_failed": "" if passed else "must_never", "run_dir": name},
+        [("adapter", model_folder(tmp_path, name))],
+        "adapter",
+        lambda version: f"# {JOB} · version {version}",
+        promote and passed,
+        current if expected == "auto" else expected,
+    )
 
 
 def test_default_store_is_a_sqlite_file_in_the_workspace(tmp_path, monkeypatch):
@@ -49,13 +58,21 @@ def test_first_release_becomes_champion_and_later_ones_challenger_until_promoted
     assert second["version"] == "2" and not second["promoted"]
     assert registry.aliases(store, JOB) == {"champion": "1", "challenger": "2"}
     table = registry.versions(store, JOB)
-    assert table.loc[2, "gate"] == "failed" and table.loc[2, "failed_checks"] == "must_never" and table.loc[1, "aliases"] == "champion"
+    assert (
+        table.loc[2, "gate"] == "failed"
+        and table.loc[2, "failed_checks"] == "must_never"
+        and table.loc[1, "aliases"] == "champion"
+    )
     version = registry.get_version(store, JOB, 1)
     assert version.description == f"# {JOB} · version 1"
     downloaded = registry.download(store, version, "adapter", tmp_path / "dl")
     assert (downloaded / "adapter_model.safetensors").read_bytes() == b"run-1" * 100
     run = store.client.get_run(version.run_id)
-    assert run.info.status == "FINISHED" and run.data.params["train.learning_rate"] == "0.001" and run.data.metrics["test.macro_f1"] == 0.5
+    assert (
+        run.info.status == "FINISHED"
+        and run.data.params["train.learning_rate"] == "0.001"
+        and run.data.metrics["test.macro_f1"] == 0.5
+    )
 
 
 def test_a_version_that_failed_its_gate_is_promoted_only_with_force_and_a_reason(store, tmp_path):
@@ -93,8 +110,13 @@ def test_rollback_without_a_champion_says_so(store):
 def test_promotion_is_refused_when_the_champion_changed_after_the_gate(store, tmp_path):
     release(store, tmp_path, "run-1")
     with pytest.raises(TunebookError, match="changed while this run was gated"):
-        release(store, tmp_path, "run-2", expected=None)  # gated as a first release, but run-1 became champion meanwhile
-    assert registry.aliases(store, JOB) == {"champion": "1", "challenger": "1"} and len(registry.versions(store, JOB)) == 1
+        release(
+            store, tmp_path, "run-2", expected=None
+        )  # gated as a first release, but run-1 became champion meanwhile
+    assert (
+        registry.aliases(store, JOB) == {"champion": "1", "challenger": "1"}
+        and len(registry.versions(store, JOB)) == 1
+    )
 
 
 def test_a_failure_midway_leaves_the_registry_unchanged(store, tmp_path, monkeypatch):
@@ -113,14 +135,27 @@ def test_a_failure_midway_leaves_the_registry_unchanged(store, tmp_path, monkeyp
         release(store, tmp_path, "run-3")  # fails after the version was created and the challenger alias moved
     monkeypatch.undo()
     assert (registry.aliases(store, JOB), registry.versions(store, JOB).to_dict()) == before
-    failed = store.client.search_runs([store.client.get_experiment_by_name(f"tunebook/{JOB}").experiment_id], "attributes.run_name = 'run-3'")
+    failed = store.client.search_runs(
+        [store.client.get_experiment_by_name(f"tunebook/{JOB}").experiment_id], "attributes.run_name = 'run-3'"
+    )
     assert [r.info.status for r in failed] == ["FAILED"]
 
 
 def test_a_failing_first_release_leaves_no_registered_model(store, tmp_path):
     with pytest.raises(ZeroDivisionError):
-        registry.publish(store, JOB, "run-1", {}, {}, {}, [("adapter", model_folder(tmp_path, "run-1"))], "adapter",
-                         lambda version: str(1 / 0), True, None)
+        registry.publish(
+            store,
+            JOB,
+            "run-1",
+            {},
+            {},
+            {},
+            [("adapter", model_folder(tmp_path, "run-1"))],
+            "adapter",
+            lambda version: str(1 / 0),
+            True,
+            None,
+        )
     assert registry.aliases(store, JOB) == {} and store.client.search_registered_models() == []
 
 
@@ -141,5 +176,7 @@ def test_two_runs_at_once_do_not_corrupt_the_registry(tmp_path, monkeypatch):
     table = registry.versions(store, JOB)
     assert sorted(table["run_folder"]) == sorted(f"w{w}-{i}" for w in range(2) for i in range(4))
     for number, row in table.iterrows():  # every version's artifacts are its own
-        adapter = registry.download(store, registry.get_version(store, JOB, number), "adapter", tmp_path / "dl" / str(number))
+        adapter = registry.download(
+            store, registry.get_version(store, JOB, number), "adapter", tmp_path / "dl" / str(number)
+        )
         assert (adapter / "adapter_model.safetensors").read_bytes() == row["run_folder"].encode() * 100

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
+from test_train import fast
 
 from tunebook import regression, train
-
-from test_train import fast
 
 
 @pytest.fixture()
@@ -23,11 +22,15 @@ def test_probe_set_has_texts_and_instructions():
 
 def test_an_untrained_adapter_changes_nothing(lora_model, tokenizer):
     result = regression.regression_probe(lora_model, tokenizer)
-    assert set(result["base"]) == {"text_loss", "instruction_loss"} and all(math.isfinite(v) for v in result["base"].values())
+    assert set(result["base"]) == {"text_loss", "instruction_loss"} and all(
+        math.isfinite(v) for v in result["base"].values()
+    )
     assert all(abs(v) < 1e-5 for v in result["change"].values()) and not result["regressed"]
 
 
-@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # the adapter on the tied output layer is the point
+@pytest.mark.filterwarnings(
+    "ignore:Model has `tie_word_embeddings=True`"
+)  # the adapter on the tied output layer is the point
 def test_a_damaging_adapter_is_flagged(tiny_model, tokenizer):
     # The tiny random model's output layer is near-uniform whatever its inner layers do, so the damage goes where it
     # shows: a random adapter on the output projection.

@@ -6,11 +6,10 @@ import nbformat
 import pandas as pd
 import pytest
 import torch
-
-from tunebook import cli, job, predict, registry, release, stats
-from tunebook.errors import TunebookError
-
 from conftest import EXAMPLE, tol
+
+from tunebook import cli, job, predict, registry, release
+from tunebook.errors import TunebookError
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +19,15 @@ def card():
 
 def frame(targets, predictions):
     n = len(targets)
-    return pd.DataFrame({"id": [f"T{i}" for i in range(n)], "text": [f"ticket {i}" for i in range(n)], "target": targets,
-                         "prediction": predictions, "tags": [""] * n})
+    return pd.DataFrame(
+        {
+            "id": [f"T{i}" for i in range(n)],
+            "text": [f"ticket {i}" for i in range(n)],
+            "target": targets,
+            "prediction": predictions,
+            "tags": [""] * n,
+        }
+    )
 
 
 CALM = {"change": {"text_loss": 0.05, "instruction_loss": 0.1}}
@@ -32,17 +38,37 @@ def test_the_gate_passes_an_adapter_no_worse_than_the_reference(card):
     truth = ["billing"] * 10 + ["escalate"] * 5
     verdict = release.gate(card, frame(truth, truth), frame(truth, ["billing"] * 15), "champion v1", CALM, MATCHING)
     assert verdict["passed"] and verdict["failed"] == [] and "may be promoted" in verdict["verdict"]
-    assert {c["check"] for c in verdict["checks"]} >= {"must_never", "no_drop:(whole answers)", "no_drop:billing", "general_regression", "parity"}
+    assert {c["check"] for c in verdict["checks"]} >= {
+        "must_never",
+        "no_drop:(whole answers)",
+        "no_drop:billing",
+        "general_regression",
+        "parity",
+    }
 
 
 def test_the_gate_names_every_failing_check(card):
     truth = ["billing"] * 12 + ["escalate"] * 6
     reference = frame(truth, truth)
     worse = frame(truth, ["shipping"] * 12 + ["escalate"] * 5 + ["billing"])
-    verdict = release.gate(card, worse, reference, "champion v1", {"change": {"text_loss": 0.1, "instruction_loss": 0.9}},
-                           {**MATCHING, "agreement": 0.8, "detail": "2 differ"})
-    assert verdict["failed"] == ["must_never", "no_drop:(whole answers)", "no_drop:billing", "general_regression", "parity"]
-    assert verdict["verdict"].startswith("Gate FAILED against champion v1: must_never, no_drop:(whole answers), no_drop:billing")
+    verdict = release.gate(
+        card,
+        worse,
+        reference,
+        "champion v1",
+        {"change": {"text_loss": 0.1, "instruction_loss": 0.9}},
+        {**MATCHING, "agreement": 0.8, "detail": "2 differ"},
+    )
+    assert verdict["failed"] == [
+        "must_never",
+        "no_drop:(whole answers)",
+        "no_drop:billing",
+        "general_regression",
+        "parity",
+    ]
+    assert verdict["verdict"].startswith(
+        "Gate FAILED against champion v1: must_never, no_drop:(whole answers), no_drop:billing"
+    )
     details = {c["check"]: c["detail"] for c in verdict["checks"]}
     assert "1 must-never failure(s)" in details["must_never"] and "T17" in details["must_never"]
     assert "instruction_loss +0.900" in details["general_regression"] and "80.0%" in details["parity"]
@@ -52,7 +78,11 @@ def test_card_targets_block_only_when_required(card):
     truth = ["billing"] * 8 + ["shipping"] * 8
     mediocre = frame(truth, ["billing"] * 8 + ["shipping"] * 4 + ["billing"] * 4)
     advisory = release.gate(card, mediocre, mediocre, "the prompting baseline", CALM, MATCHING)
-    assert advisory["passed"] and "target:macro_f1" in advisory["targets_missed"] and "not blocking" in advisory["verdict"]
+    assert (
+        advisory["passed"]
+        and "target:macro_f1" in advisory["targets_missed"]
+        and "not blocking" in advisory["verdict"]
+    )
     strict = release.gate(card, mediocre, mediocre, "the prompting baseline", CALM, MATCHING, require_targets=True)
     assert not strict["passed"] and "target:macro_f1" in strict["failed"] and "target:accuracy" in strict["failed"]
 
@@ -66,11 +96,17 @@ def test_a_missing_probe_or_parity_fails_the_gate(card):
 def test_an_adapter_for_another_job_or_base_is_refused_naming_both(card):
     from tunebook.job import card_hash
 
-    manifest = {"job": "order_extraction", "job_card_sha256": "ab" * 32, "base_model": {"name": "SmolLM2-135M-Instruct", "sha256": "cd" * 32}}
+    manifest = {
+        "job": "order_extraction",
+        "job_card_sha256": "ab" * 32,
+        "base_model": {"name": "SmolLM2-135M-Instruct", "sha256": "cd" * 32},
+    }
     with pytest.raises(TunebookError, match="trained for job 'order_extraction'.*this run's job is 'support_triage'"):
         release.check_adapter_matches(manifest, card, {"name": "SmolLM2-135M-Instruct", "sha256": "cd" * 32})
     manifest.update(job="support_triage", job_card_sha256=card_hash(card))
-    with pytest.raises(TunebookError, match="base model 'SmolLM2-135M-Instruct' \\(sha256 cdcd.*BASE_MODEL is 'other' \\(sha256 efef"):
+    with pytest.raises(
+        TunebookError, match="base model 'SmolLM2-135M-Instruct' \\(sha256 cdcd.*BASE_MODEL is 'other' \\(sha256 efef"
+    ):
         release.check_adapter_matches(manifest, card, {"name": "other", "sha256": "ef" * 32})
 
 
@@ -82,13 +118,18 @@ def random_adapter(tmp_path_factory, tiny_model):
 
     folder = tmp_path_factory.mktemp("random-adapter")
     torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+    )
     model.save_pretrained(folder)
     return folder
 
 
 @pytest.mark.parametrize("quantization", ["none", "nf4", "int8"])
-def test_merged_model_predicts_what_the_adapter_on_its_base_predicts(tiny_model, random_adapter, small_job, quantization):
+def test_merged_model_predicts_what_the_adapter_on_its_base_predicts(
+    tiny_model, random_adapter, small_job, quantization
+):
     from tunebook import data
 
     small = job.load_job_card(small_job)
@@ -101,11 +142,15 @@ def test_merged_model_predicts_what_the_adapter_on_its_base_predicts(tiny_model,
     assert same["applicable"] and same["agreement"] == 1.0 and same["n"] == 12
     assert same["max_confidence_difference"] < tol(1e-3 if quantization == "int8" else 1e-4, 0.05)
     plain = predict.load_for_inference(tiny_model)[0]
-    assert release.parity(model, plain, tokenizer, small, examples)["max_confidence_difference"] > 1e-3  # the base alone is not the adapter
+    assert (
+        release.parity(model, plain, tokenizer, small, examples)["max_confidence_difference"] > 1e-3
+    )  # the base alone is not the adapter
     if quantization == "nf4":  # merging into the original weights ignores what 4-bit quantization did to them
         naive = release.merged_model(tiny_model, random_adapter, "none")
         # (bfloat16 rounding on a GPU narrows the gap: measured 9.9x there)
-        assert release.parity(model, naive, tokenizer, small, examples)["max_confidence_difference"] > tol(10, 5) * max(same["max_confidence_difference"], 1e-5)
+        assert release.parity(model, naive, tokenizer, small, examples)["max_confidence_difference"] > tol(
+            10, 5
+        ) * max(same["max_confidence_difference"], 1e-5)
 
 
 def test_parity_does_not_apply_to_a_full_fine_tune_and_latency_is_timed_per_example(tiny_model, small_job):
@@ -131,21 +176,49 @@ def test_first_adapter_becomes_champion_with_everything_logged(released):
     version = registry.get_version(store, "support_triage", 1)
     assert registry.aliases(store, "support_triage")["champion"] == "1"
     assert version.tags["tunebook.run_dir"] == str(good_dir.resolve()) and version.tags["tunebook.gate"] == "passed"
-    assert version.tags["tunebook.decision_rule"].startswith("temperature") and version.tags["tunebook.baseline_variant"] == "classical"
+    assert (
+        version.tags["tunebook.decision_rule"].startswith("temperature")
+        and version.tags["tunebook.baseline_variant"] == "classical"
+    )
     assert version.description.startswith("# support_triage · version 1")
     run = store.client.get_run(version.run_id)
     assert run.data.metrics["test.macro_f1"] == 1.0 and "latency.p95_ms" in run.data.metrics
     version_file = json.loads((good_dir / "data" / "dataset_version.json").read_text())
     inputs = {d.tags[0].value: d.dataset.digest for d in run.inputs.dataset_inputs}
     assert inputs == {split: version_file["splits"][split]["hash"][:12] for split in ("train", "val", "test")}
-    assert run.data.params["train.quantization"] == "full" and run.data.params["dataset_hash"] == good["01_clean_the_data"]["dataset_hash"]
-    logged = {a.path for folder in ("", "adapter", "notebooks", "evaluation", "data", "release") for a in store.client.list_artifacts(version.run_id, folder or None)}
-    for path in ("job.yaml", "model_card.md", "release/gate.json", "adapter/model.safetensors", "adapter/tunebook_manifest.json", "evaluation/predictions.jsonl",
-                 "evaluation/decision_rule.json",
-                 "data/dataset_version.json", "notebooks/00_define_the_job.ipynb", "notebooks/04_evaluate.ipynb", "notebooks/05_release.ipynb"):
+    assert (
+        run.data.params["train.quantization"] == "full"
+        and run.data.params["dataset_hash"] == good["01_clean_the_data"]["dataset_hash"]
+    )
+    logged = {
+        a.path
+        for folder in ("", "adapter", "notebooks", "evaluation", "data", "release")
+        for a in store.client.list_artifacts(version.run_id, folder or None)
+    }
+    for path in (
+        "job.yaml",
+        "model_card.md",
+        "release/gate.json",
+        "adapter/model.safetensors",
+        "adapter/tunebook_manifest.json",
+        "evaluation/predictions.jsonl",
+        "evaluation/decision_rule.json",
+        "data/dataset_version.json",
+        "notebooks/00_define_the_job.ipynb",
+        "notebooks/04_evaluate.ipynb",
+        "notebooks/05_release.ipynb",
+    ):
         assert path in logged, path
     card_text = (good_dir / "release" / "model_card.md").read_text()
-    for heading in ("## Intended use", "## Lineage", "## Training", "## Test split", "## Release gate", "## Serving", "## Known failure modes"):
+    for heading in (
+        "## Intended use",
+        "## Lineage",
+        "## Training",
+        "## Test split",
+        "## Release gate",
+        "## Serving",
+        "## Known failure modes",
+    ):
         assert heading in card_text
 
 
@@ -161,14 +234,23 @@ def test_shuffled_label_adapter_is_stopped_by_the_gate_with_the_failing_checks_n
     assert rule["fitted_on"]["split"] == "validation" and rule["thresholds"].keys() <= {"escalate"}
     store = registry.open_registry(workspace=runs)
     assert registry.aliases(store, "support_triage") == {"champion": "1", "challenger": "2"}
-    assert (bad_dir / "release" / "champion").is_dir()  # the champion's stored predictions, fetched for the paired gate
+    assert (
+        bad_dir / "release" / "champion"
+    ).is_dir()  # the champion's stored predictions, fetched for the paired gate
     run_id = registry.get_version(store, "support_triage", 2).run_id
-    assert [a.path for a in store.client.list_artifacts(run_id, "release")] == ["release/gate.json"]  # not the champion's files
+    assert [a.path for a in store.client.list_artifacts(run_id, "release")] == [
+        "release/gate.json"
+    ]  # not the champion's files
     book = nbformat.read(bad_dir / "05_release.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs)
-    assert "gating against champion v1" in printed and "Gate FAILED against champion v1: no_drop:(whole answers)" in printed
+    assert (
+        "gating against champion v1" in printed
+        and "Gate FAILED against champion v1: no_drop:(whole answers)" in printed
+    )
     gate = json.loads((bad_dir / "release" / "gate.json").read_text())
-    assert gate["drops"]["(whole answers)"]["reference"] == 1.0 and gate["drops"]["(whole answers)"]["significant_drop"]
+    assert (
+        gate["drops"]["(whole answers)"]["reference"] == 1.0 and gate["drops"]["(whole answers)"]["significant_drop"]
+    )
 
 
 def test_rollback_restores_the_earlier_champion(released, capsys):
@@ -194,7 +276,9 @@ def test_the_champion_is_re_scored_when_the_test_split_differs(released, tiny_mo
     same, name, version = release.reference_predictions(store, card, bad_dir, test, tiny_model)
     assert name == "champion v1" and version == "1" and len(same) == len(test)
     subset = test.head(12)
-    rescored, name, _ = release.reference_predictions(store, card, bad_dir, subset, tiny_model, scratch=bad_dir / "scratch")
+    rescored, name, _ = release.reference_predictions(
+        store, card, bad_dir, subset, tiny_model, scratch=bad_dir / "scratch"
+    )
     assert name == "champion v1 (re-scored on this test split)"
     stored = pd.read_json(good_dir / "evaluation" / "predictions.jsonl", lines=True, dtype={"id": str}).set_index("id")
     assert (rescored.set_index("id")["prediction"] == stored.loc[subset["id"], "prediction"]).all()

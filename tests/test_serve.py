@@ -5,12 +5,11 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import keyword_tickets, tol
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunebook import cli, registry, serve
 from tunebook.errors import TunebookError
-
-from conftest import keyword_tickets, tol
 
 
 def test_predict_uses_the_champion_on_a_file_of_inputs(released, tiny_model, tmp_path, capsys, monkeypatch):
@@ -28,7 +27,21 @@ def test_predict_uses_the_champion_on_a_file_of_inputs(released, tiny_model, tmp
     assert all(0 < r["confidence"] <= 1 for r in rows)
     assert cli.main(["predict", *where, "--input", str(tmp_path / "new.csv"), "--output", str(output)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert cli.main(["predict", *where, "--version", "2", "--input", str(tmp_path / "new.csv"), "--output", str(tmp_path / "v2.jsonl")]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                *where,
+                "--version",
+                "2",
+                "--input",
+                str(tmp_path / "new.csv"),
+                "--output",
+                str(tmp_path / "v2.jsonl"),
+            ]
+        )
+        == 0
+    )
     assert {json.loads(line)["model_version"] for line in (tmp_path / "v2.jsonl").read_text().splitlines()} == {2}
 
 
@@ -61,7 +74,19 @@ def test_inputs_without_the_text_column_or_with_empty_text_are_refused(released,
 def test_a_job_without_a_champion_says_how_to_get_one(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "in.csv").write_text("text\nhello\n")
-    code = cli.main(["predict", "--job", "nobody", "--runs-dir", str(tmp_path / "runs"), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "o.jsonl")])
+    code = cli.main(
+        [
+            "predict",
+            "--job",
+            "nobody",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--input",
+            str(tmp_path / "in.csv"),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "'nobody' has no champion" in err and "05_release" in err
 
@@ -74,7 +99,9 @@ def test_predict_applies_the_released_decision_rule_exactly_as_evaluated(release
     test = pd.read_json(good_dir / "data" / "test.jsonl", lines=True, dtype={"id": str})
     test[["id", "text"]].to_csv(tmp_path / "test.csv", index=False)
     store = registry.open_registry(workspace=runs)
-    served = serve.predict_file(store, "support_triage", tmp_path / "test.csv", tmp_path / "out.jsonl", tiny_model, version=1, progress=False)
+    served = serve.predict_file(
+        store, "support_triage", tmp_path / "test.csv", tmp_path / "out.jsonl", tiny_model, version=1, progress=False
+    )
     evaluated = pd.read_json(good_dir / "evaluation" / "predictions.jsonl", lines=True, dtype={"id": str})
     assert served["id"].tolist() == evaluated["id"].tolist()
     assert served["prediction"].tolist() == evaluated["prediction"].tolist()

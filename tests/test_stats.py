@@ -1,14 +1,11 @@
 """Uncertainty and paired comparison of two models' predictions on the same examples."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import EXAMPLE, write_job
 
 from tunebook import job, stats
-
-from conftest import EXAMPLE, write_job
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +15,15 @@ def card():
 
 def frame(targets, predictions, tags=None):
     n = len(targets)
-    return pd.DataFrame({"id": [f"T{i}" for i in range(n)], "text": [f"ticket {i}" for i in range(n)], "target": targets,
-                         "prediction": predictions, "tags": tags or [""] * n})
+    return pd.DataFrame(
+        {
+            "id": [f"T{i}" for i in range(n)],
+            "text": [f"ticket {i}" for i in range(n)],
+            "target": targets,
+            "prediction": predictions,
+            "tags": tags or [""] * n,
+        }
+    )
 
 
 def test_a_clear_improvement_is_significant_and_balanced_flips_are_not(card):
@@ -53,18 +57,24 @@ def test_bootstrap_intervals_hold_the_value_and_narrow_with_more_examples(card):
     a = stats.bootstrap(card, small, resamples=200)
     b = stats.bootstrap(card, large, resamples=200)
     assert (a["low"] <= a["value"]).all() and (a["value"] <= a["high"]).all()
-    assert (b.loc["accuracy", "high"] - b.loc["accuracy", "low"]) < (a.loc["accuracy", "high"] - a.loc["accuracy", "low"])
+    assert (b.loc["accuracy", "high"] - b.loc["accuracy", "low"]) < (
+        a.loc["accuracy", "high"] - a.loc["accuracy", "low"]
+    )
     pd.testing.assert_frame_equal(a, stats.bootstrap(card, small, resamples=200))  # seeded
 
 
 def test_flips_list_what_tuning_fixed_and_broke(card):
     truth = ["billing", "shipping", "refund"]
-    result = stats.flips(card, frame(truth, ["billing", "billing", "refund"]), frame(truth, ["shipping", "shipping", "refund"]))
+    result = stats.flips(
+        card, frame(truth, ["billing", "billing", "refund"]), frame(truth, ["shipping", "shipping", "refund"])
+    )
     assert result[["id", "flip"]].values.tolist() == [["T0", "broken by tuning"], ["T1", "fixed by tuning"]]
 
 
 def test_slices_separate_hard_cases(card):
-    predictions = frame(["billing"] * 4, ["billing", "billing", "shipping", "shipping"], tags=["", "", "hard", "hard,angry"])
+    predictions = frame(
+        ["billing"] * 4, ["billing", "billing", "shipping", "shipping"], tags=["", "", "hard", "hard,angry"]
+    )
     table = stats.slices(card, predictions)
     assert table.loc["hard", "accuracy"] == 0 and table.loc["not hard", "accuracy"] == 1
     assert table.loc["hard", "n"] == 2
@@ -103,15 +113,26 @@ def test_abstain_threshold_keeps_the_most_examples_that_meet_the_accuracy(card):
     val = frame(["billing"] * 6, ["billing", "billing", "billing", "shipping", "billing", "shipping"])
     val["confidence"] = [0.95, 0.9, 0.8, 0.7, 0.6, 0.5]
     chosen = stats.abstain_threshold(val, required_accuracy=0.8)
-    assert chosen["threshold"] == 0.6 and chosen["coverage"] == pytest.approx(5 / 6) and chosen["accuracy"] == pytest.approx(0.8)
+    assert (
+        chosen["threshold"] == 0.6
+        and chosen["coverage"] == pytest.approx(5 / 6)
+        and chosen["accuracy"] == pytest.approx(0.8)
+    )
     assert stats.abstain_threshold(val, required_accuracy=1.01)["threshold"] is None
     assert stats.apply_threshold(val, 0.8) == {"coverage": 0.5, "accuracy": 1.0}
     table = stats.reliability(val, bins=2)
     assert table["examples"].sum() == 6 and table.loc["0.5-1.0", "accuracy"] == pytest.approx(4 / 6)
 
 
-@pytest.mark.parametrize(("example", "metric"), [("support_triage", "accuracy"), ("order_extraction", "record_exact_match"),
-                                                 ("support_tools", "argument_exact_match"), ("reply_drafting", "rule_pass_rate")])
+@pytest.mark.parametrize(
+    ("example", "metric"),
+    [
+        ("support_triage", "accuracy"),
+        ("order_extraction", "record_exact_match"),
+        ("support_tools", "argument_exact_match"),
+        ("reply_drafting", "rule_pass_rate"),
+    ],
+)
 def test_fully_correct_agrees_with_the_exact_match_metric(tmp_path, example, metric):
     from tunebook import data, metrics
 
@@ -126,8 +147,15 @@ def test_fully_correct_agrees_with_the_exact_match_metric(tmp_path, example, met
     assert correct.mean() == pytest.approx(metrics.evaluate(kind_card, predictions)[metric])
 
 
-@pytest.mark.parametrize(("example", "key", "score"), [("support_triage", "per_class", "recall"), ("order_extraction", "per_field", "exact_match"),
-                                                       ("support_tools", "per_tool", "recall"), ("reply_drafting", "per_rule", "pass_rate")])
+@pytest.mark.parametrize(
+    ("example", "key", "score"),
+    [
+        ("support_triage", "per_class", "recall"),
+        ("order_extraction", "per_field", "exact_match"),
+        ("support_tools", "per_tool", "recall"),
+        ("reply_drafting", "per_rule", "pass_rate"),
+    ],
+)
 def test_part_rates_are_the_metrics_per_part_figures(tmp_path, example, key, score):
     from tunebook import data, metrics
 
@@ -141,7 +169,9 @@ def test_part_rates_are_the_metrics_per_part_figures(tmp_path, example, key, sco
     for part, figures in parts.items():
         if part in table.index:
             assert table.loc[part, "candidate"] == pytest.approx(figures[score]), part
-    assert table.loc["(whole answers)", "candidate"] == pytest.approx(stats.fully_correct(kind_card, predictions).mean())
+    assert table.loc["(whole answers)", "candidate"] == pytest.approx(
+        stats.fully_correct(kind_card, predictions).mean()
+    )
 
 
 def test_a_significant_drop_is_flagged_and_a_small_one_is_not(card):
@@ -150,10 +180,12 @@ def test_a_significant_drop_is_flagged_and_a_small_one_is_not(card):
     worse = frame(truth, ["shipping"] * 8 + ["billing"] * 12 + truth[20:])
     table = stats.part_drops(card, reference, worse)
     assert table.loc["billing", "significant_drop"] and table.loc["billing", "broken"] == 8
-    assert table.loc["billing", "p_value"] == pytest.approx(0.5 ** 8)
+    assert table.loc["billing", "p_value"] == pytest.approx(0.5**8)
     assert not table.loc["escalate", "significant_drop"] and table.loc["escalate", "drop"] == 0
     one_off = frame(truth, ["shipping"] + truth[1:])
-    assert not stats.part_drops(card, reference, one_off).loc["billing", "significant_drop"]  # p = 0.5: could be chance
+    assert not stats.part_drops(card, reference, one_off).loc[
+        "billing", "significant_drop"
+    ]  # p = 0.5: could be chance
     shuffled = worse.sample(frac=1, random_state=0)  # order does not matter: examples are paired by id
     assert stats.part_drops(card, reference, shuffled).equals(table)
     with pytest.raises(ValueError, match="same examples"):

@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_gradients_close, assert_same_choices, tol, write_job
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from tunebook import data, job, models, predict, prompts, train
 from tunebook.errors import TunebookError
-
-from conftest import assert_gradients_close, assert_same_choices, tol, write_job
 
 KINDS = ["support_triage", "order_extraction", "support_tools", "reply_drafting"]
 
@@ -27,8 +26,17 @@ def tiny_job(tmp_path_factory):
 
 def fast(**changes) -> train.TrainConfig:
     """A short training configuration for the tiny model."""
-    settings = {"quantization": "none", "max_steps": 6, "batch_size": 4, "learning_rate": 5e-3, "lora_r": 8, "warmup_ratio": 0,
-                "eval_steps": 2, "early_stopping_patience": 0, "general_mix": 0.0}
+    settings = {
+        "quantization": "none",
+        "max_steps": 6,
+        "batch_size": 4,
+        "learning_rate": 5e-3,
+        "lora_r": 8,
+        "warmup_ratio": 0,
+        "eval_steps": 2,
+        "early_stopping_patience": 0,
+        "general_mix": 0.0,
+    }
     return train.TrainConfig(**{**settings, **changes})
 
 
@@ -71,34 +79,51 @@ def test_packed_layout_holds_the_shared_prefix_once_and_each_example_after_it(ti
     assert all(f["input_ids"][:p] == features[0]["input_ids"][:p] for f in features)
     assert tokenizer.decode(features[0]["input_ids"][:p]).startswith("<|im_start|>system\n")
     batch = train.CompletionCollator(tokenizer.pad_token_id)(features)
-    ids, positions, segments, targets = (batch[k][0].tolist() for k in ("input_ids", "position_ids", "segments", "labels"))
+    ids, positions, segments, targets = (
+        batch[k][0].tolist() for k in ("input_ids", "position_ids", "segments", "labels")
+    )
     assert len(ids) == p + sum(len(f["input_ids"]) - p for f in features)  # no padding, prefix once
     for k, f in enumerate(features, start=1):
         where = [i for i, s in enumerate(segments) if s == k]
-        assert [ids[i] for i in where] == f["input_ids"][p:] and [positions[i] for i in where] == list(range(p, len(f["input_ids"])))
+        assert [ids[i] for i in where] == f["input_ids"][p:] and [positions[i] for i in where] == list(
+            range(p, len(f["input_ids"]))
+        )
         # each position's target is the next token of the same example where that token is supervised
-        assert [targets[i] for i in where] == f["labels"][p + 1:] + [prompts.IGNORE_INDEX]
+        assert [targets[i] for i in where] == f["labels"][p + 1 :] + [prompts.IGNORE_INDEX]
     mask = train.segment_mask(batch["segments"])[0, 0]
     second = segments.index(2)
-    assert mask[second, p - 1] and not mask[second, second - 1] and not mask[p - 1, p]  # the prefix, not the first example
+    assert (
+        mask[second, p - 1] and not mask[second, second - 1] and not mask[p - 1, p]
+    )  # the prefix, not the first example
     additive = train.segment_mask(batch["segments"], torch.float32)[0, 0]
     assert torch.equal(additive == 0, mask)
     # the FlexAttention form (GPU) describes the same structure token by token
     from torch.nn.attention.flex_attention import create_mask
 
     length = len(segments)
-    assert torch.equal(create_mask(train.prefix_or_own(batch["segments"]), None, None, length, length, device="cpu")[0, 0], mask)
+    assert torch.equal(
+        create_mask(train.prefix_or_own(batch["segments"]), None, None, length, length, device="cpu")[0, 0], mask
+    )
     assert train.shared_prefix_length(features[:1]) == 0
 
 
 GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention has no backward pass on a CPU")
 
 
-@pytest.mark.parametrize(("quantization", "attention"), [
-    ("none", "sdpa"), ("nf4", "sdpa"), ("full", "sdpa"), ("none", "eager"),
-    pytest.param("none", "flex_attention", marks=GPU_ONLY), pytest.param("nf4", "flex_attention", marks=GPU_ONLY),
-])
-def test_packed_loss_and_gradients_equal_the_plain_padded_loss(tiny_job, tiny_model, tokenizer, quantization, attention):
+@pytest.mark.parametrize(
+    ("quantization", "attention"),
+    [
+        ("none", "sdpa"),
+        ("nf4", "sdpa"),
+        ("full", "sdpa"),
+        ("none", "eager"),
+        pytest.param("none", "flex_attention", marks=GPU_ONLY),
+        pytest.param("nf4", "flex_attention", marks=GPU_ONLY),
+    ],
+)
+def test_packed_loss_and_gradients_equal_the_plain_padded_loss(
+    tiny_job, tiny_model, tokenizer, quantization, attention
+):
     card, splits = tiny_job
     features = train.build_features(tokenizer, card, splits["train"].head(6), 512, "train")
     packed = train.CompletionCollator(tokenizer.pad_token_id)(features)
@@ -117,10 +142,16 @@ def test_packed_loss_and_gradients_equal_the_plain_padded_loss(tiny_job, tiny_mo
     # the reference: the model's own forward over whole padded sequences and its shifted cross-entropy
     with torch.no_grad():
         where = model.get_input_embeddings().weight.device
-        logits = model(input_ids=padded["input_ids"].to(where), attention_mask=padded["attention_mask"].to(where)).logits
-    reference = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), padded["labels"][:, 1:].flatten().to(where), ignore_index=-100)
+        logits = model(
+            input_ids=padded["input_ids"].to(where), attention_mask=padded["attention_mask"].to(where)
+        ).logits
+    reference = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), padded["labels"][:, 1:].flatten().to(where), ignore_index=-100
+    )
     assert "segments" in packed and packed["input_ids"].shape[1] < padded["input_ids"].numel() / 3
-    assert shared == pytest.approx(plain, abs=tol(1e-5, 0.05)) and plain == pytest.approx(reference.item(), abs=tol(1e-5, 0.05))
+    assert shared == pytest.approx(plain, abs=tol(1e-5, 0.05)) and plain == pytest.approx(
+        reference.item(), abs=tol(1e-5, 0.05)
+    )
     for a, b in zip(shared_grads, plain_grads):
         assert_gradients_close(a, b)
 
@@ -131,8 +162,16 @@ def test_training_lowers_validation_loss_and_saves_a_peft_adapter(tiny_job, tiny
     # right before training, which without the workaround leaves the loss flat.
     card, splits = tiny_job
     splits = {**splits, "val": splits["train"]}  # on the tiny random model only memorisation is measurable
-    config = train.TrainConfig(quantization=quantization, max_steps=12, batch_size=8, learning_rate=5e-3, lora_r=8, warmup_ratio=0, eval_steps=3,
-                               general_mix=0.0)
+    config = train.TrainConfig(
+        quantization=quantization,
+        max_steps=12,
+        batch_size=8,
+        learning_rate=5e-3,
+        lora_r=8,
+        warmup_ratio=0,
+        eval_steps=3,
+        general_mix=0.0,
+    )
     result = train.train_adapter(card, splits, tiny_model, config, tmp_path / "adapter", dataset_hash="abc123")
     assert result.val_loss_after < result.val_loss_before - 0.5
     assert result.log_history[0] == {"step": 0, "eval_loss": result.val_loss_before}
@@ -172,7 +211,10 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_job, tiny_model, tm
     whole = train.train_adapter(card, splits, tiny_model, config, tmp_path / "whole", "h")
     with pytest.raises(KeyboardInterrupt):
         train.train_adapter(card, splits, tiny_model, config, tmp_path / "cut", "h", callbacks=[Interrupt(5)])
-    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
     resumed = train.train_adapter(card, splits, tiny_model, config, tmp_path / "cut", "h")
     assert resumed.manifest["resumed_from"] == "checkpoint-4"
     a, b = adapter_weights(whole.adapter_dir), adapter_weights(resumed.adapter_dir)
@@ -215,7 +257,11 @@ def test_manifest_records_lineage(tiny_job, tiny_model, tmp_path):
     assert manifest["job_card_sha256"] == job.card_hash(card)
     assert manifest["base_model"] == models.model_identity(tiny_model)
     assert len(manifest["base_model"]["sha256"]) == 64
-    assert manifest["config"]["max_steps"] == 1 and manifest["seed"] == 0 and manifest["config"]["learning_rate_used"] == 5e-3
+    assert (
+        manifest["config"]["max_steps"] == 1
+        and manifest["seed"] == 0
+        and manifest["config"]["learning_rate_used"] == 5e-3
+    )
     assert manifest["versions"]["torch"].startswith(torch.__version__.split("+")[0])
     assert {"transformers", "peft", "bitsandbytes", "python"} <= manifest["versions"].keys()
     assert manifest["git_commit"] is None or len(manifest["git_commit"]) == 40
@@ -244,22 +290,36 @@ def test_a_reloaded_adapter_predicts_exactly_what_the_trained_one_did(tiny_job, 
     assert_same_choices(a, b, tol(1e-5, 0.15))
     np.testing.assert_allclose(a, b, atol=tol(1e-5, 0.15))
     base_only, _ = predict.load_for_inference(tiny_model)
-    assert not np.allclose(predict.label_log_likelihoods(base_only, tokenizer, card, texts, progress=False), b, atol=1e-3)
+    assert not np.allclose(
+        predict.label_log_likelihoods(base_only, tokenizer, card, texts, progress=False), b, atol=1e-3
+    )
 
 
 def test_full_fine_tuning_saves_a_whole_model_that_reloads(tiny_job, tiny_model, tmp_path):
     card, splits = tiny_job
-    result = train.train_adapter(card, splits, tiny_model, fast(quantization="full", max_steps=2, learning_rate=0), tmp_path / "full", "h")
-    assert (result.adapter_dir / "model.safetensors").is_file() and not (result.adapter_dir / "adapter_config.json").exists()
+    result = train.train_adapter(
+        card, splits, tiny_model, fast(quantization="full", max_steps=2, learning_rate=0), tmp_path / "full", "h"
+    )
+    assert (result.adapter_dir / "model.safetensors").is_file() and not (
+        result.adapter_dir / "adapter_config.json"
+    ).exists()
     assert result.manifest["config"]["learning_rate_used"] == train.DEFAULT_LEARNING_RATE["full"]
     model, tokenizer = predict.load_for_inference(tiny_model, result.adapter_dir, "full")
-    assert predict.label_log_likelihoods(model, tokenizer, card, ["late parcel"], progress=False).shape == (1, len(card.labels))
+    assert predict.label_log_likelihoods(model, tokenizer, card, ["late parcel"], progress=False).shape == (
+        1,
+        len(card.labels),
+    )
 
 
 def test_int8_trains_an_adapter(tiny_job, tiny_model, tmp_path):
     card, splits = tiny_job
-    result = train.train_adapter(card, splits, tiny_model, fast(quantization="int8", max_steps=2), tmp_path / "int8", "h")
-    assert result.manifest["method"] == "LoRA on a int8 base" and (result.adapter_dir / "adapter_model.safetensors").is_file()
+    result = train.train_adapter(
+        card, splits, tiny_model, fast(quantization="int8", max_steps=2), tmp_path / "int8", "h"
+    )
+    assert (
+        result.manifest["method"] == "LoRA on a int8 base"
+        and (result.adapter_dir / "adapter_model.safetensors").is_file()
+    )
 
 
 def test_compare_methods_measures_each_in_its_own_process(tiny_job, tiny_model):
@@ -282,14 +342,19 @@ def test_existing_adapter_is_never_overwritten(tiny_job, tiny_model, tmp_path):
 
 def test_a_max_length_shorter_than_the_prompt_names_the_examples(tiny_job, tiny_model, tmp_path):
     card, splits = tiny_job
-    with pytest.raises(TunebookError, match=r"example\(s\) of the train split would have no supervised token.*MAX_LENGTH=64.*at least \d+"):
+    with pytest.raises(
+        TunebookError,
+        match=r"example\(s\) of the train split would have no supervised token.*MAX_LENGTH=64.*at least \d+",
+    ):
         train.train_adapter(card, splits, tiny_model, fast(max_length=64), tmp_path / "adapter", "h")
 
 
 def test_lora_targets_that_match_nothing_name_the_available_layers(tiny_job, tiny_model, tmp_path):
     card, splits = tiny_job
     with pytest.raises(TunebookError, match=r"matches no layer.*q_proj.*v_proj"):
-        train.train_adapter(card, splits, tiny_model, fast(target_modules=["query_key_value"]), tmp_path / "adapter", "h")
+        train.train_adapter(
+            card, splits, tiny_model, fast(target_modules=["query_key_value"]), tmp_path / "adapter", "h"
+        )
 
 
 def test_a_model_without_a_chat_template_says_how_to_give_one(tiny_model, tmp_path):
@@ -319,10 +384,19 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny_job, tiny_model, tmp_path):
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"quantization": "int3"}, "QUANTIZATION must be one of nf4, int8, none, full"), ({"lora_r": 0}, "LORA_R must be positive"),
-     ({"learning_rate": -1}, "LEARNING_RATE must be positive"), ({"epochs": 0, "max_steps": -1}, "set EPOCHS > 0"),
-     ({"lora_dropout": 1.5}, "LORA_DROPOUT must be in"), ({"attention": "flash"}, "ATTENTION must be one of sdpa, eager, flex_attention"),
-     pytest.param({"attention": "flex_attention"}, "needs a GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="refused on a CPU only"))],
+    [
+        ({"quantization": "int3"}, "QUANTIZATION must be one of nf4, int8, none, full"),
+        ({"lora_r": 0}, "LORA_R must be positive"),
+        ({"learning_rate": -1}, "LEARNING_RATE must be positive"),
+        ({"epochs": 0, "max_steps": -1}, "set EPOCHS > 0"),
+        ({"lora_dropout": 1.5}, "LORA_DROPOUT must be in"),
+        ({"attention": "flash"}, "ATTENTION must be one of sdpa, eager, flex_attention"),
+        pytest.param(
+            {"attention": "flex_attention"},
+            "needs a GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="refused on a CPU only"),
+        ),
+    ],
 )
 def test_bad_settings_are_named(change, message):
     with pytest.raises(TunebookError, match=message):
@@ -332,22 +406,30 @@ def test_bad_settings_are_named(change, message):
 @pytest.mark.parametrize("example", KINDS)
 def test_every_example_job_fits_the_default_max_length(example, tokenizer):
     # The tool-selection job's prompts (the tool list) reach ~1,060 tokens: at the old default of 1024, 03 refused it.
-    from tunebook import pipeline
     from conftest import EXAMPLE
 
+    from tunebook import pipeline
+
     declared = pipeline.declared_parameters()["MAX_LENGTH"]
-    assert set(declared.notebooks) == {"01_clean_the_data", "03_train_qlora"} and train.TrainConfig().max_length == declared.default_value
+    assert (
+        set(declared.notebooks) == {"01_clean_the_data", "03_train_qlora"}
+        and train.TrainConfig().max_length == declared.default_value
+    )
     card = job.load_job_card(EXAMPLE.parent / example / "job.yaml")
     kept, _ = data.clean(*data.load_examples(card))
-    longest = max(sum(map(len, prompts.encode_parts(tokenizer, card, row.text, row.target))) for row in kept.itertuples())
+    longest = max(
+        sum(map(len, prompts.encode_parts(tokenizer, card, row.text, row.target))) for row in kept.itertuples()
+    )
     assert longest <= declared.default_value
 
 
 def test_replay_features_supervise_the_base_answers_as_chat_and_as_plain_text(tokenizer):
     from tunebook import replay
 
-    answers = [{"prompt": "Name a colour.", "answer": "Blue is a colour.", "ended": True},
-               {"prompt": "Count to three.", "answer": "One, two, three and then", "ended": False}]
+    answers = [
+        {"prompt": "Name a colour.", "answer": "Blue is a colour.", "ended": True},
+        {"prompt": "Count to three.", "answer": "One, two, three and then", "ended": False},
+    ]
     features = replay.replay_features(tokenizer, answers, chat=1, max_length=512)
     assert [f["group"] for f in features] == [1, 2, 2]  # one chat example, every answer as plain text
     chat, plain = features[0], features[1]
@@ -356,13 +438,17 @@ def test_replay_features_supervise_the_base_answers_as_chat_and_as_plain_text(to
     assert chat["input_ids"] == prompt + answer + [prompts.end_of_turn_id(tokenizer)]
     assert chat["labels"] == [prompts.IGNORE_INDEX] * len(prompt) + answer + [prompts.end_of_turn_id(tokenizer)]
     assert plain["input_ids"] == plain["labels"] == answer
-    assert features[2]["labels"][-1] != prompts.end_of_turn_id(tokenizer)  # an answer cut at the limit does not learn to stop
+    assert features[2]["labels"][-1] != prompts.end_of_turn_id(
+        tokenizer
+    )  # an answer cut at the limit does not learn to stop
     assert len(replay.load_requests()) == 120
 
 
 def test_grouped_batches_hold_one_group_each_and_every_example_once():
     groups = [0] * 23 + [1] * 9 + [2] * 6
-    sampler = train.SeededLengthGroupedSampler(4, [10 + (i * 7) % 13 for i in range(len(groups))], seed=3, groups=groups)
+    sampler = train.SeededLengthGroupedSampler(
+        4, [10 + (i * 7) % 13 for i in range(len(groups))], seed=3, groups=groups
+    )
     order = list(iter(sampler))
     assert sorted(order) == list(range(len(groups)))
     batches = [order[k : k + 4] for k in range(0, len(order), 4)]
@@ -375,9 +461,15 @@ def test_grouped_batches_hold_one_group_each_and_every_example_once():
 
 def test_general_replay_is_mixed_into_training_and_recorded(tiny_job, tiny_model, tmp_path):
     card, splits = tiny_job
-    result = train.train_adapter(card, splits, tiny_model, fast(max_steps=2, general_mix=0.5), tmp_path / "adapter", "h")
+    result = train.train_adapter(
+        card, splits, tiny_model, fast(max_steps=2, general_mix=0.5), tmp_path / "adapter", "h"
+    )
     from tunebook import replay
 
     answers = replay.base_answers(tiny_model, replay.load_requests())  # cached by the training run
-    expected = replay.replay_features(models.load_tokenizer(tiny_model), answers, round(0.5 * len(splits["train"])), 1024)
-    assert result.manifest["general_examples"] == len(expected) > 0 and result.manifest["train_examples"] == len(splits["train"])
+    expected = replay.replay_features(
+        models.load_tokenizer(tiny_model), answers, round(0.5 * len(splits["train"])), 1024
+    )
+    assert result.manifest["general_examples"] == len(expected) > 0 and result.manifest["train_examples"] == len(
+        splits["train"]
+    )

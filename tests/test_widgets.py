@@ -6,9 +6,14 @@ from tunebook import job, widgets
 from tunebook.errors import JobCardError
 
 VALUES = {
-    "name": "triage", "task_kind": "classification", "description": "Route tickets.",
-    "labels": "billing: money questions\nshipping: where is my parcel\n", "data_path": "tickets.csv", "extra_yaml": "",
-    **{name: True for name in widgets.DECISION_QUESTIONS}, "prompting_solves_most": False,
+    "name": "triage",
+    "task_kind": "classification",
+    "description": "Route tickets.",
+    "labels": "billing: money questions\nshipping: where is my parcel\n",
+    "data_path": "tickets.csv",
+    "extra_yaml": "",
+    **{name: True for name in widgets.DECISION_QUESTIONS},
+    "prompting_solves_most": False,
 }
 
 
@@ -45,9 +50,16 @@ def test_mistake_browser_pages_through_rows():
 
     from tunebook import widgets
 
-    rows = pd.DataFrame({"id": ["A", "B"], "text": ["late parcel", "double charge"], "target": ["shipping", "billing"],
-                         "prediction_baseline": ["billing", "billing"], "prediction_tuned": ["shipping", "refund"],
-                         "flip": ["fixed by tuning", "broken by tuning"]})
+    rows = pd.DataFrame(
+        {
+            "id": ["A", "B"],
+            "text": ["late parcel", "double charge"],
+            "target": ["shipping", "billing"],
+            "prediction_baseline": ["billing", "billing"],
+            "prediction_tuned": ["shipping", "refund"],
+            "flip": ["fixed by tuning", "broken by tuning"],
+        }
+    )
     box = widgets.mistake_browser(rows)
     view, buttons = box.children
     assert "1 / 2" in view.value and "late parcel" in view.value and "fixed by tuning" in view.value

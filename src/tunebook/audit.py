@@ -47,7 +47,9 @@ def _pair_jaccard(sets: list[np.ndarray], pairs: np.ndarray) -> np.ndarray:
     lengths = np.array([len(s) for s in sets])
     _, columns = np.unique(np.concatenate(sets), return_inverse=True)
     indptr = np.concatenate([[0], np.cumsum(lengths)])
-    matrix = csr_matrix((np.ones(len(columns), dtype=np.float32), columns.ravel(), indptr), shape=(len(sets), columns.max() + 1))
+    matrix = csr_matrix(
+        (np.ones(len(columns), dtype=np.float32), columns.ravel(), indptr), shape=(len(sets), columns.max() + 1)
+    )
     inter = np.asarray(matrix[pairs[:, 0]].multiply(matrix[pairs[:, 1]]).sum(axis=1)).ravel()
     return inter / (lengths[pairs[:, 0]] + lengths[pairs[:, 1]] - inter)
 
@@ -111,7 +113,9 @@ def groups_from_pairs(n: int, pairs: pd.DataFrame) -> np.ndarray:
     return np.array([find(i) for i in range(n)])
 
 
-def suspected_label_errors(card: JobCard, examples: pd.DataFrame, threshold: float = 0.6, folds: int = 5, seed: int = 0) -> pd.DataFrame:
+def suspected_label_errors(
+    card: JobCard, examples: pd.DataFrame, threshold: float = 0.6, folds: int = 5, seed: int = 0
+) -> pd.DataFrame:
     """Examples whose label a cross-validated TF-IDF + logistic-loss linear classifier confidently disputes."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import SGDClassifier
@@ -165,10 +169,14 @@ def token_lengths(tokenizer, card: JobCard, examples: pd.DataFrame, max_length: 
     # input, so tokenization does not merge across the boundary): count it once, then only the inputs.
     marker = "\u0000TUNEBOOK-INPUT\u0000"
     before, after = render_text(tokenizer, card, marker).split(marker)
-    fixed = len(tokenizer(before, add_special_tokens=False)["input_ids"]) + len(tokenizer(after, add_special_tokens=False)["input_ids"])
+    fixed = len(tokenizer(before, add_special_tokens=False)["input_ids"]) + len(
+        tokenizer(after, add_special_tokens=False)["input_ids"]
+    )
     texts = [text.strip() for text in examples["text"]]
     prompt = [fixed + len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    answer = [len(ids) + 1 for ids in tokenizer(list(examples["target"]), add_special_tokens=False)["input_ids"]]  # + end of turn
+    answer = [
+        len(ids) + 1 for ids in tokenizer(list(examples["target"]), add_special_tokens=False)["input_ids"]
+    ]  # + end of turn
     frame = examples[["row", "id"]].copy()
     frame["prompt_tokens"], frame["answer_tokens"] = prompt, answer
     frame["total_tokens"] = frame["prompt_tokens"] + frame["answer_tokens"]
@@ -201,8 +209,15 @@ def near_findings(examples: pd.DataFrame, threshold: float) -> tuple[pd.DataFram
     return frame[same].reset_index(drop=True), frame[~same].reset_index(drop=True)
 
 
-def run_audit(card: JobCard, examples: pd.DataFrame, near_threshold: float = 0.8, suspect_threshold: float = 0.6,
-              min_count: int = 10, tokenizer=None, max_length: int = 512) -> Audit:
+def run_audit(
+    card: JobCard,
+    examples: pd.DataFrame,
+    near_threshold: float = 0.8,
+    suspect_threshold: float = 0.6,
+    min_count: int = 10,
+    tokenizer=None,
+    max_length: int = 512,
+) -> Audit:
     """Audit clean candidate examples (after empty rows, invalid targets and exact duplicates are set aside)."""
     near, conflicts = near_findings(examples, near_threshold)
     suspects = suspected_label_errors(card, examples, suspect_threshold)
@@ -214,15 +229,22 @@ def run_audit(card: JobCard, examples: pd.DataFrame, near_threshold: float = 0.8
         "near_conflict_pairs": len(conflicts),
         "suspected_label_errors": len(suspects),
         "too_rare": sorted(table.index[table["too_rare"]].tolist()),
-        "hard_share": round(float(examples["tags"].str.contains(r"\bhard\b", regex=True).mean()), 3) if len(examples) else 0.0,
+        "hard_share": round(float(examples["tags"].str.contains(r"\bhard\b", regex=True).mean()), 3)
+        if len(examples)
+        else 0.0,
     }
     if lengths is not None:
-        summary.update(prompt_cut=int(lengths["prompt_cut"].sum()), answer_cut=int(lengths["answer_cut"].sum()),
-                       max_total_tokens=int(lengths["total_tokens"].max()))
+        summary.update(
+            prompt_cut=int(lengths["prompt_cut"].sum()),
+            answer_cut=int(lengths["answer_cut"].sum()),
+            max_total_tokens=int(lengths["total_tokens"].max()),
+        )
     return Audit(near, conflicts, suspects, table, lengths, summary)
 
 
-def drop_near_duplicates(examples: pd.DataFrame, pairs: pd.DataFrame, policy: str, keep: set[str] = frozenset()) -> tuple[pd.DataFrame, list[dict]]:
+def drop_near_duplicates(
+    examples: pd.DataFrame, pairs: pd.DataFrame, policy: str, keep: set[str] = frozenset()
+) -> tuple[pd.DataFrame, list[dict]]:
     """Drop the later row of each same-target near-duplicate pair (policy 'drop'), listing each; 'keep' changes nothing."""
     if policy not in ("drop", "keep"):
         raise DataError(f"NEAR_DUPLICATES must be 'drop' or 'keep', got '{policy}'.")
@@ -253,12 +275,20 @@ def cross_split_near_duplicates(splits: dict[str, pd.DataFrame], threshold: floa
     frame = pd.concat([f.assign(split=name) for name, f in splits.items()], ignore_index=True)
     pairs = near_duplicate_pairs(frame["text"].tolist(), threshold)
     split_of = frame["split"].to_numpy()
-    leaks = pairs[split_of[pairs["i"].to_numpy(dtype=int)] != split_of[pairs["j"].to_numpy(dtype=int)]] if len(pairs) else pairs
-    return pd.DataFrame({
-        "id_a": frame["id"].to_numpy()[leaks["i"].to_numpy(dtype=int)], "split_a": split_of[leaks["i"].to_numpy(dtype=int)],
-        "id_b": frame["id"].to_numpy()[leaks["j"].to_numpy(dtype=int)], "split_b": split_of[leaks["j"].to_numpy(dtype=int)],
-        "similarity": leaks["similarity"].to_numpy(),
-    })
+    leaks = (
+        pairs[split_of[pairs["i"].to_numpy(dtype=int)] != split_of[pairs["j"].to_numpy(dtype=int)]]
+        if len(pairs)
+        else pairs
+    )
+    return pd.DataFrame(
+        {
+            "id_a": frame["id"].to_numpy()[leaks["i"].to_numpy(dtype=int)],
+            "split_a": split_of[leaks["i"].to_numpy(dtype=int)],
+            "id_b": frame["id"].to_numpy()[leaks["j"].to_numpy(dtype=int)],
+            "split_b": split_of[leaks["j"].to_numpy(dtype=int)],
+            "similarity": leaks["similarity"].to_numpy(),
+        }
+    )
 
 
 def review_items(found: Audit) -> list[dict]:
@@ -267,18 +297,39 @@ def review_items(found: Audit) -> list[dict]:
     for pair in found.near_conflicts.itertuples():
         for side in ("a", "b"):
             other = "b" if side == "a" else "a"
-            items.append({
-                "kind": "near conflict", "id": getattr(pair, f"id_{side}"), "row": int(getattr(pair, f"row_{side}")),
-                "text": getattr(pair, f"text_{side}"), "target": getattr(pair, f"target_{side}"),
-                "context": f"similar ({pair.similarity}) to row {getattr(pair, f'row_{other}')} labelled {getattr(pair, f'target_{other}')!r}: "
-                           f"{getattr(pair, f'text_{other}')}",
-            })
+            items.append(
+                {
+                    "kind": "near conflict",
+                    "id": getattr(pair, f"id_{side}"),
+                    "row": int(getattr(pair, f"row_{side}")),
+                    "text": getattr(pair, f"text_{side}"),
+                    "target": getattr(pair, f"target_{side}"),
+                    "context": f"similar ({pair.similarity}) to row {getattr(pair, f'row_{other}')} labelled {getattr(pair, f'target_{other}')!r}: "
+                    f"{getattr(pair, f'text_{other}')}",
+                }
+            )
     for suspect in found.suspected_errors.itertuples():
-        items.append({"kind": "suspected label error", "id": suspect.id, "row": int(suspect.row), "text": suspect.text,
-                      "target": suspect.target, "context": f"a classifier says {suspect.suggested!r} with confidence {suspect.confidence}"})
+        items.append(
+            {
+                "kind": "suspected label error",
+                "id": suspect.id,
+                "row": int(suspect.row),
+                "text": suspect.text,
+                "target": suspect.target,
+                "context": f"a classifier says {suspect.suggested!r} with confidence {suspect.confidence}",
+            }
+        )
     for pair in found.near_duplicates.itertuples():
-        items.append({"kind": "near duplicate", "id": pair.id_b, "row": int(pair.row_b), "text": pair.text_b, "target": pair.target_b,
-                      "context": f"similar ({pair.similarity}) to row {pair.row_a}: {pair.text_a}"})
+        items.append(
+            {
+                "kind": "near duplicate",
+                "id": pair.id_b,
+                "row": int(pair.row_b),
+                "text": pair.text_b,
+                "target": pair.target_b,
+                "context": f"similar ({pair.similarity}) to row {pair.row_a}: {pair.text_a}",
+            }
+        )
     return items
 
 
@@ -292,27 +343,41 @@ def _table(rows: list[dict], columns: list[str], limit: int = 50) -> str:
         return "_none_\n"
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows[:limit]:
-        lines.append("| " + " | ".join(str(row.get(c, "")).replace("|", "\\|").replace("\n", " ")[:120] for c in columns) + " |")
+        lines.append(
+            "| " + " | ".join(str(row.get(c, "")).replace("|", "\\|").replace("\n", " ")[:120] for c in columns) + " |"
+        )
     if len(rows) > limit:
         lines.append(f"\n... and {len(rows) - limit} more (see cleaning_report.json)")
     return "\n".join(lines) + "\n"
 
 
-def write_data_card(path: str | Path, card: JobCard, version: dict, found: Audit, removed: list[dict], skipped: list[dict],
-                    review: list[dict], leaks: int) -> Path:
+def write_data_card(
+    path: str | Path,
+    card: JobCard,
+    version: dict,
+    found: Audit,
+    removed: list[dict],
+    skipped: list[dict],
+    review: list[dict],
+    leaks: int,
+) -> Path:
     """Write the data card (markdown): version, counts, policy, findings, what was removed and what still needs review."""
     test_source = version.get("test_source")
-    splits = ", ".join(f"{name} {info['rows']}" for name, info in version["splits"].items() if not (test_source and name == "test"))
-    frozen = f"; frozen test set: {test_source['rows']} rows from `{test_source['path']}`, unchanged" if test_source else ""
+    splits = ", ".join(
+        f"{name} {info['rows']}" for name, info in version["splits"].items() if not (test_source and name == "test")
+    )
+    frozen = (
+        f"; frozen test set: {test_source['rows']} rows from `{test_source['path']}`, unchanged" if test_source else ""
+    )
     balance_rows = [{"label": name, **row} for name, row in found.balance.to_dict(orient="index").items()]
     text = f"""# Data card: {card.name}
 
 - task kind: {card.task_kind}
-- source: `{version['source']['path']}` (sha256 `{version['source']['sha256'][:16]}`)
-- dataset version: `{version['hash']}`
-- rows: {version['rows_before']} read, {version['rows_after']} kept ({splits}){frozen}
-- policy: {', '.join(f'{k}={v}' for k, v in version['policy'].items() if k != 'decisions')}
-- review decisions applied: {len(version['policy'].get('decisions', {}))}
+- source: `{version["source"]["path"]}` (sha256 `{version["source"]["sha256"][:16]}`)
+- dataset version: `{version["hash"]}`
+- rows: {version["rows_before"]} read, {version["rows_after"]} kept ({splits}){frozen}
+- policy: {", ".join(f"{k}={v}" for k, v in version["policy"].items() if k != "decisions")}
+- review decisions applied: {len(version["policy"].get("decisions", {}))}
 - near duplicates across splits after splitting: {leaks}
 
 ## Audit summary
@@ -320,16 +385,16 @@ def write_data_card(path: str | Path, card: JobCard, version: dict, found: Audit
 {_table([found.summary], list(found.summary))}
 ## Balance and hard-case coverage
 
-{_table(balance_rows, ['label', 'examples', 'share', 'hard', 'hard_share', 'too_rare'])}
+{_table(balance_rows, ["label", "examples", "share", "hard", "hard_share", "too_rare"])}
 ## Removed, with reasons
 
-{_table(removed, ['row', 'id', 'reason', 'text'])}
+{_table(removed, ["row", "id", "reason", "text"])}
 ## Unreadable lines skipped
 
-{_table(skipped, ['line', 'reason', 'text'])}
+{_table(skipped, ["line", "reason", "text"])}
 ## Still needs review
 
-{_table(review, ['kind', 'row', 'id', 'target', 'context'])}
+{_table(review, ["kind", "row", "id", "target", "context"])}
 """
     path = Path(path)
     path.write_text(text, encoding="utf-8")
@@ -349,7 +414,10 @@ def leaks_into(frozen: pd.DataFrame, examples: pd.DataFrame, threshold: float) -
     for i, j, similarity in pairs.itertuples(index=False):
         i, j = int(i), int(j)
         if i < n <= j:
-            leaks.setdefault(examples["id"].iloc[j - n], f"near duplicate ({similarity:.2f}) of test-set row {frozen['row'].iloc[i]}")
+            leaks.setdefault(
+                examples["id"].iloc[j - n],
+                f"near duplicate ({similarity:.2f}) of test-set row {frozen['row'].iloc[i]}",
+            )
     return leaks
 
 
@@ -364,6 +432,8 @@ def check_frozen_test(frozen: pd.DataFrame, invalid: list[dict]) -> list[dict]:
 def remove_leaks(examples: pd.DataFrame, frozen: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, list[dict]]:
     """Drop training candidates that repeat or nearly repeat a frozen test text, listing each."""
     leaks = leaks_into(frozen, examples, threshold)
-    removed = [{"row": int(r.row), "id": r.id, "text": r.text, "target": r.target, "reason": leaks[r.id]}
-               for r in examples[examples["id"].isin(leaks)].itertuples()]
+    removed = [
+        {"row": int(r.row), "id": r.id, "text": r.text, "target": r.target, "reason": leaks[r.id]}
+        for r in examples[examples["id"].isin(leaks)].itertuples()
+    ]
     return examples[~examples["id"].isin(leaks)].reset_index(drop=True), removed

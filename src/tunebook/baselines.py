@@ -28,7 +28,9 @@ from tunebook.metrics import evaluate
 from tunebook.outputs import canonical
 
 FOLDER = "baseline"
-RULE_FILE = "evaluation/decision_rule.json"  # the tuned model's rule, fitted on validation by 04 (same path in a release)
+RULE_FILE = (
+    "evaluation/decision_rule.json"  # the tuned model's rule, fitted on validation by 04 (same path in a release)
+)
 CLASSICAL_FILE = f"{FOLDER}/variants/classical/model.joblib"
 CLASSICAL_C = (0.3, 1.0, 3.0, 10.0, 30.0)
 
@@ -48,8 +50,10 @@ class VariantRun:
 
 def _text_features() -> object:
     """Word 1-2 grams and character 2-5 grams, TF-IDF weighted (sublinear term frequency)."""
-    return make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                      TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True))
+    return make_union(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
+    )
 
 
 def choice_of(card: JobCard, target: str) -> str:
@@ -65,7 +69,9 @@ def with_choices(card: JobCard, examples: pd.DataFrame, answers: np.ndarray, pro
     """A classification prediction frame: the chosen label, its probability and one probability column per label."""
     frame = _frame(examples)
     frame["prediction"] = answers
-    frame["confidence"] = probs[np.arange(len(answers)), [card.choices.index(a) for a in answers]] if len(answers) else []
+    frame["confidence"] = (
+        probs[np.arange(len(answers)), [card.choices.index(a) for a in answers]] if len(answers) else []
+    )
     for j, name in enumerate(card.choices):
         frame[f"p_{name}"] = probs[:, j]
     return frame
@@ -163,14 +169,25 @@ def fit_classical(card: JobCard, train: pd.DataFrame, seed: int = 0) -> Classica
     y = train["target"].map(lambda t: choice_of(card, t))
     if y.nunique() < 2:
         raise TunebookError(f"the train split holds only one answer ({y.iloc[0]!r}): a classifier needs at least two.")
-    pipeline = Pipeline([("features", _text_features()),
-                         ("model", LogisticRegression(max_iter=3000, class_weight="balanced", random_state=seed))])
+    pipeline = Pipeline(
+        [
+            ("features", _text_features()),
+            ("model", LogisticRegression(max_iter=3000, class_weight="balanced", random_state=seed)),
+        ]
+    )
     folds = int(min(5, y.value_counts().min()))
     if folds >= 2:
-        search = GridSearchCV(pipeline, {"model__C": list(CLASSICAL_C)}, scoring="f1_macro",
-                              cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1).fit(train["text"], y)
-        pipeline, cv = search.best_estimator_, {"C": search.best_params_["model__C"], "folds": folds,
-                                                "cv_macro_f1": float(search.best_score_)}
+        search = GridSearchCV(
+            pipeline,
+            {"model__C": list(CLASSICAL_C)},
+            scoring="f1_macro",
+            cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+            n_jobs=1,
+        ).fit(train["text"], y)
+        pipeline, cv = (
+            search.best_estimator_,
+            {"C": search.best_params_["model__C"], "folds": folds, "cv_macro_f1": float(search.best_score_)},
+        )
     else:  # a choice with a single training example leaves nothing to cross-validate on
         pipeline.set_params(model__C=1.0).fit(train["text"], y)
         cv = {"C": 1.0, "folds": 0, "cv_macro_f1": None}
@@ -186,8 +203,9 @@ def _timed(function, *args, **kwargs) -> tuple[object, float]:
     return result, time.perf_counter() - started
 
 
-def _choice_variant(name: str, kind: str, card: JobCard, splits: dict[str, pd.DataFrame], scorer, answerer,
-                    notes: dict | None = None) -> VariantRun:
+def _choice_variant(
+    name: str, kind: str, card: JobCard, splits: dict[str, pd.DataFrame], scorer, answerer, notes: dict | None = None
+) -> VariantRun:
     """A variant that scores the fixed set of answers: probabilities on val fit its decision rule, applied on test."""
     val_probs = scorer(splits["val"])
     rule = fit_rule(card, val_probs, [choice_of(card, t) for t in splits["val"]["target"]])
@@ -198,8 +216,17 @@ def _choice_variant(name: str, kind: str, card: JobCard, splits: dict[str, pd.Da
     return VariantRun(name, kind, val, test, ms, rule, notes or {})
 
 
-def run_variants(model, tokenizer, card: JobCard, splits: dict[str, pd.DataFrame], k_shots: int = 3, seed: int = 0,
-                 batch_size: int = 8, max_new_tokens: int | None = None, progress: bool = True) -> list[VariantRun]:
+def run_variants(
+    model,
+    tokenizer,
+    card: JobCard,
+    splits: dict[str, pd.DataFrame],
+    k_shots: int = 3,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    progress: bool = True,
+) -> list[VariantRun]:
     """Every baseline variant that applies to the card's task kind, on the val and test splits."""
     from tunebook import predict
     from tunebook.prompts import pick_shots
@@ -209,8 +236,16 @@ def run_variants(model, tokenizer, card: JobCard, splits: dict[str, pd.DataFrame
 
     trivial_val = trivial_predictions(card, train, splits["val"])
     trivial_test, seconds = _timed(trivial_predictions, card, train, splits["test"])
-    runs.append(VariantRun("trivial", "trivial", trivial_val, trivial_test, 1000 * seconds / max(1, len(splits["test"])),
-                           notes={"answer": trivial_answer(card, train)}))
+    runs.append(
+        VariantRun(
+            "trivial",
+            "trivial",
+            trivial_val,
+            trivial_test,
+            1000 * seconds / max(1, len(splits["test"])),
+            notes={"answer": trivial_answer(card, train)},
+        )
+    )
 
     retriever = Retriever(train)
     fixed = pick_shots(card, train, k_shots, seed=seed)
@@ -218,16 +253,37 @@ def run_variants(model, tokenizer, card: JobCard, splits: dict[str, pd.DataFrame
     if fixed:
         prompting[f"{len(fixed)}-shot"] = ("prompting", lambda frame: fixed)
     if k_shots > 0:
-        prompting[f"retrieval {k_shots}-shot"] = ("retrieval", lambda frame: retriever.shots(frame["text"].tolist(), k_shots))
+        prompting[f"retrieval {k_shots}-shot"] = (
+            "retrieval",
+            lambda frame: retriever.shots(frame["text"].tolist(), k_shots),
+        )
     for name, (kind, shots_for) in prompting.items():
         if card.choices:
-            runs.append(_choice_variant(
-                name, kind, card, splits,
-                lambda frame, s=shots_for: predict.choose(model, tokenizer, card, frame["text"].tolist(), batch_size, progress, s(frame))[1],
-                lambda frame, probs, rule, s=shots_for: predict.answer_choices(
-                    model, tokenizer, card, frame, probs, rule, batch_size=batch_size, progress=progress, shots=s(frame),
-                    max_new_tokens=max_new_tokens)))
+            runs.append(
+                _choice_variant(
+                    name,
+                    kind,
+                    card,
+                    splits,
+                    lambda frame, s=shots_for: predict.choose(
+                        model, tokenizer, card, frame["text"].tolist(), batch_size, progress, s(frame)
+                    )[1],
+                    lambda frame, probs, rule, s=shots_for: predict.answer_choices(
+                        model,
+                        tokenizer,
+                        card,
+                        frame,
+                        probs,
+                        rule,
+                        batch_size=batch_size,
+                        progress=progress,
+                        shots=s(frame),
+                        max_new_tokens=max_new_tokens,
+                    ),
+                )
+            )
         else:
+
             def generated(frame, s=shots_for):
                 return predict.predict(model, tokenizer, card, frame, batch_size, progress, s(frame), max_new_tokens)
 
@@ -238,13 +294,33 @@ def run_variants(model, tokenizer, card: JobCard, splits: dict[str, pd.DataFrame
     if card.choices:
         classical, fit_seconds = _timed(fit_classical, card, train, seed)
         # a chosen tool's arguments come from the language model, prompted with the input's nearest training examples
-        arguments = (lambda frame: retriever.shots(frame["text"].tolist(), k_shots)) if card.task_kind == "tool_selection" else (lambda frame: [])
-        runs.append(_choice_variant(
-            "classical", "classical", card, splits,
-            lambda frame: classical.predict_proba(frame["text"].tolist()),
-            lambda frame, probs, rule: predict.answer_choices(model, tokenizer, card, frame, probs, rule, batch_size=batch_size,
-                                                               progress=progress, shots=arguments(frame), max_new_tokens=max_new_tokens),
-            notes={**classical.cv, "fit_seconds": round(fit_seconds, 2)}))
+        arguments = (
+            (lambda frame: retriever.shots(frame["text"].tolist(), k_shots))
+            if card.task_kind == "tool_selection"
+            else (lambda frame: [])
+        )
+        runs.append(
+            _choice_variant(
+                "classical",
+                "classical",
+                card,
+                splits,
+                lambda frame: classical.predict_proba(frame["text"].tolist()),
+                lambda frame, probs, rule: predict.answer_choices(
+                    model,
+                    tokenizer,
+                    card,
+                    frame,
+                    probs,
+                    rule,
+                    batch_size=batch_size,
+                    progress=progress,
+                    shots=arguments(frame),
+                    max_new_tokens=max_new_tokens,
+                ),
+                notes={**classical.cv, "fit_seconds": round(fit_seconds, 2)},
+            )
+        )
         runs[-1].notes["model"] = classical
     return runs
 
@@ -255,6 +331,7 @@ def run_variants(model, tokenizer, card: JobCard, splits: dict[str, pd.DataFrame
 def best_variant(runs: list[VariantRun], card: JobCard) -> VariantRun:
     """The variant with the best primary metric on the validation split (fewer must-never failures, then the
     cheaper one, on ties). The test split plays no part in the choice."""
+
     def key(run: VariantRun) -> tuple:
         scores = evaluate(card, run.val)
         return (scores[scores["primary"]], -scores["must_never_failures"], -run.ms_per_example)
@@ -277,14 +354,26 @@ def variant_table(card: JobCard, runs: list[VariantRun], resamples: int = 500, l
         val, test = evaluate(card, run.val), evaluate(card, run.test)
         primary = test["primary"]
         band = bootstrap(card, run.test, resamples, level).loc[primary]
-        rows[run.name] = {"kind": run.kind, f"val {primary}": round(val[primary], 4), f"test {primary}": round(test[primary], 4),
-                          "test low": round(band["low"], 4), "test high": round(band["high"], 4),
-                          "test must-never failures": test["must_never_failures"], "ms per example": round(run.ms_per_example, 1)}
+        rows[run.name] = {
+            "kind": run.kind,
+            f"val {primary}": round(val[primary], 4),
+            f"test {primary}": round(test[primary], 4),
+            "test low": round(band["low"], 4),
+            "test high": round(band["high"], 4),
+            "test must-never failures": test["must_never_failures"],
+            "ms per example": round(run.ms_per_example, 1),
+        }
     return pd.DataFrame(rows).T
 
 
-def save_variants(run_dir: str | Path, card: JobCard, runs: list[VariantRun], best: VariantRun, prompting: VariantRun,
-                  table: pd.DataFrame) -> Path:
+def save_variants(
+    run_dir: str | Path,
+    card: JobCard,
+    runs: list[VariantRun],
+    best: VariantRun,
+    prompting: VariantRun,
+    table: pd.DataFrame,
+) -> Path:
     """Write every variant's predictions and rule, the table, and the best and best-prompting variants' test
     predictions and metrics under ``<run>/baseline``."""
     import joblib
@@ -299,14 +388,28 @@ def save_variants(run_dir: str | Path, card: JobCard, runs: list[VariantRun], be
         if run.rule is not None:
             save_rule(run.rule, part / "decision_rule.json")
         if "model" in run.notes:
-            joblib.dump(run.notes["model"], part / "model.joblib")  # sklearn's own persistence; written and read by tunebook only
+            joblib.dump(
+                run.notes["model"], part / "model.joblib"
+            )  # sklearn's own persistence; written and read by tunebook only
     for role, run in (("", best), ("prompting_", prompting)):
         save_predictions(run.test, folder / f"{role}predictions.jsonl")
-        (folder / f"{role}metrics.json").write_text(json.dumps({**evaluate(card, run.test), "variant": run.name}, indent=2))
-    summary = {"best": best.name, "best_kind": best.kind, "best_prompting": prompting.name,
-               "variants": {r.name: {"kind": r.kind, "folder": f"variants/{_slug(r.name)}",
-                                     "notes": {k: v for k, v in r.notes.items() if k != "model"}} for r in runs},
-               "table": json.loads(table.to_json(orient="index"))}
+        (folder / f"{role}metrics.json").write_text(
+            json.dumps({**evaluate(card, run.test), "variant": run.name}, indent=2)
+        )
+    summary = {
+        "best": best.name,
+        "best_kind": best.kind,
+        "best_prompting": prompting.name,
+        "variants": {
+            r.name: {
+                "kind": r.kind,
+                "folder": f"variants/{_slug(r.name)}",
+                "notes": {k: v for k, v in r.notes.items() if k != "model"},
+            }
+            for r in runs
+        },
+        "table": json.loads(table.to_json(orient="index")),
+    }
     (folder / "variants.json").write_text(json.dumps(summary, indent=2, default=str))
     return folder
 

@@ -78,7 +78,11 @@ def _run(args: argparse.Namespace) -> int:
     release = summary.get("05_release")
     if release:
         print(f"[tunebook] {release['headline']}")
-        outcome = "promoted to champion" if release["promoted"] else f"gate failed ({', '.join(release['failed_checks'])}); champion unchanged"
+        outcome = (
+            "promoted to champion"
+            if release["promoted"]
+            else f"gate failed ({', '.join(release['failed_checks'])}); champion unchanged"
+        )
         print(f"[tunebook] registered as version {release['version']}: {outcome}")
     elif "02_prove_the_baseline" in summary:
         print(f"[tunebook] baseline: {summary['02_prove_the_baseline']['verdict']}")
@@ -103,7 +107,9 @@ def _train(args: argparse.Namespace) -> int:
         from tunebook.pipeline import save_results
 
         save_results(args.run_dir, step, headline(result))
-    print(f"[tunebook] validation loss {result.val_loss_before:.3f} -> {result.val_loss_after:.3f}; adapter: {result.adapter_dir}")
+    print(
+        f"[tunebook] validation loss {result.val_loss_before:.3f} -> {result.val_loss_after:.3f}; adapter: {result.adapter_dir}"
+    )
     return 0
 
 
@@ -123,8 +129,12 @@ def _store(args: argparse.Namespace):
 def _predict(args: argparse.Namespace) -> int:
     from tunebook.serve import predict_file
 
-    result = predict_file(_store(args), args.job, args.input, args.output, args.base_model, args.version, args.batch_size)
-    print(f"[tunebook] {len(result)} predictions by '{args.job}' version {result['model_version'].iloc[0] if len(result) else '-'}: {args.output}")
+    result = predict_file(
+        _store(args), args.job, args.input, args.output, args.base_model, args.version, args.batch_size
+    )
+    print(
+        f"[tunebook] {len(result)} predictions by '{args.job}' version {result['model_version'].iloc[0] if len(result) else '-'}: {args.output}"
+    )
     return 0
 
 
@@ -140,7 +150,9 @@ def _promote(args: argparse.Namespace) -> int:
     from tunebook.registry import promote
 
     done = promote(_store(args), args.job, args.version, args.force, args.reason)
-    print(f"[tunebook] '{done['model']}' champion: version {done['champion']} (was {done['previous_champion'] or 'none'})")
+    print(
+        f"[tunebook] '{done['model']}' champion: version {done['champion']} (was {done['previous_champion'] or 'none'})"
+    )
     return 0
 
 
@@ -148,14 +160,22 @@ def _rollback(args: argparse.Namespace) -> int:
     from tunebook.registry import rollback
 
     done = rollback(_store(args), args.job)
-    print(f"[tunebook] '{done['model']}' champion rolled back from version {done['rolled_back']} to version {done['champion']}")
+    print(
+        f"[tunebook] '{done['model']}' champion rolled back from version {done['rolled_back']} to version {done['champion']}"
+    )
     return 0
 
 
 def _registry_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--job", required=True, help="job name (the job card's `name`), which names the registered model")
-    parser.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI, else RUNS_DIR/mlflow.db)")
-    parser.add_argument("--runs-dir", default="runs", help="folder whose mlflow.db is the default registry (default: runs)")
+    parser.add_argument(
+        "--job", required=True, help="job name (the job card's `name`), which names the registered model"
+    )
+    parser.add_argument(
+        "--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI, else RUNS_DIR/mlflow.db)"
+    )
+    parser.add_argument(
+        "--runs-dir", default="runs", help="folder whose mlflow.db is the default registry (default: runs)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,17 +184,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the notebooks with papermill into a new run folder")
     run.add_argument("--config", help="YAML file of notebook parameters")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a notebook parameter (repeatable)")
+    run.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a notebook parameter (repeatable)"
+    )
     run.add_argument("--name", help="run folder name (default: run-<timestamp>)")
     run.add_argument("--runs-dir", default="runs", help="folder that holds run folders (default: runs)")
     run.add_argument("--steps", help="comma-separated notebook prefixes to run, e.g. 00,01,02")
-    run.add_argument("--continue", dest="continue_run", metavar="RUN_DIR",
-                     help="run --steps in this existing run folder (e.g. 04,05 after `tunebook train`)")
+    run.add_argument(
+        "--continue",
+        dest="continue_run",
+        metavar="RUN_DIR",
+        help="run --steps in this existing run folder (e.g. 04,05 after `tunebook train`)",
+    )
     run.set_defaults(func=_run)
     train = sub.add_parser("train", help="train on a run folder prepared by 00 and 01 (what 03_train_qlora does)")
     train.add_argument("run_dir", help="run folder written by 01_clean_the_data")
     train.add_argument("--config", help="YAML file of 03_train_qlora parameters")
-    train.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a 03_train_qlora parameter (repeatable)")
+    train.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a 03_train_qlora parameter (repeatable)",
+    )
     train.set_defaults(func=_train)
     prepare = sub.add_parser("prepare-model", help="convert the bundled base model once and cache it")
     prepare.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub id")
@@ -184,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--input", required=True, help="CSV, JSONL or Parquet file with the card's text column")
     serve.add_argument("--output", required=True, help="JSONL file to write (never overwritten)")
     serve.add_argument("--version", help="a registered version instead of the champion")
-    serve.add_argument("--base-model", default="bundled", help="the base model the adapter was trained on (default: bundled)")
+    serve.add_argument(
+        "--base-model", default="bundled", help="the base model the adapter was trained on (default: bundled)"
+    )
     serve.add_argument("--batch-size", type=int, default=8, help="examples per forward pass")
     serve.set_defaults(func=_predict)
     listing = sub.add_parser("versions", help="list a job's registered versions, aliases and gate verdicts")
@@ -193,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     promoting = sub.add_parser("promote", help="make a registered version the champion")
     _registry_arguments(promoting)
     promoting.add_argument("--version", required=True, help="the version to promote")
-    promoting.add_argument("--force", action="store_true", help="promote a version that failed its gate (needs --reason)")
+    promoting.add_argument(
+        "--force", action="store_true", help="promote a version that failed its gate (needs --reason)"
+    )
     promoting.add_argument("--reason", default="", help="why a failed gate is overridden (recorded on the version)")
     promoting.set_defaults(func=_promote)
     back = sub.add_parser("rollback", help="move a job's champion back to the version it replaced")

@@ -30,7 +30,11 @@ def _read_jsonl(path: Path, bad_lines: str, skipped: list[dict]) -> pd.DataFrame
                 continue
             try:
                 record = json.loads(line)
-                problem = None if isinstance(record, dict) else f"expected a JSON object per line, got {type(record).__name__}"
+                problem = (
+                    None
+                    if isinstance(record, dict)
+                    else f"expected a JSON object per line, got {type(record).__name__}"
+                )
             except json.JSONDecodeError as error:
                 problem = f"not valid JSON ({error.msg})"
             if problem is None:
@@ -38,7 +42,9 @@ def _read_jsonl(path: Path, bad_lines: str, skipped: list[dict]) -> pd.DataFrame
             elif bad_lines == "skip":
                 skipped.append({"line": number, "text": line.rstrip("\n"), "reason": problem})
             else:
-                raise DataError(f"{path}, line {number}: {problem}. Fix or remove that line, or set BAD_LINES='skip' to list and skip such lines.")
+                raise DataError(
+                    f"{path}, line {number}: {problem}. Fix or remove that line, or set BAD_LINES='skip' to list and skip such lines."
+                )
     return pd.DataFrame.from_records(records)
 
 
@@ -49,7 +55,9 @@ def load_table(path: str | Path, bad_lines: str = "error", skipped: list[dict] |
     if bad_lines not in BAD_LINE_POLICIES:
         raise DataError(f"BAD_LINES must be one of {', '.join(BAD_LINE_POLICIES)}, got '{bad_lines}'.")
     if not path.is_file():
-        raise DataError(f"data file not found: {path}. Check data.path in the job card (relative paths start at the card's folder).")
+        raise DataError(
+            f"data file not found: {path}. Check data.path in the job card (relative paths start at the card's folder)."
+        )
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
@@ -61,13 +69,17 @@ def load_table(path: str | Path, bad_lines: str = "error", skipped: list[dict] |
         else:
             raise DataError(f"{path}: unsupported file type '{suffix}'. Use .csv, .jsonl or .parquet.")
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text (byte {error.start} cannot be decoded). Re-save the file as UTF-8.") from None
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {error.start} cannot be decoded). Re-save the file as UTF-8."
+        ) from None
     except PermissionError:
         raise DataError(f"{path}: cannot be read (permission denied). Check the file's permissions.") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (no header, no rows).") from None
     except pd.errors.ParserError as error:
-        raise DataError(f"{path}: cannot be parsed as CSV: {error}. Check quoting and the number of fields on that line.") from None
+        raise DataError(
+            f"{path}: cannot be parsed as CSV: {error}. Check quoting and the number of fields on that line."
+        ) from None
     return frame.apply(lambda column: column.map(_cell))
 
 
@@ -78,7 +90,9 @@ def _cell(value: object) -> object:
     return "" if value is None or value != value else str(value)
 
 
-def to_examples(frame: pd.DataFrame, card: JobCard, source: str, id_prefix: str = "row-") -> tuple[pd.DataFrame, list[dict]]:
+def to_examples(
+    frame: pd.DataFrame, card: JobCard, source: str, id_prefix: str = "row-"
+) -> tuple[pd.DataFrame, list[dict]]:
     """Map the card's columns onto (row, id, text, target, tags); return them and the rows whose target breaks the card.
 
     A classification label outside the card's label set stops here with the rows named; a structured target that
@@ -112,7 +126,9 @@ def to_examples(frame: pd.DataFrame, card: JobCard, source: str, id_prefix: str 
     examples = pd.DataFrame(
         {
             "row": rows,
-            "id": frame[spec.id_column].astype(str).values if spec.id_column in columns else [f"{id_prefix}{r}" for r in rows],
+            "id": frame[spec.id_column].astype(str).values
+            if spec.id_column in columns
+            else [f"{id_prefix}{r}" for r in rows],
             "text": texts,
             "target": [target for target, _ in checked],
             "tags": frame[spec.tags_column].astype(str).values if spec.tags_column in columns else "",
@@ -144,13 +160,19 @@ def to_examples(frame: pd.DataFrame, card: JobCard, source: str, id_prefix: str 
     return examples, invalid
 
 
-def load_examples(card: JobCard, bad_lines: str = "error", skipped: list[dict] | None = None) -> tuple[pd.DataFrame, list[dict]]:
+def load_examples(
+    card: JobCard, bad_lines: str = "error", skipped: list[dict] | None = None
+) -> tuple[pd.DataFrame, list[dict]]:
     """Load the card's data file and check every target against the card."""
     return to_examples(load_table(card.data.path, bad_lines, skipped), card, card.data.path)
 
 
 def load_frozen_test(
-    path: str | Path, card: JobCard, examples: pd.DataFrame, bad_lines: str = "error", skipped: list[dict] | None = None
+    path: str | Path,
+    card: JobCard,
+    examples: pd.DataFrame,
+    bad_lines: str = "error",
+    skipped: list[dict] | None = None,
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Load a user-supplied test set (TEST_FILE) like the card's data; its ids must not name a row of ``examples``.
 
@@ -193,7 +215,9 @@ def load_decisions(path: str | Path | None, card: JobCard | None = None) -> dict
             if "target" not in entry:
                 raise DataError(f"{where}: a relabel decision needs the new target.")
             if card is not None and card.task_kind == "classification" and entry["target"] not in card.label_names:
-                raise DataError(f"{where}: '{entry['target']}' is not one of the labels {card.label_names}{closest(str(entry['target']), card.label_names)}.")
+                raise DataError(
+                    f"{where}: '{entry['target']}' is not one of the labels {card.label_names}{closest(str(entry['target']), card.label_names)}."
+                )
         decisions[str(entry["id"])] = entry
     return decisions
 
@@ -204,11 +228,16 @@ def save_decisions(decisions: dict[str, dict], path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump([decisions[k] for k in sorted(decisions)], sort_keys=False, allow_unicode=True), encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump([decisions[k] for k in sorted(decisions)], sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
     return path
 
 
-def apply_decisions(card: JobCard, examples: pd.DataFrame, decisions: dict[str, dict]) -> tuple[pd.DataFrame, list[dict]]:
+def apply_decisions(
+    card: JobCard, examples: pd.DataFrame, decisions: dict[str, dict]
+) -> tuple[pd.DataFrame, list[dict]]:
     """Apply relabel decisions (recording the old target) and set aside rows a reviewer dropped."""
     examples = examples.copy()
     report = []
@@ -221,17 +250,33 @@ def apply_decisions(card: JobCard, examples: pd.DataFrame, decisions: dict[str, 
             continue
         if decision["action"] == "relabel":
             new = decision["target"] if isinstance(decision["target"], str) else canonical(card, decision["target"])
-            report.append({"row": int(row["row"]), "id": row["id"], "text": row["text"], "target": row["target"],
-                           "reason": f"review decision: relabelled to {new}"})
+            report.append(
+                {
+                    "row": int(row["row"]),
+                    "id": row["id"],
+                    "text": row["text"],
+                    "target": row["target"],
+                    "reason": f"review decision: relabelled to {new}",
+                }
+            )
             examples.at[index, "target"] = new
         elif decision["action"] == "drop":
-            report.append({"row": int(row["row"]), "id": row["id"], "text": row["text"], "target": row["target"],
-                           "reason": f"review decision: drop{' (' + decision['note'] + ')' if decision.get('note') else ''}"})
+            report.append(
+                {
+                    "row": int(row["row"]),
+                    "id": row["id"],
+                    "text": row["text"],
+                    "target": row["target"],
+                    "reason": f"review decision: drop{' (' + decision['note'] + ')' if decision.get('note') else ''}",
+                }
+            )
     dropped = {item["id"] for item in report if item["reason"].startswith("review decision: drop")}
     return examples[~examples["id"].isin(dropped)], report
 
 
-def clean(examples: pd.DataFrame, invalid: list[dict] | None = None, keep: set[str] = frozenset()) -> tuple[pd.DataFrame, list[dict]]:
+def clean(
+    examples: pd.DataFrame, invalid: list[dict] | None = None, keep: set[str] = frozenset()
+) -> tuple[pd.DataFrame, list[dict]]:
     """Drop empty rows, invalid targets, exact duplicates and conflicting targets; return what is kept and a report of every drop.
 
     Ids in ``keep`` (a reviewer's keep decisions) are never dropped as conflicts.
@@ -240,7 +285,9 @@ def clean(examples: pd.DataFrame, invalid: list[dict] | None = None, keep: set[s
     problems = {item["row"]: item["problems"] for item in invalid or []}
 
     def drop(row: pd.Series, reason: str) -> None:
-        report.append({"row": int(row["row"]), "id": row["id"], "text": row["text"], "target": row["target"], "reason": reason})
+        report.append(
+            {"row": int(row["row"]), "id": row["id"], "text": row["text"], "target": row["target"], "reason": reason}
+        )
 
     empty = (examples["text"].str.strip() == "") | (examples["target"] == "")
     for _, row in examples[empty].iterrows():
@@ -308,7 +355,11 @@ def _allocate(
 
 
 def split(
-    examples: pd.DataFrame, card: JobCard, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0,
+    examples: pd.DataFrame,
+    card: JobCard,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 0,
     groups: np.ndarray | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Split into train/val/test, stratified by label (or tool); rows sharing a group (near duplicates) share a split."""
@@ -322,7 +373,11 @@ def split(
 
 
 def split_with_frozen_test(
-    examples: pd.DataFrame, frozen_test: pd.DataFrame, card: JobCard, val_fraction: float = 0.1, seed: int = 0,
+    examples: pd.DataFrame,
+    frozen_test: pd.DataFrame,
+    card: JobCard,
+    val_fraction: float = 0.1,
+    seed: int = 0,
     groups: np.ndarray | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Keep a user-supplied test set exactly as given; split the rest into train/val only."""
@@ -331,7 +386,11 @@ def split_with_frozen_test(
     if not 0 < val_fraction < 1:
         raise DataError(f"VAL_FRACTION must be between 0 and 1, got {val_fraction}.")
     parts = _allocate(examples, card, {"val": val_fraction}, seed, groups)
-    return {"train": parts["train"], "val": parts["val"], "test": frozen_test.sort_values("row").reset_index(drop=True)}
+    return {
+        "train": parts["train"],
+        "val": parts["val"],
+        "test": frozen_test.sort_values("row").reset_index(drop=True),
+    }
 
 
 def frame_hash(frame: pd.DataFrame) -> str:
@@ -353,7 +412,11 @@ def file_hash(path: str | Path) -> str:
 
 
 def dataset_version(
-    splits: dict[str, pd.DataFrame], source: str | Path, policy: dict, counts_before: int, test_source: str | Path | None = None
+    splits: dict[str, pd.DataFrame],
+    source: str | Path,
+    policy: dict,
+    counts_before: int,
+    test_source: str | Path | None = None,
 ) -> dict:
     """Describe the dataset version: per-split hashes, source hash, policy and counts.
 
@@ -372,7 +435,11 @@ def dataset_version(
         "rows_after": sum(len(splits[name]) for name in from_source),
     }
     if test_source:
-        version["test_source"] = {"path": str(test_source), "sha256": file_hash(test_source), "rows": len(splits["test"])}
+        version["test_source"] = {
+            "path": str(test_source),
+            "sha256": file_hash(test_source),
+            "rows": len(splits["test"]),
+        }
     return version
 
 
@@ -393,7 +460,9 @@ def load_splits(folder: str | Path) -> dict[str, pd.DataFrame]:
         path = folder / f"{name}.jsonl"
         if not path.is_file():
             raise DataError(f"missing split {path}: run 01_clean_the_data for this run folder first.")
-        splits[name] = pd.read_json(path, orient="records", lines=True, dtype={"id": str, "text": str, "target": str, "tags": str})
+        splits[name] = pd.read_json(
+            path, orient="records", lines=True, dtype={"id": str, "text": str, "target": str, "tags": str}
+        )
         splits[name]["tags"] = splits[name]["tags"].fillna("").astype(str)
     return splits
 
@@ -408,8 +477,12 @@ def save_dataset(folder: str | Path, splits: dict[str, pd.DataFrame], version: d
 
 def split_table(card: JobCard, splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Examples per label (or tool) in each split, with totals."""
-    table = pd.DataFrame(
-        {name: frame["target"].map(lambda t: stratum(card, t)).value_counts() for name, frame in splits.items()}
-    ).fillna(0).astype(int)
+    table = (
+        pd.DataFrame(
+            {name: frame["target"].map(lambda t: stratum(card, t)).value_counts() for name, frame in splits.items()}
+        )
+        .fillna(0)
+        .astype(int)
+    )
     table.loc["total"] = table.sum()
     return table

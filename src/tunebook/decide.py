@@ -32,7 +32,9 @@ class DecisionRule(BaseModel):
     temperature: float = Field(default=1.0, gt=0)
     mix_weight: float = Field(default=0.0, ge=0, le=1, description="weight of the second model's log-probabilities")
     mix_with: str | None = Field(default=None, description="name of the second model (e.g. 'classical'), if mixed")
-    thresholds: dict[str, float] = Field(default_factory=dict, description="guarded answer -> probability that routes to it")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="guarded answer -> probability that routes to it"
+    )
     fitted_on: dict = Field(default_factory=dict, description="what the values were chosen on (split, size, figures)")
 
     def probabilities(self, probs: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
@@ -41,11 +43,17 @@ class DecisionRule(BaseModel):
         logits = np.log(np.clip(np.asarray(probs, dtype=float), _FLOOR, 1))
         if self.mix_weight > 0:
             if other is None:
-                raise TunebookError(f"this decision rule mixes in the '{self.mix_with}' model's probabilities; pass them.")
-            logits = (1 - self.mix_weight) * logits + self.mix_weight * np.log(np.clip(np.asarray(other, dtype=float), _FLOOR, 1))
+                raise TunebookError(
+                    f"this decision rule mixes in the '{self.mix_with}' model's probabilities; pass them."
+                )
+            logits = (1 - self.mix_weight) * logits + self.mix_weight * np.log(
+                np.clip(np.asarray(other, dtype=float), _FLOOR, 1)
+            )
         return np.exp(log_softmax(logits / self.temperature, axis=1))
 
-    def decide(self, card: JobCard, probs: np.ndarray, other: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def decide(
+        self, card: JobCard, probs: np.ndarray, other: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The chosen answers and the probabilities they were chosen from."""
         self._check(card)
         calibrated = self.probabilities(probs, other)
@@ -53,7 +61,9 @@ class DecisionRule(BaseModel):
 
     def _check(self, card: JobCard) -> None:
         if list(self.choices) != list(card.choices):
-            raise TunebookError(f"the decision rule was fitted for answers {self.choices}, but the job card has {card.choices}.")
+            raise TunebookError(
+                f"the decision rule was fitted for answers {self.choices}, but the job card has {card.choices}."
+            )
 
 
 def cost_matrix(card: JobCard) -> np.ndarray:
@@ -90,8 +100,11 @@ def _truth_index(card: JobCard, truth: list[str]) -> np.ndarray:
 def fit_temperature(probs: np.ndarray, truth: np.ndarray) -> float:
     """The temperature that minimises the validation negative log-likelihood (between 0.05 and 20)."""
     logp = np.log(np.clip(probs, _FLOOR, 1))
-    best = minimize_scalar(lambda t: _nll(np.exp(log_softmax(logp / np.exp(t), axis=1)), truth), bounds=(np.log(0.05), np.log(20)),
-                           method="bounded")
+    best = minimize_scalar(
+        lambda t: _nll(np.exp(log_softmax(logp / np.exp(t), axis=1)), truth),
+        bounds=(np.log(0.05), np.log(20)),
+        method="bounded",
+    )
     return float(np.exp(best.x))
 
 
@@ -127,8 +140,14 @@ def fit_thresholds(card: JobCard, probs: np.ndarray, truth: list[str]) -> tuple[
     return thresholds, met
 
 
-def fit_rule(card: JobCard, probs: np.ndarray, truth: list[str], other: np.ndarray | None = None, other_name: str | None = None,
-             source: str = "validation") -> DecisionRule:
+def fit_rule(
+    card: JobCard,
+    probs: np.ndarray,
+    truth: list[str],
+    other: np.ndarray | None = None,
+    other_name: str | None = None,
+    source: str = "validation",
+) -> DecisionRule:
     """Fit mixture weight (if a second model's probabilities are given), temperature and routing thresholds on one
     labelled split, never the test split. Weight (over a grid) and temperature minimise the negative log-likelihood."""
     if not card.choices:
@@ -143,14 +162,21 @@ def fit_rule(card: JobCard, probs: np.ndarray, truth: list[str], other: np.ndarr
             t = fit_temperature(mixed, index)
             fits.append((_nll(DecisionRule(choices=card.choices, temperature=t).probabilities(mixed), index), w, t))
         _, weight, temperature = min(fits)
-    rule = DecisionRule(choices=card.choices, temperature=temperature, mix_weight=weight, mix_with=other_name if weight else None)
+    rule = DecisionRule(
+        choices=card.choices, temperature=temperature, mix_weight=weight, mix_with=other_name if weight else None
+    )
     calibrated = rule.probabilities(probs, other)
     thresholds, met = fit_thresholds(card, calibrated, list(truth)) if len(index) else ({}, True)
     answers = choose_answers(card, calibrated, thresholds)
     rule.thresholds = thresholds
-    rule.fitted_on = {"split": source, "n": len(index), "nll": _nll(calibrated, index) if len(index) else None,
-                      "must_never_failures": must_never_count(card, list(truth), answers), "must_never_limit_met": met,
-                      "cost": total_cost(card, list(truth), answers)}
+    rule.fitted_on = {
+        "split": source,
+        "n": len(index),
+        "nll": _nll(calibrated, index) if len(index) else None,
+        "must_never_failures": must_never_count(card, list(truth), answers),
+        "must_never_limit_met": met,
+        "cost": total_cost(card, list(truth), answers),
+    }
     return rule
 
 

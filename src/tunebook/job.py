@@ -71,8 +71,12 @@ class DraftingRules(_Strict):
     """Tone and policy rules a draft must pass, each checkable by code."""
 
     required_patterns: list[NamedPattern] = Field(default_factory=list, description="Each must match the draft.")
-    echo_patterns: list[NamedPattern] = Field(default_factory=list, description="A match in the input must reappear in the draft.")
-    forbidden_phrases: list[str] = Field(default_factory=list, description="Case-insensitive phrases the draft must not contain.")
+    echo_patterns: list[NamedPattern] = Field(
+        default_factory=list, description="A match in the input must reappear in the draft."
+    )
+    forbidden_phrases: list[str] = Field(
+        default_factory=list, description="Case-insensitive phrases the draft must not contain."
+    )
     min_words: int | None = Field(default=None, ge=0)
     max_words: int | None = Field(default=None, ge=1)
     closing_line: str | None = Field(default=None, description="The draft's last line, exactly.")
@@ -98,7 +102,9 @@ class Targets(_Strict):
 class DecisionAnswers(_Strict):
     """The five questions that decide between prompting, RAG and fine-tuning."""
 
-    behaviour_not_knowledge: bool = Field(description="Is the gap a behaviour (format, judgement, style) rather than missing facts?")
+    behaviour_not_knowledge: bool = Field(
+        description="Is the gap a behaviour (format, judgement, style) rather than missing facts?"
+    )
     repeats_enough: bool = Field(description="Does the task repeat often enough to justify training?")
     examples_collectable: bool = Field(description="Can examples of success and failure be collected?")
     prompting_solves_most: bool = Field(description="Would better prompting alone solve most of it?")
@@ -115,7 +121,9 @@ class JobCard(_Strict):
     labels: list[Label] = Field(default_factory=list)
     escalate_label: str | None = None
     output_schema: dict | None = Field(default=None, description="extraction: JSON Schema of the output object.")
-    field_weights: dict[str, float] = Field(default_factory=dict, description="extraction: weight of each field's errors.")
+    field_weights: dict[str, float] = Field(
+        default_factory=dict, description="extraction: weight of each field's errors."
+    )
     tools: list[Tool] = Field(default_factory=list, description="tool_selection: the tool catalogue.")
     rules: DraftingRules | None = Field(default=None, description="drafting: the rules a draft must pass.")
     data: DataSpec
@@ -125,7 +133,7 @@ class JobCard(_Strict):
     decision: DecisionAnswers
 
     @model_validator(mode="after")
-    def _check_kind(self) -> "JobCard":
+    def _check_kind(self) -> JobCard:
         problems = {
             "classification": self._classification_problems,
             "extraction": self._extraction_problems,
@@ -139,7 +147,9 @@ class JobCard(_Strict):
     def _choice_problems(self, kind_field: str, names: list[str]) -> list[str]:
         problems = []
         if len(names) < 2:
-            problems.append(f"{kind_field}: a {self.task_kind} job needs at least two {kind_field}, found {names or 'none'}")
+            problems.append(
+                f"{kind_field}: a {self.task_kind} job needs at least two {kind_field}, found {names or 'none'}"
+            )
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             problems.append(f"{kind_field}: duplicate name(s) {duplicates}; each must appear once")
@@ -149,7 +159,9 @@ class JobCard(_Strict):
                 problems.append(f"error_costs.{true}: '{true}' is not one of the {kind_field} {names}")
             for predicted, cost in row.items():
                 if predicted != "*" and predicted not in known:
-                    problems.append(f"error_costs.{true}.{predicted}: '{predicted}' is not one of the {kind_field} {names} (or '*')")
+                    problems.append(
+                        f"error_costs.{true}.{predicted}: '{predicted}' is not one of the {kind_field} {names} (or '*')"
+                    )
                 if cost < 0:
                     problems.append(f"error_costs.{true}.{predicted}: cost must be >= 0, got {cost}")
         for i, rule in enumerate(self.must_never):
@@ -180,15 +192,23 @@ class JobCard(_Strict):
         fields = set(self.output_schema.get("properties", {}))
         if not problems and (self.output_schema.get("type") != "object" or not fields):
             problems.append("output_schema: must describe an object with properties (the fields to extract)")
-        problems += [f"field_weights.{name}: not a field of output_schema {sorted(fields)}" for name in self.field_weights if name not in fields]
+        problems += [
+            f"field_weights.{name}: not a field of output_schema {sorted(fields)}"
+            for name in self.field_weights
+            if name not in fields
+        ]
         for i, rule in enumerate(self.must_never):
             if rule.field not in fields:
-                problems.append(f"must_never[{i}].field: '{rule.field}' is not a field of output_schema {sorted(fields)}")
+                problems.append(
+                    f"must_never[{i}].field: '{rule.field}' is not a field of output_schema {sorted(fields)}"
+                )
         return problems
 
     def _drafting_problems(self) -> list[str]:
         if self.rules is None:
-            return ["rules: a drafting job needs checkable rules (required_patterns, forbidden_phrases, min_words, ...)"]
+            return [
+                "rules: a drafting job needs checkable rules (required_patterns, forbidden_phrases, min_words, ...)"
+            ]
         problems = []
         for group in ("required_patterns", "echo_patterns"):
             for i, pattern in enumerate(getattr(self.rules, group)):
@@ -327,7 +347,9 @@ def save_job_card(card: JobCard, path: str | Path) -> Path:
     """Write the card as YAML and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(card.model_dump(mode="json"), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump(card.model_dump(mode="json"), sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
     return path
 
 
@@ -344,13 +366,23 @@ def card_overview(card: JobCard) -> list[dict]:
     if card.task_kind == "extraction":
         required = set(card.output_schema.get("required", []))
         return [
-            {"field": name, "type": spec.get("type"), "enum": spec.get("enum"), "required": name in required,
-             "weight": card.field_weights.get(name, 1.0), "description": spec.get("description", "")}
+            {
+                "field": name,
+                "type": spec.get("type"),
+                "enum": spec.get("enum"),
+                "required": name in required,
+                "weight": card.field_weights.get(name, 1.0),
+                "description": spec.get("description", ""),
+            }
             for name, spec in card.output_schema.get("properties", {}).items()
         ]
     if card.task_kind == "tool_selection":
         return [
-            {"tool": tool.name, "arguments": ", ".join(tool.parameters.get("properties", {})), "description": tool.description}
+            {
+                "tool": tool.name,
+                "arguments": ", ".join(tool.parameters.get("properties", {})),
+                "description": tool.description,
+            }
             for tool in card.tools
         ]
     return [{"rule": name} for name in rule_names(card.rules)]
@@ -370,19 +402,27 @@ def decide_approach(card: JobCard) -> Decision:
     if not a.can_evaluate:
         return Decision(
             approach="not-yet",
-            reasons=["It cannot be evaluated on real cases yet: build a labelled test set first; "
-                     "without one no approach can be shown to work."],
+            reasons=[
+                "It cannot be evaluated on real cases yet: build a labelled test set first; "
+                "without one no approach can be shown to work."
+            ],
             proceed_to_training=False,
         )
     reasons: list[str] = []
     if not a.behaviour_not_knowledge:
-        reasons.append("The gap is missing knowledge: retrieval supplies facts at runtime, training does not store them reliably.")
+        reasons.append(
+            "The gap is missing knowledge: retrieval supplies facts at runtime, training does not store them reliably."
+        )
         if a.repeats_enough and a.examples_collectable and not a.prompting_solves_most:
-            reasons.append("The task also repeats with collectable examples that prompting does not fix: tune the behaviour on top of retrieval.")
+            reasons.append(
+                "The task also repeats with collectable examples that prompting does not fix: tune the behaviour on top of retrieval."
+            )
             return Decision(approach="hybrid", reasons=reasons, proceed_to_training=True)
         return Decision(approach="rag", reasons=reasons, proceed_to_training=False)
     if a.prompting_solves_most:
-        reasons.append("Better prompting is expected to solve most of it: prompting steers at runtime and costs no training.")
+        reasons.append(
+            "Better prompting is expected to solve most of it: prompting steers at runtime and costs no training."
+        )
         return Decision(approach="prompting", reasons=reasons, proceed_to_training=False)
     if not a.repeats_enough:
         reasons.append("The task does not repeat enough to repay collecting data and training.")

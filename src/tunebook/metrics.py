@@ -65,7 +65,14 @@ def extraction_metrics(card: JobCard, predictions: pd.DataFrame) -> dict:
         record_match.append(all(hits.values()))
         for rule in card.must_never:
             if not hits[rule.field]:
-                must_never.append({"id": str(row.id), "field": rule.field, "target": truth.get(rule.field), "prediction": value.get(rule.field)})
+                must_never.append(
+                    {
+                        "id": str(row.id),
+                        "field": rule.field,
+                        "target": truth.get(rule.field),
+                        "prediction": value.get(rule.field),
+                    }
+                )
     n = len(predictions)
     field_acc = {f: float(np.mean(v)) if n else 0.0 for f, v in per_field.items()}
     total = sum(weights.values())
@@ -74,7 +81,15 @@ def extraction_metrics(card: JobCard, predictions: pd.DataFrame) -> dict:
     return {
         "task_kind": "extraction",
         "primary": "field_accuracy",
-        "headline_keys": ["n", "json_validity", "schema_validity", "field_accuracy", "record_exact_match", "slot_f1", "must_never_failures"],
+        "headline_keys": [
+            "n",
+            "json_validity",
+            "schema_validity",
+            "field_accuracy",
+            "record_exact_match",
+            "slot_f1",
+            "must_never_failures",
+        ],
         "n": n,
         "json_validity": float(np.mean(valid_json)) if n else 0.0,
         "schema_validity": float(np.mean(valid_schema)) if n else 0.0,
@@ -107,11 +122,20 @@ def tool_metrics(card: JobCard, predictions: pd.DataFrame) -> dict:
         if card.is_must_never(truth["tool"], str(predicted_tool)):
             must_never.append({"id": str(row.id), "target": truth["tool"], "prediction": predicted_tool})
     n = len(predictions)
-    precision, recall, f1, support = precision_recall_fscore_support(true_tools, pred_tools, labels=tools, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true_tools, pred_tools, labels=tools, zero_division=0
+    )
     return {
         "task_kind": "tool_selection",
         "primary": "argument_exact_match",
-        "headline_keys": ["n", "tool_accuracy", "argument_exact_match", "invalid_call_rate", "cost_weighted_error", "must_never_failures"],
+        "headline_keys": [
+            "n",
+            "tool_accuracy",
+            "argument_exact_match",
+            "invalid_call_rate",
+            "cost_weighted_error",
+            "must_never_failures",
+        ],
         "n": n,
         "tool_accuracy": float(accuracy_score(true_tools, pred_tools)) if n else 0.0,
         "argument_exact_match": float(np.mean(exact)) if n else 0.0,
@@ -121,7 +145,10 @@ def tool_metrics(card: JobCard, predictions: pd.DataFrame) -> dict:
             tool: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for tool, p, r, f, s in zip(tools, precision, recall, f1, support)
         },
-        "confusion_matrix": {"labels": tools, "matrix": confusion_matrix(true_tools, pred_tools, labels=tools).tolist()},
+        "confusion_matrix": {
+            "labels": tools,
+            "matrix": confusion_matrix(true_tools, pred_tools, labels=tools).tolist(),
+        },
         "must_never_failures": len(must_never),
         "must_never_examples": must_never,
     }
@@ -181,15 +208,23 @@ def per_class_table(metrics: dict) -> pd.DataFrame:
 
 def headline(metrics: dict) -> dict:
     """The headline figures of a metrics dict, rounded for display."""
-    return {key: round(metrics[key], 4) if isinstance(metrics[key], float) else metrics[key] for key in metrics["headline_keys"]}
+    return {
+        key: round(metrics[key], 4) if isinstance(metrics[key], float) else metrics[key]
+        for key in metrics["headline_keys"]
+    }
 
 
 # card target -> (metric, whether the metric must be at least (True) or at most (False) the target)
 _TARGETS = {
-    "macro_f1": ("macro_f1", True), "accuracy": ("accuracy", True), "json_validity": ("json_validity", True),
-    "schema_validity": ("schema_validity", True), "field_accuracy": ("field_accuracy", True),
-    "record_exact_match": ("record_exact_match", True), "tool_accuracy": ("tool_accuracy", True),
-    "argument_exact_match": ("argument_exact_match", True), "max_invalid_call_rate": ("invalid_call_rate", False),
+    "macro_f1": ("macro_f1", True),
+    "accuracy": ("accuracy", True),
+    "json_validity": ("json_validity", True),
+    "schema_validity": ("schema_validity", True),
+    "field_accuracy": ("field_accuracy", True),
+    "record_exact_match": ("record_exact_match", True),
+    "tool_accuracy": ("tool_accuracy", True),
+    "argument_exact_match": ("argument_exact_match", True),
+    "max_invalid_call_rate": ("invalid_call_rate", False),
     "rule_pass_rate": ("rule_pass_rate", True),
 }
 
@@ -203,15 +238,34 @@ def check_targets(card: JobCard, metrics: dict) -> list[dict]:
             continue
         achieved = metrics[metric]
         met = achieved >= required if at_least else achieved <= required
-        checks.append({"target": metric, "required": f"{'>=' if at_least else '<='} {required}", "achieved": round(achieved, 4), "met": met})
+        checks.append(
+            {
+                "target": metric,
+                "required": f"{'>=' if at_least else '<='} {required}",
+                "achieved": round(achieved, 4),
+                "met": met,
+            }
+        )
     limit = card.targets.must_never_failures
-    checks.append({"target": "must_never_failures", "required": f"<= {limit}", "achieved": metrics["must_never_failures"], "met": metrics["must_never_failures"] <= limit})
+    checks.append(
+        {
+            "target": "must_never_failures",
+            "required": f"<= {limit}",
+            "achieved": metrics["must_never_failures"],
+            "met": metrics["must_never_failures"] <= limit,
+        }
+    )
     return checks
 
 
 def weak_spots(metrics: dict, n: int = 3) -> list[str]:
     """The ``n`` weakest classes, tools, fields or rules, with their score."""
-    for key, score in (("per_class", "f1"), ("per_tool", "f1"), ("per_field", "exact_match"), ("per_rule", "pass_rate")):
+    for key, score in (
+        ("per_class", "f1"),
+        ("per_tool", "f1"),
+        ("per_field", "exact_match"),
+        ("per_rule", "pass_rate"),
+    ):
         if key in metrics:
             parts = metrics[key]
             worst = sorted(parts, key=lambda part: parts[part][score])[:n]
@@ -223,10 +277,14 @@ def baseline_verdict(card: JobCard, metrics: dict, variant: str = "prompting") -
     """Plain-words verdict on the best cheap baseline: does it already do the job, or is fine-tuning warranted and where?"""
     failed = [c for c in check_targets(card, metrics) if not c["met"]]
     if not failed:
-        text = (f"The best cheap baseline ({variant}) already meets every target on the card: fine-tuning is not warranted. "
-                f"Ship {variant}; train only if something the card does not measure demands it (FORCE_TRAINING=true).")
+        text = (
+            f"The best cheap baseline ({variant}) already meets every target on the card: fine-tuning is not warranted. "
+            f"Ship {variant}; train only if something the card does not measure demands it (FORCE_TRAINING=true)."
+        )
     else:
         misses = "; ".join(f"{c['target']} {c['achieved']} (needs {c['required']})" for c in failed)
-        text = (f"The best cheap baseline ({variant}) misses {len(failed)} target(s): {misses}. Fine-tuning is warranted "
-                f"only if the tuned model beats {variant}, not just prompting; weakest: {', '.join(weak_spots(metrics))}.")
+        text = (
+            f"The best cheap baseline ({variant}) misses {len(failed)} target(s): {misses}. Fine-tuning is warranted "
+            f"only if the tuned model beats {variant}, not just prompting; weakest: {', '.join(weak_spots(metrics))}."
+        )
     return {"variant": variant, "meets_targets": not failed, "missed": [c["target"] for c in failed], "text": text}

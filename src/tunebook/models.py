@@ -10,7 +10,13 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from tunebook.errors import ModelNotFoundError, TunebookError
 
@@ -75,10 +81,14 @@ def resolve_base_model(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"BASE_MODEL={name_or_path}: the folder has no config.json; point it at a saved transformers model.")
+            raise ModelNotFoundError(
+                f"BASE_MODEL={name_or_path}: the folder has no config.json; point it at a saved transformers model."
+            )
         return str(path.resolve())
     if name_or_path.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"BASE_MODEL={name_or_path}: no such folder. Use 'bundled', a model folder or a hub id.")
+        raise ModelNotFoundError(
+            f"BASE_MODEL={name_or_path}: no such folder. Use 'bundled', a model folder or a hub id."
+        )
     return name_or_path
 
 
@@ -211,16 +221,24 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     try:
         import bitsandbytes as bnb
 
-        names |= {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
+        names |= {
+            n.rsplit(".", 1)[-1]
+            for n, m in model.named_modules()
+            if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
+        }
     except ImportError:
         pass
     return sorted(names)
 
 
-def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str | list[str] = "all-linear") -> LoraConfig:
+def lora_config(
+    r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str | list[str] = "all-linear"
+) -> LoraConfig:
     """LoRA adapter configuration for a causal language model; ``target_modules`` may be 'all-linear' or 'q_proj,v_proj'."""
     if r <= 0:
         raise TunebookError(f"LORA_R must be a positive integer, got {r}.")
     if isinstance(target_modules, str) and target_modules != "all-linear":
         target_modules = [name.strip() for name in target_modules.split(",") if name.strip()]
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
+    )

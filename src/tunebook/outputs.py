@@ -36,7 +36,11 @@ def canonical(card: JobCard, value: Any) -> str:
         order = list(card.output_schema.get("properties", {}))
         value = {k: value[k] for k in sorted(value, key=lambda k: order.index(k) if k in order else len(order))}
     if card.task_kind == "tool_selection" and isinstance(value, dict):
-        value = {"tool": value.get("tool"), "arguments": value.get("arguments", {}), **{k: v for k, v in value.items() if k not in ("tool", "arguments")}}
+        value = {
+            "tool": value.get("tool"),
+            "arguments": value.get("arguments", {}),
+            **{k: v for k, v in value.items() if k not in ("tool", "arguments")},
+        }
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -83,10 +87,14 @@ def target_problems(card: JobCard, raw: Any, source: str) -> tuple[str, list[str
             return "", []
         failed = [name for name, ok in check_draft(card, text, source).items() if not ok]
         return text, [f"breaks rule {name}" for name in failed]
-    value, error = (raw, None) if isinstance(raw, (dict, list)) else parse_json(str(raw)) if str(raw).strip() else ("", None)
+    value, error = (
+        (raw, None) if isinstance(raw, (dict, list)) else parse_json(str(raw)) if str(raw).strip() else ("", None)
+    )
     if value == "":
         return "", []
     if error:
         return str(raw), [error]
-    problems = schema_errors(value, card.output_schema) if card.task_kind == "extraction" else check_tool_call(card, value)
+    problems = (
+        schema_errors(value, card.output_schema) if card.task_kind == "extraction" else check_tool_call(card, value)
+    )
     return canonical(card, value), problems

@@ -32,7 +32,9 @@ def notebooks_dir() -> Path:
     """The workbook's notebooks folder (``TUNEBOOK_NOTEBOOKS`` or the repository's ``notebooks/``)."""
     folder = Path(os.environ.get("TUNEBOOK_NOTEBOOKS", Path(__file__).resolve().parents[2] / "notebooks"))
     if not (folder / f"{NOTEBOOKS[0]}.ipynb").is_file():
-        raise TunebookError(f"notebooks not found in {folder}; set TUNEBOOK_NOTEBOOKS to the workbook's notebooks folder.")
+        raise TunebookError(
+            f"notebooks not found in {folder}; set TUNEBOOK_NOTEBOOKS to the workbook's notebooks folder."
+        )
     return folder
 
 
@@ -98,8 +100,11 @@ def parameters_cell(notebook: Path) -> list[Parameter]:
     if cell is None:
         raise TunebookError(f"{notebook} has no cell tagged 'parameters'.")
     source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-    comments = {t.start[0]: t.string.lstrip("#").strip()
-                for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    comments = {
+        t.start[0]: t.string.lstrip("#").strip()
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type == tokenize.COMMENT
+    }
     found = []
     for node in ast.parse(source).body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
@@ -123,9 +128,13 @@ def check_parameters(given: dict, declared: dict[str, Parameter]) -> None:
             problems.append(f"unknown parameter {key}{closest(key, declared)}")
         else:
             expected = _TYPES.get(declared[key].type_name)
-            wrong = expected is not None and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)))
+            wrong = expected is not None and (
+                not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))
+            )
             if wrong:
-                problems.append(f"{key} must be {declared[key].type_name} (default {declared[key].default}), got {value!r}")
+                problems.append(
+                    f"{key} must be {declared[key].type_name} (default {declared[key].default}), got {value!r}"
+                )
     if problems:
         known = ", ".join(sorted(k for k in declared if k not in RUNNER_PARAMETERS))
         raise TunebookError("bad parameters:\n  - " + "\n  - ".join(problems) + f"\nKnown parameters: {known}")
@@ -140,7 +149,9 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
     try:
         run_dir.mkdir()
     except FileExistsError:
-        raise TunebookError(f"run folder {run_dir} already exists; runs are never overwritten. Pick another --name.") from None
+        raise TunebookError(
+            f"run folder {run_dir} already exists; runs are never overwritten. Pick another --name."
+        ) from None
     return run_dir.resolve()
 
 
@@ -151,7 +162,9 @@ def existing_run_dir(runs_dir: str | Path, name: str, steps: tuple[str, ...]) ->
         raise TunebookError(f"{run_dir} is not a run folder (no job.yaml); start one with `tunebook run`.")
     done = [step for step in steps if (run_dir / f"{step}.ipynb").exists()]
     if done:
-        raise TunebookError(f"{run_dir} already holds {', '.join(done)}; runs are never overwritten. Continue with later steps only.")
+        raise TunebookError(
+            f"{run_dir} already holds {', '.join(done)}; runs are never overwritten. Continue with later steps only."
+        )
     return run_dir.resolve()
 
 
@@ -206,8 +219,13 @@ def run_workbook(
             print(f"[tunebook] {step} ...", flush=True)
         try:
             papermill.execute_notebook(
-                str(folder / f"{step}.ipynb"), str(output), parameters=own, kernel_name=kernel,
-                cwd=str(run_dir), progress_bar=False, log_output=False,
+                str(folder / f"{step}.ipynb"),
+                str(output),
+                parameters=own,
+                kernel_name=kernel,
+                cwd=str(run_dir),
+                progress_bar=False,
+                log_output=False,
             )
         except PapermillExecutionError as error:
             raise NotebookFailed(
@@ -240,8 +258,10 @@ def stop_reason(run_dir: Path) -> str | None:
     if not first["proceed_to_training"]:
         return "the decision frame recommends against fine-tuning; stopped after the baseline (FORCE_TRAINING=true overrides)"
     if baseline.get("meets_targets"):
-        return (f"the best cheap baseline ({baseline['variant']}) already meets every target on the card, so fine-tuning is not "
-                "warranted; stopped after the baseline (FORCE_TRAINING=true overrides)")
+        return (
+            f"the best cheap baseline ({baseline['variant']}) already meets every target on the card, so fine-tuning is not "
+            "warranted; stopped after the baseline (FORCE_TRAINING=true overrides)"
+        )
     return None
 
 
@@ -256,11 +276,15 @@ def _attach_release_notebook(run_dir: Path, notebook: Path) -> None:
     try:
         log_file(open_registry(info["tracking_uri"]), info["run_id"], notebook, "notebooks")
     except Exception as error:  # the release itself is complete; only this copy of the notebook is missing
-        print(f"[tunebook] warning: could not add {notebook.name} to tracking run {info['run_id']} at {info['tracking_uri']}: {error}",
-              file=sys.stderr)
+        print(
+            f"[tunebook] warning: could not add {notebook.name} to tracking run {info['run_id']} at {info['tracking_uri']}: {error}",
+            file=sys.stderr,
+        )
 
 
 def summarise(run_dir: Path) -> dict:
     """Collect every notebook's recorded results into one mapping."""
     folder = run_dir / RESULTS
-    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    return (
+        {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    )

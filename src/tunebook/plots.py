@@ -51,7 +51,14 @@ def confusion(metrics: dict, title: str, path: str | Path | None = None) -> Figu
     ax.set_title(title)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                int(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
     return _finish(fig, path)
 
 
@@ -99,7 +106,11 @@ def length_histogram(lengths, max_length: int, path: str | Path | None = None) -
 
 def method_tradeoff(table, path: str | Path | None = None) -> Figure:
     """Peak memory, seconds per step and validation loss for each training method, side by side."""
-    columns = [("peak_memory_mb", "peak memory (MB)"), ("seconds_per_step", "seconds per step"), ("val_loss_after", "validation loss after")]
+    columns = [
+        ("peak_memory_mb", "peak memory (MB)"),
+        ("seconds_per_step", "seconds per step"),
+        ("val_loss_after", "validation loss after"),
+    ]
     fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3.2))
     for ax, (column, title) in zip(axes, columns):
         ax.bar(table.index.astype(str), table[column], color="tab:blue")
@@ -112,7 +123,9 @@ def reliability(table, path: str | Path | None = None) -> Figure:
     """Accuracy against mean confidence per confidence bin, with the diagonal of perfect calibration."""
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="calibrated")
-    ax.scatter(table["confidence"], table["accuracy"], s=20 + 4 * table["examples"], label="tuned model (size: examples)")
+    ax.scatter(
+        table["confidence"], table["accuracy"], s=20 + 4 * table["examples"], label="tuned model (size: examples)"
+    )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("mean confidence")

@@ -70,7 +70,9 @@ def answer_budget(tokenizer: PreTrainedTokenizerBase, targets: Iterable[str]) ->
 
     Pass the train split's targets; ``MAX_NEW_TOKENS`` is the fallback when no budget is given.
     """
-    lengths = [len(encode_target(tokenizer, t if isinstance(t, str) else json.dumps(t, ensure_ascii=False))) for t in targets]
+    lengths = [
+        len(encode_target(tokenizer, t if isinstance(t, str) else json.dumps(t, ensure_ascii=False))) for t in targets
+    ]
     if not lengths:
         raise TunebookError("answer_budget needs at least one training answer to measure.")
     return math.ceil(max(lengths) * 1.25 + 8)
@@ -143,7 +145,9 @@ class _Runner:
             cache = _cache_of(out)
             if isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers):
                 self.cache = cache
-        if self.cache is None:  # too short to share, or a cache (sliding window, linear attention) that cannot be copied
+        if (
+            self.cache is None
+        ):  # too short to share, or a cache (sliding window, linear attention) that cannot be copied
             self.length = 0
 
     def forward(self, prompts: list[list[int]]) -> tuple[torch.Tensor, Cache, torch.Tensor, torch.Tensor]:
@@ -159,7 +163,9 @@ class _Runner:
             cache.batch_repeat_interleave(len(prompts))
             extra = {self.cache_arg: cache}
             own = torch.cat([torch.ones((len(prompts), p), dtype=own.dtype, device=self.device), own], dim=1)
-        out = self.model(input_ids=ids, attention_mask=own, position_ids=positions, use_cache=True, logits_to_keep=1, **extra)
+        out = self.model(
+            input_ids=ids, attention_mask=own, position_ids=positions, use_cache=True, logits_to_keep=1, **extra
+        )
         return out.logits[:, -1].float(), _cache_of(out), own, positions[:, -1] + 1
 
 
@@ -194,10 +200,16 @@ class _CandidateTree:
         self.sees = torch.zeros((self.n, self.n), dtype=torch.bool, device=device)
         for i, seen in enumerate(ancestors):
             self.sees[i, seen] = True
-        pairs = [(c, nodes[tuple(cand[:j])], cand[j]) for c, cand in enumerate(candidates) for j in range(1, len(cand))]
-        self.owner, self.node, self.target = (torch.tensor(col, dtype=torch.long, device=device) for col in zip(*pairs)) if pairs else (None,) * 3
+        pairs = [
+            (c, nodes[tuple(cand[:j])], cand[j]) for c, cand in enumerate(candidates) for j in range(1, len(cand))
+        ]
+        self.owner, self.node, self.target = (
+            (torch.tensor(col, dtype=torch.long, device=device) for col in zip(*pairs)) if pairs else (None,) * 3
+        )
 
-    def scores(self, runner: _Runner, first: torch.Tensor, cache: Cache, mask: torch.Tensor, next_position: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, runner: _Runner, first: torch.Tensor, cache: Cache, mask: torch.Tensor, next_position: torch.Tensor
+    ) -> torch.Tensor:
         """Summed log-probabilities (b, k) of the candidates after each prompt; ``first`` holds the prompts' last
         log-probabilities."""
         total = first[:, self.first]
@@ -206,12 +218,20 @@ class _CandidateTree:
         b = first.shape[0]
         dtype = runner.model.get_input_embeddings().weight.dtype
         allowed = torch.cat([mask.bool()[:, None, :].expand(b, self.n, -1), self.sees.expand(b, -1, -1)], dim=-1)
-        additive = torch.zeros(allowed.shape, dtype=dtype, device=runner.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=runner.device).masked_fill_(
+            ~allowed, torch.finfo(dtype).min
+        )
         out = runner.model(
-            input_ids=self.tokens.expand(b, -1), attention_mask=additive[:, None], position_ids=next_position[:, None] + self.depth,
+            input_ids=self.tokens.expand(b, -1),
+            attention_mask=additive[:, None],
+            position_ids=next_position[:, None] + self.depth,
             **{runner.cache_arg: cache},
         )
-        picked = torch.log_softmax(out.logits[:, self.node].float(), dim=-1).gather(2, self.target.expand(b, -1)[..., None]).squeeze(-1)
+        picked = (
+            torch.log_softmax(out.logits[:, self.node].float(), dim=-1)
+            .gather(2, self.target.expand(b, -1)[..., None])
+            .squeeze(-1)
+        )
         return total.index_add(1, self.owner, picked)
 
 
@@ -244,7 +264,11 @@ def label_log_likelihoods(
     runner = _Runner(model, tokenizer.pad_token_id, prompts)
     dev = runner.device
     candidates = _candidates(tokenizer, card)
-    tree = _CandidateTree(candidates, dev) if getattr(model.config, "_attn_implementation", None) in TREE_ATTENTION else None
+    tree = (
+        _CandidateTree(candidates, dev)
+        if getattr(model.config, "_attn_implementation", None) in TREE_ATTENTION
+        else None
+    )
     k = len(candidates)
     cand_ids, cand_mask = (t.to(dev) for t in _pad(candidates, tokenizer.pad_token_id, left=False))
     width = cand_ids.shape[1]
@@ -320,7 +344,8 @@ def generate(
     prefixes = prefixes or [""] * len(texts)
     per_text = _shots_per_text(shots, len(texts))
     prompts = [
-        encode_prompt(tokenizer, build_messages(card, text, s)) + tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        encode_prompt(tokenizer, build_messages(card, text, s))
+        + tokenizer(prefix, add_special_tokens=False)["input_ids"]
         for text, prefix, s in zip(texts, prefixes, per_text)
     ]
     if not prompts:
@@ -363,7 +388,10 @@ def generate(
                 running = [running[j] for j in keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = model(
-                input_ids=tokens[:, None], attention_mask=mask, position_ids=next_position[:, None], use_cache=True,
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=next_position[:, None],
+                use_cache=True,
                 **{runner.cache_arg: cache},
             )
             cache, logits, next_position = _cache_of(out), out.logits[:, -1].float(), next_position + 1
@@ -402,7 +430,9 @@ def answer_choices(
     else:
         budget = max_new_tokens or MAX_NEW_TOKENS[card.task_kind]
         texts = examples["text"].tolist()
-        result["prediction"] = generate(model, tokenizer, card, texts, [tool_prefix(t) for t in chosen], batch_size, budget, progress, shots)
+        result["prediction"] = generate(
+            model, tokenizer, card, texts, [tool_prefix(t) for t in chosen], batch_size, budget, progress, shots
+        )
     for j, name in enumerate(card.choices):
         result[f"p_{name}"] = np.round(probs[:, j], 6)
     return result
@@ -432,8 +462,19 @@ def predict(
     if card.choices:
         probs = choose(model, tokenizer, card, texts, batch_size, progress, shots)[1]
         other = other_model.predict_proba(texts) if rule is not None and rule.mix_weight > 0 else None
-        return answer_choices(model, tokenizer, card, examples, probs, rule, other, batch_size=batch_size, progress=progress,
-                              shots=shots, max_new_tokens=max_new_tokens)
+        return answer_choices(
+            model,
+            tokenizer,
+            card,
+            examples,
+            probs,
+            rule,
+            other,
+            batch_size=batch_size,
+            progress=progress,
+            shots=shots,
+            max_new_tokens=max_new_tokens,
+        )
     result = examples[["id", "text", "target", "tags"]].reset_index(drop=True).copy()
     budget = max_new_tokens or MAX_NEW_TOKENS.get(card.task_kind, 128)
     result["prediction"] = generate(model, tokenizer, card, texts, None, batch_size, budget, progress, shots)
@@ -458,7 +499,11 @@ def predict_with_rule(
     from tunebook.decide import fit_rule
 
     if not card.choices:
-        return predict(model, tokenizer, card, splits["test"], batch_size, progress, max_new_tokens=max_new_tokens), None, None
+        return (
+            predict(model, tokenizer, card, splits["test"], batch_size, progress, max_new_tokens=max_new_tokens),
+            None,
+            None,
+        )
     frames, probs, others = {}, {}, {}
     for split in ("val", "test"):
         texts = splits[split]["text"].tolist()
@@ -467,6 +512,16 @@ def predict_with_rule(
     truth = [stratum(card, t) for t in splits["val"]["target"]]
     rule = fit_rule(card, probs["val"], truth, others["val"], "classical" if other_model is not None else None)
     for split in ("val", "test") if card.task_kind == "classification" else ("test",):
-        frames[split] = answer_choices(model, tokenizer, card, splits[split], probs[split], rule, others[split] if rule.mix_weight else None,
-                                       batch_size=batch_size, progress=progress, max_new_tokens=max_new_tokens)
+        frames[split] = answer_choices(
+            model,
+            tokenizer,
+            card,
+            splits[split],
+            probs[split],
+            rule,
+            others[split] if rule.mix_weight else None,
+            batch_size=batch_size,
+            progress=progress,
+            max_new_tokens=max_new_tokens,
+        )
     return frames["test"], frames.get("val"), rule

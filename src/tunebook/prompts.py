@@ -45,7 +45,10 @@ def system_prompt(card: JobCard) -> str:
         lines.append(json.dumps(_compact_schema(card.output_schema), ensure_ascii=False))
     elif card.task_kind == "tool_selection":
         lines.append('Answer with one JSON object: {"tool": <tool name>, "arguments": {...}}. The tools:')
-        lines += [f"- {tool.name}: {tool.description} Arguments: {json.dumps(_compact_schema(tool.parameters))}" for tool in card.tools]
+        lines += [
+            f"- {tool.name}: {tool.description} Arguments: {json.dumps(_compact_schema(tool.parameters))}"
+            for tool in card.tools
+        ]
     else:
         lines += _describe_rules(card)
     return "\n".join(lines)
@@ -97,7 +100,9 @@ def encode_target(tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:
     return tokenizer(target, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
 
 
-def encode_parts(tokenizer: PreTrainedTokenizerBase, card: JobCard, text: str, target: str) -> tuple[list[int], list[int]]:
+def encode_parts(
+    tokenizer: PreTrainedTokenizerBase, card: JobCard, text: str, target: str
+) -> tuple[list[int], list[int]]:
     """Token ids of the rendered prompt and of the answer (with its end-of-turn token) for one example."""
     return encode_prompt(tokenizer, build_messages(card, text)), encode_target(tokenizer, target)
 
@@ -111,12 +116,14 @@ def features_from(prompt: list[int], answer: list[int], max_length: int) -> dict
     }
 
 
-def render_text(tokenizer: PreTrainedTokenizerBase, card: JobCard, text: str, shots: list[tuple[str, str]] = ()) -> str:
+def render_text(
+    tokenizer: PreTrainedTokenizerBase, card: JobCard, text: str, shots: list[tuple[str, str]] = ()
+) -> str:
     """The exact prompt text the model sees for one input, chat template included."""
     return tokenizer.apply_chat_template(build_messages(card, text, shots), tokenize=False, add_generation_prompt=True)
 
 
-def pick_shots(card: JobCard, train: "pd.DataFrame", k: int, seed: int = 0) -> list[tuple[str, str]]:
+def pick_shots(card: JobCard, train: pd.DataFrame, k: int, seed: int = 0) -> list[tuple[str, str]]:
     """``k`` worked examples from the training split, covering different labels or tools first."""
     if k <= 0 or len(train) == 0:
         return []

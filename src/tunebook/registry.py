@@ -12,9 +12,9 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -55,8 +55,10 @@ class Registry:
             with FileLock(str(self.lock_path), timeout=300):
                 yield
         except Timeout as error:
-            raise TunebookError(f"the registry {self.uri} stayed locked for 5 minutes ({self.lock_path}); "
-                                "another tunebook run is writing to it. Retry when it has finished.") from error
+            raise TunebookError(
+                f"the registry {self.uri} stayed locked for 5 minutes ({self.lock_path}); "
+                "another tunebook run is writing to it. Retry when it has finished."
+            ) from error
 
 
 def default_uri(workspace: str | Path) -> str:
@@ -74,7 +76,7 @@ def open_registry(uri: str = "", workspace: str | Path = "runs") -> Registry:
     uri = uri or default_uri(workspace)
     registry = Registry(uri)
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         db.parent.mkdir(parents=True, exist_ok=True)
         registry.lock_path = db.with_name(db.name + ".lock")
         registry.artifact_root = (db.parent / ARTIFACTS_DIR).resolve().as_uri()
@@ -134,13 +136,21 @@ def versions(registry: Registry, job: str) -> pd.DataFrame:
     rows = []
     for mv in sorted(found, key=lambda v: int(v.version)):
         tags = mv.tags
-        rows.append({
-            "version": int(mv.version), "aliases": ", ".join(sorted(held.get(str(mv.version), []))),
-            "gate": tags.get(TAG + "gate", ""), "failed_checks": tags.get(TAG + "gate_failed", ""),
-            "primary": tags.get(TAG + "primary", ""), "value": tags.get(TAG + "primary_value", ""),
-            "run_folder": tags.get(TAG + "run_dir", ""), "registered": time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)),
-        })
-    return pd.DataFrame(rows, columns=["version", "aliases", "gate", "failed_checks", "primary", "value", "run_folder", "registered"]).set_index("version")
+        rows.append(
+            {
+                "version": int(mv.version),
+                "aliases": ", ".join(sorted(held.get(str(mv.version), []))),
+                "gate": tags.get(TAG + "gate", ""),
+                "failed_checks": tags.get(TAG + "gate_failed", ""),
+                "primary": tags.get(TAG + "primary", ""),
+                "value": tags.get(TAG + "primary_value", ""),
+                "run_folder": tags.get(TAG + "run_dir", ""),
+                "registered": time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["version", "aliases", "gate", "failed_checks", "primary", "value", "run_folder", "registered"]
+    ).set_index("version")
 
 
 def find_version(registry: Registry, job: str, key: str, value: str):
@@ -156,7 +166,9 @@ def _experiment_id(registry: Registry, job: str) -> str:
     found = registry.client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    return registry.client.create_experiment(name, artifact_location=f"{registry.artifact_root}/{job}" if registry.artifact_root else None)
+    return registry.client.create_experiment(
+        name, artifact_location=f"{registry.artifact_root}/{job}" if registry.artifact_root else None
+    )
 
 
 def _flat(prefix: str, values: dict) -> dict[str, str]:
@@ -197,7 +209,9 @@ def publish(
     client = registry.client
     name = model_name(job)
     with registry.locked():
-        run = client.create_run(_experiment_id(registry, job), run_name=run_name, tags={TAG + k: v for k, v in tags.items()})
+        run = client.create_run(
+            _experiment_id(registry, job), run_name=run_name, tags={TAG + k: v for k, v in tags.items()}
+        )
         run_id = run.info.run_id
         try:
             stamp = int(time.time() * 1000)
@@ -207,17 +221,37 @@ def publish(
                 params=[Param(k, str(v)[:6000]) for k, v in _flat("", params).items()],
             )
             if datasets:
-                client.log_inputs(run_id, [
-                    DatasetInput(Dataset(d["name"], d["digest"], "local", json.dumps({"uri": d["source"]}), profile=json.dumps({"num_rows": d["rows"]})),
-                                 [InputTag("mlflow.data.context", context)])
-                    for context, d in datasets.items()
-                ])
+                client.log_inputs(
+                    run_id,
+                    [
+                        DatasetInput(
+                            Dataset(
+                                d["name"],
+                                d["digest"],
+                                "local",
+                                json.dumps({"uri": d["source"]}),
+                                profile=json.dumps({"num_rows": d["rows"]}),
+                            ),
+                            [InputTag("mlflow.data.context", context)],
+                        )
+                        for context, d in datasets.items()
+                    ],
+                )
             for folder, path in artifacts:
                 if path.is_dir():
                     client.log_artifacts(run_id, str(path), folder)
                 elif path.is_file():
                     client.log_artifact(run_id, str(path), folder or None)
-            result = _register(registry, name, f"{run.info.artifact_uri}/{model_artifact}", run_id, tags, description, promote, expected_champion)
+            result = _register(
+                registry,
+                name,
+                f"{run.info.artifact_uri}/{model_artifact}",
+                run_id,
+                tags,
+                description,
+                promote,
+                expected_champion,
+            )
         except BaseException:
             client.set_terminated(run_id, "FAILED")
             raise
@@ -225,8 +259,16 @@ def publish(
     return {**result, "run_id": run_id, "tracking_uri": registry.uri, "model": name}
 
 
-def _register(registry: Registry, name: str, source: str, run_id: str, tags: dict, description: Callable[[str], str],
-              promote: bool, expected_champion: str | None) -> dict:
+def _register(
+    registry: Registry,
+    name: str,
+    source: str,
+    run_id: str,
+    tags: dict,
+    description: Callable[[str], str],
+    promote: bool,
+    expected_champion: str | None,
+) -> dict:
     """Create the version and move the aliases; undo every change if a step fails (caller holds the lock)."""
     from mlflow.exceptions import MlflowException
 
@@ -242,7 +284,9 @@ def _register(registry: Registry, name: str, source: str, run_id: str, tags: dic
     before = aliases(registry, name)
     version = None
     try:
-        version = client.create_model_version(name, source=source, run_id=run_id, tags={TAG + k: v for k, v in tags.items()}).version
+        version = client.create_model_version(
+            name, source=source, run_id=run_id, tags={TAG + k: v for k, v in tags.items()}
+        ).version
         text = description(str(version))
         client.log_text(run_id, text, "model_card.md")
         client.update_model_version(name, version, description=text)
@@ -274,7 +318,8 @@ def _move_champion(registry: Registry, name: str, version: str, expected: str | 
     if current != expected:
         raise TunebookError(
             f"the champion of '{name}' changed while this run was gated (expected {expected or 'none'}, now {current or 'none'}); "
-            "nothing was promoted. Run 05_release again to gate against the new champion.")
+            "nothing was promoted. Run 05_release again to gate against the new champion."
+        )
     if current == version:
         raise TunebookError(f"version {version} of '{name}' is already the champion.")
     client = registry.client
@@ -292,7 +337,8 @@ def promote(registry: Registry, job: str, version: str | int, force: bool = Fals
         if overridden and not (force and reason.strip()):
             raise TunebookError(
                 f"version {version} of '{name}' failed its gate ({mv.tags.get(TAG + 'gate_failed') or 'no gate recorded'}); "
-                "promote it anyway only with force and a reason (tunebook promote --force --reason \"...\"), which are recorded.")
+                'promote it anyway only with force and a reason (tunebook promote --force --reason "..."), which are recorded.'
+            )
         previous = aliases(registry, name).get(CHAMPION)
         _move_champion(registry, name, version, previous)
         if overridden:
@@ -309,9 +355,13 @@ def rollback(registry: Registry, job: str) -> dict:
             raise TunebookError(f"'{name}' has no champion in {registry.uri}; there is nothing to roll back.")
         previous = current.tags.get(TAG + "previous_champion", "")
         if not previous:
-            raise TunebookError(f"version {current.version} of '{name}' was its first champion; there is no earlier one to roll back to.")
+            raise TunebookError(
+                f"version {current.version} of '{name}' was its first champion; there is no earlier one to roll back to."
+            )
         client = registry.client
-        client.set_model_version_tag(name, current.version, TAG + "rolled_back_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        client.set_model_version_tag(
+            name, current.version, TAG + "rolled_back_at", time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        )
         client.set_registered_model_alias(name, CHAMPION, previous)
     return {"model": name, "champion": previous, "rolled_back": str(current.version)}
 
@@ -326,7 +376,9 @@ def get_version(registry: Registry, job: str, version: str | int):
         if not _no_such_version(error):
             raise
         known = ", ".join(str(v) for v in versions(registry, job).index) or "none"
-        raise TunebookError(f"'{job}' has no version {version} in {registry.uri} (registered versions: {known}).") from None
+        raise TunebookError(
+            f"'{job}' has no version {version} in {registry.uri} (registered versions: {known})."
+        ) from None
 
 
 def log_file(registry: Registry, run_id: str, path: str | Path, folder: str) -> None:
@@ -339,5 +391,8 @@ def download(registry: Registry, version, folder: str, destination: str | Path) 
     import mlflow.artifacts
 
     Path(destination).mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=folder, dst_path=str(destination),
-                                                    tracking_uri=registry.uri))
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=folder, dst_path=str(destination), tracking_uri=registry.uri
+        )
+    )

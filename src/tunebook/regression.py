@@ -29,7 +29,9 @@ def _features(tokenizer: PreTrainedTokenizerBase, item: dict) -> tuple[list[int]
 
 
 @torch.no_grad()
-def probe_losses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: list[dict] | None = None) -> dict[str, float]:
+def probe_losses(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: list[dict] | None = None
+) -> dict[str, float]:
     """Cross-entropy per token on the general texts and on the instruction answers (lower is better)."""
     items = items if items is not None else load_probe()
     totals = {"text": [0.0, 0], "instruction": [0.0, 0]}
@@ -46,7 +48,10 @@ def probe_losses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ite
 
 
 def regression_probe(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, base: PreTrainedModel | None = None, max_increase: float = 0.25
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    base: PreTrainedModel | None = None,
+    max_increase: float = 0.25,
 ) -> dict:
     """Probe losses of the base model and the tuned one, their change, and a warning past ``max_increase`` nats per token.
 
@@ -66,7 +71,16 @@ def regression_probe(
     worst = max(change, key=change.get)
     warning = None
     if change[worst] > max_increase:
-        warning = (f"general behaviour regressed: {worst.replace('_', ' ')} rose by {change[worst]:.3f} nats per token "
-                   f"({before[worst]:.3f} -> {tuned[worst]:.3f}; threshold {max_increase}). The adapter may have over-written "
-                   "general skills: fewer epochs, a lower learning rate or rank, or mixing general examples into training help.")
-    return {"base": before, "tuned": tuned, "change": change, "max_increase": max_increase, "regressed": warning is not None, "warning": warning}
+        warning = (
+            f"general behaviour regressed: {worst.replace('_', ' ')} rose by {change[worst]:.3f} nats per token "
+            f"({before[worst]:.3f} -> {tuned[worst]:.3f}; threshold {max_increase}). The adapter may have over-written "
+            "general skills: fewer epochs, a lower learning rate or rank, or mixing general examples into training help."
+        )
+    return {
+        "base": before,
+        "tuned": tuned,
+        "change": change,
+        "max_increase": max_increase,
+        "regressed": warning is not None,
+        "warning": warning,
+    }

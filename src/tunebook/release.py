@@ -43,7 +43,9 @@ def check_adapter_matches(manifest: dict, card: JobCard, base_identity: dict) ->
 def compare(card: JobCard, baseline: dict, tuned: dict) -> dict:
     """Tuned vs baseline on the headline metrics, with the card's targets checked for the tuned model."""
     keys = [k for k in tuned["headline_keys"] if k != "n"]
-    rows = {key: {"baseline": baseline[key], "tuned": tuned[key], "change": tuned[key] - baseline[key]} for key in keys}
+    rows = {
+        key: {"baseline": baseline[key], "tuned": tuned[key], "change": tuned[key] - baseline[key]} for key in keys
+    }
     targets = check_targets(card, tuned)
     primary = tuned["primary"]
     beats = tuned[primary] > baseline[primary]
@@ -64,7 +66,9 @@ def compare(card: JobCard, baseline: dict, tuned: dict) -> dict:
 def trained_weights(adapter_dir: str | Path) -> Path | None:
     """The weights file 03_train_qlora saved: a LoRA adapter's, or a full fine-tune's model; None if neither is there."""
     folder = Path(adapter_dir)
-    return next((folder / n for n in ("adapter_model.safetensors", "model.safetensors") if (folder / n).is_file()), None)
+    return next(
+        (folder / n for n in ("adapter_model.safetensors", "model.safetensors") if (folder / n).is_file()), None
+    )
 
 
 def lineage(run_dir: str | Path, card: JobCard, dataset: dict, manifest: dict) -> dict:
@@ -129,31 +133,49 @@ def gate(
     limit = card.targets.must_never_failures
     failures = scores["must_never_examples"]
     shown = ", ".join(str(f["id"]) for f in failures[:10]) + (" ..." if len(failures) > 10 else "")
-    check("must_never", len(failures) <= limit,
-          f"{len(failures)} must-never failure(s) on the test split (card allows {limit})" + (f": {shown}" if failures else ""))
+    check(
+        "must_never",
+        len(failures) <= limit,
+        f"{len(failures)} must-never failure(s) on the test split (card allows {limit})"
+        + (f": {shown}" if failures else ""),
+    )
     drops = part_drops(card, reference, challenger, tolerance, alpha)
     for part, row in drops.iterrows():
-        check(f"no_drop:{part}", not row["significant_drop"],
-              f"{row['reference']:.3f} -> {row['candidate']:.3f} on {row['examples']} examples "
-              f"(broke {row['broken']}, fixed {row['fixed']}, one-sided p = {row['p_value']:.3g})")
+        check(
+            f"no_drop:{part}",
+            not row["significant_drop"],
+            f"{row['reference']:.3f} -> {row['candidate']:.3f} on {row['examples']} examples "
+            f"(broke {row['broken']}, fixed {row['fixed']}, one-sided p = {row['p_value']:.3g})",
+        )
     if regression is None:
         check("general_regression", False, "no general-behaviour probe in evaluation/comparison.json: run 04_evaluate")
     else:
         worst = max(regression["change"], key=regression["change"].get)
         rise = regression["change"][worst]
-        check("general_regression", rise <= regression_max_increase,
-              f"largest rise {worst} {rise:+.3f} nats/token (threshold {regression_max_increase})")
+        check(
+            "general_regression",
+            rise <= regression_max_increase,
+            f"largest rise {worst} {rise:+.3f} nats/token (threshold {regression_max_increase})",
+        )
     if parity_result is None:
         check("parity", False, "parity was not checked")
     elif not parity_result["applicable"]:
         check("parity", True, parity_result["detail"])
     else:
-        check("parity", parity_result["agreement"] >= parity_min_agreement,
-              f"merged and adapter-on-base agree on {parity_result['agreement']:.1%} of {parity_result['n']} probe examples "
-              f"(need {parity_min_agreement:.0%}); {parity_result['detail']}")
+        check(
+            "parity",
+            parity_result["agreement"] >= parity_min_agreement,
+            f"merged and adapter-on-base agree on {parity_result['agreement']:.1%} of {parity_result['n']} probe examples "
+            f"(need {parity_min_agreement:.0%}); {parity_result['detail']}",
+        )
     for target in check_targets(card, scores):
         if target["target"] != "must_never_failures":
-            check(f"target:{target['target']}", target["met"], f"{target['achieved']} (card: {target['required']})", require_targets)
+            check(
+                f"target:{target['target']}",
+                target["met"],
+                f"{target['achieved']} (card: {target['required']})",
+                require_targets,
+            )
     failed = [c["check"] for c in checks if c["blocking"] and not c["passed"]]
     missed = [c["check"] for c in checks if not c["blocking"] and not c["passed"]]
     if failed:
@@ -162,11 +184,23 @@ def gate(
         verdict = f"Gate passed against {reference_name}: every blocking check holds; the challenger may be promoted to champion."
     if missed:
         verdict += f" Card targets still missed (not blocking): {', '.join(m.split(':', 1)[1] for m in missed)}."
-    return {"passed": not failed, "failed": failed, "targets_missed": missed, "checks": checks, "reference": reference_name,
-            "champion": champion_version,
-            "drops": json.loads(drops.to_json(orient="index")), "verdict": verdict,
-            "settings": {"tolerance": tolerance, "alpha": alpha, "regression_max_increase": regression_max_increase,
-                         "parity_min_agreement": parity_min_agreement, "require_targets": require_targets}}
+    return {
+        "passed": not failed,
+        "failed": failed,
+        "targets_missed": missed,
+        "checks": checks,
+        "reference": reference_name,
+        "champion": champion_version,
+        "drops": json.loads(drops.to_json(orient="index")),
+        "verdict": verdict,
+        "settings": {
+            "tolerance": tolerance,
+            "alpha": alpha,
+            "regression_max_increase": regression_max_increase,
+            "parity_min_agreement": parity_min_agreement,
+            "require_targets": require_targets,
+        },
+    }
 
 
 def merged_model(base_model: str, adapter_dir: str | Path, quantization: str = "none") -> PreTrainedModel:
@@ -188,16 +222,34 @@ def merged_model(base_model: str, adapter_dir: str | Path, quantization: str = "
     return PeftModel.from_pretrained(full, str(adapter_dir)).merge_and_unload().eval()
 
 
-def parity(model: PreTrainedModel, merged: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, card: JobCard,
-           examples: pd.DataFrame, batch_size: int = 8) -> dict:
+def parity(
+    model: PreTrainedModel,
+    merged: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    card: JobCard,
+    examples: pd.DataFrame,
+    batch_size: int = 8,
+) -> dict:
     """Do the adapter on its base (as evaluated) and the merged model give the same predictions on ``examples``?"""
     if merged is None:
-        return {"applicable": False, "n": 0, "agreement": 1.0, "detail": "a full fine-tune has no adapter to merge: the saved model is what ships"}
+        return {
+            "applicable": False,
+            "n": 0,
+            "agreement": 1.0,
+            "detail": "a full fine-tune has no adapter to merge: the saved model is what ships",
+        }
     ours = predict(model, tokenizer, card, examples, batch_size, progress=False)
     theirs = predict(merged, tokenizer, card, examples, batch_size, progress=False)
     same = (ours["prediction"] == theirs["prediction"]).to_numpy()
-    detail = f"{int((~same).sum())} differ" + (f" ({', '.join(ours.loc[~same, 'id'].astype(str)[:10])})" if (~same).any() else "")
-    result = {"applicable": True, "n": len(examples), "agreement": float(same.mean()) if len(same) else 1.0, "differing": ours.loc[~same, "id"].astype(str).tolist()}
+    detail = f"{int((~same).sum())} differ" + (
+        f" ({', '.join(ours.loc[~same, 'id'].astype(str)[:10])})" if (~same).any() else ""
+    )
+    result = {
+        "applicable": True,
+        "n": len(examples),
+        "agreement": float(same.mean()) if len(same) else 1.0,
+        "differing": ours.loc[~same, "id"].astype(str).tolist(),
+    }
     if "confidence" in ours:
         gap = float((ours["confidence"] - theirs["confidence"]).abs().max())
         result["max_confidence_difference"] = gap
@@ -215,12 +267,23 @@ def latency(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: Jo
         start = time.perf_counter()
         predict(model, tokenizer, card, examples.iloc[i : i + 1], batch_size=1, progress=False)
         times.append((time.perf_counter() - start) * 1000)
-    return {"n": len(times), "p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
-            "device": str(next(model.parameters()).device)}
+    return {
+        "n": len(times),
+        "p50_ms": float(np.percentile(times, 50)),
+        "p95_ms": float(np.percentile(times, 95)),
+        "device": str(next(model.parameters()).device),
+    }
 
 
-def reference_predictions(registry: Registry, card: JobCard, run_dir: str | Path, test: pd.DataFrame, base_model: str,
-                          batch_size: int = 8, scratch: str | Path | None = None) -> tuple[pd.DataFrame, str, str | None]:
+def reference_predictions(
+    registry: Registry,
+    card: JobCard,
+    run_dir: str | Path,
+    test: pd.DataFrame,
+    base_model: str,
+    batch_size: int = 8,
+    scratch: str | Path | None = None,
+) -> tuple[pd.DataFrame, str, str | None]:
     """What the challenger is gated against: the champion's predictions on this test split, or, before the first
     release, the best cheap baseline 02 chose on validation (its stored test predictions, after its decision rule).
     Returns (predictions, a name for them, champion version or None)."""
@@ -241,23 +304,39 @@ def reference_predictions(registry: Registry, card: JobCard, run_dir: str | Path
     if manifest["base_model"].get("sha256") != identity.get("sha256"):
         raise TunebookError(
             f"{name} was trained on base model '{manifest['base_model'].get('name')}' and evaluated on another test split; "
-            f"it cannot be re-scored on BASE_MODEL '{identity.get('name')}'. Evaluate both on the same frozen test split (TEST_FILE).")
+            f"it cannot be re-scored on BASE_MODEL '{identity.get('name')}'. Evaluate both on the same frozen test split (TEST_FILE)."
+        )
     model, tokenizer = load_for_inference(base_model, adapter, manifest["config"]["quantization"])
     rescored = predict(model, tokenizer, card, test, batch_size, rule=rule, other_model=other)
     return rescored, f"{name} (re-scored on this test split)", str(current.version)
 
 
-def fetch_decision(registry: Registry, version, folder: str | Path) -> tuple[DecisionRule | None, ClassicalModel | None]:
+def fetch_decision(
+    registry: Registry, version, folder: str | Path
+) -> tuple[DecisionRule | None, ClassicalModel | None]:
     """Download a released version's decision rule (and the classical model it mixes in, if any) into ``folder``."""
     download(registry, version, "evaluation", folder)
     rule_path = Path(folder) / RULE_FILE
     if rule_path.is_file() and load_rule(rule_path).mix_weight > 0:
-        download(registry, version, CLASSICAL_FILE, Path(folder) / Path(CLASSICAL_FILE).parent)  # MLflow keeps only the file name
+        download(
+            registry, version, CLASSICAL_FILE, Path(folder) / Path(CLASSICAL_FILE).parent
+        )  # MLflow keeps only the file name
     return tuned_decision(folder)
 
 
-def model_card(card: JobCard, version: str, run_dir: str | Path, manifest: dict, dataset: dict, baseline: dict, tuned: dict,
-               comparison: dict, gate_result: dict, parity_result: dict, latency_result: dict) -> str:
+def model_card(
+    card: JobCard,
+    version: str,
+    run_dir: str | Path,
+    manifest: dict,
+    dataset: dict,
+    baseline: dict,
+    tuned: dict,
+    comparison: dict,
+    gate_result: dict,
+    parity_result: dict,
+    latency_result: dict,
+) -> str:
     """A model card in markdown: intended use, lineage, training, test metrics with intervals, gate, known failure modes."""
     intervals = comparison.get("intervals", {})
     rows = []
@@ -265,16 +344,24 @@ def model_card(card: JobCard, version: str, run_dir: str | Path, manifest: dict,
         cells = []
         for name, scores in (("tuned", tuned), ("baseline", baseline)):
             band = intervals.get(name, {}).get(key)
-            cells.append(f"{scores[key]:.3f}" + (f" [{band['low']:.3f}, {band['high']:.3f}]" if band else "") if isinstance(scores[key], float) else str(scores[key]))
+            cells.append(
+                f"{scores[key]:.3f}" + (f" [{band['low']:.3f}, {band['high']:.3f}]" if band else "")
+                if isinstance(scores[key], float)
+                else str(scores[key])
+            )
         rows.append(f"| {key} | {cells[0]} | {cells[1]} |")
     config = manifest["config"]
     failures = [f"- weakest parts: {', '.join(weak_spots(tuned))}"]
     if tuned["must_never_failures"]:
-        failures.append(f"- {tuned['must_never_failures']} must-never failure(s) on the test split: "
-                        + ", ".join(str(e["id"]) for e in tuned["must_never_examples"][:10]))
+        failures.append(
+            f"- {tuned['must_never_failures']} must-never failure(s) on the test split: "
+            + ", ".join(str(e["id"]) for e in tuned["must_never_examples"][:10])
+        )
     paired = comparison.get("mcnemar")
     if paired:
-        failures.append(f"- {paired['broken']} test example(s) the best baseline got right and this version gets wrong")
+        failures.append(
+            f"- {paired['broken']} test example(s) the best baseline got right and this version gets wrong"
+        )
     regression = comparison.get("regression_probe")
     if regression and regression.get("warning"):
         failures.append(f"- general behaviour: {regression['warning']}")
@@ -284,45 +371,86 @@ def model_card(card: JobCard, version: str, run_dir: str | Path, manifest: dict,
     calibration = comparison.get("calibration")
     if calibration and calibration["validation"].get("threshold") is not None:
         kept = calibration["test"]
-        accuracy = "no test case is that confident" if kept["accuracy"] is None else f"accuracy {kept['accuracy']:.2f} on them"
-        failures.append(f"- below confidence {calibration['validation']['threshold']:.2f}, send the case to a person "
-                        f"(keeps {kept['coverage']:.0%} of test cases; {accuracy})")
-    checks = "\n".join(f"| {c['check']} | {'pass' if c['passed'] else 'FAIL'}{'' if c['blocking'] else ' (not blocking)'} | {c['detail']} |"
-                       for c in gate_result["checks"])
+        accuracy = (
+            "no test case is that confident"
+            if kept["accuracy"] is None
+            else f"accuracy {kept['accuracy']:.2f} on them"
+        )
+        failures.append(
+            f"- below confidence {calibration['validation']['threshold']:.2f}, send the case to a person "
+            f"(keeps {kept['coverage']:.0%} of test cases; {accuracy})"
+        )
+    checks = "\n".join(
+        f"| {c['check']} | {'pass' if c['passed'] else 'FAIL'}{'' if c['blocking'] else ' (not blocking)'} | {c['detail']} |"
+        for c in gate_result["checks"]
+    )
     lines = [
-        f"# {card.name} · version {version}", "",
-        "## Intended use", "",
-        card.description.strip(), "",
+        f"# {card.name} · version {version}",
+        "",
+        "## Intended use",
+        "",
+        card.description.strip(),
+        "",
         f"Task kind: {card.task_kind}. Use it only behind tunebook's prompt for this job card "
-        f"(`tunebook predict --job {card.name}`); it was neither trained nor evaluated for anything else.", "",
-        "## Lineage", "",
+        f"(`tunebook predict --job {card.name}`); it was neither trained nor evaluated for anything else.",
+        "",
+        "## Lineage",
+        "",
         f"- job card sha256 `{card_hash(card)[:16]}`; dataset version `{dataset['hash'][:16]}` from `{dataset['source']['path']}`",
         "- splits: " + ", ".join(f"{name} {part['rows']} rows" for name, part in dataset["splits"].items()),
         f"- base model `{manifest['base_model'].get('name')}` (sha256 `{str(manifest['base_model'].get('sha256'))[:16]}`)",
-        f"- run folder `{Path(run_dir).resolve()}`; git commit `{manifest.get('git_commit')}`", "",
-        "## Training", "",
-        f"- method {config['quantization']}" + ("" if config["quantization"] == "full" else f", LoRA r {config['lora_r']}, alpha {config['lora_alpha']}, targets {config['target_modules']}"),
+        f"- run folder `{Path(run_dir).resolve()}`; git commit `{manifest.get('git_commit')}`",
+        "",
+        "## Training",
+        "",
+        f"- method {config['quantization']}"
+        + (
+            ""
+            if config["quantization"] == "full"
+            else f", LoRA r {config['lora_r']}, alpha {config['lora_alpha']}, targets {config['target_modules']}"
+        ),
         f"- learning rate {config.get('learning_rate_used', config['learning_rate'])}, batch {config['batch_size']}, "
         f"{manifest['steps']} steps (best {manifest.get('best_step')}), seed {config['seed']}",
         f"- validation loss {manifest['val_loss_before']:.3f} -> {manifest['val_loss_after']:.3f}; "
-        f"{manifest['wall_time_s']:.0f} s on {manifest['device']}", "",
-        f"## Test split ({tuned['n']} examples; 95% bootstrap intervals)", "",
-        f"| metric | this version | best baseline ({baseline.get('variant', 'prompting')}) |", "|---|---|---|", *rows, "",
-        *([f"Decision rule (fitted on validation): {comparison['decision_rule']}.", ""] if comparison.get("decision_rule") else []),
+        f"{manifest['wall_time_s']:.0f} s on {manifest['device']}",
+        "",
+        f"## Test split ({tuned['n']} examples; 95% bootstrap intervals)",
+        "",
+        f"| metric | this version | best baseline ({baseline.get('variant', 'prompting')}) |",
+        "|---|---|---|",
+        *rows,
+        "",
+        *(
+            [f"Decision rule (fitted on validation): {comparison['decision_rule']}.", ""]
+            if comparison.get("decision_rule")
+            else []
+        ),
         *([paired["verdict"], ""] if paired else []),
-        "## Release gate", "",
-        gate_result["verdict"], "",
-        "| check | result | detail |", "|---|---|---|", checks, "",
-        "## Serving", "",
+        "## Release gate",
+        "",
+        gate_result["verdict"],
+        "",
+        "| check | result | detail |",
+        "|---|---|---|",
+        checks,
+        "",
+        "## Serving",
+        "",
         f"- merged vs adapter-on-base: {parity_result['detail']}",
         f"- latency per example (one at a time, {latency_result['device']}): p50 {latency_result['p50_ms']:.0f} ms, "
-        f"p95 {latency_result['p95_ms']:.0f} ms over {latency_result['n']} examples", "",
-        "## Known failure modes", "", *failures, "",
+        f"p95 {latency_result['p95_ms']:.0f} ms over {latency_result['n']} examples",
+        "",
+        "## Known failure modes",
+        "",
+        *failures,
+        "",
     ]
     return "\n".join(lines)
 
 
-def _metrics_to_log(baseline: dict, tuned: dict, comparison: dict, gate_result: dict, parity_result: dict, latency_result: dict) -> dict:
+def _metrics_to_log(
+    baseline: dict, tuned: dict, comparison: dict, gate_result: dict, parity_result: dict, latency_result: dict
+) -> dict:
     logged = {}
     for name, scores in (("test", tuned), ("baseline", baseline)):
         for key in scores["headline_keys"]:
@@ -339,14 +467,28 @@ def _metrics_to_log(baseline: dict, tuned: dict, comparison: dict, gate_result: 
     return logged
 
 
-def publish_run(registry: Registry, run_dir: str | Path, card: JobCard, manifest: dict, dataset: dict, baseline: dict, tuned: dict,
-                comparison: dict, gate_result: dict, parity_result: dict, latency_result: dict, promote: bool = True) -> dict:
+def publish_run(
+    registry: Registry,
+    run_dir: str | Path,
+    card: JobCard,
+    manifest: dict,
+    dataset: dict,
+    baseline: dict,
+    tuned: dict,
+    comparison: dict,
+    gate_result: dict,
+    parity_result: dict,
+    latency_result: dict,
+    promote: bool = True,
+) -> dict:
     """Log the run folder to MLflow and register its adapter as the job's new `challenger` version, promoted to
     `champion` when the gate passed and ``promote`` is set. Writes ``release/registered.json``; never overwrites."""
     run_dir = Path(run_dir)
     folder = run_dir / "release"
     if (folder / "registered.json").exists():
-        raise TunebookError(f"{folder / 'registered.json'} exists: this run folder was already released. Start a new run.")
+        raise TunebookError(
+            f"{folder / 'registered.json'} exists: this run folder was already released. Start a new run."
+        )
     adapter = run_dir / "adapter"
     weights = trained_weights(adapter)
     if weights is None:
@@ -354,39 +496,92 @@ def publish_run(registry: Registry, run_dir: str | Path, card: JobCard, manifest
     adapter_sha = file_hash(weights)
     existing = find_version(registry, card.name, "adapter_sha256", adapter_sha)
     if existing is not None:
-        raise TunebookError(f"this adapter is already version {existing.version} of '{card.name}' in {registry.uri}; "
-                            "a registry entry is never overwritten. Train a new adapter to release again.")
+        raise TunebookError(
+            f"this adapter is already version {existing.version} of '{card.name}' in {registry.uri}; "
+            "a registry entry is never overwritten. Train a new adapter to release again."
+        )
     folder.mkdir(exist_ok=True)
     (folder / "gate.json").write_text(json.dumps(gate_result, indent=2))
     expected = str(gate_result["champion"]) if gate_result.get("champion") else None
     primary = tuned["primary"]
     tags = {
-        "run_dir": str(run_dir.resolve()), "adapter_sha256": adapter_sha, "job_card_sha256": card_hash(card),
-        "dataset_hash": dataset["hash"], "test_split_sha256": dataset["splits"]["test"]["hash"],
-        "base_model": str(manifest["base_model"].get("name")), "base_sha256": str(manifest["base_model"].get("sha256")),
-        "quantization": manifest["config"]["quantization"], "gate": "passed" if gate_result["passed"] else "failed",
-        "gate_failed": ", ".join(gate_result["failed"]), "gate_reference": gate_result["reference"],
-        "primary": primary, "primary_value": f"{tuned[primary]:.4f}",
-        "latency_p50_ms": f"{latency_result['p50_ms']:.1f}", "latency_p95_ms": f"{latency_result['p95_ms']:.1f}",
+        "run_dir": str(run_dir.resolve()),
+        "adapter_sha256": adapter_sha,
+        "job_card_sha256": card_hash(card),
+        "dataset_hash": dataset["hash"],
+        "test_split_sha256": dataset["splits"]["test"]["hash"],
+        "base_model": str(manifest["base_model"].get("name")),
+        "base_sha256": str(manifest["base_model"].get("sha256")),
+        "quantization": manifest["config"]["quantization"],
+        "gate": "passed" if gate_result["passed"] else "failed",
+        "gate_failed": ", ".join(gate_result["failed"]),
+        "gate_reference": gate_result["reference"],
+        "primary": primary,
+        "primary_value": f"{tuned[primary]:.4f}",
+        "latency_p50_ms": f"{latency_result['p50_ms']:.1f}",
+        "latency_p95_ms": f"{latency_result['p95_ms']:.1f}",
         "parity_agreement": f"{parity_result['agreement']:.4f}",
         "decision_rule": comparison.get("decision_rule") or "none (the answers are generated)",
         "baseline_variant": str(baseline.get("variant", "")),
     }
-    artifacts = [("adapter", adapter), ("evaluation", run_dir / "evaluation"), ("baseline", run_dir / "baseline"),
-                 ("release", folder / "gate.json"), ("", run_dir / "job.yaml"), ("data", run_dir / "data" / "dataset_version.json"),
-                 ("data", run_dir / "data" / "data_card.md"), *[("notebooks", p) for p in sorted(run_dir.glob("[0-9][0-9]_*.ipynb"))]]
-    params = {"job": card.name, "task_kind": card.task_kind, "base_model": manifest["base_model"].get("name"),
-              "dataset_hash": dataset["hash"], "train": manifest["config"]}
+    artifacts = [
+        ("adapter", adapter),
+        ("evaluation", run_dir / "evaluation"),
+        ("baseline", run_dir / "baseline"),
+        ("release", folder / "gate.json"),
+        ("", run_dir / "job.yaml"),
+        ("data", run_dir / "data" / "dataset_version.json"),
+        ("data", run_dir / "data" / "data_card.md"),
+        *[("notebooks", p) for p in sorted(run_dir.glob("[0-9][0-9]_*.ipynb"))],
+    ]
+    params = {
+        "job": card.name,
+        "task_kind": card.task_kind,
+        "base_model": manifest["base_model"].get("name"),
+        "dataset_hash": dataset["hash"],
+        "train": manifest["config"],
+    }
 
     def card_text(version: str) -> str:
-        text = model_card(card, version, run_dir, manifest, dataset, baseline, tuned, comparison, gate_result, parity_result, latency_result)
+        text = model_card(
+            card,
+            version,
+            run_dir,
+            manifest,
+            dataset,
+            baseline,
+            tuned,
+            comparison,
+            gate_result,
+            parity_result,
+            latency_result,
+        )
         (folder / "model_card.md").write_text(text, encoding="utf-8")
         return text
 
     logged = _metrics_to_log(baseline, tuned, comparison, gate_result, parity_result, latency_result)
-    datasets = {split: {"name": f"{card.name}-{split}", "digest": part["hash"][:12], "source": str((run_dir / "data" / f"{split}.jsonl").resolve()),
-                        "rows": part["rows"]} for split, part in dataset["splits"].items()}
-    result = publish(registry, card.name, run_dir.name, params, logged, tags, artifacts, "adapter", card_text,
-                     promote and gate_result["passed"], expected, datasets)
+    datasets = {
+        split: {
+            "name": f"{card.name}-{split}",
+            "digest": part["hash"][:12],
+            "source": str((run_dir / "data" / f"{split}.jsonl").resolve()),
+            "rows": part["rows"],
+        }
+        for split, part in dataset["splits"].items()
+    }
+    result = publish(
+        registry,
+        card.name,
+        run_dir.name,
+        params,
+        logged,
+        tags,
+        artifacts,
+        "adapter",
+        card_text,
+        promote and gate_result["passed"],
+        expected,
+        datasets,
+    )
     (folder / "registered.json").write_text(json.dumps(result, indent=2))
     return result

@@ -29,7 +29,9 @@ def load_requests(path: str | Path = REQUESTS) -> list[str]:
 def _cache_file(identity: dict) -> Path:
     from tunebook.models import cache_dir
 
-    key = json.dumps({"base": identity.get("sha256") or identity.get("name"), "max_tokens": MAX_ANSWER_TOKENS}, sort_keys=True)
+    key = json.dumps(
+        {"base": identity.get("sha256") or identity.get("name"), "max_tokens": MAX_ANSWER_TOKENS}, sort_keys=True
+    )
     return cache_dir() / "replay" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
 
 
@@ -55,12 +57,22 @@ def base_answers(base_model: str, requests: list[str], batch_size: int = 8) -> l
             width = max(map(len, prompts))
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_ANSWER_TOKENS, do_sample=False,
-                                 eos_token_id=stop, pad_token_id=pad)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=MAX_ANSWER_TOKENS,
+                do_sample=False,
+                eos_token_id=stop,
+                pad_token_id=pad,
+            )
             for request, row in zip(chunk, out[:, width:].tolist()):
                 ended = stop in row
                 row = row[: row.index(stop)] if ended else row
-                known[request] = {"prompt": request, "answer": tokenizer.decode(row, skip_special_tokens=True), "ended": ended}
+                known[request] = {
+                    "prompt": request,
+                    "answer": tokenizer.decode(row, skip_special_tokens=True),
+                    "ended": ended,
+                }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in known.values()), encoding="utf-8")
     return [known[r] for r in requests]
@@ -80,8 +92,14 @@ def replay_features(tokenizer: PreTrainedTokenizerBase, answers: list[dict], cha
         if number < chat:
             supervised = answer + ([stop] if item["ended"] else [])
             ids = (prompt + supervised)[:max_length]
-            features.append({"input_ids": ids, "attention_mask": [1] * len(ids),
-                             "labels": ([IGNORE_INDEX] * len(prompt) + supervised)[:max_length], "group": 1})
+            features.append(
+                {
+                    "input_ids": ids,
+                    "attention_mask": [1] * len(ids),
+                    "labels": ([IGNORE_INDEX] * len(prompt) + supervised)[:max_length],
+                    "group": 1,
+                }
+            )
         plain = answer[:max_length]
         features.append({"input_ids": plain, "attention_mask": [1] * len(plain), "labels": list(plain), "group": 2})
     return features

@@ -22,8 +22,10 @@ def fetch_release(registry: Registry, job: str, version: str | int | None = None
     if version is None:
         chosen = champion(registry, job)
         if chosen is None:
-            raise TunebookError(f"job '{job}' has no champion in {registry.uri}: release one with 05_release first "
-                                "(or point MLFLOW_TRACKING_URI / --tracking-uri at the registry that has it).")
+            raise TunebookError(
+                f"job '{job}' has no champion in {registry.uri}: release one with 05_release first "
+                "(or point MLFLOW_TRACKING_URI / --tracking-uri at the registry that has it)."
+            )
     else:
         chosen = get_version(registry, job, version)
     folder = cache_dir() / "released" / chosen.run_id
@@ -39,16 +41,32 @@ def read_inputs(path: str | Path, card: JobCard) -> pd.DataFrame:
     frame = load_table(path)
     column = next((c for c in (card.data.text_column, "text") if c in frame.columns), None)
     if column is None:
-        raise DataError(f"{path}: no '{card.data.text_column}' column to predict from (columns: {', '.join(map(str, frame.columns))}).")
-    ids = frame[card.data.id_column].astype(str) if card.data.id_column in frame.columns else pd.Series(range(1, len(frame) + 1)).astype(str)
+        raise DataError(
+            f"{path}: no '{card.data.text_column}' column to predict from (columns: {', '.join(map(str, frame.columns))})."
+        )
+    ids = (
+        frame[card.data.id_column].astype(str)
+        if card.data.id_column in frame.columns
+        else pd.Series(range(1, len(frame) + 1)).astype(str)
+    )
     empty = frame.index[frame[column].astype(str).str.strip() == ""].tolist()
     if empty:
-        raise DataError(f"{path}: rows {', '.join(str(i + 1) for i in empty[:10])} have an empty '{column}'; fill or remove them.")
+        raise DataError(
+            f"{path}: rows {', '.join(str(i + 1) for i in empty[:10])} have an empty '{column}'; fill or remove them."
+        )
     return pd.DataFrame({"id": ids.to_numpy(), "text": frame[column].astype(str).to_numpy(), "target": "", "tags": ""})
 
 
-def predict_file(registry: Registry, job: str, inputs: str | Path, output: str | Path, base_model: str = "bundled",
-                 version: str | int | None = None, batch_size: int = 8, progress: bool = True) -> pd.DataFrame:
+def predict_file(
+    registry: Registry,
+    job: str,
+    inputs: str | Path,
+    output: str | Path,
+    base_model: str = "bundled",
+    version: str | int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Predict every row of ``inputs`` with the released model and write JSONL to ``output`` (never over an existing file)."""
     output = Path(output)
     if output.exists():

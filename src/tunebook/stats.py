@@ -56,7 +56,11 @@ def part_correct(card: JobCard, predictions: pd.DataFrame) -> dict[str, tuple[np
         checks = [check_draft(card, r.prediction, r.text) for r in predictions.itertuples()]
         return {name: (every, np.array([c[name] for c in checks], dtype=bool)) for name in rule_names(card.rules)}
     correct = fully_correct(card, predictions)
-    truth = predictions["target"] if card.task_kind == "classification" else predictions["target"].map(lambda t: json.loads(t)["tool"])
+    truth = (
+        predictions["target"]
+        if card.task_kind == "classification"
+        else predictions["target"].map(lambda t: json.loads(t)["tool"])
+    )
     return {name: ((truth == name).to_numpy(), correct) for name in card.choices}
 
 
@@ -66,7 +70,9 @@ def aligned(reference: pd.DataFrame, candidate: pd.DataFrame) -> tuple[pd.DataFr
     if ids_ref.duplicated().any() or set(ids_ref) != set(ids_new) or len(ids_ref) != len(ids_new):
         raise ValueError("both models must be scored on the same examples (ids differ).")
     order = {i: k for k, i in enumerate(ids_ref)}
-    candidate = candidate.assign(_order=ids_new.map(order)).sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    candidate = (
+        candidate.assign(_order=ids_new.map(order)).sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    )
     reference = reference.reset_index(drop=True)
     if not (reference["target"].astype(str).to_numpy() == candidate["target"].astype(str).to_numpy()).all():
         raise ValueError("both models must be scored against the same targets (a target differs for the same id).")
@@ -80,11 +86,19 @@ def _one_sided_drop(before: np.ndarray, after: np.ndarray) -> tuple[int, int, fl
     return broken, fixed, float(p_value)
 
 
-def part_drops(card: JobCard, reference: pd.DataFrame, candidate: pd.DataFrame, tolerance: float = 0.02, alpha: float = 0.05) -> pd.DataFrame:
+def part_drops(
+    card: JobCard, reference: pd.DataFrame, candidate: pd.DataFrame, tolerance: float = 0.02, alpha: float = 0.05
+) -> pd.DataFrame:
     """Per class / tool / field / rule and for whole answers: the paired change from ``reference`` to ``candidate``,
     and whether it is a drop past ``tolerance`` that an exact one-sided McNemar test finds significant at ``alpha``."""
     reference, candidate = aligned(reference, candidate)
-    parts = {"(whole answers)": (np.ones(len(reference), dtype=bool), fully_correct(card, reference), fully_correct(card, candidate))}
+    parts = {
+        "(whole answers)": (
+            np.ones(len(reference), dtype=bool),
+            fully_correct(card, reference),
+            fully_correct(card, candidate),
+        )
+    }
     ref_parts, new_parts = part_correct(card, reference), part_correct(card, candidate)
     for name, (mask, right) in ref_parts.items():
         parts[name] = (mask, right, new_parts[name][1])
@@ -95,13 +109,25 @@ def part_drops(card: JobCard, reference: pd.DataFrame, candidate: pd.DataFrame, 
             continue
         broken, fixed, p_value = _one_sided_drop(before[mask], after[mask])
         drop = (broken - fixed) / n
-        rows.append({"part": name, "examples": n, "reference": float(before[mask].mean()), "candidate": float(after[mask].mean()),
-                     "drop": drop, "broken": broken, "fixed": fixed, "p_value": p_value,
-                     "significant_drop": bool(drop > tolerance and p_value < alpha)})
+        rows.append(
+            {
+                "part": name,
+                "examples": n,
+                "reference": float(before[mask].mean()),
+                "candidate": float(after[mask].mean()),
+                "drop": drop,
+                "broken": broken,
+                "fixed": fixed,
+                "p_value": p_value,
+                "significant_drop": bool(drop > tolerance and p_value < alpha),
+            }
+        )
     return pd.DataFrame(rows).set_index("part")
 
 
-def bootstrap(card: JobCard, predictions: pd.DataFrame, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def bootstrap(
+    card: JobCard, predictions: pd.DataFrame, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
     """Each headline metric with a percentile bootstrap interval (examples resampled with replacement)."""
     point = evaluate(card, predictions)
     keys = [k for k in point["headline_keys"] if k != "n"]
@@ -114,14 +140,23 @@ def bootstrap(card: JobCard, predictions: pd.DataFrame, resamples: int = 1000, l
             draws[k].append(sample[k])
     tail = (1 - level) / 2 * 100
     return pd.DataFrame(
-        {k: {"value": point[k], "low": float(np.percentile(draws[k], tail)), "high": float(np.percentile(draws[k], 100 - tail))} for k in keys}
+        {
+            k: {
+                "value": point[k],
+                "low": float(np.percentile(draws[k], tail)),
+                "high": float(np.percentile(draws[k], 100 - tail)),
+            }
+            for k in keys
+        }
     ).T
 
 
 def _paired(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Both models' predictions side by side by id, and whether each got each example fully right."""
     baseline, tuned = aligned(baseline, tuned)
-    merged = baseline[["id", "text", "target"]].assign(prediction_baseline=baseline["prediction"], prediction_tuned=tuned["prediction"])
+    merged = baseline[["id", "text", "target"]].assign(
+        prediction_baseline=baseline["prediction"], prediction_tuned=tuned["prediction"]
+    )
     return merged, fully_correct(card, baseline), fully_correct(card, tuned)
 
 
@@ -132,12 +167,23 @@ def mcnemar(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame, alpha: f
     broken = int(np.sum(right_before & ~right_after))
     p_value = binomtest(min(fixed, broken), fixed + broken, 0.5).pvalue if fixed + broken else 1.0
     if p_value < alpha:
-        verdict = (f"The difference is real: tuning fixed {fixed} and broke {broken} of {len(merged)} examples "
-                   f"(exact McNemar p = {p_value:.3g} < {alpha}); the tuned model is {'better' if fixed > broken else 'worse'}.")
+        verdict = (
+            f"The difference is real: tuning fixed {fixed} and broke {broken} of {len(merged)} examples "
+            f"(exact McNemar p = {p_value:.3g} < {alpha}); the tuned model is {'better' if fixed > broken else 'worse'}."
+        )
     else:
-        verdict = (f"The difference could be chance: tuning fixed {fixed} and broke {broken} of {len(merged)} examples "
-                   f"(exact McNemar p = {p_value:.3g} >= {alpha}). More test examples would settle it.")
-    return {"n": len(merged), "fixed": fixed, "broken": broken, "p_value": float(p_value), "significant": bool(p_value < alpha), "verdict": verdict}
+        verdict = (
+            f"The difference could be chance: tuning fixed {fixed} and broke {broken} of {len(merged)} examples "
+            f"(exact McNemar p = {p_value:.3g} >= {alpha}). More test examples would settle it."
+        )
+    return {
+        "n": len(merged),
+        "fixed": fixed,
+        "broken": broken,
+        "p_value": float(p_value),
+        "significant": bool(p_value < alpha),
+        "verdict": verdict,
+    }
 
 
 def flips(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
@@ -177,17 +223,27 @@ def valid_output_rate(card: JobCard, predictions: pd.DataFrame) -> float:
     return float(np.mean(usable))
 
 
-def overfitting(card: JobCard, train_predictions: pd.DataFrame, test_predictions: pd.DataFrame, max_gap: float = 0.15) -> dict:
+def overfitting(
+    card: JobCard, train_predictions: pd.DataFrame, test_predictions: pd.DataFrame, max_gap: float = 0.15
+) -> dict:
     """The primary metric on (a sample of) the train split and on the test split, with a warning past ``max_gap``."""
     train_scores, test_scores = evaluate(card, train_predictions), evaluate(card, test_predictions)
     primary = test_scores["primary"]
     gap = train_scores[primary] - test_scores[primary]
     warning = None
     if gap > max_gap:
-        warning = (f"{primary} is {train_scores[primary]:.3f} on training examples but {test_scores[primary]:.3f} on the test split "
-                   f"(gap {gap:.3f} > {max_gap}): the adapter memorised its training data. Train for fewer epochs, lower the "
-                   "learning rate or the rank, or add examples.")
-    return {"metric": primary, "train": train_scores[primary], "test": test_scores[primary], "gap": gap, "warning": warning}
+        warning = (
+            f"{primary} is {train_scores[primary]:.3f} on training examples but {test_scores[primary]:.3f} on the test split "
+            f"(gap {gap:.3f} > {max_gap}): the adapter memorised its training data. Train for fewer epochs, lower the "
+            "learning rate or the rank, or add examples."
+        )
+    return {
+        "metric": primary,
+        "train": train_scores[primary],
+        "test": test_scores[primary],
+        "gap": gap,
+        "warning": warning,
+    }
 
 
 def reliability(predictions: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
@@ -196,7 +252,9 @@ def reliability(predictions: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(predictions["confidence"], edges[1:-1]), 0, bins - 1)
     table = pd.DataFrame({"bin": which, "confidence": predictions["confidence"], "correct": correct})
-    grouped = table.groupby("bin").agg(examples=("correct", "size"), confidence=("confidence", "mean"), accuracy=("correct", "mean"))
+    grouped = table.groupby("bin").agg(
+        examples=("correct", "size"), confidence=("confidence", "mean"), accuracy=("correct", "mean")
+    )
     grouped.index = [f"{edges[i]:.1f}-{edges[i + 1]:.1f}" for i in grouped.index]
     return grouped
 
@@ -210,8 +268,12 @@ def abstain_threshold(val_predictions: pd.DataFrame, required_accuracy: float) -
     if not len(meets):
         return {"threshold": None, "coverage": 0.0, "accuracy": None, "required_accuracy": required_accuracy}
     last = meets[-1]  # the most examples kept while still meeting the requirement
-    return {"threshold": float(ordered["confidence"].iloc[last]), "coverage": float((last + 1) / len(ordered)),
-            "accuracy": float(kept_accuracy[last]), "required_accuracy": required_accuracy}
+    return {
+        "threshold": float(ordered["confidence"].iloc[last]),
+        "coverage": float((last + 1) / len(ordered)),
+        "accuracy": float(kept_accuracy[last]),
+        "required_accuracy": required_accuracy,
+    }
 
 
 def apply_threshold(predictions: pd.DataFrame, threshold: float | None) -> dict:

@@ -20,7 +20,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from peft import get_peft_model, prepare_model_for_kbit_training
-from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    EarlyStoppingCallback,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from tunebook.errors import TunebookError
@@ -73,19 +80,25 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise TunebookError(f"{name.upper()} must be positive, got {getattr(self, name)}.")
         if self.learning_rate < 0:
-            raise TunebookError(f"LEARNING_RATE must be positive (or 0 for the method's default), got {self.learning_rate}.")
+            raise TunebookError(
+                f"LEARNING_RATE must be positive (or 0 for the method's default), got {self.learning_rate}."
+            )
         if self.max_steps <= 0 and self.epochs <= 0:
             raise TunebookError("set EPOCHS > 0 or MAX_STEPS > 0.")
         if not 0 <= self.lora_dropout < 1:
             raise TunebookError(f"LORA_DROPOUT must be in [0, 1), got {self.lora_dropout}.")
         if self.general_mix < 0:
-            raise TunebookError(f"GENERAL_MIX must be 0 or more (a share of the training examples), got {self.general_mix}.")
+            raise TunebookError(
+                f"GENERAL_MIX must be 0 or more (a share of the training examples), got {self.general_mix}."
+            )
         if self.early_stopping_patience < 0 or self.eval_steps < 0:
             raise TunebookError("EARLY_STOPPING_PATIENCE and EVAL_STEPS must be 0 or more.")
         if self.attention not in ATTENTIONS:
             raise TunebookError(f"ATTENTION must be one of {', '.join(ATTENTIONS)}, got '{self.attention}'.")
         if self.attention == "flex_attention" and not torch.cuda.is_available():
-            raise TunebookError("ATTENTION='flex_attention' needs a GPU (PyTorch has no FlexAttention backward on a CPU); use 'sdpa'.")
+            raise TunebookError(
+                "ATTENTION='flex_attention' needs a GPU (PyTorch has no FlexAttention backward on a CPU); use 'sdpa'."
+            )
 
     @property
     def full(self) -> bool:
@@ -109,7 +122,9 @@ class TrainResult:
     manifest: dict = field(default_factory=dict)
 
 
-def build_features(tokenizer: PreTrainedTokenizerBase, card: JobCard, frame: pd.DataFrame, max_length: int, split: str) -> list[dict]:
+def build_features(
+    tokenizer: PreTrainedTokenizerBase, card: JobCard, frame: pd.DataFrame, max_length: int, split: str
+) -> list[dict]:
     """Tokenized training features for every row of a split; every example must keep at least one supervised token."""
     features, too_long = [], []
     for row in frame.itertuples():
@@ -119,7 +134,9 @@ def build_features(tokenizer: PreTrainedTokenizerBase, card: JobCard, frame: pd.
         else:
             features.append(features_from(prompt, answer, max_length))
     if too_long:
-        named = ", ".join(f"{i} ({n} tokens)" for i, n in too_long[:5]) + (f" and {len(too_long) - 5} more" if len(too_long) > 5 else "")
+        named = ", ".join(f"{i} ({n} tokens)" for i, n in too_long[:5]) + (
+            f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
+        )
         raise TunebookError(
             f"{len(too_long)} example(s) of the {split} split would have no supervised token: their prompt alone is "
             f"MAX_LENGTH={max_length} tokens or more, so truncation removes the whole answer. Examples: {named}. "
@@ -201,9 +218,14 @@ class CompletionCollator:
             ids += own
             positions += range(p, p + len(own))
             segments += [k] * len(own)
-            targets += list(f["labels"][p + 1:]) + [IGNORE_INDEX]
+            targets += list(f["labels"][p + 1 :]) + [IGNORE_INDEX]
         row = lambda values: torch.tensor([values], dtype=torch.long)  # noqa: E731
-        return {"input_ids": row(ids), "position_ids": row(positions), "segments": row(segments), "labels": row(targets)}
+        return {
+            "input_ids": row(ids),
+            "position_ids": row(positions),
+            "segments": row(segments),
+            "labels": row(targets),
+        }
 
 
 PACKING_ATTENTION = ("sdpa", "eager", "flex_attention")  # attention implementations that take a packed row's structure
@@ -219,7 +241,9 @@ def segment_mask(segments: torch.Tensor, dtype: torch.dtype | None = None) -> to
     allowed &= (seg[:, None] == seg[None, :]) | (seg[None, :] == 0)
     if dtype is None:
         return allowed[None, None]
-    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)[
+        None, None
+    ]
 
 
 def prefix_or_own(segments: torch.Tensor):
@@ -262,10 +286,14 @@ def completion_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> t
     batch = {k: v.to(where, non_blocking=True) for k, v in batch.items()}
     if "segments" in batch:
         mask = packed_attention_mask(base, batch["segments"])
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]).last_hidden_state
+        hidden = decoder(
+            input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]
+        ).last_hidden_state
         targets = batch["labels"]
     else:
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[
+            :, :-1
+        ]
         targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     logits = base.get_output_embeddings()(hidden[keep]).float()
@@ -297,8 +325,12 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
         full, partial = [], []
         for group in sorted(set(self.groups)):
             members = [i for i, g in enumerate(self.groups) if g == group]
-            order = get_length_grouped_indices([self.lengths[i] for i in members], self.batch_size, generator=generator)
-            chunks = [[members[j] for j in order[k : k + self.batch_size]] for k in range(0, len(order), self.batch_size)]
+            order = get_length_grouped_indices(
+                [self.lengths[i] for i in members], self.batch_size, generator=generator
+            )
+            chunks = [
+                [members[j] for j in order[k : k + self.batch_size]] for k in range(0, len(order), self.batch_size)
+            ]
             full += [c for c in chunks if len(c) == self.batch_size]
             partial += [c for c in chunks if len(c) < self.batch_size]
         shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
@@ -314,14 +346,18 @@ class CompletionOnlyTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return SeededLengthGroupedSampler(batch, [len(f["input_ids"]) for f in dataset], seed, [f.get("group", 0) for f in dataset])
+        return SeededLengthGroupedSampler(
+            batch, [len(f["input_ids"]) for f in dataset], seed, [f.get("group", 0) for f in dataset]
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Mean cross-entropy over supervised tokens, with the batch's shared prefix computed once."""
         if self.accelerator.num_processes > 1:
             # Under accelerate launch / torchrun the forward must go through the DistributedDataParallel wrapper so
             # gradients are synchronised: the model's own loss (same definition, without the single-process shortcuts).
-            loss = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]).loss
+            loss = model(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
+            ).loss
         else:
             loss = completion_loss(model, inputs)
         return (loss, {"loss": loss}) if return_outputs else loss
@@ -395,7 +431,9 @@ class StepTimer(TrainerCallback):
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -433,7 +471,9 @@ def prepare_model(base_model: str, config: TrainConfig) -> PreTrainedModel:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         torch.manual_seed(config.seed)
         try:
-            model = get_peft_model(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules))
+            model = get_peft_model(
+                model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
+            )
         except ValueError as error:
             if "target" not in str(error).lower():
                 raise
@@ -446,11 +486,20 @@ def prepare_model(base_model: str, config: TrainConfig) -> PreTrainedModel:
 
 def _is_out_of_memory(error: BaseException) -> bool:
     text = str(error).lower()
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text or "can't allocate memory" in text
+    return (
+        isinstance(error, (torch.OutOfMemoryError, MemoryError))
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
 
 
 def _run_key(card: JobCard, base_model: str, config: TrainConfig, dataset_hash: str) -> dict:
-    return {"job_card_sha256": card_hash(card), "base_model": model_identity(base_model), "dataset_hash": dataset_hash, "config": asdict(config)}
+    return {
+        "job_card_sha256": card_hash(card),
+        "base_model": model_identity(base_model),
+        "dataset_hash": dataset_hash,
+        "config": asdict(config),
+    }
 
 
 def _resume_state(checkpoints: Path, key: dict, resume: bool) -> dict | None:
@@ -459,13 +508,17 @@ def _resume_state(checkpoints: Path, key: dict, resume: bool) -> dict | None:
     if not saved:
         return None
     if not resume:
-        raise TunebookError(f"{checkpoints} holds checkpoints of an interrupted run: set RESUME=True to continue it, or use a new run folder.")
+        raise TunebookError(
+            f"{checkpoints} holds checkpoints of an interrupted run: set RESUME=True to continue it, or use a new run folder."
+        )
     state = json.loads((checkpoints / RUN_STATE).read_text()) if (checkpoints / RUN_STATE).is_file() else {}
     differ = [name for name in key if state.get("key", {}).get(name) != key[name]]
     if differ:
         detail = differ
         if "config" in differ and "config" in state.get("key", {}):
-            detail = [f"config.{k}" for k in key["config"] if state["key"]["config"].get(k) != key["config"][k]] or differ
+            detail = [
+                f"config.{k}" for k in key["config"] if state["key"]["config"].get(k) != key["config"][k]
+            ] or differ
         raise TunebookError(
             f"the checkpoints in {checkpoints} come from a run with different inputs ({', '.join(detail)}), so resuming "
             "would mix two runs. Use a new run folder, or restore the settings of the interrupted run."
@@ -498,13 +551,17 @@ def train_adapter(
     train_features = build_features(tokenizer, card, splits["train"], config.max_length, "train")
     val_features = build_features(tokenizer, card, splits["val"], config.max_length, "val")
     if not train_features or not val_features:
-        raise TunebookError("training needs examples in both the train and the val split; rerun 01_clean_the_data with more data.")
+        raise TunebookError(
+            "training needs examples in both the train and the val split; rerun 01_clean_the_data with more data."
+        )
     job_examples = len(train_features)
     if config.general_mix > 0:
         from tunebook import replay
 
         answers = replay.base_answers(base_model, replay.load_requests())
-        train_features += replay.replay_features(tokenizer, answers, round(config.general_mix * job_examples), config.max_length)
+        train_features += replay.replay_features(
+            tokenizer, answers, round(config.general_mix * job_examples), config.max_length
+        )
     checkpoints = out_dir / "checkpoints"
     key = _run_key(card, base_model, config, dataset_hash)
     state = _resume_state(checkpoints, key, resume)
@@ -548,7 +605,8 @@ def train_adapter(
         train_dataset=train_features,
         eval_dataset=val_features,
         data_collator=CompletionCollator(
-            tokenizer.pad_token_id, share_prefix=args.world_size == 1 and model.config._attn_implementation in PACKING_ATTENTION
+            tokenizer.pad_token_id,
+            share_prefix=args.world_size == 1 and model.config._attn_implementation in PACKING_ATTENTION,
         ),
         callbacks=[*extra, *callbacks],
     )
@@ -620,9 +678,22 @@ def train_adapter(
 
 def headline(result: TrainResult) -> dict:
     """The figures 03_train_qlora (or ``tunebook train``) records in results/03_train_qlora.json."""
-    keys = ("best_step", "steps", "stopped_early", "wall_time_s", "peak_memory_mb", "dataset_hash", "processes", "trainable_parameters")
-    return {"val_loss_before": result.val_loss_before, "val_loss_after": result.val_loss_after,
-            "quantization": result.manifest["config"]["quantization"], **{k: result.manifest[k] for k in keys}}
+    keys = (
+        "best_step",
+        "steps",
+        "stopped_early",
+        "wall_time_s",
+        "peak_memory_mb",
+        "dataset_hash",
+        "processes",
+        "trainable_parameters",
+    )
+    return {
+        "val_loss_before": result.val_loss_before,
+        "val_loss_after": result.val_loss_after,
+        "quantization": result.manifest["config"]["quantization"],
+        **{k: result.manifest[k] for k in keys},
+    }
 
 
 def read_manifest(adapter_dir: str | Path) -> dict:
@@ -651,20 +722,26 @@ def train_run_folder(run_dir: str | Path, parameters: dict) -> TrainResult:
     run_dir = Path(run_dir)
     version = run_dir / "data" / "dataset_version.json"
     if not version.is_file():
-        raise TunebookError(f"{run_dir} has no data/dataset_version.json: run 00_define_the_job and 01_clean_the_data into it first.")
+        raise TunebookError(
+            f"{run_dir} has no data/dataset_version.json: run 00_define_the_job and 01_clean_the_data into it first."
+        )
     card = load_job_card(run_dir / "job.yaml")
     splits = load_splits(run_dir / "data")
     base_model = resolve_base_model(parameters.get("BASE_MODEL", "bundled"))
     config = config_from_parameters(parameters)
     dataset_hash = json.loads(version.read_text())["hash"]
-    return train_adapter(card, splits, base_model, config, run_dir / "adapter", dataset_hash, resume=parameters.get("RESUME", True))
+    return train_adapter(
+        card, splits, base_model, config, run_dir / "adapter", dataset_hash, resume=parameters.get("RESUME", True)
+    )
 
 
 def _method_trial(card: JobCard, splits: dict[str, pd.DataFrame], base_model: str, config: TrainConfig) -> dict:
     """Train briefly with one method in this (fresh) process and report its cost and validation loss."""
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as folder:
-        result = train_adapter(card, splits, base_model, config, Path(folder) / "adapter", "method-trial", callbacks=[timer])
+        result = train_adapter(
+            card, splits, base_model, config, Path(folder) / "adapter", "method-trial", callbacks=[timer]
+        )
     manifest = result.manifest
     return {
         "method": config.quantization,
@@ -698,9 +775,16 @@ def compare_methods(
     short = {**splits, "val": splits["val"].head(val_examples)}
     rows = []
     for method in methods:
-        trial = TrainConfig(**{**asdict(config), "quantization": method, "max_steps": steps, "eval_steps": steps,
-                               "early_stopping_patience": 0,
-                               "learning_rate": config.learning_rate if (method == "full") == config.full else 0.0})
+        trial = TrainConfig(
+            **{
+                **asdict(config),
+                "quantization": method,
+                "max_steps": steps,
+                "eval_steps": steps,
+                "early_stopping_patience": 0,
+                "learning_rate": config.learning_rate if (method == "full") == config.full else 0.0,
+            }
+        )
         # One process per method: peak memory is a per-process high-water mark.
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             rows.append(pool.submit(_method_trial, card, short, base_model, trial).result())

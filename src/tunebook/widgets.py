@@ -45,7 +45,9 @@ def job_card_form(path: str | Path):
         "description": w.Textarea(description="task", placeholder="What the model must do, in one or two sentences."),
         "labels": w.Textarea(description="labels", placeholder="one per line: name: one-line definition"),
         "data_path": w.Text(description="data file", placeholder="tickets.csv"),
-        "extra_yaml": w.Textarea(description="more (YAML)", placeholder="output_schema / tools / rules / targets / error_costs"),
+        "extra_yaml": w.Textarea(
+            description="more (YAML)", placeholder="output_schema / tools / rules / targets / error_costs"
+        ),
     }
     for name, question in DECISION_QUESTIONS.items():
         fields[name] = w.Checkbox(description=question, indent=False, layout=w.Layout(width="auto"))
@@ -65,7 +67,9 @@ def job_card_form(path: str | Path):
     return w.VBox([*fields.values(), save, out])
 
 
-def record_decision(decisions: dict[str, dict], path: str | Path, item_id: str, action: str, target: str | None = None) -> dict:
+def record_decision(
+    decisions: dict[str, dict], path: str | Path, item_id: str, action: str, target: str | None = None
+) -> dict:
     """Record one review decision and rewrite the decisions file."""
     from tunebook.data import save_decisions
 
@@ -91,8 +95,11 @@ def review_browser(found, card: JobCard, path: str | Path, decisions: dict[str, 
         return w.HTML("<b>Nothing to review:</b> no near duplicates, near conflicts or suspected label errors.")
     position = {"i": 0}
     view, status = w.HTML(), w.HTML()
-    new_target = (w.Dropdown(options=card.choices, description="new label") if card.choices
-                  else w.Textarea(description="new target", layout=w.Layout(width="90%")))
+    new_target = (
+        w.Dropdown(options=card.choices, description="new label")
+        if card.choices
+        else w.Textarea(description="new target", layout=w.Layout(width="90%"))
+    )
     buttons = {name: w.Button(description=name) for name in ("◀ previous", "keep", "relabel", "drop", "next ▶")}
 
     def show():
@@ -138,7 +145,9 @@ def mistake_browser(rows, columns: tuple[str, ...] = ("target", "prediction_base
 
     def show():
         row = records[position["i"]]
-        parts = "".join(f"<p><b>{c}</b>: <code>{html.escape(str(row.get(c, '')))}</code></p>" for c in columns if c in row)
+        parts = "".join(
+            f"<p><b>{c}</b>: <code>{html.escape(str(row.get(c, '')))}</code></p>" for c in columns if c in row
+        )
         view.value = f"<p><b>{position['i'] + 1} / {len(records)}</b> · id {html.escape(str(row.get('id', '')))}</p><p>{html.escape(str(row.get('text', '')))}</p>{parts}"
 
     def move(step):
