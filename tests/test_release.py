@@ -36,7 +36,14 @@ MATCHING = {"applicable": True, "n": 10, "agreement": 1.0, "detail": "0 differ"}
 
 def test_the_gate_passes_an_adapter_no_worse_than_the_reference(card):
     truth = ["billing"] * 10 + ["escalate"] * 5
-    verdict = release.gate(card, frame(truth, truth), frame(truth, ["billing"] * 15), "champion v1", CALM, MATCHING)
+    verdict = release.gate(
+        card,
+        frame(truth, truth),
+        frame(truth, ["billing"] * 15),
+        "champion v1",
+        regression=CALM,
+        parity_result=MATCHING,
+    )
     assert verdict["passed"] and verdict["failed"] == [] and "may be promoted" in verdict["verdict"]
     assert {c["check"] for c in verdict["checks"]} >= {
         "must_never",
@@ -56,8 +63,8 @@ def test_the_gate_names_every_failing_check(card):
         worse,
         reference,
         "champion v1",
-        {"change": {"text_loss": 0.1, "instruction_loss": 0.9}},
-        {**MATCHING, "agreement": 0.8, "detail": "2 differ"},
+        regression={"change": {"text_loss": 0.1, "instruction_loss": 0.9}},
+        parity_result={**MATCHING, "agreement": 0.8, "detail": "2 differ"},
     )
     assert verdict["failed"] == [
         "must_never",
@@ -77,19 +84,29 @@ def test_the_gate_names_every_failing_check(card):
 def test_card_targets_block_only_when_required(card):
     truth = ["billing"] * 8 + ["shipping"] * 8
     mediocre = frame(truth, ["billing"] * 8 + ["shipping"] * 4 + ["billing"] * 4)
-    advisory = release.gate(card, mediocre, mediocre, "the prompting baseline", CALM, MATCHING)
+    advisory = release.gate(
+        card, mediocre, mediocre, "the prompting baseline", regression=CALM, parity_result=MATCHING
+    )
     assert (
         advisory["passed"]
         and "target:macro_f1" in advisory["targets_missed"]
         and "not blocking" in advisory["verdict"]
     )
-    strict = release.gate(card, mediocre, mediocre, "the prompting baseline", CALM, MATCHING, require_targets=True)
+    strict = release.gate(
+        card,
+        mediocre,
+        mediocre,
+        "the prompting baseline",
+        regression=CALM,
+        parity_result=MATCHING,
+        require_targets=True,
+    )
     assert not strict["passed"] and "target:macro_f1" in strict["failed"] and "target:accuracy" in strict["failed"]
 
 
 def test_a_missing_probe_or_parity_fails_the_gate(card):
     truth = ["billing"] * 4
-    verdict = release.gate(card, frame(truth, truth), frame(truth, truth), "x", None, None)
+    verdict = release.gate(card, frame(truth, truth), frame(truth, truth), "x", regression=None, parity_result=None)
     assert verdict["failed"] == ["general_regression", "parity"]
 
 

@@ -109,6 +109,7 @@ def gate(
     challenger: pd.DataFrame,
     reference: pd.DataFrame,
     reference_name: str,
+    *,
     regression: dict | None,
     parity_result: dict | None,
     tolerance: float = 0.02,
