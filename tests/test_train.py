@@ -382,6 +382,17 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny_job, tiny_model, tmp_path):
         train.train_adapter(card, splits, tiny_model, fast(), tmp_path / "adapter", "h", callbacks=[OutOfMemory()])
 
 
+def test_target_modules_have_one_spelling_so_notebook_and_command_line_runs_resume_each_other():
+    # 03 used to pass a list and `tunebook train` a string: different resume keys for the same run
+    as_list, as_text = (
+        train.TrainConfig(target_modules=["q_proj", "v_proj"]),
+        train.TrainConfig(target_modules="q_proj, v_proj"),
+    )
+    assert as_list == as_text and as_text.target_modules == "q_proj,v_proj"
+    assert train.config_from_parameters({"LORA_TARGET_MODULES": "q_proj,v_proj"}) == as_list
+    assert train.TrainConfig().target_modules == "all-linear"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

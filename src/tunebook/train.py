@@ -57,7 +57,9 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
+    target_modules: str = (
+        "all-linear"  # or comma-separated layer names; a list is joined (one spelling, one resume key)
+    )
     learning_rate: float = 0.0  # 0: the method's default (DEFAULT_LEARNING_RATE)
     epochs: float = 2.0
     max_steps: int = -1
@@ -71,6 +73,10 @@ class TrainConfig:
     # sdpa takes a packed row's structure as a dense mask; flex_attention (GPU only) as a block-sparse one. On an
     # H100, flex_attention was not faster for the 135M model (README, "On a GPU"), so sdpa stays the default.
     attention: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        names = self.target_modules.split(",") if isinstance(self.target_modules, str) else self.target_modules
+        self.target_modules = ",".join(name.strip() for name in names if name.strip())
 
     def check(self) -> None:
         """Raise a clear error for any out-of-range setting."""
