@@ -7,6 +7,7 @@ import torch
 from test_train import fast
 
 from tunebook import regression, train
+from tunebook.errors import TunebookError
 
 
 @pytest.fixture()
@@ -47,7 +48,7 @@ def test_a_damaging_adapter_is_flagged(tiny_model, tokenizer):
 
 def test_a_full_fine_tune_needs_the_base_passed(tiny_model, tokenizer):
     full = train.prepare_model(tiny_model, fast(quantization="full"))
-    with pytest.raises(ValueError, match="pass the base model"):
+    with pytest.raises(TunebookError, match="pass the base model"):
         regression.regression_probe(full, tokenizer)
     base = train.prepare_model(tiny_model, fast(quantization="full"))
     assert not regression.regression_probe(full, tokenizer, base=base)["regressed"]

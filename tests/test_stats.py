@@ -6,6 +6,7 @@ import pytest
 from conftest import EXAMPLE, write_job
 
 from tunebook import job, stats
+from tunebook.errors import TunebookError
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_a_clear_improvement_is_significant_and_balanced_flips_are_not(card):
 
 
 def test_mcnemar_refuses_different_examples(card):
-    with pytest.raises(ValueError, match="same examples"):
+    with pytest.raises(TunebookError, match="same examples"):
         stats.mcnemar(card, frame(["billing"] * 3, ["billing"] * 3), frame(["billing"] * 2, ["billing"] * 2))
 
 
@@ -188,5 +189,5 @@ def test_a_significant_drop_is_flagged_and_a_small_one_is_not(card):
     ]  # p = 0.5: could be chance
     shuffled = worse.sample(frac=1, random_state=0)  # order does not matter: examples are paired by id
     assert stats.part_drops(card, reference, shuffled).equals(table)
-    with pytest.raises(ValueError, match="same examples"):
+    with pytest.raises(TunebookError, match="same examples"):
         stats.part_drops(card, reference, worse.head(10))

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tunebook.errors import TunebookError
 from tunebook.prompts import IGNORE_INDEX, encode_prompt, encode_target
 
 PROBE = Path(__file__).parent / "resources" / "general_probe.jsonl"
@@ -61,7 +62,9 @@ def regression_probe(
     tuned = probe_losses(model, tokenizer)
     if base is None:
         if not hasattr(model, "disable_adapter"):
-            raise ValueError("a fully fine-tuned model has no adapter to switch off: pass the base model as `base`.")
+            raise TunebookError(
+                "a fully fine-tuned model has no adapter to switch off: pass the base model as `base`."
+            )
         context = model.disable_adapter()
     else:
         context = nullcontext()

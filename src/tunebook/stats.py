@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from tunebook.errors import TunebookError
 from tunebook.job import JobCard, rule_names
 from tunebook.metrics import evaluate
 from tunebook.outputs import check_draft, check_tool_call, parse_json, schema_errors
@@ -68,14 +69,18 @@ def aligned(reference: pd.DataFrame, candidate: pd.DataFrame) -> tuple[pd.DataFr
     """Both frames of predictions in the same example order; refuse frames scored on different examples."""
     ids_ref, ids_new = reference["id"].astype(str), candidate["id"].astype(str)
     if ids_ref.duplicated().any() or set(ids_ref) != set(ids_new) or len(ids_ref) != len(ids_new):
-        raise ValueError("both models must be scored on the same examples (ids differ).")
+        only = sorted(set(ids_ref) ^ set(ids_new))[:5]
+        raise TunebookError(
+            f"both models must be scored on the same examples (ids differ{', e.g. ' + ', '.join(only) if only else ''}): "
+            "score both on the same frozen test split."
+        )
     order = {i: k for k, i in enumerate(ids_ref)}
     candidate = (
         candidate.assign(_order=ids_new.map(order)).sort_values("_order").drop(columns="_order").reset_index(drop=True)
     )
     reference = reference.reset_index(drop=True)
     if not (reference["target"].astype(str).to_numpy() == candidate["target"].astype(str).to_numpy()).all():
-        raise ValueError("both models must be scored against the same targets (a target differs for the same id).")
+        raise TunebookError("both models must be scored against the same targets (a target differs for the same id).")
     return reference, candidate
 
 
