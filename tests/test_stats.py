@@ -121,7 +121,7 @@ def test_abstain_threshold_keeps_the_most_examples_that_meet_the_accuracy(card):
     )
     assert stats.abstain_threshold(val, required_accuracy=1.01)["threshold"] is None
     assert stats.apply_threshold(val, 0.8) == {"coverage": 0.5, "accuracy": 1.0}
-    table = stats.reliability(val, bins=2)
+    table = stats.reliability_table(val, bins=2)
     assert table["examples"].sum() == 6 and table.loc["0.5-1.0", "accuracy"] == pytest.approx(4 / 6)
 
 

@@ -92,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from tunebook.pipeline import check_parameters, declared_parameters
-    from tunebook.train import headline, train_run_folder
+    from tunebook.train import recorded_results, train_run_folder
 
     step = "03_train_qlora"
     declared = {k: p for k, p in declared_parameters().items() if step in p.notebooks and k != "RUN_DIR"}
@@ -106,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":
         from tunebook.pipeline import save_results
 
-        save_results(args.run_dir, step, headline(result))
+        save_results(args.run_dir, step, recorded_results(result))
     print(
         f"[tunebook] validation loss {result.val_loss_before:.3f} -> {result.val_loss_after:.3f}; adapter: {result.adapter_dir}"
     )

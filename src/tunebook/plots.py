@@ -119,7 +119,7 @@ def method_tradeoff(table, path: str | Path | None = None) -> Figure:
     return _finish(fig, path)
 
 
-def reliability(table, path: str | Path | None = None) -> Figure:
+def reliability_diagram(table, path: str | Path | None = None) -> Figure:
     """Accuracy against mean confidence per confidence bin, with the diagonal of perfect calibration."""
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="calibrated")

@@ -251,7 +251,7 @@ def overfitting(
     }
 
 
-def reliability(predictions: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
+def reliability_table(predictions: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
     """Mean confidence against accuracy per confidence bin (a reliability table; a calibrated model sits on the diagonal)."""
     correct = (predictions["prediction"] == predictions["target"]).astype(float)
     edges = np.linspace(0, 1, bins + 1)

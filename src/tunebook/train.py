@@ -682,7 +682,7 @@ def train_adapter(
     return TrainResult(out_dir, history, val_before, val_after, manifest)
 
 
-def headline(result: TrainResult) -> dict:
+def recorded_results(result: TrainResult) -> dict:
     """The figures 03_train_qlora (or ``tunebook train``) records in results/03_train_qlora.json."""
     keys = (
         "best_step",
