@@ -45,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook import data, job, models, prompts, train  # noqa: E402
+from tunebook import callbacks, data, job, lineage, models, packing, prompts, train  # noqa: E402
 
 BATCH = 8
 WARMUP_STEPS = 3
@@ -119,7 +119,7 @@ def _sync() -> None:
 def val_loss(model, tokenizer, card, frame) -> float:
     """Mean cross-entropy per answer token (answer + end-of-turn) over the split; full sequences, no shortcuts."""
     features = train.build_features(tokenizer, card, frame, 512, "val")
-    collate = train.CompletionCollator(tokenizer.pad_token_id, share_prefix=False)
+    collate = packing.CompletionCollator(tokenizer.pad_token_id, share_prefix=False)
     total, count = 0.0, 0
     dev = next(model.parameters()).device
     model.eval()
@@ -127,7 +127,7 @@ def val_loss(model, tokenizer, card, frame) -> float:
         for start in range(0, len(features), BATCH):
             batch = collate(features[start : start + BATCH])
             n = int((batch["labels"][:, 1:] != prompts.IGNORE_INDEX).sum())
-            loss = train.completion_loss(model, {k: v.to(dev) for k, v in batch.items()})
+            loss = packing.completion_loss(model, {k: v.to(dev) for k, v in batch.items()})
             total, count = total + loss.item() * n, count + n
     return total / count
 
@@ -166,7 +166,7 @@ def step_flops(model, batch: dict, loss_fn) -> float:
 
 def peak_mb() -> float:
     """Peak GPU memory allocated on a GPU, else the process's peak resident memory (MB)."""
-    peak = train.peak_memory_mb()
+    peak = lineage.peak_memory_mb()
     return peak.get("peak_gpu_memory_mb", peak["peak_memory_mb"])
 
 
@@ -182,7 +182,7 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
     features = train.build_features(tokenizer, card, splits["train"], 512, "train")
     order = list(train.SeededLengthGroupedSampler(BATCH, [len(f["input_ids"]) for f in features], seed=0))
     batches = [[features[i] for i in order[k * BATCH : (k + 1) * BATCH]] for k in range(steps)]
-    timer = train.StepTimer()
+    timer = callbacks.StepTimer()
     config = train.TrainConfig(
         quantization=quantization,
         max_steps=steps,
@@ -199,10 +199,12 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(model, load_file(Path(folder) / "adapter" / "adapter_model.safetensors"))
-    collate = train.CompletionCollator(tokenizer.pad_token_id)
+    collate = packing.CompletionCollator(tokenizer.pad_token_id)
     counted = train.prepare_model(base, train.TrainConfig(quantization="none", attention="sdpa"))
     counted_batches = batches[WARMUP_STEPS:][:3] or batches  # FLOPs per step vary little; three steps are enough
-    flops = sum(step_flops(counted, collate(b), train.completion_loss) for b in counted_batches) / len(counted_batches)
+    flops = sum(step_flops(counted, collate(b), packing.completion_loss) for b in counted_batches) / len(
+        counted_batches
+    )
     computed = [collate(b)["input_ids"].numel() for b in batches]
     return {
         "step_s": timer.steps,
@@ -237,7 +239,7 @@ def run_trl(steps: int, quantization: str, no_checkpointing: bool, model: str = 
         )
 
     model = models.load_model(base, quantization)
-    timer = train.StepTimer()
+    timer = callbacks.StepTimer()
     logged: list[dict] = []
     from transformers import TrainerCallback
 

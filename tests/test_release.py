@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import EXAMPLE, tol
 
-from tunebook import cli, job, predict, registry, release
+from tunebook import cli, job, lineage, predict, registry, release
 from tunebook.errors import TunebookError
 
 
@@ -119,12 +119,12 @@ def test_an_adapter_for_another_job_or_base_is_refused_naming_both(card):
         "base_model": {"name": "SmolLM2-135M-Instruct", "sha256": "cd" * 32},
     }
     with pytest.raises(TunebookError, match="trained for job 'order_extraction'.*this run's job is 'support_triage'"):
-        release.check_adapter_matches(manifest, card, {"name": "SmolLM2-135M-Instruct", "sha256": "cd" * 32})
+        lineage.check_adapter_matches(manifest, card, {"name": "SmolLM2-135M-Instruct", "sha256": "cd" * 32})
     manifest.update(job="support_triage", job_card_sha256=card_hash(card))
     with pytest.raises(
         TunebookError, match="base model 'SmolLM2-135M-Instruct' \\(sha256 cdcd.*BASE_MODEL is 'other' \\(sha256 efef"
     ):
-        release.check_adapter_matches(manifest, card, {"name": "other", "sha256": "ef" * 32})
+        lineage.check_adapter_matches(manifest, card, {"name": "other", "sha256": "ef" * 32})
 
 
 @pytest.fixture(scope="module")

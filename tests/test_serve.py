@@ -109,3 +109,16 @@ def test_predict_applies_the_released_decision_rule_exactly_as_evaluated(release
     fitted = decide.load_rule(good_dir / "evaluation" / "decision_rule.json")
     released_rule = decide.load_rule(next((tmp_path / "cache" / "released").glob("*/evaluation/decision_rule.json")))
     assert released_rule == fitted and fitted.fitted_on["split"] == "validation"
+
+
+def test_serving_imports_no_training_or_release_code():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tunebook.serve; "
+        "loaded = sorted(m for m in sys.modules if m in ('tunebook.train', 'tunebook.packing', 'tunebook.methods', "
+        "'tunebook.callbacks', 'tunebook.release', 'trl', 'papermill')); print(loaded); assert not loaded"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]

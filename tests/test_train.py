@@ -11,7 +11,7 @@ from conftest import assert_gradients_close, assert_same_choices, tol, write_job
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from tunebook import data, job, models, predict, prompts, train
+from tunebook import data, job, lineage, methods, models, packing, predict, prompts, train
 from tunebook.errors import TunebookError
 
 KINDS = ["support_triage", "order_extraction", "support_tools", "reply_drafting"]
@@ -63,7 +63,7 @@ def test_masks_supervise_exactly_the_answer_and_end_of_turn(tmp_path, tokenizer,
 def test_padded_layout_pads_without_supervision(tiny_job, tokenizer):
     card, splits = tiny_job
     features = train.build_features(tokenizer, card, splits["train"].head(4), 512, "train")
-    batch = train.CompletionCollator(tokenizer.pad_token_id, share_prefix=False)(features)
+    batch = packing.CompletionCollator(tokenizer.pad_token_id, share_prefix=False)(features)
     for i, f in enumerate(features):
         n = len(f["input_ids"])
         assert batch["input_ids"][i, :n].tolist() == f["input_ids"] and batch["labels"][i, :n].tolist() == f["labels"]
@@ -73,12 +73,12 @@ def test_padded_layout_pads_without_supervision(tiny_job, tokenizer):
 def test_packed_layout_holds_the_shared_prefix_once_and_each_example_after_it(tiny_job, tokenizer):
     card, splits = tiny_job
     features = train.build_features(tokenizer, card, splits["train"].head(4), 512, "train")
-    p = train.shared_prefix_length(features)
+    p = packing.shared_prefix_length(features)
     first_answer = min(next(i for i, x in enumerate(f["labels"]) if x != -100) for f in features)
     assert 16 <= p <= first_answer - 1
     assert all(f["input_ids"][:p] == features[0]["input_ids"][:p] for f in features)
     assert tokenizer.decode(features[0]["input_ids"][:p]).startswith("<|im_start|>system\n")
-    batch = train.CompletionCollator(tokenizer.pad_token_id)(features)
+    batch = packing.CompletionCollator(tokenizer.pad_token_id)(features)
     ids, positions, segments, targets = (
         batch[k][0].tolist() for k in ("input_ids", "position_ids", "segments", "labels")
     )
@@ -90,21 +90,21 @@ def test_packed_layout_holds_the_shared_prefix_once_and_each_example_after_it(ti
         )
         # each position's target is the next token of the same example where that token is supervised
         assert [targets[i] for i in where] == f["labels"][p + 1 :] + [prompts.IGNORE_INDEX]
-    mask = train.segment_mask(batch["segments"])[0, 0]
+    mask = packing.segment_mask(batch["segments"])[0, 0]
     second = segments.index(2)
     assert (
         mask[second, p - 1] and not mask[second, second - 1] and not mask[p - 1, p]
     )  # the prefix, not the first example
-    additive = train.segment_mask(batch["segments"], torch.float32)[0, 0]
+    additive = packing.segment_mask(batch["segments"], torch.float32)[0, 0]
     assert torch.equal(additive == 0, mask)
     # the FlexAttention form (GPU) describes the same structure token by token
     from torch.nn.attention.flex_attention import create_mask
 
     length = len(segments)
     assert torch.equal(
-        create_mask(train.prefix_or_own(batch["segments"]), None, None, length, length, device="cpu")[0, 0], mask
+        create_mask(packing.prefix_or_own(batch["segments"]), None, None, length, length, device="cpu")[0, 0], mask
     )
-    assert train.shared_prefix_length(features[:1]) == 0
+    assert packing.shared_prefix_length(features[:1]) == 0
 
 
 GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention has no backward pass on a CPU")
@@ -126,15 +126,15 @@ def test_packed_loss_and_gradients_equal_the_plain_padded_loss(
 ):
     card, splits = tiny_job
     features = train.build_features(tokenizer, card, splits["train"].head(6), 512, "train")
-    packed = train.CompletionCollator(tokenizer.pad_token_id)(features)
-    padded = train.CompletionCollator(tokenizer.pad_token_id, share_prefix=False)(features)
+    packed = packing.CompletionCollator(tokenizer.pad_token_id)(features)
+    padded = packing.CompletionCollator(tokenizer.pad_token_id, share_prefix=False)(features)
     model = train.prepare_model(tiny_model, fast(quantization=quantization))
     model.set_attn_implementation(attention)
     assert model.config._attn_implementation == attention
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     def loss_and_grads(batch):
-        loss = train.completion_loss(model, batch)
+        loss = packing.completion_loss(model, batch)
         return loss.item(), torch.autograd.grad(loss, trainable)
 
     shared, shared_grads = loss_and_grads(packed)
@@ -177,7 +177,7 @@ def test_training_lowers_validation_loss_and_saves_a_peft_adapter(tiny_job, tiny
     assert result.log_history[0] == {"step": 0, "eval_loss": result.val_loss_before}
     assert [e["step"] for e in result.log_history if "eval_loss" in e][:3] == [0, 3, 6]
     names = {p.name for p in result.adapter_dir.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", train.MANIFEST} <= names
+    assert {"adapter_config.json", "adapter_model.safetensors", lineage.MANIFEST} <= names
     assert "checkpoints" not in names  # removed once the run has finished
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)
     weights = adapter_weights(result.adapter_dir)
@@ -251,7 +251,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_job, tiny_model, tmp_path
 def test_manifest_records_lineage(tiny_job, tiny_model, tmp_path):
     card, splits = tiny_job
     train.train_adapter(card, splits, tiny_model, fast(max_steps=1), tmp_path / "adapter", dataset_hash="abc123")
-    manifest = train.read_manifest(tmp_path / "adapter")
+    manifest = lineage.read_manifest(tmp_path / "adapter")
     assert manifest["dataset_hash"] == "abc123"
     assert manifest["job"] == card.name and manifest["choices"] == card.label_names
     assert manifest["job_card_sha256"] == job.card_hash(card)
@@ -324,18 +324,20 @@ def test_int8_trains_an_adapter(tiny_job, tiny_model, tmp_path):
 
 def test_compare_methods_measures_each_in_its_own_process(tiny_job, tiny_model):
     card, splits = tiny_job
-    table = train.compare_methods(card, splits, tiny_model, fast(), methods=["none", "full"], steps=2, val_examples=4)
+    table = methods.compare_methods(
+        card, splits, tiny_model, fast(), methods=["none", "full"], steps=2, val_examples=4
+    )
     assert list(table.index) == ["none", "full"]
     assert (table["peak_memory_mb"] > 0).all() and (table["seconds_per_step"] > 0).all()
     assert table.loc["full", "trainable_parameters"] > 10 * table.loc["none", "trainable_parameters"]
     with pytest.raises(TunebookError, match="unknown method"):
-        train.compare_methods(card, splits, tiny_model, fast(), methods=["fp8"])
+        methods.compare_methods(card, splits, tiny_model, fast(), methods=["fp8"])
 
 
 def test_existing_adapter_is_never_overwritten(tiny_job, tiny_model, tmp_path):
     card, splits = tiny_job
     (tmp_path / "adapter").mkdir()
-    (tmp_path / "adapter" / train.MANIFEST).write_text("{}")
+    (tmp_path / "adapter" / lineage.MANIFEST).write_text("{}")
     with pytest.raises(TunebookError, match="never overwritten"):
         train.train_adapter(card, splits, tiny_model, fast(max_steps=1), tmp_path / "adapter", "h")
 

@@ -12,32 +12,16 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tunebook.baselines import CLASSICAL_FILE, RULE_FILE, ClassicalModel, tuned_decision
 from tunebook.data import file_hash, frame_hash
-from tunebook.decide import DecisionRule, load_rule
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
+from tunebook.lineage import read_manifest
 from tunebook.metrics import check_targets, evaluate, weak_spots
 from tunebook.models import load_model, model_identity
 from tunebook.predict import load_for_inference, predict, read_predictions
 from tunebook.registry import TAG, Registry, champion, download, find_version, publish
+from tunebook.serve import fetch_decision
 from tunebook.stats import part_drops
-from tunebook.train import read_manifest
-
-
-def check_adapter_matches(manifest: dict, card: JobCard, base_identity: dict) -> None:
-    """Refuse an adapter trained for another job or another base model, naming both."""
-    if manifest.get("job") != card.name or manifest.get("job_card_sha256") != card_hash(card):
-        raise TunebookError(
-            f"the adapter was trained for job '{manifest.get('job')}' (card {str(manifest.get('job_card_sha256'))[:12]}), "
-            f"but this run's job is '{card.name}' (card {card_hash(card)[:12]}). Train an adapter for this job card."
-        )
-    trained_on = manifest.get("base_model", {})
-    if trained_on.get("sha256") and base_identity.get("sha256") and trained_on["sha256"] != base_identity["sha256"]:
-        raise TunebookError(
-            f"the adapter was trained on base model '{trained_on.get('name')}' (sha256 {trained_on['sha256'][:12]}), "
-            f"but BASE_MODEL is '{base_identity.get('name')}' (sha256 {base_identity['sha256'][:12]}). Use the same base model."
-        )
 
 
 def compare(card: JobCard, baseline: dict, tuned: dict) -> dict:
@@ -310,19 +294,6 @@ def reference_predictions(
     model, tokenizer = load_for_inference(base_model, adapter, manifest["config"]["quantization"])
     rescored = predict(model, tokenizer, card, test, batch_size, rule=rule, other_model=other)
     return rescored, f"{name} (re-scored on this test split)", str(current.version)
-
-
-def fetch_decision(
-    registry: Registry, version, folder: str | Path
-) -> tuple[DecisionRule | None, ClassicalModel | None]:
-    """Download a released version's decision rule (and the classical model it mixes in, if any) into ``folder``."""
-    download(registry, version, "evaluation", folder)
-    rule_path = Path(folder) / RULE_FILE
-    if rule_path.is_file() and load_rule(rule_path).mix_weight > 0:
-        download(
-            registry, version, CLASSICAL_FILE, Path(folder) / Path(CLASSICAL_FILE).parent
-        )  # MLflow keeps only the file name
-    return tuned_decision(folder)
 
 
 def model_card(

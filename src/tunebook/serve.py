@@ -6,15 +6,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebook.baselines import tuned_decision
+from tunebook.baselines import CLASSICAL_FILE, RULE_FILE, ClassicalModel, tuned_decision
 from tunebook.data import load_table
+from tunebook.decide import DecisionRule, load_rule
 from tunebook.errors import DataError, TunebookError
 from tunebook.job import JobCard, load_job_card
+from tunebook.lineage import check_adapter_matches, read_manifest
 from tunebook.models import cache_dir, model_identity, resolve_base_model
 from tunebook.predict import load_for_inference, predict, save_predictions
 from tunebook.registry import Registry, champion, download, get_version
-from tunebook.release import check_adapter_matches, fetch_decision
-from tunebook.train import read_manifest
+
+
+def fetch_decision(
+    registry: Registry, version, folder: str | Path
+) -> tuple[DecisionRule | None, ClassicalModel | None]:
+    """Download a released version's decision rule (and the classical model it mixes in, if any) into ``folder``."""
+    download(registry, version, "evaluation", folder)
+    rule_path = Path(folder) / RULE_FILE
+    if rule_path.is_file() and load_rule(rule_path).mix_weight > 0:
+        download(
+            registry, version, CLASSICAL_FILE, Path(folder) / Path(CLASSICAL_FILE).parent
+        )  # MLflow keeps only the file name
+    return tuned_decision(folder)
 
 
 def fetch_release(registry: Registry, job: str, version: str | int | None = None) -> tuple[str, Path]:

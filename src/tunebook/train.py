@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import platform
-import resource
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
-from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from peft import get_peft_model, prepare_model_for_kbit_training
 from transformers import (
     EarlyStoppingCallback,
@@ -30,8 +21,10 @@ from transformers import (
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
+from tunebook.callbacks import LiveLossCurve
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
+from tunebook.lineage import MANIFEST, RUN_STATE, environment
 from tunebook.models import (
     QUANTIZATIONS,
     linear_module_names,
@@ -40,12 +33,10 @@ from tunebook.models import (
     lora_config,
     model_identity,
 )
+from tunebook.packing import PACKING_ATTENTION, CompletionCollator, completion_loss
 from tunebook.prompts import IGNORE_INDEX, encode_parts, end_of_turn_id, features_from
 
-MANIFEST = "tunebook_manifest.json"
-RUN_STATE = "tunebook_run.json"
 DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 5e-5}
-MIN_SHARED_PREFIX = 16
 ATTENTIONS = ("sdpa", "eager", "flex_attention")
 
 
@@ -166,146 +157,6 @@ def supervision_summary(tokenizer: PreTrainedTokenizerBase, features: list[dict]
     }
 
 
-def shared_prefix_length(features: list[dict], minimum: int = MIN_SHARED_PREFIX) -> int:
-    """Tokens every example in a batch starts with, up to the first supervised token's input; 0 when too short to pay off."""
-    if len(features) < 2:
-        return 0
-    first, length = features[0]["input_ids"], min(len(f["input_ids"]) for f in features)
-    for f in features[1:]:
-        ids = f["input_ids"]
-        length = next((i for i in range(length) if ids[i] != first[i]), length)
-    # The hidden state just before the first supervised token must come out of the per-example pass.
-    first_label = min(next(i for i, label in enumerate(f["labels"]) if label != IGNORE_INDEX) for f in features)
-    length = min(length, first_label - 1)
-    return length if length >= minimum else 0
-
-
-class CompletionCollator:
-    """Turns training features into a batch, in one of two layouts.
-
-    Packed (when the examples share a prompt prefix, e.g. the system prompt): one row holding the shared prefix once,
-    then each example's remaining tokens, no padding; ``segments`` numbers the examples (0 = the shared prefix) so
-    each attends only to the prefix and to itself, ``position_ids`` restart after the prefix for every example, and
-    ``labels`` holds the next-token target of every position (-100 where there is no loss).
-    Padded (otherwise): the usual right-padded rows with ``attention_mask`` and unshifted ``labels``.
-    """
-
-    def __init__(self, pad_token_id: int, share_prefix: bool = True):
-        self.pad_token_id = pad_token_id
-        self.share_prefix = share_prefix
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        """Collate ``features`` (dicts of input_ids, attention_mask, labels)."""
-        p = shared_prefix_length(features) if self.share_prefix else 0
-        return self.packed(features, p) if p > 0 else self.padded(features)
-
-    def padded(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        """Right-padded rows, one per example."""
-        width = max(len(f["input_ids"]) for f in features)
-        batch = {
-            "input_ids": torch.full((len(features), width), self.pad_token_id, dtype=torch.long),
-            "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
-            "labels": torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long),
-        }
-        for i, f in enumerate(features):
-            n = len(f["input_ids"])
-            batch["input_ids"][i, :n] = torch.tensor(f["input_ids"])
-            batch["attention_mask"][i, :n] = 1
-            batch["labels"][i, :n] = torch.tensor(f["labels"])
-        return batch
-
-    @staticmethod
-    def packed(features: list[dict], p: int) -> dict[str, torch.Tensor]:
-        """One row: the shared prefix once, then every example's own tokens."""
-        ids, positions, segments = list(features[0]["input_ids"][:p]), list(range(p)), [0] * p
-        targets = [IGNORE_INDEX] * p  # the prefix never predicts a supervised token (shared_prefix_length's cap)
-        for k, f in enumerate(features, start=1):
-            own = f["input_ids"][p:]
-            ids += own
-            positions += range(p, p + len(own))
-            segments += [k] * len(own)
-            targets += list(f["labels"][p + 1 :]) + [IGNORE_INDEX]
-        row = lambda values: torch.tensor([values], dtype=torch.long)  # noqa: E731
-        return {
-            "input_ids": row(ids),
-            "position_ids": row(positions),
-            "segments": row(segments),
-            "labels": row(targets),
-        }
-
-
-PACKING_ATTENTION = ("sdpa", "eager", "flex_attention")  # attention implementations that take a packed row's structure
-
-
-def segment_mask(segments: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """4D attention mask for a packed row: causal, and each example sees only the prefix (segment 0) and itself.
-
-    Boolean (True = may attend) for SDPA; with ``dtype``, additive (0 or the dtype's minimum) for eager attention.
-    """
-    seg = segments[0]
-    allowed = torch.ones(len(seg), len(seg), dtype=torch.bool, device=seg.device).tril()
-    allowed &= (seg[:, None] == seg[None, :]) | (seg[None, :] == 0)
-    if dtype is None:
-        return allowed[None, None]
-    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)[
-        None, None
-    ]
-
-
-def prefix_or_own(segments: torch.Tensor):
-    """The packed row's structure as a FlexAttention mask function: causal, and the prefix or the query's own example."""
-    seg = segments[0]
-
-    def allowed(batch, head, query, key):
-        return (key <= query) & ((seg[query] == seg[key]) | (seg[key] == 0))
-
-    return allowed
-
-
-def segment_block_mask(segments: torch.Tensor):
-    """The same structure as ``segment_mask`` as a FlexAttention block mask: no dense T x T tensor, and the blocks
-    no query may see (other examples) are skipped by the kernel rather than masked after computing them."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    length = segments.shape[1]
-    return create_block_mask(prefix_or_own(segments), None, None, length, length, device=segments.device)
-
-
-def packed_attention_mask(model: PreTrainedModel, segments: torch.Tensor):
-    """The packed row's attention mask in the form the model's attention implementation takes."""
-    implementation = model.config._attn_implementation
-    if implementation == "flex_attention":
-        return segment_block_mask(segments)
-    return segment_mask(segments, model.get_input_embeddings().weight.dtype if implementation == "eager" else None)
-
-
-def completion_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over the supervised tokens of a ``CompletionCollator`` batch.
-
-    In the packed layout the shared prompt prefix (usually most of each example) runs once for the whole batch and
-    there is no padding; the vocabulary projection runs only where there is a loss. Equal to the plain padded
-    full-sequence loss up to float rounding (tested). The batch may sit on any device; it is moved to the model's.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder()
-    where = base.get_input_embeddings().weight.device
-    batch = {k: v.to(where, non_blocking=True) for k, v in batch.items()}
-    if "segments" in batch:
-        mask = packed_attention_mask(base, batch["segments"])
-        hidden = decoder(
-            input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]
-        ).last_hidden_state
-        targets = batch["labels"]
-    else:
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[
-            :, :-1
-        ]
-        targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE_INDEX
-    logits = base.get_output_embeddings()(hidden[keep]).float()
-    return F.cross_entropy(logits, targets[keep])
-
-
 class SeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped batches whose order depends only on the seed and the epoch.
 
@@ -367,101 +218,6 @@ class CompletionOnlyTrainer(Trainer):
         else:
             loss = completion_loss(model, inputs)
         return (loss, {"loss": loss}) if return_outputs else loss
-
-
-class LiveLossCurve(TrainerCallback):
-    """Redraws the training curve in the notebook as losses are logged, at most every ``min_interval`` seconds apart
-    from validation passes and the end (does nothing outside IPython)."""
-
-    def __init__(self, before: float | None = None, min_interval: float = 2.0):
-        self.before = before
-        self.min_interval = min_interval
-        self.handle = None
-        self.drawn_at = float("-inf")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        """Update the figure with the latest log history (training-loss logs only if the last redraw is old enough)."""
-        if "eval_loss" in (logs or {}) or time.perf_counter() - self.drawn_at >= self.min_interval:
-            self._draw(state)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        """Draw the final curve."""
-        self._draw(state)
-
-    def _draw(self, state) -> None:
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
-        except ImportError:
-            return
-        if get_ipython() is None:
-            return
-        import matplotlib.pyplot as plt
-
-        from tunebook.plots import loss_curve
-
-        history = ([{"step": 0, "eval_loss": self.before}] if self.before is not None else []) + state.log_history
-        fig = loss_curve(history)
-        if self.handle is None:
-            self.handle = display(fig, display_id=True)
-        else:
-            self.handle.update(fig)
-        plt.close(fig)
-        self.drawn_at = time.perf_counter()
-
-
-class StepTimer(TrainerCallback):
-    """Records the wall time of every optimiser step (validation excluded)."""
-
-    def __init__(self):
-        self.steps: list[float] = []
-        self._started = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        """Start the clock (after waiting for a GPU to finish queued work)."""
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self._started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        """Stop the clock."""
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.steps.append(time.perf_counter() - self._started)
-
-    def steady(self) -> float:
-        """Median step time after the first (which carries one-off warm-up)."""
-        timed = sorted(self.steps[1:] or self.steps)
-        return timed[len(timed) // 2] if timed else float("nan")
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    names = ("tunebook", "torch", "transformers", "peft", "bitsandbytes", "accelerate")
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process (and peak GPU memory allocated, on a GPU), in MB."""
-    peak = {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if torch.cuda.is_available():
-        peak["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return peak
 
 
 def prepare_model(base_model: str, config: TrainConfig) -> PreTrainedModel:
@@ -665,13 +421,8 @@ def train_adapter(
         "resumed_from": Path(state["checkpoint"]).name if state else None,
         "seed": config.seed,
         "wall_time_s": round(wall, 2),
-        **peak_memory_mb(),
-        "device": "cuda" if on_gpu else "cpu",
         "attention": config.attention,
-        "processes": args.world_size,
-        "versions": _versions(),
-        "git_commit": _git_commit(),
-        "argv": sys.argv[:1],
+        **environment(args.world_size),
     }
     trainer.accelerator.wait_for_everyone()
     if main_process:
@@ -700,14 +451,6 @@ def recorded_results(result: TrainResult) -> dict:
         "quantization": result.manifest["config"]["quantization"],
         **{k: result.manifest[k] for k in keys},
     }
-
-
-def read_manifest(adapter_dir: str | Path) -> dict:
-    """The manifest saved next to an adapter."""
-    path = Path(adapter_dir) / MANIFEST
-    if not path.is_file():
-        raise TunebookError(f"{path} is missing: this adapter was not trained by tunebook's 03_train_qlora.")
-    return json.loads(path.read_text())
 
 
 def config_from_parameters(parameters: dict) -> TrainConfig:
@@ -739,59 +482,3 @@ def train_run_folder(run_dir: str | Path, parameters: dict) -> TrainResult:
     return train_adapter(
         card, splits, base_model, config, run_dir / "adapter", dataset_hash, resume=parameters.get("RESUME", True)
     )
-
-
-def _method_trial(card: JobCard, splits: dict[str, pd.DataFrame], base_model: str, config: TrainConfig) -> dict:
-    """Train briefly with one method in this (fresh) process and report its cost and validation loss."""
-    timer = StepTimer()
-    with tempfile.TemporaryDirectory() as folder:
-        result = train_adapter(
-            card, splits, base_model, config, Path(folder) / "adapter", "method-trial", callbacks=[timer]
-        )
-    manifest = result.manifest
-    return {
-        "method": config.quantization,
-        "trainable_parameters": manifest["trainable_parameters"],
-        "peak_memory_mb": manifest["peak_memory_mb"],
-        **({"peak_gpu_memory_mb": manifest["peak_gpu_memory_mb"]} if "peak_gpu_memory_mb" in manifest else {}),
-        "seconds_per_step": round(timer.steady(), 2),
-        "learning_rate": manifest["config"]["learning_rate_used"],
-        "val_loss_before": round(result.val_loss_before, 4),
-        "val_loss_after": round(result.val_loss_after, 4),
-    }
-
-
-def compare_methods(
-    card: JobCard,
-    splits: dict[str, pd.DataFrame],
-    base_model: str,
-    config: TrainConfig,
-    methods: list[str] = QUANTIZATIONS,
-    steps: int = 4,
-    val_examples: int = 32,
-) -> pd.DataFrame:
-    """Train each method for ``steps`` steps on this job, each in a fresh process so peak memory is its own.
-
-    Columns: trainable parameters, peak memory, median seconds per step after the first (warm-up), learning rate,
-    and validation loss before and after.
-    """
-    unknown = [m for m in methods if m not in QUANTIZATIONS]
-    if unknown:
-        raise TunebookError(f"unknown method(s) {unknown}; choose from {', '.join(QUANTIZATIONS)}.")
-    short = {**splits, "val": splits["val"].head(val_examples)}
-    rows = []
-    for method in methods:
-        trial = TrainConfig(
-            **{
-                **asdict(config),
-                "quantization": method,
-                "max_steps": steps,
-                "eval_steps": steps,
-                "early_stopping_patience": 0,
-                "learning_rate": config.learning_rate if (method == "full") == config.full else 0.0,
-            }
-        )
-        # One process per method: peak memory is a per-process high-water mark.
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            rows.append(pool.submit(_method_trial, card, short, base_model, trial).result())
-    return pd.DataFrame(rows).set_index("method")

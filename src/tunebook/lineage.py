@@ -1,0 +1,84 @@
+"""The manifest saved next to every trained adapter: what it was trained on, how, where and with what."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from tunebook.errors import TunebookError
+from tunebook.job import JobCard, card_hash
+
+MANIFEST = "tunebook_manifest.json"
+
+RUN_STATE = "tunebook_run.json"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    names = ("tunebook", "torch", "transformers", "peft", "bitsandbytes", "accelerate")
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process (and peak GPU memory allocated, on a GPU), in MB."""
+    peak = {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peak["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def read_manifest(adapter_dir: str | Path) -> dict:
+    """The manifest saved next to an adapter."""
+    path = Path(adapter_dir) / MANIFEST
+    if not path.is_file():
+        raise TunebookError(f"{path} is missing: this adapter was not trained by tunebook's 03_train_qlora.")
+    return json.loads(path.read_text())
+
+
+def environment(processes: int) -> dict:
+    """Where and with what a model was trained: peak memory, device, processes, package versions, commit, command."""
+    return {
+        **peak_memory_mb(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "processes": processes,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "argv": sys.argv[:1],
+    }
+
+
+def check_adapter_matches(manifest: dict, card: JobCard, base_identity: dict) -> None:
+    """Refuse an adapter trained for another job or another base model, naming both."""
+    if manifest.get("job") != card.name or manifest.get("job_card_sha256") != card_hash(card):
+        raise TunebookError(
+            f"the adapter was trained for job '{manifest.get('job')}' (card {str(manifest.get('job_card_sha256'))[:12]}), "
+            f"but this run's job is '{card.name}' (card {card_hash(card)[:12]}). Train an adapter for this job card."
+        )
+    trained_on = manifest.get("base_model", {})
+    if trained_on.get("sha256") and base_identity.get("sha256") and trained_on["sha256"] != base_identity["sha256"]:
+        raise TunebookError(
+            f"the adapter was trained on base model '{trained_on.get('name')}' (sha256 {trained_on['sha256'][:12]}), "
+            f"but BASE_MODEL is '{base_identity.get('name')}' (sha256 {base_identity['sha256'][:12]}). Use the same base model."
+        )
