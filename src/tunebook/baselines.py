@@ -247,6 +247,21 @@ def run_variants(
         )
     )
 
+    def answers_with(shots_for):
+        """Answers from chosen probabilities (a tool's arguments generated with the shots ``shots_for`` gives)."""
+        return lambda frame, probs, rule: predict.answer_choices(
+            model,
+            tokenizer,
+            card,
+            frame,
+            probs,
+            rule,
+            batch_size=batch_size,
+            progress=progress,
+            shots=shots_for(frame),
+            max_new_tokens=max_new_tokens,
+        )
+
     retriever = Retriever(train)
     fixed = pick_shots(card, train, k_shots, seed=seed)
     prompting = {"zero-shot": ("prompting", lambda frame: [])}
@@ -268,18 +283,7 @@ def run_variants(
                     lambda frame, s=shots_for: predict.choose(
                         model, tokenizer, card, frame["text"].tolist(), batch_size, progress, s(frame)
                     )[1],
-                    lambda frame, probs, rule, s=shots_for: predict.answer_choices(
-                        model,
-                        tokenizer,
-                        card,
-                        frame,
-                        probs,
-                        rule,
-                        batch_size=batch_size,
-                        progress=progress,
-                        shots=s(frame),
-                        max_new_tokens=max_new_tokens,
-                    ),
+                    answers_with(shots_for),
                 )
             )
         else:
@@ -306,18 +310,7 @@ def run_variants(
                 card,
                 splits,
                 lambda frame: classical.predict_proba(frame["text"].tolist()),
-                lambda frame, probs, rule: predict.answer_choices(
-                    model,
-                    tokenizer,
-                    card,
-                    frame,
-                    probs,
-                    rule,
-                    batch_size=batch_size,
-                    progress=progress,
-                    shots=arguments(frame),
-                    max_new_tokens=max_new_tokens,
-                ),
+                answers_with(arguments),
                 notes={**classical.cv, "fit_seconds": round(fit_seconds, 2)},
             )
         )
