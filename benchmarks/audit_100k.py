@@ -19,7 +19,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook import audit, data, job, models  # noqa: E402
+from tunebook import audit, data, job, models, neardup  # noqa: E402
 
 
 def synthetic(card: job.JobCard, n: int, seed: int = 0) -> pd.DataFrame:
@@ -43,7 +43,7 @@ def synthetic(card: job.JobCard, n: int, seed: int = 0) -> pd.DataFrame:
 
 def exact_pairs(texts: list[str], threshold: float) -> set[tuple[int, int]]:
     """All pairs at or above ``threshold`` by exact Jaccard (quadratic)."""
-    sets = [set(audit.shingles(t).tolist()) for t in texts]
+    sets = [set(neardup.shingles(t).tolist()) for t in texts]
     return {
         (i, j)
         for i in range(len(sets))
@@ -67,7 +67,7 @@ def main(n: int = 100_000, threshold: float = 0.8) -> None:
     t0 = time.perf_counter()
     truth = exact_pairs(sample, threshold)
     exact_seconds = time.perf_counter() - t0
-    lsh = audit.near_duplicate_pairs(sample, threshold)
+    lsh = neardup.near_duplicate_pairs(sample, threshold)
     found_pairs = set(zip(lsh["i"].astype(int), lsh["j"].astype(int)))
     recall = len(found_pairs & truth) / len(truth) if truth else 1.0
 

@@ -45,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook import callbacks, data, job, lineage, models, packing, prompts, train  # noqa: E402
+from tunebook import callbacks, data, dataset, job, lineage, models, packing, prompts, recipe, train  # noqa: E402
 
 BATCH = 8
 WARMUP_STEPS = 3
@@ -67,7 +67,7 @@ def setup(model: str = "bundled"):
     """The support-triage splits and the resolved base model (the bundled one, or a random one of a larger shape)."""
     card = job.load_job_card(ROOT / "examples" / "support_triage" / "job.yaml")
     kept, _ = data.clean(*data.load_examples(card))
-    return card, data.split(kept, card), resolve_model(model)
+    return card, dataset.split(kept, card), resolve_model(model)
 
 
 def resolve_model(model: str) -> str:
@@ -180,10 +180,10 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
     card, splits, base = setup(model)
     tokenizer = models.load_tokenizer(base)
     features = train.build_features(tokenizer, card, splits["train"], 512, "train")
-    order = list(train.SeededLengthGroupedSampler(BATCH, [len(f["input_ids"]) for f in features], seed=0))
+    order = list(packing.SeededLengthGroupedSampler(BATCH, [len(f["input_ids"]) for f in features], seed=0))
     batches = [[features[i] for i in order[k * BATCH : (k + 1) * BATCH]] for k in range(steps)]
     timer = callbacks.StepTimer()
-    config = train.TrainConfig(
+    config = recipe.TrainConfig(
         quantization=quantization,
         max_steps=steps,
         eval_steps=steps,
@@ -194,13 +194,13 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
     with tempfile.TemporaryDirectory() as folder:
         train.train_adapter(card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer])
         # validation loss on sdpa: the same numbers, without compiling a kernel for every padded batch shape
-        model = train.prepare_model(base, train.TrainConfig(**{**asdict(config), "attention": "sdpa"}))
+        model = train.prepare_model(base, recipe.TrainConfig(**{**asdict(config), "attention": "sdpa"}))
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(model, load_file(Path(folder) / "adapter" / "adapter_model.safetensors"))
     collate = packing.CompletionCollator(tokenizer.pad_token_id)
-    counted = train.prepare_model(base, train.TrainConfig(quantization="none", attention="sdpa"))
+    counted = train.prepare_model(base, recipe.TrainConfig(quantization="none", attention="sdpa"))
     counted_batches = batches[WARMUP_STEPS:][:3] or batches  # FLOPs per step vary little; three steps are enough
     flops = sum(step_flops(counted, collate(b), packing.completion_loss) for b in counted_batches) / len(
         counted_batches

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from conftest import EXAMPLE
 
-from tunebook import audit, data, job
+from tunebook import audit, data, dataset, job, neardup
 from tunebook.errors import DataError
 
 
@@ -36,10 +36,10 @@ def with_rows(clean: pd.DataFrame, rows: list[tuple[str, str, str]]) -> pd.DataF
 
 
 def test_minhash_estimates_jaccard():
-    a = audit.shingles("the quick brown fox jumps over the lazy dog near the river bank today")
-    b = audit.shingles("the quick brown fox jumps over the lazy dog near the river bank tonight")
+    a = neardup.shingles("the quick brown fox jumps over the lazy dog near the river bank today")
+    b = neardup.shingles("the quick brown fox jumps over the lazy dog near the river bank tonight")
     exact = len(np.intersect1d(a, b)) / len(np.union1d(a, b))
-    signatures = audit.minhash_signatures([a, b], num_perm=256)
+    signatures = neardup.minhash_signatures([a, b], num_perm=256)
     assert (signatures[0] == signatures[1]).mean() == pytest.approx(exact, abs=0.1)
 
 
@@ -60,19 +60,19 @@ def test_near_duplicates_and_near_conflicts_are_found_with_their_rows(card, clea
 
 
 def test_lsh_banding_follows_the_threshold():
-    assert audit.lsh_rows(0.8, 64) == 5
-    assert audit.lsh_rows(0.3, 64) == 1
+    assert neardup.lsh_rows(0.8, 64) == 5
+    assert neardup.lsh_rows(0.3, 64) == 1
     for threshold in (0.5, 0.7, 0.8, 0.9):
-        rows = audit.lsh_rows(threshold, 64)
+        rows = neardup.lsh_rows(threshold, 64)
         assert (1 - threshold**rows) ** (64 // rows) <= 0.01
 
 
 def test_threshold_is_respected(clean):
     text = "my parcel with the blue lamp never arrived and the tracking page has said in transit for nine days now"
     other = "my parcel with the red chair never arrived and the tracking page has said delayed for nine days now"
-    pairs = audit.near_duplicate_pairs([text, other], threshold=0.9)
+    pairs = neardup.near_duplicate_pairs([text, other], threshold=0.9)
     assert pairs.empty
-    loose = audit.near_duplicate_pairs([text, other], threshold=0.3)
+    loose = neardup.near_duplicate_pairs([text, other], threshold=0.3)
     assert loose[["i", "j"]].values.tolist() == [[0, 1]]
 
 
@@ -82,9 +82,9 @@ def test_near_duplicate_groups_stay_in_one_split(card, clean):
         rows.append((f"N{k}", base.text + " Thanks in advance.", base.target))
     planted = with_rows(clean, rows)
     groups = audit.near_groups(planted, audit.run_audit(card, planted, near_threshold=0.7))
-    with_groups = data.split(planted, card, seed=3, groups=groups)
+    with_groups = dataset.split(planted, card, seed=3, groups=groups)
     assert audit.cross_split_near_duplicates(with_groups, 0.7).empty
-    without = data.split(planted, card, seed=3)
+    without = dataset.split(planted, card, seed=3)
     assert len(audit.cross_split_near_duplicates(without, 0.7)) > 0  # the check would catch a leak
 
 

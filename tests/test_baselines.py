@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from conftest import ROOT, keyword_job, write_job
 
-from tunebook import baselines, data, job, metrics, pipeline, predict
+from tunebook import baselines, classical, data, job, metrics, pipeline, predict
+from tunebook.runfolder import RunFolder
 
 
 def frame(rows):
@@ -65,10 +66,10 @@ def test_retriever_puts_the_nearest_training_example_last():
             ("refund my invoice please", "billing"),
         ]
     )
-    shots = baselines.Retriever(train).shots(["parcel did not arrive", "app crashes"], 2)
+    shots = classical.Retriever(train).shots(["parcel did not arrive", "app crashes"], 2)
     assert shots[0][-1] == ("my parcel never arrived at the door", "shipping")
     assert shots[1][-1] == ("the app crashes on start", "technical") and len(shots[1]) == 2
-    assert baselines.Retriever(train).shots(["x"], 0) == [[]]
+    assert classical.Retriever(train).shots(["x"], 0) == [[]]
 
 
 def test_classical_model_chooses_its_setting_by_cross_validation_on_train():
@@ -77,13 +78,13 @@ def test_classical_model_chooses_its_setting_by_cross_validation_on_train():
 
     rows = keyword_tickets(16, seed=3)
     train = pd.DataFrame(rows).rename(columns={"label": "target"})
-    model = baselines.fit_classical(triage, train)
-    assert model.cv["C"] in baselines.CLASSICAL_C and model.cv["folds"] == 5 and 0.5 < model.cv["cv_macro_f1"] <= 1
+    model = classical.fit_classical(triage, train)
+    assert model.cv["C"] in classical.CLASSICAL_C and model.cv["folds"] == 5 and 0.5 < model.cv["cv_macro_f1"] <= 1
     probs = model.predict_proba(["my invoice is wrong, refund", "the lawyer says fraud"])
     assert probs.shape == (2, 6) and np.allclose(probs.sum(axis=1), 1)
     assert [triage.choices[i] for i in probs.argmax(axis=1)] == ["billing", "escalate"]
     with pytest.raises(Exception, match="fixed set of answers"):
-        baselines.fit_classical(card_of("order_extraction"), train)
+        classical.fit_classical(card_of("order_extraction"), train)
 
 
 def _run(name, val_right, test_right):
@@ -126,13 +127,11 @@ def test_every_variant_runs_on_the_tiny_model(example, tiny_model, tmp_path):
         "ms per example",
     } <= set(table)
     best, prompting = baselines.best_variant(runs, card), baselines.best_prompting(runs, card)
-    folder = baselines.save_variants(tmp_path / "run", card, runs, best, prompting, table)
-    assert json.loads((folder / "variants.json").read_text())["best"] == best.name
-    assert json.loads((folder / "metrics.json").read_text())["variant"] == best.name
-    assert (
-        baselines.load_variant(tmp_path / "run", "retrieval 1-shot", "val")["id"].tolist()
-        == runs[3].val["id"].tolist()
-    )
+    run = RunFolder(tmp_path / "run")
+    baselines.save_variants(run, card, runs, best, prompting, table)
+    assert run.read_variants().best == best.name
+    assert run.read_scores(run.baseline_scores()).variant == best.name
+    assert baselines.load_variant(run, "retrieval 1-shot", "val")["id"].tolist() == runs[3].val["id"].tolist()
     if (
         card.task_kind == "tool_selection"
     ):  # the classical model picks the tool; the language model writes its arguments
@@ -151,14 +150,14 @@ def test_a_classical_baseline_that_meets_the_targets_stops_the_run_after_02(tiny
         params, tmp_path / "runs", "stops", steps=pipeline.NOTEBOOKS[:4], progress=False
     )
     assert (
-        summary["02_prove_the_baseline"]["variant"] == "classical"
-        and summary["02_prove_the_baseline"]["meets_targets"]
+        summary.results["02_prove_the_baseline"]["variant"] == "classical"
+        and summary.results["02_prove_the_baseline"]["meets_targets"]
     )
-    assert "best cheap baseline (classical) already meets every target" in summary["stopped"]
-    assert json.loads((run_dir / "summary.json").read_text())["stopped"] == summary["stopped"]
+    assert "best cheap baseline (classical) already meets every target" in summary.stopped
+    assert RunFolder(run_dir).read_summary().stopped == summary.stopped
     assert not (run_dir / "03_train_qlora.ipynb").exists()
     forced = {**params, "FORCE_TRAINING": True, "MAX_STEPS": 1, "COMPARE_METHODS": "", "QUANTIZATION": "none"}
     run_dir, summary = pipeline.run_workbook(
         forced, tmp_path / "runs", "forced", steps=pipeline.NOTEBOOKS[:4], progress=False
     )
-    assert summary["stopped"] is None and (run_dir / "adapter" / "tunebook_manifest.json").is_file()
+    assert summary.stopped is None and RunFolder(run_dir).read_manifest().steps > 0

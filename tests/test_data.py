@@ -7,8 +7,9 @@ import pytest
 import yaml
 from conftest import EXAMPLE, write_job
 
-from tunebook import data, job
+from tunebook import data, dataset, job
 from tunebook.errors import DataError
+from tunebook.runfolder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_non_utf8_file_is_reported(tmp_path):
 
 def test_split_is_stratified_disjoint_and_deterministic(card):
     kept, _ = data.clean(*data.load_examples(card))
-    splits = data.split(kept, card, test_fraction=0.2, val_fraction=0.1, seed=0)
+    splits = dataset.split(kept, card, test_fraction=0.2, val_fraction=0.1, seed=0)
     ids = [set(frame["id"]) for frame in splits.values()]
     assert sum(len(i) for i in ids) == len(kept)
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
@@ -123,10 +124,10 @@ def test_split_is_stratified_disjoint_and_deterministic(card):
         assert set(frame["target"]) == set(card.label_names)
     test_share = splits["test"]["target"].value_counts() / kept["target"].value_counts()
     assert test_share.between(0.15, 0.25).all()
-    again = data.split(kept, card, seed=0)
-    assert all(data.frame_hash(splits[n]) == data.frame_hash(again[n]) for n in data.SPLITS)
-    other = data.split(kept, card, seed=1)
-    assert data.frame_hash(other["test"]) != data.frame_hash(splits["test"])
+    again = dataset.split(kept, card, seed=0)
+    assert all(dataset.frame_hash(splits[n]) == dataset.frame_hash(again[n]) for n in data.SPLITS)
+    other = dataset.split(kept, card, seed=1)
+    assert dataset.frame_hash(other["test"]) != dataset.frame_hash(splits["test"])
 
 
 def test_too_rare_label_cannot_be_split(card):
@@ -140,19 +141,21 @@ def test_too_rare_label_cannot_be_split(card):
         }
     )
     with pytest.raises(DataError, match=r"fewer than 3 clean examples.*'account': 1"):
-        data.split(rows, card)
+        dataset.split(rows, card)
 
 
 def test_dataset_version_round_trip(card, tmp_path):
     examples, invalid = data.load_examples(card)
     kept, report = data.clean(examples, invalid)
-    splits = data.split(kept, card)
-    version = data.dataset_version(splits, card.data.path, {"seed": 0}, len(examples))
-    data.save_dataset(tmp_path, splits, version, report)
-    reloaded = data.load_splits(tmp_path)
-    assert {n: data.frame_hash(f) for n, f in reloaded.items()} == {n: v["hash"] for n, v in version["splits"].items()}
-    assert version["rows_after"] == len(kept)
-    assert version["source"]["sha256"] == data.file_hash(card.data.path)
+    splits = dataset.split(kept, card)
+    version = dataset.dataset_version(splits, card.data.path, {"seed": 0}, len(examples))
+    run = RunFolder(tmp_path)
+    run.write_dataset(splits, version, report)
+    reloaded = run.read_splits()
+    assert {n: dataset.frame_hash(f) for n, f in reloaded.items()} == {n: v.hash for n, v in version.splits.items()}
+    assert run.read_dataset_version() == version
+    assert version.rows_after == len(kept)
+    assert version.source.sha256 == dataset.file_hash(card.data.path)
 
 
 PLANTED = {  # from each example's DIRT.md

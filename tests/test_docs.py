@@ -4,7 +4,10 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = {p.stem for p in (ROOT / "src" / "tunebook").glob("*.py")} - {"__init__"}
+PACKAGE = ROOT / "src" / "tunebook"
+MODULES = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"} | {
+    p.parent.name for p in PACKAGE.glob("*/__init__.py")
+}
 
 
 def test_readme_layout_names_every_module():

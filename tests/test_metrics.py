@@ -7,7 +7,8 @@ import pytest
 from conftest import EXAMPLE, ROOT
 from sklearn.metrics import f1_score
 
-from tunebook import job, metrics, release
+from tunebook import gate, job, metrics
+from tunebook.artifacts import Scores
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ PAIRS = [
 
 
 def test_classification_metrics(card):
-    result = metrics.classification_metrics(card, frame(PAIRS))
+    result = metrics.evaluate(card, frame(PAIRS))
     truth, pred = zip(*PAIRS)
     assert result["accuracy"] == pytest.approx(5 / 8)
     assert result["macro_f1"] == pytest.approx(
@@ -55,7 +56,7 @@ def test_classification_metrics(card):
 
 
 def test_targets_and_verdict(card):
-    result = metrics.classification_metrics(card, frame(PAIRS))
+    result = metrics.evaluate(card, frame(PAIRS))
     checks = {c["target"]: c["met"] for c in metrics.check_targets(card, result)}
     assert checks == {"macro_f1": False, "accuracy": False, "must_never_failures": False}
     verdict = metrics.baseline_verdict(card, result, "classical")
@@ -64,7 +65,7 @@ def test_targets_and_verdict(card):
         and not verdict["meets_targets"]
     )
     assert verdict["missed"] == ["macro_f1", "accuracy", "must_never_failures"]
-    perfect = metrics.classification_metrics(card, frame([(t, t) for t, _ in PAIRS]))
+    perfect = metrics.evaluate(card, frame([(t, t) for t, _ in PAIRS]))
     verdict = metrics.baseline_verdict(card, perfect, "classical")
     assert verdict["meets_targets"] and "fine-tuning is not warranted" in verdict["text"]
 
@@ -88,19 +89,19 @@ def test_extraction_reports_slot_filling_figures_so_null_everywhere_scores_zero(
             "prediction": [nulls, json.dumps(truth[1] | {fields[0]: "WRONG"})],
         }
     )
-    result = metrics.extraction_metrics(card, rows)
+    result = metrics.evaluate(card, rows)
     assert result["slot_recall"] == 0.0 and result["slot_precision"] == 0.0 and result["slot_f1"] == 0.0
     assert result["field_accuracy"] > 0.5  # the per-field view rewards the nulls
     half = rows.assign(prediction=[json.dumps(truth[0]), nulls])
-    result = metrics.extraction_metrics(card, half)
+    result = metrics.evaluate(card, half)
     assert result["slot_precision"] == 1.0 and result["slot_recall"] == pytest.approx(2 / 3)
     assert result["slot_f1"] == pytest.approx(0.8)
 
 
 def test_compare_states_the_difference(card):
-    base = metrics.classification_metrics(card, frame(PAIRS))
-    tuned = metrics.classification_metrics(card, frame([(t, t) for t, _ in PAIRS]))
-    comparison = release.compare(card, base, tuned)
-    assert comparison["tuned_beats_baseline"] is True
-    assert comparison["metrics"]["macro_f1"]["change"] == pytest.approx(tuned["macro_f1"] - base["macro_f1"])
-    assert "better by +" in comparison["headline"]
+    base = metrics.evaluate(card, frame(PAIRS))
+    tuned = metrics.evaluate(card, frame([(t, t) for t, _ in PAIRS]))
+    comparison = gate.compare(card, Scores.model_validate(base), Scores.model_validate(tuned))
+    assert comparison.tuned_beats_baseline is True
+    assert comparison.metrics["macro_f1"]["change"] == pytest.approx(tuned["macro_f1"] - base["macro_f1"])
+    assert "better by +" in comparison.summary

@@ -10,6 +10,7 @@ from conftest import write_job
 
 from tunebook import cli, pipeline
 from tunebook.errors import TunebookError
+from tunebook.runfolder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +32,24 @@ def finished_run(tmp_path_factory, tiny_model):
 
 def test_all_six_notebooks_run_and_record_results(finished_run):
     run_dir, summary = finished_run
+    run = RunFolder(run_dir)
     for step in pipeline.NOTEBOOKS:
-        assert (run_dir / f"{step}.ipynb").is_file()
-        assert step in summary
-    assert (run_dir / "summary.json").is_file()
+        assert run.notebook(step).is_file()
+        assert step in summary.results
+    assert run.read_summary() == summary
     for artifact in (
-        "job.yaml",
-        "decision.json",
-        "data/train.jsonl",
-        "data/dataset_version.json",
-        "baseline/predictions.jsonl",
-        "adapter/adapter_model.safetensors",
-        "adapter/tunebook_manifest.json",
-        "loss_curve.png",
-        "method_tradeoff.png",
-        "evaluation/metrics.json",
-        "release/record.json",
+        run.job_card,
+        run.decision,
+        run.split_file("train"),
+        run.dataset_version,
+        run.baseline_predictions(),
+        run.adapter_dir / "adapter_model.safetensors",
+        run.figure("loss_curve"),
+        run.figure("method_tradeoff"),
+        run.tuned_scores,
+        run.record,
     ):
-        assert (run_dir / artifact).is_file(), artifact
+        assert artifact.is_file(), artifact
 
 
 def test_training_curve_is_drawn_live_in_the_notebook(finished_run):
@@ -65,52 +66,44 @@ def test_training_curve_is_drawn_live_in_the_notebook(finished_run):
 
 def test_recorded_results_match_the_artifacts(finished_run):
     run_dir, summary = finished_run
-    version = json.loads((run_dir / "data" / "dataset_version.json").read_text())
-    baseline = json.loads((run_dir / "baseline" / "metrics.json").read_text())
-    tuned = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
-    manifest = json.loads((run_dir / "adapter" / "tunebook_manifest.json").read_text())
-    record = json.loads((run_dir / "release" / "record.json").read_text())
-    assert summary["00_define_the_job"]["approach"] == "fine-tuning"
-    assert summary["01_clean_the_data"]["dataset_hash"] == version["hash"] == manifest["dataset_hash"]
-    assert summary["01_clean_the_data"]["splits"] == {"train": 18, "val": 6, "test": 6}
-    assert summary["02_prove_the_baseline"]["macro_f1"] == pytest.approx(baseline["macro_f1"], abs=1e-4)
-    assert summary["04_evaluate"]["macro_f1"] == pytest.approx(tuned["macro_f1"], abs=1e-4)
+    run = RunFolder(run_dir)
+    version = run.read_dataset_version()
+    baseline, tuned = run.read_scores(run.baseline_scores()).as_dict(), run.read_scores(run.tuned_scores).as_dict()
+    manifest, record = run.read_manifest(), run.read_record()
+    results = {step: run.read_results(step) for step in pipeline.NOTEBOOKS}
+    assert results["00_define_the_job"].approach == "fine-tuning"
+    assert results["01_clean_the_data"].dataset_hash == version.hash == manifest.dataset_hash
+    assert results["01_clean_the_data"].splits == {"train": 18, "val": 6, "test": 6}
+    assert results["02_prove_the_baseline"].metrics["macro_f1"] == pytest.approx(baseline["macro_f1"], abs=1e-4)
+    assert results["04_evaluate"].metrics["macro_f1"] == pytest.approx(tuned["macro_f1"], abs=1e-4)
     assert baseline["n"] == tuned["n"] == 6
-    assert summary["05_release"]["primary"] == "macro_f1"
-    assert summary["05_release"]["baseline"] == pytest.approx(baseline["macro_f1"])
-    assert record["lineage"]["dataset_hash"] == version["hash"]
-    assert record["lineage"]["base_model"] == manifest["base_model"]
-    assert manifest["config"]["max_steps"] == 3 and manifest["config"]["lora_r"] == 4
-    comparison = json.loads((run_dir / "evaluation" / "comparison.json").read_text())
-    assert (
-        comparison["mcnemar"]["n"] == 6
-        and comparison["mcnemar"]["p_value"] == summary["04_evaluate"]["mcnemar_p_value"]
-    )
-    low, high = (
-        comparison["intervals"]["tuned"]["macro_f1"]["low"],
-        comparison["intervals"]["tuned"]["macro_f1"]["high"],
-    )
-    assert low <= tuned["macro_f1"] <= high
-    assert (
-        set(comparison["slices"]["tuned"]) <= {"hard", "not hard"} and comparison["usable_output_rate"]["tuned"] == 1.0
-    )
-    assert comparison["overfitting"]["metric"] == "macro_f1" and comparison["overfitting"]["test"] == pytest.approx(
+    assert results["05_release"].primary == "macro_f1"
+    assert results["05_release"].baseline == pytest.approx(baseline["macro_f1"])
+    assert record.lineage.dataset_hash == version.hash
+    assert record.lineage.base_model == manifest.base_model
+    assert manifest.config["max_steps"] == 3 and manifest.config["lora_r"] == 4
+    comparison = run.read_comparison()
+    assert comparison.mcnemar["n"] == 6 and comparison.mcnemar["p_value"] == results["04_evaluate"].mcnemar_p_value
+    band = comparison.intervals["tuned"]["macro_f1"]
+    assert band["low"] <= tuned["macro_f1"] <= band["high"]
+    assert set(comparison.slices["tuned"]) <= {"hard", "not hard"} and comparison.usable_output_rate["tuned"] == 1.0
+    assert comparison.overfitting["metric"] == "macro_f1" and comparison.overfitting["test"] == pytest.approx(
         tuned["macro_f1"]
     )
-    assert set(comparison["calibration"]) == {"validation", "test"} and (run_dir / "reliability.png").is_file()
-    assert set(comparison["regression_probe"]["change"]) == {"text_loss", "instruction_loss"}
-    assert summary["04_evaluate"]["general_regression"] == comparison["regression_probe"]["regressed"]
-    tradeoff = pd.read_csv(run_dir / "method_tradeoff.csv", index_col="method")
+    assert set(comparison.calibration) == {"validation", "test"} and run.figure("reliability").is_file()
+    assert set(comparison.regression_probe["change"]) == {"text_loss", "instruction_loss"}
+    assert results["04_evaluate"].general_regression == comparison.regression_probe["regressed"]
+    tradeoff = pd.read_csv(run.method_tradeoff, index_col="method")
     assert list(tradeoff.index) == ["nf4", "int8", "none", "full"] and (tradeoff["seconds_per_step"] > 0).all()
 
 
 def test_same_inputs_give_the_same_dataset_hash(finished_run, tiny_model, tmp_path):
     run_dir, summary = finished_run
-    card = run_dir / "job.yaml"
+    card = RunFolder(run_dir).job_card
     _, again = pipeline.run_workbook(
         {"JOB_CARD": str(card)}, tmp_path, "again", steps=pipeline.NOTEBOOKS[:2], progress=False
     )
-    assert again["01_clean_the_data"]["dataset_hash"] == summary["01_clean_the_data"]["dataset_hash"]
+    assert again.results["01_clean_the_data"]["dataset_hash"] == summary.results["01_clean_the_data"]["dataset_hash"]
 
 
 def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path):
@@ -180,26 +173,24 @@ def test_other_task_kinds_run_the_whole_workbook(example, tiny_model, tmp_path):
         "FORCE_TRAINING": True,
     }
     run_dir, summary = pipeline.run_workbook(params, tmp_path / "runs", example, progress=False)
-    baseline = json.loads((run_dir / "baseline" / "metrics.json").read_text())
-    tuned = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    run = RunFolder(run_dir)
+    baseline, tuned = run.read_scores(run.baseline_scores()).as_dict(), run.read_scores(run.tuned_scores).as_dict()
+    recorded = summary.results["02_prove_the_baseline"]
     primary = {
         "order_extraction": "field_accuracy",
         "support_tools": "argument_exact_match",
         "reply_drafting": "rule_pass_rate",
     }[example]
     assert baseline["primary"] == tuned["primary"] == primary
-    assert summary["02_prove_the_baseline"][primary] == pytest.approx(baseline[primary], abs=1e-4)
+    assert recorded["metrics"][primary] == pytest.approx(baseline[primary], abs=1e-4)
     expected = {"trivial", "zero-shot", "1-shot", "retrieval 1-shot"} | (
         {"classical"} if example == "support_tools" else set()
     )
-    assert set(summary["02_prove_the_baseline"]["variants"]) == expected
-    assert summary["02_prove_the_baseline"]["verdict"].startswith("The best cheap baseline")
-    assert (
-        json.loads((run_dir / "baseline" / "metrics.json").read_text())["variant"]
-        == summary["02_prove_the_baseline"]["variant"]
-    )
-    assert summary["05_release"]["primary"] == primary
-    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert set(recorded["variants"]) == expected
+    assert recorded["verdict"].startswith("The best cheap baseline")
+    assert baseline["variant"] == recorded["variant"]
+    assert summary.results["05_release"]["primary"] == primary
+    assert run.trained_weights() is not None
 
 
 def test_run_stops_after_the_baseline_when_the_frame_says_prompting(tiny_model, tmp_path):
@@ -210,9 +201,10 @@ def test_run_stops_after_the_baseline_when_the_frame_says_prompting(tiny_model, 
     run_dir, summary = pipeline.run_workbook(
         {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "K_SHOTS": 0}, tmp_path, "p", progress=False
     )
-    assert summary["00_define_the_job"]["approach"] == "prompting"
-    assert "stopped after the baseline" in summary["stopped"]
-    assert (run_dir / "02_prove_the_baseline.ipynb").is_file() and not (run_dir / "03_train_qlora.ipynb").exists()
+    assert summary.results["00_define_the_job"]["approach"] == "prompting"
+    assert "stopped after the baseline" in summary.stopped
+    run = RunFolder(run_dir)
+    assert run.notebook("02_prove_the_baseline").is_file() and not run.notebook("03_train_qlora").exists()
 
 
 def test_review_decisions_replay_headless_with_the_same_hash(tmp_path, tiny_model):
@@ -226,14 +218,15 @@ def test_review_decisions_replay_headless_with_the_same_hash(tmp_path, tiny_mode
         run_dir, summary = pipeline.run_workbook(
             params, tmp_path / "runs", name, steps=pipeline.NOTEBOOKS[:2], progress=False
         )
-        report = json.loads((run_dir / "data" / "cleaning_report.json").read_text())
+        run = RunFolder(run_dir)
+        report = json.loads(run.cleaning_report.read_text())
         assert [r["reason"] for r in report if r["id"] == first_id] == ["review decision: drop (off-topic)"]
-        assert (run_dir / "data" / "data_card.md").read_text().startswith("# Data card: support_triage")
-        hashes.append(summary["01_clean_the_data"]["dataset_hash"])
+        assert run.data_card.read_text().startswith("# Data card: support_triage")
+        hashes.append(summary.results["01_clean_the_data"]["dataset_hash"])
     _, plain = pipeline.run_workbook(
         {**params, "DECISIONS_FILE": ""}, tmp_path / "runs", "plain", steps=pipeline.NOTEBOOKS[:2], progress=False
     )
-    assert hashes[0] == hashes[1] != plain["01_clean_the_data"]["dataset_hash"]
+    assert hashes[0] == hashes[1] != plain.results["01_clean_the_data"]["dataset_hash"]
 
 
 def test_frozen_test_set_is_kept_as_given_and_leaks_are_removed(tmp_path, tiny_model):
@@ -254,19 +247,18 @@ def test_frozen_test_set_is_kept_as_given_and_leaks_are_removed(tmp_path, tiny_m
     run_dir, summary = pipeline.run_workbook(
         params, tmp_path / "runs", "frozen", steps=pipeline.NOTEBOOKS[:2], progress=False
     )
-    saved = pd.read_json(run_dir / "data" / "test.jsonl", lines=True, dtype={"id": str})
+    run = RunFolder(run_dir)
+    saved = run.read_splits()["test"]
     assert sorted(saved["id"]) == sorted(test["id"].astype(str)) and sorted(saved["text"]) == sorted(test["text"])
-    report = json.loads((run_dir / "data" / "cleaning_report.json").read_text())
+    report = json.loads(run.cleaning_report.read_text())
     assert [r["id"] for r in report if "test-set row" in r["reason"]] == ["LEAK"]
-    assert summary["01_clean_the_data"]["splits"]["test"] == len(test)
+    assert summary.results["01_clean_the_data"]["splits"]["test"] == len(test)
     # counts: the card's file is "read" and "kept"; the frozen test set is counted on its own, not as kept rows
-    version = json.loads((run_dir / "data" / "dataset_version.json").read_text())
-    splits = summary["01_clean_the_data"]["splits"]
-    assert version["rows_before"] == len(train) and version["rows_after"] == splits["train"] + splits["val"] < len(
-        train
-    )
-    assert version["test_source"]["rows"] == len(test)
-    data_card = (run_dir / "data" / "data_card.md").read_text()
+    version = run.read_dataset_version()
+    splits = summary.results["01_clean_the_data"]["splits"]
+    assert version.rows_before == len(train) and version.rows_after == splits["train"] + splits["val"] < len(train)
+    assert version.test_source.rows == len(test)
+    data_card = run.data_card.read_text()
     assert (
         f"- rows: {len(train)} read, {splits['train'] + splits['val']} kept (train {splits['train']}, val {splits['val']}); "
         f"frozen test set: {len(test)} rows from `{tmp_path / 'test.csv'}`, unchanged"
@@ -289,12 +281,12 @@ def prepared_run(tmp_path_factory, tiny_model):
 
 
 def test_every_training_parameter_of_03_reaches_the_train_config():
-    from tunebook import train
+    from tunebook import recipe
 
     declared = {k: p for k, p in pipeline.declared_parameters().items() if "03_train_qlora" in p.notebooks}
     not_config = {"RUN_DIR", "BASE_MODEL", "RESUME", "COMPARE_METHODS", "COMPARE_STEPS"}
-    config = train.config_from_parameters({k: p.default_value for k, p in declared.items()})
-    fields = {k.upper() for k in train.TrainConfig.__dataclass_fields__} | {"LORA_TARGET_MODULES"}
+    config = recipe.config_from_parameters({k: p.default_value for k, p in declared.items()})
+    fields = {k.upper() for k in recipe.TrainConfig.__dataclass_fields__} | {"LORA_TARGET_MODULES"}
     assert set(declared) - not_config <= fields
     assert (
         config.quantization == "nf4"
@@ -302,6 +294,20 @@ def test_every_training_parameter_of_03_reaches_the_train_config():
         and config.epochs == 2.0
         and config.general_mix == 0.5
     )
+
+
+def test_the_notebook_and_the_command_line_read_training_parameters_the_same_way():
+    from tunebook import recipe
+
+    declared = {k: p for k, p in pipeline.declared_parameters().items() if "03_train_qlora" in p.notebooks}
+    namespace = {k: p.default_value for k, p in declared.items()} | {"LORA_TARGET_MODULES": "q_proj, v_proj", "np": 1}
+    from_notebook = pipeline.step_parameters("03_train_qlora", namespace)
+    assert set(from_notebook) == set(declared) - {"RUN_DIR"}  # the notebook's own globals are not parameters
+    from_cli = {
+        **{k: p.default_value for k, p in declared.items() if k != "RUN_DIR"},
+        "LORA_TARGET_MODULES": "q_proj,v_proj",
+    }
+    assert recipe.config_from_parameters(from_notebook) == recipe.config_from_parameters(from_cli)
 
 
 def test_parameters_are_read_as_papermill_reads_them_without_importing_it():
@@ -348,14 +354,11 @@ def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, t
         ]
     )
     assert code == 0
-    manifest = json.loads((run_dir / "adapter" / "tunebook_manifest.json").read_text())
-    assert (
-        manifest["steps"] == 2
-        and manifest["config"]["target_modules"] == "q_proj,v_proj"
-        and manifest["processes"] == 1
-    )
+    run = RunFolder(run_dir)
+    manifest = run.read_manifest()
+    assert manifest.steps == 2 and manifest.config["target_modules"] == "q_proj,v_proj" and manifest.processes == 1
     assert cli.main(["train", str(tmp_path / "run"), "-p", "LORA_RANK=4"]) == 2  # misspelled parameter: refused
-    assert json.loads((run_dir / "results" / "03_train_qlora.json").read_text())["steps"] == 2
+    assert run.read_results("03_train_qlora").steps == 2
     assert (
         cli.main(
             [
@@ -372,7 +375,7 @@ def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, t
         )
         == 0
     )
-    assert (run_dir / "04_evaluate.ipynb").is_file() and (run_dir / "evaluation" / "metrics.json").is_file()
+    assert run.notebook("04_evaluate").is_file() and run.tuned_scores.is_file()
     assert cli.main(["run", "--continue", str(run_dir), "--steps", "04"]) == 2  # never overwritten
     assert cli.main(["train", str(run_dir), "-p", "JOB_CARD=other.yaml"]) == 2  # not silently ignored
     assert (
@@ -412,8 +415,7 @@ def test_training_runs_unchanged_under_torchrun_with_two_processes(prepared_run,
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    manifest = json.loads((run_dir / "adapter" / "tunebook_manifest.json").read_text())
-    assert manifest["processes"] == 2 and manifest["steps"] == 2
-    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file() and not (
-        run_dir / "adapter" / "checkpoints"
-    ).exists()
+    run = RunFolder(run_dir)
+    manifest = run.read_manifest()
+    assert manifest.processes == 2 and manifest.steps == 2
+    assert run.trained_weights() is not None and not run.checkpoints.exists()

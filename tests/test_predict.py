@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import EXAMPLE
 
-from tunebook import job, predict, prompts
+from tunebook import decoding, job, predict, prompts
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def full_sequence_scores(model, tokenizer, card, text, shots=()):
     """Each candidate scored on its own, the whole prompt plus the answer in one pass: no cache, no padding."""
     prompt = prompts.encode_prompt(tokenizer, prompts.build_messages(card, text, shots))
     scores = []
-    for answer in predict._candidates(tokenizer, card):
+    for answer in decoding._candidates(tokenizer, card):
         with torch.no_grad():  # the logits of the positions that predict the answer's tokens only (fast)
             ids = torch.tensor([prompt + answer], device=model.device)
             logits = model(input_ids=ids, logits_to_keep=len(answer) + 1).logits[0, :-1]
@@ -79,10 +79,10 @@ def test_cached_scoring_equals_full_sequence_scoring(card, model_and_tokenizer, 
     per_text = shots if shots is PER_TEXT_SHOTS else [shots] * len(TEXTS)
     encoded = [prompts.encode_prompt(tokenizer, prompts.build_messages(card, t, s)) for t, s in zip(TEXTS, per_text)]
     assert len({len(e) for e in encoded}) == len(TEXTS)  # batches of unequal lengths: padding is exercised
-    assert predict._common_prefix_length(encoded) >= predict.MIN_SHARED_PREFIX  # the shared prefix is used
+    assert decoding._common_prefix_length(encoded) >= decoding.MIN_SHARED_PREFIX  # the shared prefix is used
     for name, value in PATHS[path].items():
-        monkeypatch.setattr(predict, name, value)
-    cached = predict.label_log_likelihoods(model, tokenizer, card, TEXTS, batch_size=2, progress=False, shots=shots)
+        monkeypatch.setattr(decoding, name, value)
+    cached = decoding.label_log_likelihoods(model, tokenizer, card, TEXTS, batch_size=2, progress=False, shots=shots)
     expected = np.array([full_sequence_scores(model, tokenizer, card, t, s) for t, s in zip(TEXTS, per_text)])
     np.testing.assert_allclose(cached, expected, atol=1e-4)
 
@@ -93,20 +93,20 @@ def test_tool_scoring_with_a_shared_prefix_equals_full_sequence_scoring(
 ):
     model, tokenizer = model_and_tokenizer
     for name, value in PATHS[path].items():
-        monkeypatch.setattr(predict, name, value)
+        monkeypatch.setattr(decoding, name, value)
     texts = ["where is A12345", "please reset the password of my account, I cannot log in since Monday", "refund"]
-    cached = predict.label_log_likelihoods(model, tokenizer, tools_card, texts, batch_size=2, progress=False)
+    cached = decoding.label_log_likelihoods(model, tokenizer, tools_card, texts, batch_size=2, progress=False)
     expected = np.array([full_sequence_scores(model, tokenizer, tools_card, t) for t in texts])
     np.testing.assert_allclose(cached, expected, atol=1e-4)
 
 
 def test_candidates_sharing_a_start_share_its_tokens(tools_card, card, tokenizer):
-    tools = predict._candidates(tokenizer, tools_card)
-    tree = predict._CandidateTree(tools, torch.device("cpu"))
+    tools = decoding._candidates(tokenizer, tools_card)
+    tree = decoding._CandidateTree(tools, torch.device("cpu"))
     start = len(set.intersection(*(set(enumerate(t)) for t in tools)))  # '{"tool": "' is common to every call
     assert start >= 3 and tree.n == start + sum(len(t) - 1 - start for t in tools)
-    labels = predict._candidates(tokenizer, card)
-    assert predict._CandidateTree(labels, torch.device("cpu")).n <= sum(len(t) - 1 for t in labels)
+    labels = decoding._candidates(tokenizer, card)
+    assert decoding._CandidateTree(labels, torch.device("cpu")).n <= sum(len(t) - 1 for t in labels)
 
 
 def test_shots_per_example_must_match_the_inputs(card, model_and_tokenizer):
@@ -114,7 +114,7 @@ def test_shots_per_example_must_match_the_inputs(card, model_and_tokenizer):
 
     model, tokenizer = model_and_tokenizer
     with pytest.raises(TunebookError, match="got 2 lists of worked examples for 3 inputs"):
-        predict.label_log_likelihoods(model, tokenizer, card, TEXTS, progress=False, shots=[SHOTS, SHOTS])
+        decoding.label_log_likelihoods(model, tokenizer, card, TEXTS, progress=False, shots=[SHOTS, SHOTS])
 
 
 def test_answer_budget_is_the_longest_answer_plus_a_quarter_plus_8(tokenizer):
@@ -154,9 +154,10 @@ def test_missing_adapter_is_reported(tiny_model, tmp_path):
 def test_generation_is_batched_greedy_and_stops_at_end_of_turn(card, model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     texts = ["first ticket", "a second, longer ticket about something else entirely"]
-    together = predict.generate(model, tokenizer, card, texts, batch_size=2, max_new_tokens=8, progress=False)
+    together = decoding.generate(model, tokenizer, card, texts, batch_size=2, max_new_tokens=8, progress=False)
     alone = [
-        predict.generate(model, tokenizer, card, [t], batch_size=1, max_new_tokens=8, progress=False)[0] for t in texts
+        decoding.generate(model, tokenizer, card, [t], batch_size=1, max_new_tokens=8, progress=False)[0]
+        for t in texts
     ]
     assert together == alone  # left padding does not change what is generated
     assert all("<|im_end|>" not in answer for answer in together)
@@ -252,7 +253,7 @@ def test_greedy_loop_equals_transformers_generate(card, chatty_model, tokenizer)
     handle = end_of_turn_when_top_token_divisible_by(chatty_model, tokenizer, 7)
     try:
         expected = [hf_generate(chatty_model, tokenizer, card, t, p, 12) for t, p in zip(texts, prefixes)]
-        ours = predict.generate(
+        ours = decoding.generate(
             chatty_model, tokenizer, card, texts, prefixes, batch_size=3, max_new_tokens=12, progress=False
         )
     finally:
@@ -299,15 +300,15 @@ def test_json_stop_cuts_right_after_the_closing_brace(card, extraction_card, mod
     prefixes = ['{"a": 1,', '{"a": 1;']  # the first continues with the script; the second is never forced
     script = ' "b": 2}. More text'  # "}." is one token: the cut falls inside it
     with Scripted(model, tokenizer, prefixes[0], script) as scripted:
-        cut = predict.generate(
+        cut = decoding.generate(
             model, tokenizer, extraction_card, texts, prefixes, batch_size=2, max_new_tokens=20, progress=False
         )
         steps_with_stop = len(scripted.fed)
-        uncut = predict.generate(
+        uncut = decoding.generate(
             model, tokenizer, card, texts, prefixes, batch_size=2, max_new_tokens=20, progress=False
         )
         steps_without_stop = len(scripted.fed) - steps_with_stop
-        alone = predict.generate(
+        alone = decoding.generate(
             model, tokenizer, extraction_card, texts[1:], prefixes[1:], batch_size=1, max_new_tokens=20, progress=False
         )
     assert cut[0] == '{"a": 1, "b": 2}'  # extraction: stopped as soon as the object was complete
@@ -321,7 +322,7 @@ def test_tool_call_stops_when_its_arguments_close_the_object(tools_card, model_a
     model, tokenizer = model_and_tokenizer
     prefix = prompts.tool_prefix("track_parcel")
     with Scripted(model, tokenizer, prefix, " {}}\nDone") as scripted:
-        answer = predict.generate(
+        answer = decoding.generate(
             model, tokenizer, tools_card, ["where is A12345"], [prefix], max_new_tokens=30, progress=False
         )
     assert answer == ['{"tool": "track_parcel", "arguments": {}}']
@@ -347,7 +348,7 @@ def test_per_example_shots_in_predict(card, extraction_card, model_and_tokenizer
         chatty_model, tokenizer, extraction_card, frame, batch_size=2, progress=False, shots=shots, max_new_tokens=6
     )
     alone = [
-        predict.generate(chatty_model, tokenizer, extraction_card, [t], max_new_tokens=6, progress=False, shots=s)[0]
+        decoding.generate(chatty_model, tokenizer, extraction_card, [t], max_new_tokens=6, progress=False, shots=s)[0]
         for t, s in zip(TEXTS, shots)
     ]
     assert together["prediction"].tolist() == alone and all(alone)

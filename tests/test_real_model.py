@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import EXAMPLE
 
-from tunebook import data, job, models, predict, prompts
+from tunebook import data, decoding, job, models, predict, prompts
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_label_scoring_on_the_real_model_matches_full_sequences(bundled, quantiz
     examples, _ = data.load_examples(card)
     texts = examples["text"].head(3).tolist()
     model, tokenizer = predict.load_for_inference(bundled, quantization=quantization)
-    cached = predict.label_log_likelihoods(model, tokenizer, card, texts, batch_size=3, progress=False)
+    cached = decoding.label_log_likelihoods(model, tokenizer, card, texts, batch_size=3, progress=False)
     for i, text in enumerate(texts):
         prompt = prompts.encode_prompt(tokenizer, prompts.build_messages(card, text))
         for j, label in enumerate(card.label_names):

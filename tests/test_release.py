@@ -1,6 +1,7 @@
 """Releasing: the gate, parity, latency and model card, and the whole release journey through the notebooks."""
 
 import json
+from types import SimpleNamespace
 
 import nbformat
 import pandas as pd
@@ -8,8 +9,10 @@ import pytest
 import torch
 from conftest import EXAMPLE, tol
 
-from tunebook import cli, job, lineage, predict, registry, release
+from tunebook import cli, job, lineage, predict, publish, registry, release
+from tunebook import gate as gating
 from tunebook.errors import TunebookError
+from tunebook.runfolder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ MATCHING = {"applicable": True, "n": 10, "agreement": 1.0, "detail": "0 differ"}
 
 def test_the_gate_passes_an_adapter_no_worse_than_the_reference(card):
     truth = ["billing"] * 10 + ["escalate"] * 5
-    verdict = release.gate(
+    verdict = gating.gate(
         card,
         frame(truth, truth),
         frame(truth, ["billing"] * 15),
@@ -44,8 +47,8 @@ def test_the_gate_passes_an_adapter_no_worse_than_the_reference(card):
         regression=CALM,
         parity_result=MATCHING,
     )
-    assert verdict["passed"] and verdict["failed"] == [] and "may be promoted" in verdict["verdict"]
-    assert {c["check"] for c in verdict["checks"]} >= {
+    assert verdict.passed and verdict.failed == [] and "may be promoted" in verdict.verdict
+    assert {c.check for c in verdict.checks} >= {
         "must_never",
         "no_drop:(whole answers)",
         "no_drop:billing",
@@ -58,7 +61,7 @@ def test_the_gate_names_every_failing_check(card):
     truth = ["billing"] * 12 + ["escalate"] * 6
     reference = frame(truth, truth)
     worse = frame(truth, ["shipping"] * 12 + ["escalate"] * 5 + ["billing"])
-    verdict = release.gate(
+    verdict = gating.gate(
         card,
         worse,
         reference,
@@ -66,17 +69,17 @@ def test_the_gate_names_every_failing_check(card):
         regression={"change": {"text_loss": 0.1, "instruction_loss": 0.9}},
         parity_result={**MATCHING, "agreement": 0.8, "detail": "2 differ"},
     )
-    assert verdict["failed"] == [
+    assert verdict.failed == [
         "must_never",
         "no_drop:(whole answers)",
         "no_drop:billing",
         "general_regression",
         "parity",
     ]
-    assert verdict["verdict"].startswith(
+    assert verdict.verdict.startswith(
         "Gate FAILED against champion v1: must_never, no_drop:(whole answers), no_drop:billing"
     )
-    details = {c["check"]: c["detail"] for c in verdict["checks"]}
+    details = {c.check: c.detail for c in verdict.checks}
     assert "1 must-never failure(s)" in details["must_never"] and "T17" in details["must_never"]
     assert "instruction_loss +0.900" in details["general_regression"] and "80.0%" in details["parity"]
 
@@ -84,15 +87,9 @@ def test_the_gate_names_every_failing_check(card):
 def test_card_targets_block_only_when_required(card):
     truth = ["billing"] * 8 + ["shipping"] * 8
     mediocre = frame(truth, ["billing"] * 8 + ["shipping"] * 4 + ["billing"] * 4)
-    advisory = release.gate(
-        card, mediocre, mediocre, "the prompting baseline", regression=CALM, parity_result=MATCHING
-    )
-    assert (
-        advisory["passed"]
-        and "target:macro_f1" in advisory["targets_missed"]
-        and "not blocking" in advisory["verdict"]
-    )
-    strict = release.gate(
+    advisory = gating.gate(card, mediocre, mediocre, "the prompting baseline", regression=CALM, parity_result=MATCHING)
+    assert advisory.passed and "target:macro_f1" in advisory.targets_missed and "not blocking" in advisory.verdict
+    strict = gating.gate(
         card,
         mediocre,
         mediocre,
@@ -101,26 +98,26 @@ def test_card_targets_block_only_when_required(card):
         parity_result=MATCHING,
         require_targets=True,
     )
-    assert not strict["passed"] and "target:macro_f1" in strict["failed"] and "target:accuracy" in strict["failed"]
+    assert not strict.passed and "target:macro_f1" in strict.failed and "target:accuracy" in strict.failed
 
 
 def test_a_missing_probe_or_parity_fails_the_gate(card):
     truth = ["billing"] * 4
-    verdict = release.gate(card, frame(truth, truth), frame(truth, truth), "x", regression=None, parity_result=None)
-    assert verdict["failed"] == ["general_regression", "parity"]
+    verdict = gating.gate(card, frame(truth, truth), frame(truth, truth), "x", regression=None, parity_result=None)
+    assert verdict.failed == ["general_regression", "parity"]
 
 
 def test_an_adapter_for_another_job_or_base_is_refused_naming_both(card):
     from tunebook.job import card_hash
 
-    manifest = {
-        "job": "order_extraction",
-        "job_card_sha256": "ab" * 32,
-        "base_model": {"name": "SmolLM2-135M-Instruct", "sha256": "cd" * 32},
-    }
+    manifest = SimpleNamespace(
+        job="order_extraction",
+        job_card_sha256="ab" * 32,
+        base_model={"name": "SmolLM2-135M-Instruct", "sha256": "cd" * 32},
+    )
     with pytest.raises(TunebookError, match="trained for job 'order_extraction'.*this run's job is 'support_triage'"):
         lineage.check_adapter_matches(manifest, card, {"name": "SmolLM2-135M-Instruct", "sha256": "cd" * 32})
-    manifest.update(job="support_triage", job_card_sha256=card_hash(card))
+    manifest.job, manifest.job_card_sha256 = "support_triage", card_hash(card)
     with pytest.raises(
         TunebookError, match="base model 'SmolLM2-135M-Instruct' \\(sha256 cdcd.*BASE_MODEL is 'other' \\(sha256 efef"
     ):
@@ -186,8 +183,8 @@ def test_parity_does_not_apply_to_a_full_fine_tune_and_latency_is_timed_per_exam
 
 def test_first_adapter_becomes_champion_with_everything_logged(released):
     runs, (good_dir, good), _ = released
-    result = good["05_release"]
-    assert good["04_evaluate"]["accuracy"] == 1.0, "the tiny model should learn the keyword tickets"
+    result = good.results["05_release"]
+    assert good.results["04_evaluate"]["metrics"]["accuracy"] == 1.0, "the tiny model should learn the keyword tickets"
     assert result["gate_passed"] and result["promoted"] and result["version"] == "1" and result["failed_checks"] == []
     store = registry.open_registry(workspace=runs)
     version = registry.get_version(store, "support_triage", 1)
@@ -200,12 +197,12 @@ def test_first_adapter_becomes_champion_with_everything_logged(released):
     assert version.description.startswith("# support_triage · version 1")
     run = store.client.get_run(version.run_id)
     assert run.data.metrics["test.macro_f1"] == 1.0 and "latency.p95_ms" in run.data.metrics
-    version_file = json.loads((good_dir / "data" / "dataset_version.json").read_text())
+    version_file = RunFolder(good_dir).read_dataset_version()
     inputs = {d.tags[0].value: d.dataset.digest for d in run.inputs.dataset_inputs}
-    assert inputs == {split: version_file["splits"][split]["hash"][:12] for split in ("train", "val", "test")}
+    assert inputs == {split: version_file.splits[split].hash[:12] for split in ("train", "val", "test")}
     assert (
         run.data.params["train.quantization"] == "full"
-        and run.data.params["dataset_hash"] == good["01_clean_the_data"]["dataset_hash"]
+        and run.data.params["dataset_hash"] == good.results["01_clean_the_data"]["dataset_hash"]
     )
     logged = {
         a.path
@@ -241,7 +238,7 @@ def test_first_adapter_becomes_champion_with_everything_logged(released):
 
 def test_shuffled_label_adapter_is_stopped_by_the_gate_with_the_failing_checks_named(released):
     runs, _, (bad_dir, bad) = released
-    result = bad["05_release"]
+    result = bad.results["05_release"]
     assert not result["gate_passed"] and not result["promoted"] and result["version"] == "2"
     # Its probabilities carry no information, so the decision rule fitted on validation flattens them and, under the
     # card's costs (a missed escalation costs 10), routes every ticket to escalate: no must-never failure, but whole
@@ -264,10 +261,8 @@ def test_shuffled_label_adapter_is_stopped_by_the_gate_with_the_failing_checks_n
         "gating against champion v1" in printed
         and "Gate FAILED against champion v1: no_drop:(whole answers)" in printed
     )
-    gate = json.loads((bad_dir / "release" / "gate.json").read_text())
-    assert (
-        gate["drops"]["(whole answers)"]["reference"] == 1.0 and gate["drops"]["(whole answers)"]["significant_drop"]
-    )
+    drops = RunFolder(bad_dir).read_gate().drops
+    assert drops["(whole answers)"]["reference"] == 1.0 and drops["(whole answers)"]["significant_drop"]
 
 
 def test_rollback_restores_the_earlier_champion(released, capsys):
@@ -288,16 +283,16 @@ def test_rollback_restores_the_earlier_champion(released, capsys):
 def test_the_champion_is_re_scored_when_the_test_split_differs(released, tiny_model):
     runs, (good_dir, _), (bad_dir, _) = released
     store = registry.open_registry(workspace=runs)
-    card = job.load_job_card(bad_dir / "job.yaml")
-    test = pd.read_json(bad_dir / "data" / "test.jsonl", lines=True, dtype={"id": str})
-    same, name, version = release.reference_predictions(store, card, bad_dir, test, tiny_model)
+    bad = RunFolder(bad_dir)
+    card = bad.read_job_card()
+    test = bad.read_splits()["test"]
+    same, name, version = gating.reference_predictions(store, card, bad, test, tiny_model)
     assert name == "champion v1" and version == "1" and len(same) == len(test)
     subset = test.head(12)
-    rescored, name, _ = release.reference_predictions(
-        store, card, bad_dir, subset, tiny_model, scratch=bad_dir / "scratch"
-    )
+    rescored, name, _ = gating.reference_predictions(store, card, bad, subset, tiny_model, scratch=bad_dir / "scratch")
     assert name == "champion v1 (re-scored on this test split)"
-    stored = pd.read_json(good_dir / "evaluation" / "predictions.jsonl", lines=True, dtype={"id": str}).set_index("id")
+    good = RunFolder(good_dir)
+    stored = good.read_predictions(good.tuned_predictions).set_index("id")
     assert (rescored.set_index("id")["prediction"] == stored.loc[subset["id"], "prediction"]).all()
 
 
@@ -306,12 +301,16 @@ def test_a_released_adapter_is_never_registered_again(released, tmp_path):
 
     runs, (good_dir, _), _ = released
     store = registry.open_registry(workspace=runs)
-    args = (job.load_job_card(good_dir / "job.yaml"), {}, {}, {}, {}, {}, {}, {}, {})
+
+    def evidence(run: RunFolder) -> publish.Evidence:
+        return publish.Evidence(run, *(None,) * 6, {}, {})
+
+    good = RunFolder(good_dir)
     with pytest.raises(TunebookError, match="already released"):
-        release.publish_run(store, good_dir, *args)
-    copy = tmp_path / "copy"
-    shutil.copytree(good_dir, copy)
-    (copy / "release" / "registered.json").unlink()
+        publish.publish_run(store, good.read_job_card(), evidence(good))
+    copy = RunFolder(tmp_path / "copy")
+    shutil.copytree(good_dir, copy.root)
+    copy.registered.unlink()
     with pytest.raises(TunebookError, match="already version 1 of 'support_triage'.*never overwritten"):
-        release.publish_run(store, copy, *args)
+        publish.publish_run(store, good.read_job_card(), evidence(copy))
     assert len(registry.versions(store, "support_triage")) == 2

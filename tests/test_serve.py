@@ -118,7 +118,8 @@ def test_serving_imports_no_training_or_release_code():
     code = (
         "import sys, tunebook.serve; "
         "loaded = sorted(m for m in sys.modules if m in ('tunebook.train', 'tunebook.packing', 'tunebook.methods', "
-        "'tunebook.callbacks', 'tunebook.release', 'trl', 'papermill')); print(loaded); assert not loaded"
+        "'tunebook.callbacks', 'tunebook.release', 'tunebook.gate', 'tunebook.publish', 'trl', 'papermill')); "
+        "print(loaded); assert not loaded"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]

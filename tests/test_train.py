@@ -11,7 +11,7 @@ from conftest import assert_gradients_close, assert_same_choices, tol, write_job
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from tunebook import data, job, lineage, methods, models, packing, predict, prompts, train
+from tunebook import data, dataset, decoding, job, methods, models, packing, predict, prompts, recipe, runfolder, train
 from tunebook.errors import TunebookError
 
 KINDS = ["support_triage", "order_extraction", "support_tools", "reply_drafting"]
@@ -21,10 +21,10 @@ KINDS = ["support_triage", "order_extraction", "support_tools", "reply_drafting"
 def tiny_job(tmp_path_factory):
     card = job.load_job_card(write_job(tmp_path_factory.mktemp("job"), per_label=4))
     kept, _ = data.clean(*data.load_examples(card))
-    return card, data.split(kept, card, test_fraction=0.25, val_fraction=0.25)
+    return card, dataset.split(kept, card, test_fraction=0.25, val_fraction=0.25)
 
 
-def fast(**changes) -> train.TrainConfig:
+def fast(**changes) -> recipe.TrainConfig:
     """A short training configuration for the tiny model."""
     settings = {
         "quantization": "none",
@@ -37,7 +37,7 @@ def fast(**changes) -> train.TrainConfig:
         "early_stopping_patience": 0,
         "general_mix": 0.0,
     }
-    return train.TrainConfig(**{**settings, **changes})
+    return recipe.TrainConfig(**{**settings, **changes})
 
 
 def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -162,7 +162,7 @@ def test_training_lowers_validation_loss_and_saves_a_peft_adapter(tiny_job, tiny
     # right before training, which without the workaround leaves the loss flat.
     card, splits = tiny_job
     splits = {**splits, "val": splits["train"]}  # on the tiny random model only memorisation is measurable
-    config = train.TrainConfig(
+    config = recipe.TrainConfig(
         quantization=quantization,
         max_steps=12,
         batch_size=8,
@@ -177,7 +177,7 @@ def test_training_lowers_validation_loss_and_saves_a_peft_adapter(tiny_job, tiny
     assert result.log_history[0] == {"step": 0, "eval_loss": result.val_loss_before}
     assert [e["step"] for e in result.log_history if "eval_loss" in e][:3] == [0, 3, 6]
     names = {p.name for p in result.adapter_dir.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", lineage.MANIFEST} <= names
+    assert {"adapter_config.json", "adapter_model.safetensors", runfolder.MANIFEST} <= names
     assert "checkpoints" not in names  # removed once the run has finished
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)
     weights = adapter_weights(result.adapter_dir)
@@ -216,7 +216,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_job, tiny_model, tm
         "checkpoint-4",
     ]
     resumed = train.train_adapter(card, splits, tiny_model, config, tmp_path / "cut", "h")
-    assert resumed.manifest["resumed_from"] == "checkpoint-4"
+    assert resumed.manifest.resumed_from == "checkpoint-4"
     a, b = adapter_weights(whole.adapter_dir), adapter_weights(resumed.adapter_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.val_loss_after == pytest.approx(whole.val_loss_after, abs=1e-6)
@@ -243,32 +243,28 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_job, tiny_model, tmp_path
     result = train.train_adapter(card, splits, tiny_model, config, tmp_path / "adapter", "h")
     evals = [(e["step"], e["eval_loss"]) for e in result.log_history if "eval_loss" in e and e["step"] > 0]
     best_step, best_loss = min(evals[:-1], key=lambda e: e[1])  # the last entry is the final re-evaluation
-    assert result.manifest["stopped_early"] and result.manifest["steps"] < 30
-    assert result.manifest["best_step"] == best_step
+    assert result.manifest.stopped_early and result.manifest.steps < 30
+    assert result.manifest.best_step == best_step
     assert result.val_loss_after == pytest.approx(best_loss, abs=tol(1e-5, 0.02))
 
 
 def test_manifest_records_lineage(tiny_job, tiny_model, tmp_path):
     card, splits = tiny_job
     train.train_adapter(card, splits, tiny_model, fast(max_steps=1), tmp_path / "adapter", dataset_hash="abc123")
-    manifest = lineage.read_manifest(tmp_path / "adapter")
-    assert manifest["dataset_hash"] == "abc123"
-    assert manifest["job"] == card.name and manifest["choices"] == card.label_names
-    assert manifest["job_card_sha256"] == job.card_hash(card)
-    assert manifest["base_model"] == models.model_identity(tiny_model)
-    assert len(manifest["base_model"]["sha256"]) == 64
-    assert (
-        manifest["config"]["max_steps"] == 1
-        and manifest["seed"] == 0
-        and manifest["config"]["learning_rate_used"] == 5e-3
-    )
-    assert manifest["versions"]["torch"].startswith(torch.__version__.split("+")[0])
-    assert {"transformers", "peft", "bitsandbytes", "python"} <= manifest["versions"].keys()
-    assert manifest["git_commit"] is None or len(manifest["git_commit"]) == 40
-    assert manifest["wall_time_s"] > 0 and manifest["peak_memory_mb"] > 0
-    assert manifest["train_examples"] == len(splits["train"]) and manifest["answers_cut"] == 0
-    assert manifest["trainable_parameters"] > 0 and manifest["method"] == "LoRA on a none base"
-    json.dumps(manifest)
+    manifest = runfolder.read_manifest(tmp_path / "adapter")
+    assert manifest.dataset_hash == "abc123"
+    assert manifest.job == card.name and manifest.choices == card.label_names
+    assert manifest.job_card_sha256 == job.card_hash(card)
+    assert manifest.base_model == models.model_identity(tiny_model)
+    assert len(manifest.base_model["sha256"]) == 64
+    assert manifest.config["max_steps"] == 1 and manifest.seed == 0 and manifest.config["learning_rate_used"] == 5e-3
+    assert manifest.versions["torch"].startswith(torch.__version__.split("+")[0])
+    assert {"transformers", "peft", "bitsandbytes", "python"} <= manifest.versions.keys()
+    assert manifest.git_commit is None or len(manifest.git_commit) == 40
+    assert manifest.wall_time_s > 0 and manifest.peak_memory_mb > 0
+    assert manifest.train_examples == len(splits["train"]) and manifest.answers_cut == 0
+    assert manifest.trainable_parameters > 0 and manifest.method == "LoRA on a none base"
+    assert type(manifest).model_validate_json(manifest.model_dump_json()) == manifest  # round-trips as JSON
 
 
 def test_a_reloaded_adapter_predicts_exactly_what_the_trained_one_did(tiny_job, tiny_model, tmp_path):
@@ -285,13 +281,13 @@ def test_a_reloaded_adapter_predicts_exactly_what_the_trained_one_did(tiny_job, 
     live.set_attn_implementation("sdpa")  # as inference loads it (training may use flex_attention on a GPU)
     live.eval()
     reloaded, _ = predict.load_for_inference(tiny_model, result.adapter_dir)
-    a = predict.label_log_likelihoods(live, tokenizer, card, texts, progress=False)
-    b = predict.label_log_likelihoods(reloaded, tokenizer, card, texts, progress=False)
+    a = decoding.label_log_likelihoods(live, tokenizer, card, texts, progress=False)
+    b = decoding.label_log_likelihoods(reloaded, tokenizer, card, texts, progress=False)
     assert_same_choices(a, b, tol(1e-5, 0.15))
     np.testing.assert_allclose(a, b, atol=tol(1e-5, 0.15))
     base_only, _ = predict.load_for_inference(tiny_model)
     assert not np.allclose(
-        predict.label_log_likelihoods(base_only, tokenizer, card, texts, progress=False), b, atol=1e-3
+        decoding.label_log_likelihoods(base_only, tokenizer, card, texts, progress=False), b, atol=1e-3
     )
 
 
@@ -303,9 +299,9 @@ def test_full_fine_tuning_saves_a_whole_model_that_reloads(tiny_job, tiny_model,
     assert (result.adapter_dir / "model.safetensors").is_file() and not (
         result.adapter_dir / "adapter_config.json"
     ).exists()
-    assert result.manifest["config"]["learning_rate_used"] == train.DEFAULT_LEARNING_RATE["full"]
+    assert result.manifest.config["learning_rate_used"] == recipe.DEFAULT_LEARNING_RATE["full"]
     model, tokenizer = predict.load_for_inference(tiny_model, result.adapter_dir, "full")
-    assert predict.label_log_likelihoods(model, tokenizer, card, ["late parcel"], progress=False).shape == (
+    assert decoding.label_log_likelihoods(model, tokenizer, card, ["late parcel"], progress=False).shape == (
         1,
         len(card.labels),
     )
@@ -317,7 +313,7 @@ def test_int8_trains_an_adapter(tiny_job, tiny_model, tmp_path):
         card, splits, tiny_model, fast(quantization="int8", max_steps=2), tmp_path / "int8", "h"
     )
     assert (
-        result.manifest["method"] == "LoRA on a int8 base"
+        result.manifest.method == "LoRA on a int8 base"
         and (result.adapter_dir / "adapter_model.safetensors").is_file()
     )
 
@@ -337,7 +333,7 @@ def test_compare_methods_measures_each_in_its_own_process(tiny_job, tiny_model):
 def test_existing_adapter_is_never_overwritten(tiny_job, tiny_model, tmp_path):
     card, splits = tiny_job
     (tmp_path / "adapter").mkdir()
-    (tmp_path / "adapter" / lineage.MANIFEST).write_text("{}")
+    (tmp_path / "adapter" / runfolder.MANIFEST).write_text("{}")
     with pytest.raises(TunebookError, match="never overwritten"):
         train.train_adapter(card, splits, tiny_model, fast(max_steps=1), tmp_path / "adapter", "h")
 
@@ -387,12 +383,12 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny_job, tiny_model, tmp_path):
 def test_target_modules_have_one_spelling_so_notebook_and_command_line_runs_resume_each_other():
     # 03 used to pass a list and `tunebook train` a string: different resume keys for the same run
     as_list, as_text = (
-        train.TrainConfig(target_modules=["q_proj", "v_proj"]),
-        train.TrainConfig(target_modules="q_proj, v_proj"),
+        recipe.TrainConfig(target_modules=["q_proj", "v_proj"]),
+        recipe.TrainConfig(target_modules="q_proj, v_proj"),
     )
     assert as_list == as_text and as_text.target_modules == "q_proj,v_proj"
-    assert train.config_from_parameters({"LORA_TARGET_MODULES": "q_proj,v_proj"}) == as_list
-    assert train.TrainConfig().target_modules == "all-linear"
+    assert recipe.config_from_parameters({"LORA_TARGET_MODULES": "q_proj,v_proj"}) == as_list
+    assert recipe.TrainConfig().target_modules == "all-linear"
 
 
 @pytest.mark.parametrize(
@@ -413,7 +409,7 @@ def test_target_modules_have_one_spelling_so_notebook_and_command_line_runs_resu
 )
 def test_bad_settings_are_named(change, message):
     with pytest.raises(TunebookError, match=message):
-        train.TrainConfig(**change).check()
+        recipe.TrainConfig(**change).check()
 
 
 @pytest.mark.parametrize("example", KINDS)
@@ -426,7 +422,7 @@ def test_every_example_job_fits_the_default_max_length(example, tokenizer):
     declared = pipeline.declared_parameters()["MAX_LENGTH"]
     assert (
         set(declared.notebooks) == {"01_clean_the_data", "03_train_qlora"}
-        and train.TrainConfig().max_length == declared.default_value
+        and recipe.TrainConfig().max_length == declared.default_value
     )
     card = job.load_job_card(EXAMPLE.parent / example / "job.yaml")
     kept, _ = data.clean(*data.load_examples(card))
@@ -459,7 +455,7 @@ def test_replay_features_supervise_the_base_answers_as_chat_and_as_plain_text(to
 
 def test_grouped_batches_hold_one_group_each_and_every_example_once():
     groups = [0] * 23 + [1] * 9 + [2] * 6
-    sampler = train.SeededLengthGroupedSampler(
+    sampler = packing.SeededLengthGroupedSampler(
         4, [10 + (i * 7) % 13 for i in range(len(groups))], seed=3, groups=groups
     )
     order = list(iter(sampler))
@@ -483,6 +479,6 @@ def test_general_replay_is_mixed_into_training_and_recorded(tiny_job, tiny_model
     expected = replay.replay_features(
         models.load_tokenizer(tiny_model), answers, round(0.5 * len(splits["train"])), 1024
     )
-    assert result.manifest["general_examples"] == len(expected) > 0 and result.manifest["train_examples"] == len(
+    assert result.manifest.general_examples == len(expected) > 0 and result.manifest.train_examples == len(
         splits["train"]
     )

@@ -9,30 +9,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import Pipeline, make_union
 
-from tunebook.data import stratum
-from tunebook.decide import DecisionRule, fit_rule, load_rule, save_rule
+from tunebook.artifacts import BaselineResults, VariantEntry, VariantFigures, Variants
+from tunebook.classical import ClassicalModel, Retriever, fit_classical
+from tunebook.dataset import stratum
+from tunebook.decide import DecisionRule, fit_rule
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
-from tunebook.metrics import evaluate
-from tunebook.outputs import canonical
-
-FOLDER = "baseline"
-RULE_FILE = (
-    "evaluation/decision_rule.json"  # the tuned model's rule, fitted on validation by 04 (same path in a release)
-)
-CLASSICAL_FILE = f"{FOLDER}/variants/classical/model.joblib"
-CLASSICAL_C = (0.3, 1.0, 3.0, 10.0, 30.0)
+from tunebook.metrics import evaluate, headline
+from tunebook.runfolder import RunFolder
+from tunebook.tasks import task_of
 
 
 @dataclass
@@ -46,14 +37,6 @@ class VariantRun:
     ms_per_example: float
     rule: DecisionRule | None = None
     notes: dict = field(default_factory=dict)
-
-
-def _text_features() -> object:
-    """Word 1-2 grams and character 2-5 grams, TF-IDF weighted (sublinear term frequency)."""
-    return make_union(
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
-    )
 
 
 def choice_of(card: JobCard, target: str) -> str:
@@ -93,16 +76,7 @@ def trivial_answer(card: JobCard, train: pd.DataFrame) -> str:
     value, or the most typical training reply (the one closest to all others by TF-IDF cosine)."""
     if not len(train):
         raise TunebookError("the train split is empty: nothing to take a trivial answer from.")
-    if card.task_kind in ("classification", "tool_selection"):
-        return Counter(train["target"]).most_common(1)[0][0]
-    if card.task_kind == "extraction":
-        records = [json.loads(t) for t in train["target"]]
-        fields = list(card.output_schema.get("properties", {}))
-        common = {f: Counter(json.dumps(r.get(f)) for r in records).most_common(1)[0][0] for f in fields}
-        return canonical(card, {f: json.loads(v) for f, v in common.items()})
-    vectors = TfidfVectorizer(sublinear_tf=True).fit_transform(train["target"])
-    centrality = np.asarray((vectors @ vectors.T).mean(axis=1)).ravel()
-    return train["target"].iloc[int(centrality.argmax())]
+    return task_of(card).trivial_answer(card, train)
 
 
 def trivial_predictions(card: JobCard, train: pd.DataFrame, examples: pd.DataFrame) -> pd.DataFrame:
@@ -117,81 +91,6 @@ def trivial_predictions(card: JobCard, train: pd.DataFrame, examples: pd.DataFra
     frame = _frame(examples)
     frame["prediction"] = answer
     return frame
-
-
-# --- retrieval ------------------------------------------------------------------------------------------------------
-
-
-class Retriever:
-    """The training examples most similar to an input (TF-IDF cosine), built on the train split only."""
-
-    def __init__(self, train: pd.DataFrame):
-        self.texts, self.targets = train["text"].tolist(), train["target"].tolist()
-        self.vectorizer = _text_features().fit(self.texts)
-        self.matrix = self.vectorizer.transform(self.texts)
-
-    def shots(self, texts: list[str], k: int) -> list[list[tuple[str, str]]]:
-        """For each text, its ``k`` nearest training examples as (text, target) shots, the nearest last (closest
-        to the input in the prompt)."""
-        if k <= 0:
-            return [[] for _ in texts]
-        similarity = (self.vectorizer.transform(texts) @ self.matrix.T).toarray()
-        nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-        return [[(self.texts[j], self.targets[j]) for j in reversed(row)] for row in nearest]
-
-
-# --- the classical model ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ClassicalModel:
-    """A TF-IDF logistic regression over the card's choices, its regularisation chosen by cross-validation on train."""
-
-    pipeline: Pipeline
-    choices: list[str]
-    cv: dict
-
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
-        """Probabilities over the card's choices, in card order (choices unseen in training get 0)."""
-        raw = self.pipeline.predict_proba(texts)
-        known = list(self.pipeline.classes_)
-        out = np.zeros((len(texts), len(self.choices)))
-        for j, name in enumerate(self.choices):
-            if name in known:
-                out[:, j] = raw[:, known.index(name)]
-        return out
-
-
-def fit_classical(card: JobCard, train: pd.DataFrame, seed: int = 0) -> ClassicalModel:
-    """Fit the classical model on the train split; C is chosen by stratified cross-validation on train (macro-F1)."""
-    if not card.choices:
-        raise TunebookError(f"a classical model needs a fixed set of answers; a {card.task_kind} job has none.")
-    y = train["target"].map(lambda t: choice_of(card, t))
-    if y.nunique() < 2:
-        raise TunebookError(f"the train split holds only one answer ({y.iloc[0]!r}): a classifier needs at least two.")
-    pipeline = Pipeline(
-        [
-            ("features", _text_features()),
-            ("model", LogisticRegression(max_iter=3000, class_weight="balanced", random_state=seed)),
-        ]
-    )
-    folds = int(min(5, y.value_counts().min()))
-    if folds >= 2:
-        search = GridSearchCV(
-            pipeline,
-            {"model__C": list(CLASSICAL_C)},
-            scoring="f1_macro",
-            cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-            n_jobs=1,
-        ).fit(train["text"], y)
-        pipeline, cv = (
-            search.best_estimator_,
-            {"C": search.best_params_["model__C"], "folds": folds, "cv_macro_f1": float(search.best_score_)},
-        )
-    else:  # a choice with a single training example leaves nothing to cross-validate on
-        pipeline.set_params(model__C=1.0).fit(train["text"], y)
-        cv = {"C": 1.0, "folds": 0, "cv_macro_f1": None}
-    return ClassicalModel(pipeline, list(card.choices), cv)
 
 
 # --- running every variant -------------------------------------------------------------------------------------------
@@ -216,6 +115,97 @@ def _choice_variant(
     return VariantRun(name, kind, val, test, ms, rule, notes or {})
 
 
+@dataclass
+class _Prompted:
+    """The language model as the prompting variants use it: scoring the fixed answers or generating, with shots."""
+
+    model: object
+    tokenizer: object
+    card: JobCard
+    batch_size: int
+    progress: bool
+    max_new_tokens: int | None
+
+    def scorer(self, shots_for):
+        """Probabilities over the card's choices for a frame, prompted with the shots ``shots_for`` gives."""
+        from tunebook import predict
+
+        return lambda frame: predict.choose(
+            self.model,
+            self.tokenizer,
+            self.card,
+            frame["text"].tolist(),
+            self.batch_size,
+            self.progress,
+            shots_for(frame),
+        )[1]
+
+    def answerer(self, shots_for):
+        """Answers from chosen probabilities (a tool's arguments generated with the shots ``shots_for`` gives)."""
+        from tunebook import predict
+
+        return lambda frame, probs, rule: predict.answer_choices(
+            self.model,
+            self.tokenizer,
+            self.card,
+            frame,
+            probs,
+            rule,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            shots=shots_for(frame),
+            max_new_tokens=self.max_new_tokens,
+        )
+
+    def generator(self, shots_for):
+        """Generated answers for a frame, prompted with the shots ``shots_for`` gives."""
+        from tunebook import predict
+
+        return lambda frame: predict.predict(
+            self.model,
+            self.tokenizer,
+            self.card,
+            frame,
+            self.batch_size,
+            self.progress,
+            shots_for(frame),
+            self.max_new_tokens,
+        )
+
+
+def _trivial_variant(card: JobCard, splits: dict[str, pd.DataFrame]) -> VariantRun:
+    train = splits["train"]
+    val = trivial_predictions(card, train, splits["val"])
+    test, seconds = _timed(trivial_predictions, card, train, splits["test"])
+    ms = 1000 * seconds / max(1, len(splits["test"]))
+    return VariantRun("trivial", "trivial", val, test, ms, notes={"answer": trivial_answer(card, train)})
+
+
+def _prompted_variant(name: str, kind: str, lm: _Prompted, splits: dict[str, pd.DataFrame], shots_for) -> VariantRun:
+    if lm.card.choices:
+        return _choice_variant(name, kind, lm.card, splits, lm.scorer(shots_for), lm.answerer(shots_for))
+    generated = lm.generator(shots_for)
+    val = generated(splits["val"])
+    test, seconds = _timed(generated, splits["test"])
+    return VariantRun(name, kind, val, test, 1000 * seconds / max(1, len(splits["test"])))
+
+
+def _classical_variant(lm: _Prompted, splits: dict[str, pd.DataFrame], seed: int, arguments) -> VariantRun:
+    """The classical model on the fixed set of answers (a tool's arguments still come from the language model)."""
+    classical, fit_seconds = _timed(fit_classical, lm.card, splits["train"], seed)
+    run = _choice_variant(
+        "classical",
+        "classical",
+        lm.card,
+        splits,
+        lambda frame: classical.predict_proba(frame["text"].tolist()),
+        lm.answerer(arguments),
+        notes={**classical.cv, "fit_seconds": round(fit_seconds, 2)},
+    )
+    run.notes["model"] = classical
+    return run
+
+
 def run_variants(
     model,
     tokenizer,
@@ -228,93 +218,25 @@ def run_variants(
     progress: bool = True,
 ) -> list[VariantRun]:
     """Every baseline variant that applies to the card's task kind, on the val and test splits."""
-    from tunebook import predict
     from tunebook.prompts import pick_shots
 
     train = splits["train"]
-    runs: list[VariantRun] = []
-
-    trivial_val = trivial_predictions(card, train, splits["val"])
-    trivial_test, seconds = _timed(trivial_predictions, card, train, splits["test"])
-    runs.append(
-        VariantRun(
-            "trivial",
-            "trivial",
-            trivial_val,
-            trivial_test,
-            1000 * seconds / max(1, len(splits["test"])),
-            notes={"answer": trivial_answer(card, train)},
-        )
-    )
-
-    def answers_with(shots_for):
-        """Answers from chosen probabilities (a tool's arguments generated with the shots ``shots_for`` gives)."""
-        return lambda frame, probs, rule: predict.answer_choices(
-            model,
-            tokenizer,
-            card,
-            frame,
-            probs,
-            rule,
-            batch_size=batch_size,
-            progress=progress,
-            shots=shots_for(frame),
-            max_new_tokens=max_new_tokens,
-        )
-
+    lm = _Prompted(model, tokenizer, card, batch_size, progress, max_new_tokens)
     retriever = Retriever(train)
+    nearest = lambda frame: retriever.shots(frame["text"].tolist(), k_shots)  # noqa: E731
     fixed = pick_shots(card, train, k_shots, seed=seed)
     prompting = {"zero-shot": ("prompting", lambda frame: [])}
     if fixed:
         prompting[f"{len(fixed)}-shot"] = ("prompting", lambda frame: fixed)
     if k_shots > 0:
-        prompting[f"retrieval {k_shots}-shot"] = (
-            "retrieval",
-            lambda frame: retriever.shots(frame["text"].tolist(), k_shots),
-        )
-    for name, (kind, shots_for) in prompting.items():
-        if card.choices:
-            runs.append(
-                _choice_variant(
-                    name,
-                    kind,
-                    card,
-                    splits,
-                    lambda frame, s=shots_for: predict.choose(
-                        model, tokenizer, card, frame["text"].tolist(), batch_size, progress, s(frame)
-                    )[1],
-                    answers_with(shots_for),
-                )
-            )
-        else:
-
-            def generated(frame, s=shots_for):
-                return predict.predict(model, tokenizer, card, frame, batch_size, progress, s(frame), max_new_tokens)
-
-            val = generated(splits["val"])
-            test, seconds = _timed(generated, splits["test"])
-            runs.append(VariantRun(name, kind, val, test, 1000 * seconds / max(1, len(splits["test"]))))
-
+        prompting[f"retrieval {k_shots}-shot"] = ("retrieval", nearest)
+    runs = [_trivial_variant(card, splits)]
+    runs += [_prompted_variant(name, kind, lm, splits, shots_for) for name, (kind, shots_for) in prompting.items()]
     if card.choices:
-        classical, fit_seconds = _timed(fit_classical, card, train, seed)
         # a chosen tool's arguments come from the language model, prompted with the input's nearest training examples
-        arguments = (
-            (lambda frame: retriever.shots(frame["text"].tolist(), k_shots))
-            if card.task_kind == "tool_selection"
-            else (lambda frame: [])
-        )
         runs.append(
-            _choice_variant(
-                "classical",
-                "classical",
-                card,
-                splits,
-                lambda frame: classical.predict_proba(frame["text"].tolist()),
-                answers_with(arguments),
-                notes={**classical.cv, "fit_seconds": round(fit_seconds, 2)},
-            )
+            _classical_variant(lm, splits, seed, nearest if not task_of(card).choice_is_answer else lambda frame: [])
         )
-        runs[-1].notes["model"] = classical
     return runs
 
 
@@ -360,85 +282,89 @@ def variant_table(card: JobCard, runs: list[VariantRun], resamples: int = 500, l
 
 
 def save_variants(
-    run_dir: str | Path,
+    run: RunFolder,
     card: JobCard,
-    runs: list[VariantRun],
+    variants: list[VariantRun],
     best: VariantRun,
     prompting: VariantRun,
     table: pd.DataFrame,
 ) -> Path:
     """Write every variant's predictions and rule, the table, and the best and best-prompting variants' test
-    predictions and metrics under ``<run>/baseline``."""
+    predictions and metrics into the run folder's baseline artifacts."""
     import joblib
 
-    from tunebook.predict import save_predictions
-
-    folder = Path(run_dir) / FOLDER
-    for run in runs:
-        part = folder / "variants" / _slug(run.name)
-        save_predictions(run.val, part / "val.jsonl")
-        save_predictions(run.test, part / "test.jsonl")
-        if run.rule is not None:
-            save_rule(run.rule, part / "decision_rule.json")
-        if "model" in run.notes:
-            joblib.dump(
-                run.notes["model"], part / "model.joblib"
-            )  # sklearn's own persistence; written and read by tunebook only
-    for role, run in (("", best), ("prompting_", prompting)):
-        save_predictions(run.test, folder / f"{role}predictions.jsonl")
-        (folder / f"{role}metrics.json").write_text(
-            json.dumps({**evaluate(card, run.test), "variant": run.name}, indent=2)
-        )
-    summary = {
-        "best": best.name,
-        "best_kind": best.kind,
-        "best_prompting": prompting.name,
-        "variants": {
-            r.name: {
-                "kind": r.kind,
-                "folder": f"variants/{_slug(r.name)}",
-                "notes": {k: v for k, v in r.notes.items() if k != "model"},
-            }
-            for r in runs
+    for variant in variants:
+        run.write_predictions(variant.val, run.variant_predictions(variant.name, "val"))
+        run.write_predictions(variant.test, run.variant_predictions(variant.name, "test"))
+        if variant.rule is not None:
+            run.write_rule(variant.rule, run.variant_rule(variant.name))
+        if "model" in variant.notes:
+            # sklearn's own persistence; written and read by tunebook only
+            joblib.dump(variant.notes["model"], run.variant_model(variant.name))
+    for role, chosen in (("best", best), ("prompting", prompting)):
+        run.write_predictions(chosen.test, run.baseline_predictions(role))
+        run.write_scores(run.baseline_scores(role), evaluate(card, chosen.test), chosen.name)
+    summary = Variants(
+        best=best.name,
+        best_kind=best.kind,
+        best_prompting=prompting.name,
+        variants={
+            v.name: VariantEntry(
+                kind=v.kind,
+                folder=run.relative(run.variant_dir(v.name)),
+                notes=json.loads(json.dumps({k: x for k, x in v.notes.items() if k != "model"}, default=str)),
+            )
+            for v in variants
         },
-        "table": json.loads(table.to_json(orient="index")),
-    }
-    (folder / "variants.json").write_text(json.dumps(summary, indent=2, default=str))
-    return folder
+        table=json.loads(table.to_json(orient="index")),
+    )
+    run.write_variants(summary)
+    return run.baseline_dir
 
 
-def _slug(name: str) -> str:
-    return name.replace(" ", "_").replace("-", "_")
-
-
-def load_variant(run_dir: str | Path, name: str, split: str = "test") -> pd.DataFrame:
+def load_variant(run: RunFolder, name: str, split: str = "test") -> pd.DataFrame:
     """One variant's stored predictions on ``split`` (val or test)."""
-    from tunebook.predict import read_predictions
-
-    path = Path(run_dir) / FOLDER / "variants" / _slug(name) / f"{split}.jsonl"
-    if not path.is_file():
-        raise TunebookError(f"{path} is missing: run 02_prove_the_baseline for this run folder first.")
-    return read_predictions(path)
+    return run.read_predictions(run.variant_predictions(name, split))
 
 
-def load_classical(run_dir: str | Path) -> ClassicalModel | None:
+def load_classical(run: RunFolder) -> ClassicalModel | None:
     """The classical model 02 fitted, if the job has one."""
     import joblib
 
-    path = Path(run_dir) / CLASSICAL_FILE
-    return joblib.load(path) if path.is_file() else None
+    return joblib.load(run.classical_model) if run.classical_model.is_file() else None
 
 
-def tuned_decision(folder: str | Path) -> tuple[DecisionRule | None, ClassicalModel | None]:
+def tuned_decision(run: RunFolder) -> tuple[DecisionRule | None, ClassicalModel | None]:
     """The decision rule 04 fitted for the tuned model in a run folder (or a downloaded release, which has the same
     layout), and the classical model it mixes in, if it does."""
-    path = Path(folder) / RULE_FILE
-    if not path.is_file():
+    if not run.tuned_rule.is_file():
         return None, None
-    rule = load_rule(path)
+    rule = run.read_rule(run.tuned_rule)
     if rule.mix_weight <= 0:
         return rule, None
-    model = load_classical(folder)
+    model = load_classical(run)
     if model is None:
-        raise TunebookError(f"{path} mixes in the classical model, but {Path(folder) / CLASSICAL_FILE} is missing.")
+        raise TunebookError(f"{run.tuned_rule} mixes in the classical model, but {run.classical_model} is missing.")
     return rule, model
+
+
+def recorded_results(
+    scores: dict, best: VariantRun, prompting: VariantRun, table: pd.DataFrame, verdict: dict
+) -> BaselineResults:
+    """The figures 02_prove_the_baseline records: the best variant's test metrics, the verdict, each variant's cost."""
+    primary = scores["primary"]
+    return BaselineResults(
+        primary=primary,
+        metrics=headline(scores),
+        variant=best.name,
+        variant_kind=best.kind,
+        best_prompting=prompting.name,
+        verdict=verdict["text"],
+        meets_targets=verdict["meets_targets"],
+        variants={
+            name: VariantFigures(
+                val=row[f"val {primary}"], test=row[f"test {primary}"], ms_per_example=row["ms per example"]
+            )
+            for name, row in table.iterrows()
+        },
+    )

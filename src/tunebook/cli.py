@@ -54,6 +54,7 @@ def absolute_paths(parameters: dict) -> dict:
 
 def _run(args: argparse.Namespace) -> int:
     from tunebook.pipeline import NOTEBOOKS, declared_parameters, run_workbook
+    from tunebook.runfolder import STEPS, RunFolder
 
     given = {**load_config(args.config), **parse_assignments(args.param)}
     parameters = absolute_paths(given)
@@ -75,26 +76,28 @@ def _run(args: argparse.Namespace) -> int:
     else:
         name = args.name or time.strftime("run-%Y%m%d-%H%M%S")
         run_dir, summary = run_workbook(parameters, args.runs_dir, name, steps)
-    release = summary.get("05_release")
-    if release:
-        print(f"[tunebook] {release['headline']}")
+    run = RunFolder(run_dir)
+    if run.has_results(STEPS[5]):
+        release = run.read_results(STEPS[5])
+        print(f"[tunebook] {release.summary}")
         outcome = (
             "promoted to champion"
-            if release["promoted"]
-            else f"gate failed ({', '.join(release['failed_checks'])}); champion unchanged"
+            if release.promoted
+            else f"gate failed ({', '.join(release.failed_checks)}); champion unchanged"
         )
-        print(f"[tunebook] registered as version {release['version']}: {outcome}")
-    elif "02_prove_the_baseline" in summary:
-        print(f"[tunebook] baseline: {summary['02_prove_the_baseline']['verdict']}")
-    print(f"[tunebook] results: {run_dir} (summary.json, executed notebooks, artifacts)")
+        print(f"[tunebook] registered as version {release.version}: {outcome}")
+    elif run.has_results(STEPS[2]):
+        print(f"[tunebook] baseline: {run.read_results(STEPS[2]).verdict}")
+    print(f"[tunebook] results: {run_dir} ({run.relative(run.summary)}, executed notebooks, artifacts)")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from tunebook.pipeline import check_parameters, declared_parameters
+    from tunebook.runfolder import STEPS, RunFolder
     from tunebook.train import recorded_results, train_run_folder
 
-    step = "03_train_qlora"
+    step = STEPS[3]
     declared = {k: p for k, p in declared_parameters().items() if step in p.notebooks and k != "RUN_DIR"}
     user = {**load_config(args.config), **parse_assignments(args.param)}
     given = absolute_paths(user)
@@ -104,9 +107,7 @@ def _train(args: argparse.Namespace) -> int:
     parameters = {**{k: p.default_value for k, p in declared.items()}, **given}
     result = train_run_folder(args.run_dir, parameters)
     if os.environ.get("RANK", "0") == "0":
-        from tunebook.pipeline import save_results
-
-        save_results(args.run_dir, step, recorded_results(result))
+        RunFolder(Path(args.run_dir)).write_results(step, recorded_results(result))
     print(
         f"[tunebook] validation loss {result.val_loss_before:.3f} -> {result.val_loss_after:.3f}; adapter: {result.adapter_dir}"
     )

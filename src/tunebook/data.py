@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import unicodedata
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from tunebook.errors import DataError, closest
@@ -90,17 +88,9 @@ def _cell(value: object) -> object:
     return "" if value is None or value != value else str(value)
 
 
-def to_examples(
-    frame: pd.DataFrame, card: JobCard, source: str, id_prefix: str = "row-"
-) -> tuple[pd.DataFrame, list[dict]]:
-    """Map the card's columns onto (row, id, text, target, tags); return them and the rows whose target breaks the card.
-
-    A classification label outside the card's label set stops here with the rows named; a structured target that
-    is not valid JSON or breaks the schema, the tool catalogue or the drafting rules is reported for the cleaning
-    step to drop and list. Without an id column, rows are named ``<id_prefix><row number>``.
-    """
-    spec = card.data
-    columns = list(frame.columns)
+def _check_columns(frame: pd.DataFrame, card: JobCard, source: str) -> None:
+    """Refuse a file without the card's text or target column, or with a near miss of its id or tags column."""
+    spec, columns = card.data, list(frame.columns)
     target_role = "label_column" if card.task_kind == "classification" else "target_column"
     for role, column in (("text_column", spec.text_column), (target_role, card.target_column)):
         if column not in columns:
@@ -118,6 +108,19 @@ def to_examples(
                 f"{source}: no column '{column}' (data.{role} in the job card){hint}. "
                 f"Columns in the file: {columns}. Fix the name in the card or the file, or set data.{role}: null."
             )
+
+
+def to_examples(
+    frame: pd.DataFrame, card: JobCard, source: str, id_prefix: str = "row-"
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Map the card's columns onto (row, id, text, target, tags); return them and the rows whose target breaks the card.
+
+    A classification label outside the card's label set stops here with the rows named; a structured target that
+    is not valid JSON or breaks the schema, the tool catalogue or the drafting rules is reported for the cleaning
+    step to drop and list. Without an id column, rows are named ``<id_prefix><row number>``.
+    """
+    spec, columns = card.data, list(frame.columns)
+    _check_columns(frame, card, source)
     if len(frame) == 0:
         raise DataError(f"{source}: the file has a header but no rows. Add labelled examples.")
     rows = pd.RangeIndex(1, len(frame) + 1)
@@ -312,177 +315,3 @@ def clean(
     kept = kept[~duplicate].drop(columns="_key")
     report.sort(key=lambda item: item["row"])
     return kept.reset_index(drop=True), report
-
-
-def stratum(card: JobCard, target: str) -> str:
-    """The group a target is stratified by: its label, its tool, or one group for free-form targets."""
-    if card.task_kind == "classification":
-        return target
-    if card.task_kind == "tool_selection":
-        return str(json.loads(target).get("tool"))
-    return "all"
-
-
-def _allocate(
-    examples: pd.DataFrame, card: JobCard, held_out: dict[str, float], seed: int, groups: np.ndarray | None
-) -> dict[str, pd.DataFrame]:
-    """Per label (or tool), give each held-out part its share (at least one row) and the rest to train."""
-    strata = examples["target"].map(lambda t: stratum(card, t))
-    counts = strata.value_counts()
-    too_rare = counts[counts < len(held_out) + 1]
-    if len(too_rare):
-        raise DataError(
-            f"labels or tools with fewer than {len(held_out) + 1} clean examples cannot be split into train/"
-            f"{'/'.join(held_out)}: {too_rare.to_dict()}. Add examples for them or remove them from the job card."
-        )
-    # Per-label allocation (rather than sklearn's train_test_split) keeps every label in every split,
-    # which small jobs need and which sklearn's stratification does not guarantee.
-    rng = np.random.default_rng(seed)
-    assignment = pd.Series("train", index=examples.index)
-    for _, group in examples.groupby(strata, sort=True):
-        order = group.index.to_numpy()[rng.permutation(len(group))]
-        start = 0
-        for name, fraction in held_out.items():
-            size = max(1, round(len(group) * fraction))
-            assignment[order[start : start + size]] = name
-            start += size
-    if groups is not None:
-        # every member of a near-duplicate group follows the group's first row, so no group spans two splits
-        leader = pd.Series(examples.index, index=examples.index).groupby(np.asarray(groups)).transform("min")
-        assignment = pd.Series(assignment[leader].to_numpy(), index=examples.index)
-    names = ["train", *held_out]
-    return {name: examples[assignment == name].sort_values("row").reset_index(drop=True) for name in names}
-
-
-def split(
-    examples: pd.DataFrame,
-    card: JobCard,
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    groups: np.ndarray | None = None,
-) -> dict[str, pd.DataFrame]:
-    """Split into train/val/test, stratified by label (or tool); rows sharing a group (near duplicates) share a split."""
-    for name, value in (("TEST_FRACTION", test_fraction), ("VAL_FRACTION", val_fraction)):
-        if not 0 < value < 1:
-            raise DataError(f"{name} must be between 0 and 1, got {value}.")
-    if test_fraction + val_fraction >= 1:
-        raise DataError(f"TEST_FRACTION + VAL_FRACTION must be below 1, got {test_fraction + val_fraction}.")
-    parts = _allocate(examples, card, {"test": test_fraction, "val": val_fraction}, seed, groups)
-    return {name: parts[name] for name in SPLITS}
-
-
-def split_with_frozen_test(
-    examples: pd.DataFrame,
-    frozen_test: pd.DataFrame,
-    card: JobCard,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    groups: np.ndarray | None = None,
-) -> dict[str, pd.DataFrame]:
-    """Keep a user-supplied test set exactly as given; split the rest into train/val only."""
-    if len(frozen_test) == 0:
-        raise DataError("the frozen test set (TEST_FILE) has no rows.")
-    if not 0 < val_fraction < 1:
-        raise DataError(f"VAL_FRACTION must be between 0 and 1, got {val_fraction}.")
-    parts = _allocate(examples, card, {"val": val_fraction}, seed, groups)
-    return {
-        "train": parts["train"],
-        "val": parts["val"],
-        "test": frozen_test.sort_values("row").reset_index(drop=True),
-    }
-
-
-def frame_hash(frame: pd.DataFrame) -> str:
-    """Content hash of the example columns, in order."""
-    digest = hashlib.sha256()
-    for record in frame[COLUMNS].to_dict(orient="records"):
-        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def file_hash(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def dataset_version(
-    splits: dict[str, pd.DataFrame],
-    source: str | Path,
-    policy: dict,
-    counts_before: int,
-    test_source: str | Path | None = None,
-) -> dict:
-    """Describe the dataset version: per-split hashes, source hash, policy and counts.
-
-    ``rows_before`` and ``rows_after`` count the card's data file; a frozen test set (``test_source``) is counted
-    on its own, since none of its rows came from that file.
-    """
-    split_hashes = {name: frame_hash(frame) for name, frame in splits.items()}
-    combined = hashlib.sha256(json.dumps(split_hashes, sort_keys=True).encode()).hexdigest()
-    from_source = [name for name in splits if not (test_source and name == "test")]
-    version = {
-        "hash": combined,
-        "splits": {name: {"hash": split_hashes[name], "rows": len(frame)} for name, frame in splits.items()},
-        "source": {"path": str(source), "sha256": file_hash(source)},
-        "policy": policy,
-        "rows_before": counts_before,
-        "rows_after": sum(len(splits[name]) for name in from_source),
-    }
-    if test_source:
-        version["test_source"] = {
-            "path": str(test_source),
-            "sha256": file_hash(test_source),
-            "rows": len(splits["test"]),
-        }
-    return version
-
-
-def save_splits(splits: dict[str, pd.DataFrame], folder: str | Path) -> Path:
-    """Write each split as JSONL (with its source row numbers) into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, frame in splits.items():
-        frame[["row", *COLUMNS]].to_json(folder / f"{name}.jsonl", orient="records", lines=True, force_ascii=False)
-    return folder
-
-
-def load_splits(folder: str | Path) -> dict[str, pd.DataFrame]:
-    """Read the train/val/test JSONL files written by ``save_splits``."""
-    folder = Path(folder)
-    splits = {}
-    for name in SPLITS:
-        path = folder / f"{name}.jsonl"
-        if not path.is_file():
-            raise DataError(f"missing split {path}: run 01_clean_the_data for this run folder first.")
-        splits[name] = pd.read_json(
-            path, orient="records", lines=True, dtype={"id": str, "text": str, "target": str, "tags": str}
-        )
-        splits[name]["tags"] = splits[name]["tags"].fillna("").astype(str)
-    return splits
-
-
-def save_dataset(folder: str | Path, splits: dict[str, pd.DataFrame], version: dict, report: list[dict]) -> Path:
-    """Write the splits, the dataset version and the cleaning report into ``folder``."""
-    folder = save_splits(splits, folder)
-    (folder / "dataset_version.json").write_text(json.dumps(version, indent=2))
-    (folder / "cleaning_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    return folder
-
-
-def split_table(card: JobCard, splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Examples per label (or tool) in each split, with totals."""
-    table = (
-        pd.DataFrame(
-            {name: frame["target"].map(lambda t: stratum(card, t)).value_counts() for name, frame in splits.items()}
-        )
-        .fillna(0)
-        .astype(int)
-    )
-    table.loc["total"] = table.sum()
-    return table

@@ -361,31 +361,9 @@ def card_hash(card: JobCard) -> str:
 
 def card_overview(card: JobCard) -> list[dict]:
     """One row per label, output field, tool or rule: what the model must produce."""
-    if card.task_kind == "classification":
-        return [label.model_dump() for label in card.labels]
-    if card.task_kind == "extraction":
-        required = set(card.output_schema.get("required", []))
-        return [
-            {
-                "field": name,
-                "type": spec.get("type"),
-                "enum": spec.get("enum"),
-                "required": name in required,
-                "weight": card.field_weights.get(name, 1.0),
-                "description": spec.get("description", ""),
-            }
-            for name, spec in card.output_schema.get("properties", {}).items()
-        ]
-    if card.task_kind == "tool_selection":
-        return [
-            {
-                "tool": tool.name,
-                "arguments": ", ".join(tool.parameters.get("properties", {})),
-                "description": tool.description,
-            }
-            for tool in card.tools
-        ]
-    return [{"rule": name} for name in rule_names(card.rules)]
+    from tunebook.tasks import task_of
+
+    return task_of(card).overview(card)
 
 
 class Decision(BaseModel):

@@ -1,8 +1,7 @@
-"""The manifest saved next to every trained adapter: what it was trained on, how, where and with what."""
+"""The lineage of a trained adapter: the environment it was trained in, and the check that it fits a job and base."""
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import subprocess
@@ -12,12 +11,9 @@ from pathlib import Path
 
 import torch
 
+from tunebook.artifacts import Manifest
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
-
-MANIFEST = "tunebook_manifest.json"
-
-RUN_STATE = "tunebook_run.json"
 
 
 def _git_commit() -> str | None:
@@ -49,14 +45,6 @@ def peak_memory_mb() -> dict[str, float]:
     return peak
 
 
-def read_manifest(adapter_dir: str | Path) -> dict:
-    """The manifest saved next to an adapter."""
-    path = Path(adapter_dir) / MANIFEST
-    if not path.is_file():
-        raise TunebookError(f"{path} is missing: this adapter was not trained by tunebook's 03_train_qlora.")
-    return json.loads(path.read_text())
-
-
 def environment(processes: int) -> dict:
     """Where and with what a model was trained: peak memory, device, processes, package versions, commit, command."""
     return {
@@ -69,14 +57,14 @@ def environment(processes: int) -> dict:
     }
 
 
-def check_adapter_matches(manifest: dict, card: JobCard, base_identity: dict) -> None:
+def check_adapter_matches(manifest: Manifest, card: JobCard, base_identity: dict) -> None:
     """Refuse an adapter trained for another job or another base model, naming both."""
-    if manifest.get("job") != card.name or manifest.get("job_card_sha256") != card_hash(card):
+    if manifest.job != card.name or manifest.job_card_sha256 != card_hash(card):
         raise TunebookError(
-            f"the adapter was trained for job '{manifest.get('job')}' (card {str(manifest.get('job_card_sha256'))[:12]}), "
+            f"the adapter was trained for job '{manifest.job}' (card {manifest.job_card_sha256[:12]}), "
             f"but this run's job is '{card.name}' (card {card_hash(card)[:12]}). Train an adapter for this job card."
         )
-    trained_on = manifest.get("base_model", {})
+    trained_on = manifest.base_model
     if trained_on.get("sha256") and base_identity.get("sha256") and trained_on["sha256"] != base_identity["sha256"]:
         raise TunebookError(
             f"the adapter was trained on base model '{trained_on.get('name')}' (sha256 {trained_on['sha256'][:12]}), "

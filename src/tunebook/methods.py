@@ -14,7 +14,9 @@ from tunebook.callbacks import StepTimer
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 from tunebook.models import QUANTIZATIONS
-from tunebook.train import TrainConfig, train_adapter
+from tunebook.recipe import TrainConfig
+from tunebook.runfolder import RunFolder
+from tunebook.train import train_adapter
 
 
 def _method_trial(card: JobCard, splits: dict[str, pd.DataFrame], base_model: str, config: TrainConfig) -> dict:
@@ -22,16 +24,16 @@ def _method_trial(card: JobCard, splits: dict[str, pd.DataFrame], base_model: st
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as folder:
         result = train_adapter(
-            card, splits, base_model, config, Path(folder) / "adapter", "method-trial", callbacks=[timer]
+            card, splits, base_model, config, RunFolder(Path(folder)).adapter_dir, "method-trial", callbacks=[timer]
         )
     manifest = result.manifest
     return {
         "method": config.quantization,
-        "trainable_parameters": manifest["trainable_parameters"],
-        "peak_memory_mb": manifest["peak_memory_mb"],
-        **({"peak_gpu_memory_mb": manifest["peak_gpu_memory_mb"]} if "peak_gpu_memory_mb" in manifest else {}),
+        "trainable_parameters": manifest.trainable_parameters,
+        "peak_memory_mb": manifest.peak_memory_mb,
+        **({"peak_gpu_memory_mb": manifest.peak_gpu_memory_mb} if manifest.peak_gpu_memory_mb is not None else {}),
         "seconds_per_step": round(timer.steady(), 2),
-        "learning_rate": manifest["config"]["learning_rate_used"],
+        "learning_rate": manifest.config["learning_rate_used"],
         "val_loss_before": round(result.val_loss_before, 4),
         "val_loss_after": round(result.val_loss_after, 4),
     }

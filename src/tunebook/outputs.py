@@ -32,16 +32,9 @@ def schema_errors(value: Any, schema: dict) -> list[str]:
 
 def canonical(card: JobCard, value: Any) -> str:
     """The one text form of a structured answer: JSON with the schema's field order, or tool then arguments."""
-    if card.task_kind == "extraction" and isinstance(value, dict):
-        order = list(card.output_schema.get("properties", {}))
-        value = {k: value[k] for k in sorted(value, key=lambda k: order.index(k) if k in order else len(order))}
-    if card.task_kind == "tool_selection" and isinstance(value, dict):
-        value = {
-            "tool": value.get("tool"),
-            "arguments": value.get("arguments", {}),
-            **{k: v for k, v in value.items() if k not in ("tool", "arguments")},
-        }
-    return json.dumps(value, ensure_ascii=False)
+    from tunebook.tasks import task_of
+
+    return task_of(card).canonical(card, value)
 
 
 def check_tool_call(card: JobCard, value: Any) -> list[str]:
@@ -79,22 +72,6 @@ def check_draft(card: JobCard, text: str, source: str) -> dict[str, bool]:
 
 def target_problems(card: JobCard, raw: Any, source: str) -> tuple[str, list[str]]:
     """Turn a raw target from the data into its canonical text; list what is wrong with it against the card."""
-    if card.task_kind == "classification":
-        return str(raw).strip(), []
-    if card.task_kind == "drafting":
-        text = str(raw).strip()
-        if not text:
-            return "", []
-        failed = [name for name, ok in check_draft(card, text, source).items() if not ok]
-        return text, [f"breaks rule {name}" for name in failed]
-    value, error = (
-        (raw, None) if isinstance(raw, (dict, list)) else parse_json(str(raw)) if str(raw).strip() else ("", None)
-    )
-    if value == "":
-        return "", []
-    if error:
-        return str(raw), [error]
-    problems = (
-        schema_errors(value, card.output_schema) if card.task_kind == "extraction" else check_tool_call(card, value)
-    )
-    return canonical(card, value), problems
+    from tunebook.tasks import task_of
+
+    return task_of(card).parse_target(card, raw, source)

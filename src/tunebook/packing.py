@@ -1,10 +1,12 @@
-"""Batches for completion-only training: the shared prompt prefix packed once per batch, and the loss over them."""
+"""Batches for completion-only training: the shared prompt prefix packed once per batch, the loss over them, the
+seeded length-grouped order of examples, and the Trainer that uses all three."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from tunebook.prompts import IGNORE_INDEX
 
@@ -149,3 +151,66 @@ def completion_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> t
     keep = targets != IGNORE_INDEX
     logits = base.get_output_embeddings()(hidden[keep]).float()
     return F.cross_entropy(logits, targets[keep])
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped batches whose order depends only on the seed and the epoch.
+
+    transformers' own sampler draws from the global RNG at the start of each epoch, so a run resumed from a
+    checkpoint inside an epoch sees a different order than the uninterrupted run did.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int, groups: list[int] | None = None):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+        self.groups = groups if groups is not None else [0] * len(lengths)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer before each epoch."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if len(set(self.groups)) == 1:
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        # Several groups (job examples, general replay examples): each batch holds one group, so it shares one prompt
+        # prefix and stays packed; batches of all groups are shuffled together, the incomplete ones go last.
+        full, partial = [], []
+        for group in sorted(set(self.groups)):
+            members = [i for i, g in enumerate(self.groups) if g == group]
+            order = get_length_grouped_indices(
+                [self.lengths[i] for i in members], self.batch_size, generator=generator
+            )
+            chunks = [
+                [members[j] for j in order[k : k + self.batch_size]] for k in range(0, len(order), self.batch_size)
+            ]
+            full += [c for c in chunks if len(c) == self.batch_size]
+            partial += [c for c in chunks if len(c) < self.batch_size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        return iter([i for chunk in shuffled + partial for i in chunk])
+
+
+class CompletionOnlyTrainer(Trainer):
+    """Trainer whose loss covers only the answer tokens (see ``completion_loss``)."""
+
+    loss_is_scaled_for_ga = False
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return SeededLengthGroupedSampler(
+            batch, [len(f["input_ids"]) for f in dataset], seed, [f.get("group", 0) for f in dataset]
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Mean cross-entropy over supervised tokens, with the batch's shared prefix computed once."""
+        if self.accelerator.num_processes > 1:
+            # Under accelerate launch / torchrun the forward must go through the DistributedDataParallel wrapper so
+            # gradients are synchronised: the model's own loss (same definition, without the single-process shortcuts).
+            loss = model(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
+            ).loss
+        else:
+            loss = completion_loss(model, inputs)
+        return (loss, {"loss": loss}) if return_outputs else loss

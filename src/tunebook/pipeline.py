@@ -10,19 +10,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunebook.artifacts import RunSummary
 from tunebook.errors import TunebookError, closest
+from tunebook.runfolder import NOTEBOOKS as NOTEBOOKS_IN_REGISTRY
+from tunebook.runfolder import STEPS, RunFolder
 
-NOTEBOOKS = (
-    "00_define_the_job",
-    "01_clean_the_data",
-    "02_prove_the_baseline",
-    "03_train_qlora",
-    "04_evaluate",
-    "05_release",
-)
-BASELINE_STEP = "02_prove_the_baseline"
+NOTEBOOKS = STEPS
+BASELINE_STEP = STEPS[2]
 KERNEL_NAME = "tunebook"
-RESULTS = "results"
 # Set by the runner for every notebook, never by the user.
 RUNNER_PARAMETERS = ("RUN_DIR",)
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
@@ -36,23 +31,6 @@ def notebooks_dir() -> Path:
             f"notebooks not found in {folder}; set TUNEBOOK_NOTEBOOKS to the workbook's notebooks folder."
         )
     return folder
-
-
-def save_results(run_dir: str | Path, step: str, results: dict) -> Path:
-    """Record a notebook's headline results as JSON in ``<run>/results/<step>.json``."""
-    folder = Path(run_dir) / RESULTS
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{step}.json"
-    path.write_text(json.dumps(results, indent=2, default=str))
-    return path
-
-
-def load_results(run_dir: str | Path, step: str) -> dict:
-    """Read what a notebook recorded with ``save_results``."""
-    path = Path(run_dir) / RESULTS / f"{step}.json"
-    if not path.is_file():
-        raise TunebookError(f"{path} is missing: run notebook {step} for this run folder first.")
-    return json.loads(path.read_text())
 
 
 @dataclass
@@ -84,6 +62,13 @@ def declared_parameters(folder: Path | None = None) -> dict[str, Parameter]:
             else:
                 found[parameter.name] = parameter
     return found
+
+
+def step_parameters(step: str, namespace: dict, folder: Path | None = None) -> dict:
+    """The values of the parameters ``step`` declares, taken from a notebook's namespace (``globals()``): what the
+    notebook hands to the same package function the command line calls."""
+    declared = parameters_cell((folder or notebooks_dir()) / f"{step}.ipynb")
+    return {p.name: namespace[p.name] for p in declared if p.name not in RUNNER_PARAMETERS}
 
 
 def parameters_cell(notebook: Path) -> list[Parameter]:
@@ -157,15 +142,17 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
 
 def existing_run_dir(runs_dir: str | Path, name: str, steps: tuple[str, ...]) -> Path:
     """An existing run folder to continue with ``steps``; refuse if one of them already ran there."""
-    run_dir = Path(runs_dir) / name
-    if not (run_dir / "job.yaml").is_file():
-        raise TunebookError(f"{run_dir} is not a run folder (no job.yaml); start one with `tunebook run`.")
-    done = [step for step in steps if (run_dir / f"{step}.ipynb").exists()]
+    run = RunFolder(Path(runs_dir) / name)
+    if not run.job_card.is_file():
+        raise TunebookError(
+            f"{run.root} is not a run folder (no {run.relative(run.job_card)}); start one with `tunebook run`."
+        )
+    done = [step for step in steps if run.notebook(step).exists()]
     if done:
         raise TunebookError(
-            f"{run_dir} already holds {', '.join(done)}; runs are never overwritten. Continue with later steps only."
+            f"{run.root} already holds {', '.join(done)}; runs are never overwritten. Continue with later steps only."
         )
-    return run_dir.resolve()
+    return run.root.resolve()
 
 
 def ensure_kernel() -> str:
@@ -196,7 +183,7 @@ def run_workbook(
     folder: Path | None = None,
     progress: bool = True,
     continue_run: bool = False,
-) -> tuple[Path, dict]:
+) -> tuple[Path, RunSummary]:
     """Check the parameters, then execute the notebooks in order into a new ``runs_dir/name`` (or, with
     ``continue_run``, into that existing run folder, for steps that have not run there); return it and the summary."""
     import papermill
@@ -207,13 +194,14 @@ def run_workbook(
     check_parameters(parameters, declared)
     kernel = ensure_kernel()
     run_dir = existing_run_dir(runs_dir, name, steps) if continue_run else new_run_dir(runs_dir, name)
+    run = RunFolder(run_dir)
     if progress:
         print(f"[tunebook] run folder: {run_dir}", flush=True)
     timings = {}
     for step in steps:
         own = {k: v for k, v in parameters.items() if step in declared[k].notebooks}
         own["RUN_DIR"] = str(run_dir)
-        output = run_dir / f"{step}.ipynb"
+        output = run.notebook(step)
         started = time.perf_counter()
         if progress:
             print(f"[tunebook] {step} ...", flush=True)
@@ -233,58 +221,45 @@ def run_workbook(
                 f"The partly executed notebook, with the failing cell, is {output}"
             ) from None
         timings[step] = round(time.perf_counter() - started, 1)
-        _attach_release_notebook(run_dir, output)
+        _attach_release_notebook(run, output)
         if progress:
             print(f"[tunebook] {step} done in {timings[step]:.0f} s", flush=True)
-        stopped = stop_reason(run_dir) if step == BASELINE_STEP else None
+        stopped = stop_reason(run) if step == BASELINE_STEP else None
         if stopped:
             if progress:
                 print(f"[tunebook] {stopped}", flush=True)
             break
     else:
         stopped = None
-    summary = summarise(run_dir)
-    summary["stopped"] = stopped
-    summary["seconds_per_notebook"] = timings
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return run_dir, summary
+    return run_dir, run.collect_summary(stopped, timings)
 
 
-def stop_reason(run_dir: Path) -> str | None:
+def stop_reason(run: RunFolder) -> str | None:
     """Why the run ends after the baseline (None: it goes on to training). FORCE_TRAINING overrides either reason."""
-    first, baseline = load_results(run_dir, NOTEBOOKS[0]), load_results(run_dir, BASELINE_STEP)
-    if first.get("force_training"):
+    first, baseline = run.read_results(NOTEBOOKS[0]), run.read_results(BASELINE_STEP)
+    if first.force_training:
         return None
-    if not first["proceed_to_training"]:
+    if not first.proceed_to_training:
         return "the decision frame recommends against fine-tuning; stopped after the baseline (FORCE_TRAINING=true overrides)"
-    if baseline.get("meets_targets"):
+    if baseline.meets_targets:
         return (
-            f"the best cheap baseline ({baseline['variant']}) already meets every target on the card, so fine-tuning is not "
+            f"the best cheap baseline ({baseline.variant}) already meets every target on the card, so fine-tuning is not "
             "warranted; stopped after the baseline (FORCE_TRAINING=true overrides)"
         )
     return None
 
 
-def _attach_release_notebook(run_dir: Path, notebook: Path) -> None:
+def _attach_release_notebook(run: RunFolder, notebook: Path) -> None:
     """After 05_release registered a version, add its executed notebook to that version's tracking run."""
-    registered = run_dir / "release" / "registered.json"
-    if not registered.is_file() or notebook.stem != NOTEBOOKS[-1]:
+    info = run.read_registered() if notebook.stem == NOTEBOOKS[-1] else None
+    if info is None:
         return
     from tunebook.registry import log_file, open_registry
 
-    info = json.loads(registered.read_text())
     try:
-        log_file(open_registry(info["tracking_uri"]), info["run_id"], notebook, "notebooks")
+        log_file(open_registry(info.tracking_uri), info.run_id, notebook, NOTEBOOKS_IN_REGISTRY)
     except Exception as error:  # the release itself is complete; only this copy of the notebook is missing
         print(
-            f"[tunebook] warning: could not add {notebook.name} to tracking run {info['run_id']} at {info['tracking_uri']}: {error}",
+            f"[tunebook] warning: could not add {notebook.name} to tracking run {info.run_id} at {info.tracking_uri}: {error}",
             file=sys.stderr,
         )
-
-
-def summarise(run_dir: Path) -> dict:
-    """Collect every notebook's recorded results into one mapping."""
-    folder = run_dir / RESULTS
-    return (
-        {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
-    )

@@ -62,6 +62,13 @@ def confusion(metrics: dict, title: str, path: str | Path | None = None) -> Figu
     return _finish(fig, path)
 
 
+def headline_bars(scores: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """The headline metrics that are rates (floats in 0-1) for every model, ready for ``compare_bars``."""
+    keys = next(iter(scores.values()))["headline_keys"]
+    shown = [k for k in keys if all(isinstance(s.get(k), float) and 0 <= s[k] <= 1 for s in scores.values())]
+    return {name: {k: s[k] for k in shown} for name, s in scores.items()}
+
+
 def compare_bars(figures: dict[str, dict[str, float]], title: str, path: str | Path | None = None) -> Figure:
     """Grouped bars of the same metrics for several models, e.g. baseline vs tuned."""
     models = list(figures)

@@ -16,52 +16,15 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 
 
-def _describe_rules(card: JobCard) -> list[str]:
-    rules = card.rules
-    lines = ["Write the reply under these rules:"]
-    lines += [f"- it must match: {p.name} ({p.regex})" for p in rules.required_patterns]
-    lines += [f"- repeat every {p.name} that appears in the message" for p in rules.echo_patterns]
-    if rules.forbidden_phrases:
-        lines.append("- never use these phrases: " + "; ".join(f'"{p}"' for p in rules.forbidden_phrases))
-    if rules.min_words is not None or rules.max_words is not None:
-        lines.append(f"- between {rules.min_words or 0} and {rules.max_words or 'any number of'} words")
-    if rules.plain_text:
-        lines.append("- plain text only: no markdown, bullets, emphasis or links")
-    if rules.closing_line:
-        lines.append(f'- end with the line "{rules.closing_line}"')
-    return lines
-
-
 def system_prompt(card: JobCard) -> str:
     """The system prompt built from the job card: the task, then the labels, schema, tools or rules."""
     lines = [card.description.strip()]
     if card.instructions.strip():
         lines.append(card.instructions.strip())
-    if card.task_kind == "classification":
-        lines.append("Answer with exactly one label from this list:")
-        lines += [f"- {label.name}: {label.definition}" for label in card.labels]
-    elif card.task_kind == "extraction":
-        lines.append("Answer with one JSON object, on one line, that validates against this JSON Schema:")
-        lines.append(json.dumps(_compact_schema(card.output_schema), ensure_ascii=False))
-    elif card.task_kind == "tool_selection":
-        lines.append('Answer with one JSON object: {"tool": <tool name>, "arguments": {...}}. The tools:')
-        lines += [
-            f"- {tool.name}: {tool.description} Arguments: {json.dumps(_compact_schema(tool.parameters))}"
-            for tool in card.tools
-        ]
-    else:
-        lines += _describe_rules(card)
+    from tunebook.tasks import task_of
+
+    lines += task_of(card).prompt_block(card)
     return "\n".join(lines)
-
-
-def _compact_schema(schema: dict) -> dict:
-    """A schema without annotations the model does not need ($schema, $id, title, examples)."""
-    drop = {"$schema", "$id", "title", "examples", "$comment"}
-    if isinstance(schema, dict):
-        return {k: _compact_schema(v) for k, v in schema.items() if k not in drop}
-    if isinstance(schema, list):
-        return [_compact_schema(v) for v in schema]
-    return schema
 
 
 def build_messages(card: JobCard, text: str, shots: list[tuple[str, str]] = ()) -> list[dict[str, str]]:
@@ -127,7 +90,7 @@ def pick_shots(card: JobCard, train: pd.DataFrame, k: int, seed: int = 0) -> lis
     """``k`` worked examples from the training split, covering different labels or tools first."""
     if k <= 0 or len(train) == 0:
         return []
-    from tunebook.data import stratum
+    from tunebook.dataset import stratum
 
     shuffled = train.sample(frac=1.0, random_state=seed)
     groups = shuffled["target"].map(lambda t: stratum(card, t))

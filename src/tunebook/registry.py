@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from tunebook.errors import TunebookError
+from tunebook.runfolder import MODEL_CARD
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 DB_FILE, ARTIFACTS_DIR = "mlflow.db", "mlartifacts"
@@ -202,7 +203,8 @@ def publish(
     ``description(version)`` gives the version's description (its model card), logged as ``model_card.md`` too;
     ``datasets`` maps a context (train, val, test) to a dataset's name, digest, source and row count (MLflow inputs).
     ``expected_champion`` is the champion version the gate compared against (None: there was none); promotion is
-    refused if another run changed the champion in the meantime.
+    refused if another run changed the champion in the meantime. (One function: the registry lock, the tracking run and
+    the undo on failure span every step.)
     """
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
@@ -288,7 +290,7 @@ def _register(
             name, source=source, run_id=run_id, tags={TAG + k: v for k, v in tags.items()}
         ).version
         text = description(str(version))
-        client.log_text(run_id, text, "model_card.md")
+        client.log_text(run_id, text, MODEL_CARD)
         client.update_model_version(name, version, description=text)
         client.set_registered_model_alias(name, CHALLENGER, version)
         promoted = False

@@ -6,31 +6,32 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebook.baselines import CLASSICAL_FILE, RULE_FILE, ClassicalModel, tuned_decision
+from tunebook.baselines import tuned_decision
+from tunebook.classical import ClassicalModel
 from tunebook.data import load_table
-from tunebook.decide import DecisionRule, load_rule
+from tunebook.decide import DecisionRule
 from tunebook.errors import DataError, TunebookError
-from tunebook.job import JobCard, load_job_card
-from tunebook.lineage import check_adapter_matches, read_manifest
+from tunebook.job import JobCard
+from tunebook.lineage import check_adapter_matches
 from tunebook.models import cache_dir, model_identity, resolve_base_model
 from tunebook.predict import load_for_inference, predict, save_predictions
 from tunebook.registry import Registry, champion, download, get_version
+from tunebook.runfolder import RunFolder, manifest_path
 
 
 def fetch_decision(
     registry: Registry, version, folder: str | Path
 ) -> tuple[DecisionRule | None, ClassicalModel | None]:
     """Download a released version's decision rule (and the classical model it mixes in, if any) into ``folder``."""
-    download(registry, version, "evaluation", folder)
-    rule_path = Path(folder) / RULE_FILE
-    if rule_path.is_file() and load_rule(rule_path).mix_weight > 0:
-        download(
-            registry, version, CLASSICAL_FILE, Path(folder) / Path(CLASSICAL_FILE).parent
-        )  # MLflow keeps only the file name
-    return tuned_decision(folder)
+    release = RunFolder(Path(folder))
+    download(registry, version, release.relative(release.evaluation_dir), folder)
+    if release.tuned_rule.is_file() and release.read_rule(release.tuned_rule).mix_weight > 0:
+        # MLflow keeps only the file name, so it goes into its folder
+        download(registry, version, release.relative(release.classical_model), release.classical_model.parent)
+    return tuned_decision(release)
 
 
-def fetch_release(registry: Registry, job: str, version: str | int | None = None) -> tuple[str, Path]:
+def fetch_release(registry: Registry, job: str, version: str | int | None = None) -> tuple[str, RunFolder]:
     """Download (once; cached by tracking run) the job card and adapter of the champion or of ``version``."""
     if version is None:
         chosen = champion(registry, job)
@@ -41,12 +42,13 @@ def fetch_release(registry: Registry, job: str, version: str | int | None = None
             )
     else:
         chosen = get_version(registry, job, version)
-    folder = cache_dir() / "released" / chosen.run_id
-    if not (folder / "adapter" / "tunebook_manifest.json").is_file() or not (folder / "job.yaml").is_file():
-        download(registry, chosen, "adapter", folder)
-        fetch_decision(registry, chosen, folder)
-        download(registry, chosen, "job.yaml", folder)  # last: its presence marks a complete download
-    return str(chosen.version), folder
+    release = RunFolder(cache_dir() / "released" / chosen.run_id)
+    if not manifest_path(release.adapter_dir).is_file() or not release.job_card.is_file():
+        download(registry, chosen, release.relative(release.adapter_dir), release.root)
+        fetch_decision(registry, chosen, release.root)
+        # last: its presence marks a complete download
+        download(registry, chosen, release.relative(release.job_card), release.root)
+    return str(chosen.version), release
 
 
 def read_inputs(path: str | Path, card: JobCard) -> pd.DataFrame:
@@ -84,14 +86,14 @@ def predict_file(
     output = Path(output)
     if output.exists():
         raise TunebookError(f"{output} already exists; predictions never overwrite a file. Choose another --output.")
-    number, folder = fetch_release(registry, job, version)
-    card = load_job_card(folder / "job.yaml")
-    manifest = read_manifest(folder / "adapter")
+    number, release = fetch_release(registry, job, version)
+    card = release.read_job_card()
+    manifest = release.read_manifest()
     resolved = resolve_base_model(base_model)
     check_adapter_matches(manifest, card, model_identity(resolved))
     examples = read_inputs(inputs, card)
-    model, tokenizer = load_for_inference(resolved, folder / "adapter", manifest["config"]["quantization"])
-    rule, other = tuned_decision(folder)
+    model, tokenizer = load_for_inference(resolved, release.adapter_dir, manifest.config["quantization"])
+    rule, other = tuned_decision(release)
     result = predict(model, tokenizer, card, examples, batch_size, progress, rule=rule, other_model=other)
     result = result.drop(columns=["target", "tags", "text"])
     result.insert(1, "model_version", int(number))

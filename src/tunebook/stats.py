@@ -9,60 +9,20 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from tunebook.errors import TunebookError
-from tunebook.job import JobCard, rule_names
+from tunebook.job import JobCard
 from tunebook.metrics import evaluate
-from tunebook.outputs import check_draft, check_tool_call, parse_json, schema_errors
-
-
-def _field_hits(card: JobCard, predictions: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Per extraction field and example: is the field present and equal to the target (the metrics' per-field match)?"""
-    fields = list(card.output_schema.get("properties", {}))
-    hits = {f: [] for f in fields}
-    for r in predictions.itertuples():
-        value, truth = parse_json(r.prediction)[0], json.loads(r.target)
-        value = value if isinstance(value, dict) else {}
-        for f in fields:
-            hits[f].append(f in value and value[f] == truth.get(f))
-    return {f: np.array(v, dtype=bool) for f, v in hits.items()}
+from tunebook.tasks import task_of
 
 
 def fully_correct(card: JobCard, predictions: pd.DataFrame) -> np.ndarray:
     """Per example: is the whole answer right? The per-example basis of accuracy (classification), record exact match
-    (extraction), whole-call exact match (tool selection) and the all-rules pass rate (drafting) in ``metrics``."""
-    rows = predictions.itertuples()
-    if card.task_kind == "classification":
-        return (predictions["prediction"] == predictions["target"]).to_numpy()
-    if card.task_kind == "extraction":
-        hits = list(_field_hits(card, predictions).values())
-        return np.logical_and.reduce(hits) if hits else np.ones(len(predictions), dtype=bool)
-    if card.task_kind == "tool_selection":
-        correct = []
-        for r in rows:
-            value, error = parse_json(r.prediction)
-            correct.append(error is None and not check_tool_call(card, value) and value == json.loads(r.target))
-        return np.array(correct, dtype=bool)
-    return np.array([all(check_draft(card, r.prediction, r.text).values()) for r in rows], dtype=bool)
+    (extraction), whole-call exact match (tool selection) and the all-rules pass rate (drafting)."""
+    return task_of(card).correct(card, predictions)
 
 
 def part_correct(card: JobCard, predictions: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per class, tool, field or rule: which examples it covers and whether each of them was right there.
-
-    Classes and tools cover the examples whose target they are (right = fully correct, so the rate is recall);
-    fields and rules cover every example (right = the field matches / the rule passes).
-    """
-    every = np.ones(len(predictions), dtype=bool)
-    if card.task_kind == "extraction":
-        return {f: (every, hit) for f, hit in _field_hits(card, predictions).items()}
-    if card.task_kind == "drafting":
-        checks = [check_draft(card, r.prediction, r.text) for r in predictions.itertuples()]
-        return {name: (every, np.array([c[name] for c in checks], dtype=bool)) for name in rule_names(card.rules)}
-    correct = fully_correct(card, predictions)
-    truth = (
-        predictions["target"]
-        if card.task_kind == "classification"
-        else predictions["target"].map(lambda t: json.loads(t)["tool"])
-    )
-    return {name: ((truth == name).to_numpy(), correct) for name in card.choices}
+    """Per class, tool, field or rule: which examples it covers and whether each of them was right there."""
+    return task_of(card).parts(card, predictions)
 
 
 def aligned(reference: pd.DataFrame, candidate: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -212,20 +172,7 @@ def slices(card: JobCard, predictions: pd.DataFrame, tag: str = "hard") -> pd.Da
 
 def valid_output_rate(card: JobCard, predictions: pd.DataFrame) -> float:
     """Share of outputs a program can use: a known label, schema-valid JSON, a valid tool call, a non-empty draft."""
-    if not len(predictions):
-        return 0.0
-    if card.task_kind == "classification":
-        return float(predictions["prediction"].isin(card.label_names).mean())
-    if card.task_kind == "drafting":
-        return float(predictions["prediction"].fillna("").str.strip().ne("").mean())
-    usable = []
-    for text in predictions["prediction"]:
-        value, error = parse_json(text)
-        if card.task_kind == "extraction":
-            usable.append(error is None and not schema_errors(value, card.output_schema))
-        else:
-            usable.append(error is None and not check_tool_call(card, value))
-    return float(np.mean(usable))
+    return float(task_of(card).usable(card, predictions).mean()) if len(predictions) else 0.0
 
 
 def overfitting(
@@ -288,3 +235,8 @@ def apply_threshold(predictions: pd.DataFrame, threshold: float | None) -> dict:
     kept = predictions[predictions["confidence"] >= threshold]
     accuracy = float((kept["prediction"] == kept["target"]).mean()) if len(kept) else None
     return {"coverage": len(kept) / len(predictions) if len(predictions) else 0.0, "accuracy": accuracy}
+
+
+def as_records(tables: dict[str, pd.DataFrame]) -> dict[str, dict]:
+    """Named tables as plain JSON-ready mappings (row -> column -> value), as the run folder stores them."""
+    return {name: json.loads(table.to_json(orient="index")) for name, table in tables.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,93 +19,23 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
+from tunebook.artifacts import Manifest, TrainResults, write_model
 from tunebook.callbacks import LiveLossCurve
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
-from tunebook.lineage import MANIFEST, RUN_STATE, environment
+from tunebook.lineage import environment
 from tunebook.models import (
-    QUANTIZATIONS,
     linear_module_names,
     load_model,
     load_tokenizer,
     lora_config,
     model_identity,
 )
-from tunebook.packing import PACKING_ATTENTION, CompletionCollator, completion_loss
+from tunebook.packing import PACKING_ATTENTION, CompletionCollator, CompletionOnlyTrainer
 from tunebook.prompts import IGNORE_INDEX, encode_parts, end_of_turn_id, features_from
-
-DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 5e-5}
-ATTENTIONS = ("sdpa", "eager", "flex_attention")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides the trained weights, recorded in the manifest."""
-
-    quantization: str = "nf4"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    target_modules: str = (
-        "all-linear"  # or comma-separated layer names; a list is joined (one spelling, one resume key)
-    )
-    learning_rate: float = 0.0  # 0: the method's default (DEFAULT_LEARNING_RATE)
-    epochs: float = 2.0
-    max_steps: int = -1
-    batch_size: int = 8
-    max_length: int = 2048
-    warmup_ratio: float = 0.1
-    eval_steps: int = 0  # 0: four validation passes per epoch
-    early_stopping_patience: int = 2  # validation passes without improvement before stopping; 0: never stop early
-    general_mix: float = 0.5  # general requests answered by the base model, as a share of the training examples
-    seed: int = 0
-    # sdpa takes a packed row's structure as a dense mask; flex_attention (GPU only) as a block-sparse one. On an
-    # H100, flex_attention was not faster for the 135M model (README, "On a GPU"), so sdpa stays the default.
-    attention: str = "sdpa"
-
-    def __post_init__(self) -> None:
-        names = self.target_modules.split(",") if isinstance(self.target_modules, str) else self.target_modules
-        self.target_modules = ",".join(name.strip() for name in names if name.strip())
-
-    def check(self) -> None:
-        """Raise a clear error for any out-of-range setting."""
-        if self.quantization not in QUANTIZATIONS:
-            raise TunebookError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, got '{self.quantization}'.")
-        for name in ("lora_r", "lora_alpha", "batch_size", "max_length"):
-            if getattr(self, name) <= 0:
-                raise TunebookError(f"{name.upper()} must be positive, got {getattr(self, name)}.")
-        if self.learning_rate < 0:
-            raise TunebookError(
-                f"LEARNING_RATE must be positive (or 0 for the method's default), got {self.learning_rate}."
-            )
-        if self.max_steps <= 0 and self.epochs <= 0:
-            raise TunebookError("set EPOCHS > 0 or MAX_STEPS > 0.")
-        if not 0 <= self.lora_dropout < 1:
-            raise TunebookError(f"LORA_DROPOUT must be in [0, 1), got {self.lora_dropout}.")
-        if self.general_mix < 0:
-            raise TunebookError(
-                f"GENERAL_MIX must be 0 or more (a share of the training examples), got {self.general_mix}."
-            )
-        if self.early_stopping_patience < 0 or self.eval_steps < 0:
-            raise TunebookError("EARLY_STOPPING_PATIENCE and EVAL_STEPS must be 0 or more.")
-        if self.attention not in ATTENTIONS:
-            raise TunebookError(f"ATTENTION must be one of {', '.join(ATTENTIONS)}, got '{self.attention}'.")
-        if self.attention == "flex_attention" and not torch.cuda.is_available():
-            raise TunebookError(
-                "ATTENTION='flex_attention' needs a GPU (PyTorch has no FlexAttention backward on a CPU); use 'sdpa'."
-            )
-
-    @property
-    def full(self) -> bool:
-        """Whether every weight is trained (no adapter)."""
-        return self.quantization == "full"
-
-    @property
-    def effective_learning_rate(self) -> float:
-        """The learning rate used: the configured one, or the method's default."""
-        return self.learning_rate or DEFAULT_LEARNING_RATE["full" if self.full else "lora"]
+from tunebook.recipe import TrainConfig, config_from_parameters
+from tunebook.runfolder import CHECKPOINTS, RUN_STATE, RunFolder, manifest_path
 
 
 @dataclass
@@ -116,7 +46,7 @@ class TrainResult:
     log_history: list[dict]
     val_loss_before: float
     val_loss_after: float
-    manifest: dict = field(default_factory=dict)
+    manifest: Manifest
 
 
 def build_features(
@@ -155,69 +85,6 @@ def supervision_summary(tokenizer: PreTrainedTokenizerBase, features: list[dict]
         "tokens_per_example_mean": round(sum(len(f["input_ids"]) for f in features) / len(features), 1),
         "answers_cut": sum(f["labels"][-1] != stop for f in features),
     }
-
-
-class SeededLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped batches whose order depends only on the seed and the epoch.
-
-    transformers' own sampler draws from the global RNG at the start of each epoch, so a run resumed from a
-    checkpoint inside an epoch sees a different order than the uninterrupted run did.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int, groups: list[int] | None = None):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, 0
-        self.groups = groups if groups is not None else [0] * len(lengths)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer before each epoch."""
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        if len(set(self.groups)) == 1:
-            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
-        # Several groups (job examples, general replay examples): each batch holds one group, so it shares one prompt
-        # prefix and stays packed; batches of all groups are shuffled together, the incomplete ones go last.
-        full, partial = [], []
-        for group in sorted(set(self.groups)):
-            members = [i for i, g in enumerate(self.groups) if g == group]
-            order = get_length_grouped_indices(
-                [self.lengths[i] for i in members], self.batch_size, generator=generator
-            )
-            chunks = [
-                [members[j] for j in order[k : k + self.batch_size]] for k in range(0, len(order), self.batch_size)
-            ]
-            full += [c for c in chunks if len(c) == self.batch_size]
-            partial += [c for c in chunks if len(c) < self.batch_size]
-        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
-        return iter([i for chunk in shuffled + partial for i in chunk])
-
-
-class CompletionOnlyTrainer(Trainer):
-    """Trainer whose loss covers only the answer tokens (see ``completion_loss``)."""
-
-    loss_is_scaled_for_ga = False
-
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return SeededLengthGroupedSampler(
-            batch, [len(f["input_ids"]) for f in dataset], seed, [f.get("group", 0) for f in dataset]
-        )
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Mean cross-entropy over supervised tokens, with the batch's shared prefix computed once."""
-        if self.accelerator.num_processes > 1:
-            # Under accelerate launch / torchrun the forward must go through the DistributedDataParallel wrapper so
-            # gradients are synchronised: the model's own loss (same definition, without the single-process shortcuts).
-            loss = model(
-                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
-            ).loss
-        else:
-            loss = completion_loss(model, inputs)
-        return (loss, {"loss": loss}) if return_outputs else loss
 
 
 def prepare_model(base_model: str, config: TrainConfig) -> PreTrainedModel:
@@ -288,28 +155,14 @@ def _resume_state(checkpoints: Path, key: dict, resume: bool) -> dict | None:
     return {**state, "checkpoint": str(saved[-1])}
 
 
-def train_adapter(
+def _features(
+    tokenizer: PreTrainedTokenizerBase,
     card: JobCard,
     splits: dict[str, pd.DataFrame],
     base_model: str,
     config: TrainConfig,
-    out_dir: str | Path,
-    dataset_hash: str,
-    resume: bool = True,
-    callbacks: list[TrainerCallback] = (),
-    keep_checkpoints: bool = False,
-) -> TrainResult:
-    """Train an adapter (or the full model) on the train split, keep the checkpoint with the best validation loss,
-    and save it with its manifest in ``out_dir``.
-
-    Checkpoints go to ``out_dir/checkpoints`` at every validation pass; an interrupted run with the same inputs resumes
-    from the last one and ends with the same weights as an uninterrupted run.
-    """
-    config.check()
-    out_dir = Path(out_dir)
-    if (out_dir / MANIFEST).exists():
-        raise TunebookError(f"{out_dir} already holds a trained model; it is never overwritten. Use a new run folder.")
-    tokenizer = load_tokenizer(base_model)
+) -> tuple[list[dict], list[dict], int]:
+    """Training features (the job's, then general replay mixed in), validation features, and how many are the job's."""
     train_features = build_features(tokenizer, card, splits["train"], config.max_length, "train")
     val_features = build_features(tokenizer, card, splits["val"], config.max_length, "val")
     if not train_features or not val_features:
@@ -324,11 +177,13 @@ def train_adapter(
         train_features += replay.replay_features(
             tokenizer, answers, round(config.general_mix * job_examples), config.max_length
         )
-    checkpoints = out_dir / "checkpoints"
-    key = _run_key(card, base_model, config, dataset_hash)
-    state = _resume_state(checkpoints, key, resume)
-    model = prepare_model(base_model, config)
-    steps_per_epoch = max(1, -(-len(train_features) // config.batch_size))
+    return train_features, val_features, job_examples
+
+
+def _training_arguments(config: TrainConfig, checkpoints: Path, examples: int) -> tuple[TrainingArguments, int]:
+    """transformers' arguments for this recipe (validation and a checkpoint every ``eval_steps``; best kept), and the
+    planned number of optimiser steps."""
+    steps_per_epoch = max(1, -(-examples // config.batch_size))
     total_steps = config.max_steps if config.max_steps > 0 else max(1, round(steps_per_epoch * config.epochs))
     eval_steps = config.eval_steps or max(1, min(steps_per_epoch, total_steps) // 4)
     on_gpu = torch.cuda.is_available()
@@ -360,6 +215,94 @@ def train_adapter(
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+    return args, total_steps
+
+
+def _fit(
+    trainer: Trainer, state: dict | None, key: dict, checkpoints: Path, callbacks: list[TrainerCallback]
+) -> tuple[float, float, float]:
+    """Validation loss before (measured once, kept across a resume), training, and validation loss after; with the
+    training wall time in seconds."""
+    if state is None:
+        val_before = trainer.evaluate()["eval_loss"]
+        if trainer.is_world_process_zero():
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            (checkpoints / RUN_STATE).write_text(json.dumps({"key": key, "val_loss_before": val_before}, indent=2))
+    else:
+        val_before = state["val_loss_before"]
+    for callback in callbacks:
+        if isinstance(callback, LiveLossCurve):
+            callback.before = val_before
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=state["checkpoint"] if state else None)
+    wall = time.perf_counter() - started
+    return val_before, trainer.evaluate()["eval_loss"], wall
+
+
+def _manifest(
+    card: JobCard,
+    config: TrainConfig,
+    key: dict,
+    trainer: Trainer,
+    counts: dict,
+    state: dict | None,
+    planned_steps: int,
+    measured: tuple[float, float, float],
+) -> Manifest:
+    """The adapter's manifest: job, data, base model, recipe, counts, losses, steps, time and environment."""
+    val_before, val_after, wall = measured
+    return Manifest(
+        job=card.name,
+        job_card_sha256=key["job_card_sha256"],
+        task_kind=card.task_kind,
+        choices=card.choices,
+        dataset_hash=key["dataset_hash"],
+        base_model=key["base_model"],
+        method="full fine-tuning" if config.full else f"LoRA on a {config.quantization} base",
+        config={**asdict(config), "learning_rate_used": config.effective_learning_rate},
+        **counts,
+        val_loss_before=val_before,
+        val_loss_after=val_after,
+        best_step=trainer.state.best_global_step,
+        steps=trainer.state.global_step,
+        planned_steps=planned_steps,
+        stopped_early=trainer.state.global_step < planned_steps,
+        resumed_from=Path(state["checkpoint"]).name if state else None,
+        seed=config.seed,
+        wall_time_s=round(wall, 2),
+        attention=config.attention,
+        **environment(trainer.args.world_size),
+    )
+
+
+def train_adapter(
+    card: JobCard,
+    splits: dict[str, pd.DataFrame],
+    base_model: str,
+    config: TrainConfig,
+    out_dir: str | Path,
+    dataset_hash: str,
+    resume: bool = True,
+    callbacks: list[TrainerCallback] = (),
+    keep_checkpoints: bool = False,
+) -> TrainResult:
+    """Train an adapter (or the full model) on the train split, keep the checkpoint with the best validation loss,
+    and save it with its manifest in ``out_dir``.
+
+    Checkpoints go to ``out_dir/checkpoints`` at every validation pass; an interrupted run with the same inputs resumes
+    from the last one and ends with the same weights as an uninterrupted run.
+    """
+    config.check()
+    out_dir = Path(out_dir)
+    if manifest_path(out_dir).exists():
+        raise TunebookError(f"{out_dir} already holds a trained model; it is never overwritten. Use a new run folder.")
+    tokenizer = load_tokenizer(base_model)
+    train_features, val_features, job_examples = _features(tokenizer, card, splits, base_model, config)
+    checkpoints = out_dir / CHECKPOINTS
+    key = _run_key(card, base_model, config, dataset_hash)
+    state = _resume_state(checkpoints, key, resume)
+    model = prepare_model(base_model, config)
+    args, total_steps = _training_arguments(config, checkpoints, len(train_features))
     extra = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience > 0 else []
     trainer = CompletionOnlyTrainer(
         model=model,
@@ -372,22 +315,8 @@ def train_adapter(
         ),
         callbacks=[*extra, *callbacks],
     )
-    main_process = trainer.is_world_process_zero()
     try:
-        if state is None:
-            val_before = trainer.evaluate()["eval_loss"]
-            if main_process:
-                checkpoints.mkdir(parents=True, exist_ok=True)
-                (checkpoints / RUN_STATE).write_text(json.dumps({"key": key, "val_loss_before": val_before}, indent=2))
-        else:
-            val_before = state["val_loss_before"]
-        for callback in callbacks:
-            if isinstance(callback, LiveLossCurve):
-                callback.before = val_before
-        started = time.perf_counter()
-        trainer.train(resume_from_checkpoint=state["checkpoint"] if state else None)
-        wall = time.perf_counter() - started
-        val_after = trainer.evaluate()["eval_loss"]
+        val_before, val_after, wall = _fit(trainer, state, key, checkpoints, callbacks)
     except Exception as error:  # noqa: BLE001 - only out-of-memory is translated, everything else is re-raised
         if not _is_out_of_memory(error):
             raise
@@ -398,87 +327,66 @@ def train_adapter(
             f"are in {checkpoints} and a rerun with the same settings resumes from them."
         ) from error
     history = [{"step": 0, "eval_loss": val_before}, *trainer.state.log_history]
-    manifest = {
-        "job": card.name,
-        "job_card_sha256": key["job_card_sha256"],
-        "task_kind": card.task_kind,
-        "choices": card.choices,
-        "dataset_hash": dataset_hash,
-        "base_model": key["base_model"],
-        "method": "full fine-tuning" if config.full else f"LoRA on a {config.quantization} base",
-        "config": {**asdict(config), "learning_rate_used": config.effective_learning_rate},
+    counts = {
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train_examples": job_examples,
         "general_examples": len(train_features) - job_examples,
         "val_examples": len(val_features),
         "answers_cut": supervision_summary(tokenizer, train_features[:job_examples])["answers_cut"],
-        "val_loss_before": val_before,
-        "val_loss_after": val_after,
-        "best_step": trainer.state.best_global_step,
-        "steps": trainer.state.global_step,
-        "planned_steps": total_steps,
-        "stopped_early": trainer.state.global_step < total_steps,
-        "resumed_from": Path(state["checkpoint"]).name if state else None,
-        "seed": config.seed,
-        "wall_time_s": round(wall, 2),
-        "attention": config.attention,
-        **environment(args.world_size),
     }
+    manifest = _manifest(card, config, key, trainer, counts, state, total_steps, (val_before, val_after, wall))
     trainer.accelerator.wait_for_everyone()
-    if main_process:
+    if trainer.is_world_process_zero():
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(out_dir), safe_serialization=True)
-        (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        write_model(manifest_path(out_dir), manifest)
         if not keep_checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainResult(out_dir, history, val_before, val_after, manifest)
 
 
-def recorded_results(result: TrainResult) -> dict:
-    """The figures 03_train_qlora (or ``tunebook train``) records in results/03_train_qlora.json."""
-    keys = (
-        "best_step",
-        "steps",
-        "stopped_early",
-        "wall_time_s",
-        "peak_memory_mb",
-        "dataset_hash",
-        "processes",
-        "trainable_parameters",
+def recorded_results(result: TrainResult) -> TrainResults:
+    """The figures 03_train_qlora (or ``tunebook train``) records as its step results."""
+    m = result.manifest
+    return TrainResults(
+        val_loss_before=result.val_loss_before,
+        val_loss_after=result.val_loss_after,
+        quantization=m.config["quantization"],
+        best_step=m.best_step,
+        steps=m.steps,
+        stopped_early=m.stopped_early,
+        wall_time_s=m.wall_time_s,
+        peak_memory_mb=m.peak_memory_mb,
+        dataset_hash=m.dataset_hash,
+        processes=m.processes,
+        trainable_parameters=m.trainable_parameters,
     )
-    return {
-        "val_loss_before": result.val_loss_before,
-        "val_loss_after": result.val_loss_after,
-        "quantization": result.manifest["config"]["quantization"],
-        **{k: result.manifest[k] for k in keys},
-    }
 
 
-def config_from_parameters(parameters: dict) -> TrainConfig:
-    """A TrainConfig from 03_train_qlora's parameter names (QUANTIZATION, LORA_R, ...); other names are ignored."""
-    names = {f.upper(): f for f in TrainConfig.__dataclass_fields__} | {"LORA_TARGET_MODULES": "target_modules"}
-    return TrainConfig(**{names[k]: v for k, v in parameters.items() if k in names})
+def train_run_folder(run_dir: str | Path, parameters: dict, callbacks: list[TrainerCallback] = ()) -> TrainResult:
+    """Step 03 on a run folder written by 01_clean_the_data, from 03's parameters (QUANTIZATION, LORA_R, ...).
 
-
-def train_run_folder(run_dir: str | Path, parameters: dict) -> TrainResult:
-    """What 03_train_qlora does, for a script: train on a run folder written by 01_clean_the_data.
-
-    This is the entry point for ``accelerate launch -m tunebook.cli train RUN_DIR`` (or torchrun) on several GPUs.
+    The notebook and ``tunebook train`` (also under ``accelerate launch -m tunebook.cli train RUN_DIR`` or torchrun)
+    both call this, so the two ways of training read the same parameters the same way.
     """
-    from tunebook.data import load_splits
-    from tunebook.job import load_job_card
     from tunebook.models import resolve_base_model
 
-    run_dir = Path(run_dir)
-    version = run_dir / "data" / "dataset_version.json"
-    if not version.is_file():
+    run = RunFolder(Path(run_dir))
+    if not run.dataset_version.is_file():
         raise TunebookError(
-            f"{run_dir} has no data/dataset_version.json: run 00_define_the_job and 01_clean_the_data into it first."
+            f"{run.root} has no {run.relative(run.dataset_version)}: run 00_define_the_job and 01_clean_the_data into it first."
         )
-    card = load_job_card(run_dir / "job.yaml")
-    splits = load_splits(run_dir / "data")
+    card = run.read_job_card()
+    splits = run.read_splits()
     base_model = resolve_base_model(parameters.get("BASE_MODEL", "bundled"))
     config = config_from_parameters(parameters)
-    dataset_hash = json.loads(version.read_text())["hash"]
+    dataset_hash = run.read_dataset_version().hash
     return train_adapter(
-        card, splits, base_model, config, run_dir / "adapter", dataset_hash, resume=parameters.get("RESUME", True)
+        card,
+        splits,
+        base_model,
+        config,
+        run.adapter_dir,
+        dataset_hash,
+        resume=parameters.get("RESUME", True),
+        callbacks=callbacks,
     )

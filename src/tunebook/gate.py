@@ -1,0 +1,215 @@
+"""The release gate: the tuned model against the best baseline (or the champion) and the checks that decide promotion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tunebook.artifacts import Gate, GateCheck, GateSettings, ReleaseComparison, Scores
+from tunebook.dataset import frame_hash
+from tunebook.errors import TunebookError
+from tunebook.job import JobCard
+from tunebook.metrics import check_targets, evaluate
+from tunebook.models import model_identity
+from tunebook.predict import load_for_inference, predict, read_predictions
+from tunebook.registry import TAG, Registry, champion, download
+from tunebook.runfolder import RunFolder, read_manifest
+from tunebook.serve import fetch_decision
+from tunebook.stats import part_drops
+
+
+def compare(card: JobCard, baseline_scores: Scores, tuned_scores: Scores) -> ReleaseComparison:
+    """Tuned vs baseline on the headline metrics, with the card's targets checked for the tuned model."""
+    baseline, tuned = baseline_scores.as_dict(), tuned_scores.as_dict()
+    keys = [k for k in tuned["headline_keys"] if k != "n"]
+    rows = {
+        key: {"baseline": baseline[key], "tuned": tuned[key], "change": tuned[key] - baseline[key]} for key in keys
+    }
+    targets = check_targets(card, tuned)
+    primary = tuned["primary"]
+    beats = tuned[primary] > baseline[primary]
+    return ReleaseComparison(
+        primary=primary,
+        metrics=rows,
+        tuned_beats_baseline=beats,
+        targets=targets,
+        meets_targets=all(t["met"] for t in targets),
+        summary=(
+            f"{primary} on the test split: best baseline ({baseline.get('variant', 'prompting')}) {baseline[primary]:.3f}, "
+            f"tuned {tuned[primary]:.3f} "
+            f"({'better' if beats else 'NOT better'} by {tuned[primary] - baseline[primary]:+.3f})"
+        ),
+    )
+
+
+def gate(
+    card: JobCard,
+    challenger: pd.DataFrame,
+    reference: pd.DataFrame,
+    reference_name: str,
+    *,
+    regression: dict | None,
+    parity_result: dict | None,
+    tolerance: float = 0.02,
+    alpha: float = 0.05,
+    regression_max_increase: float = 0.25,
+    parity_min_agreement: float = 0.95,
+    require_targets: bool = False,
+    champion_version: str | None = None,
+) -> Gate:
+    """The release gate: every check with whether it passed, and whether the challenger may be promoted.
+
+    Blocking checks: the card's must-never limit; no class / tool / field / rule (nor whole answers) significantly
+    worse than ``reference`` by more than ``tolerance``; the general-behaviour probe under its threshold; merged and
+    unmerged predictions agreeing. The card's other targets block only with ``require_targets``.
+    """
+    scores = evaluate(card, challenger)
+    drops = part_drops(card, reference, challenger, tolerance, alpha)
+    checks = [
+        _must_never_check(card, scores),
+        *_drop_checks(drops),
+        _regression_check(regression, regression_max_increase),
+        _parity_check(parity_result, parity_min_agreement),
+        *_target_checks(card, scores, require_targets),
+    ]
+    failed = [c.check for c in checks if c.blocking and not c.passed]
+    missed = [c.check for c in checks if not c.blocking and not c.passed]
+    return Gate(
+        passed=not failed,
+        failed=failed,
+        targets_missed=missed,
+        checks=checks,
+        reference=reference_name,
+        champion=champion_version,
+        drops=json.loads(drops.to_json(orient="index")),
+        verdict=_verdict(reference_name, failed, missed),
+        settings=GateSettings(
+            tolerance=tolerance,
+            alpha=alpha,
+            regression_max_increase=regression_max_increase,
+            parity_min_agreement=parity_min_agreement,
+            require_targets=require_targets,
+        ),
+    )
+
+
+def _must_never_check(card: JobCard, scores: dict) -> GateCheck:
+    limit, failures = card.targets.must_never_failures, scores["must_never_examples"]
+    shown = ", ".join(str(f["id"]) for f in failures[:10]) + (" ..." if len(failures) > 10 else "")
+    detail = f"{len(failures)} must-never failure(s) on the test split (card allows {limit})"
+    return GateCheck(
+        check="must_never",
+        passed=len(failures) <= limit,
+        blocking=True,
+        detail=detail + (f": {shown}" if failures else ""),
+    )
+
+
+def _drop_checks(drops: pd.DataFrame) -> list[GateCheck]:
+    return [
+        GateCheck(
+            check=f"no_drop:{part}",
+            passed=not row["significant_drop"],
+            blocking=True,
+            detail=f"{row['reference']:.3f} -> {row['candidate']:.3f} on {row['examples']} examples "
+            f"(broke {row['broken']}, fixed {row['fixed']}, one-sided p = {row['p_value']:.3g})",
+        )
+        for part, row in drops.iterrows()
+    ]
+
+
+def _regression_check(regression: dict | None, max_increase: float) -> GateCheck:
+    if regression is None:
+        return GateCheck(
+            check="general_regression",
+            passed=False,
+            blocking=True,
+            detail="no general-behaviour probe: run 04_evaluate",
+        )
+    worst = max(regression["change"], key=regression["change"].get)
+    rise = regression["change"][worst]
+    return GateCheck(
+        check="general_regression",
+        passed=rise <= max_increase,
+        blocking=True,
+        detail=f"largest rise {worst} {rise:+.3f} nats/token (threshold {max_increase})",
+    )
+
+
+def _parity_check(parity_result: dict | None, min_agreement: float) -> GateCheck:
+    if parity_result is None:
+        return GateCheck(check="parity", passed=False, blocking=True, detail="parity was not checked")
+    if not parity_result["applicable"]:
+        return GateCheck(check="parity", passed=True, blocking=True, detail=parity_result["detail"])
+    return GateCheck(
+        check="parity",
+        passed=parity_result["agreement"] >= min_agreement,
+        blocking=True,
+        detail=f"merged and adapter-on-base agree on {parity_result['agreement']:.1%} of {parity_result['n']} probe "
+        f"examples (need {min_agreement:.0%}); {parity_result['detail']}",
+    )
+
+
+def _target_checks(card: JobCard, scores: dict, blocking: bool) -> list[GateCheck]:
+    return [
+        GateCheck(
+            check=f"target:{t['target']}",
+            passed=t["met"],
+            blocking=blocking,
+            detail=f"{t['achieved']} (card: {t['required']})",
+        )
+        for t in check_targets(card, scores)
+        if t["target"] != "must_never_failures"
+    ]
+
+
+def _verdict(reference_name: str, failed: list[str], missed: list[str]) -> str:
+    if failed:
+        verdict = (
+            f"Gate FAILED against {reference_name}: {', '.join(failed)}. "
+            "The new version stays challenger; champion is unchanged."
+        )
+    else:
+        verdict = f"Gate passed against {reference_name}: every blocking check holds; the challenger may be promoted to champion."
+    if missed:
+        verdict += f" Card targets still missed (not blocking): {', '.join(m.split(':', 1)[1] for m in missed)}."
+    return verdict
+
+
+def reference_predictions(
+    registry: Registry,
+    card: JobCard,
+    run: RunFolder,
+    test: pd.DataFrame,
+    base_model: str,
+    batch_size: int = 8,
+    scratch: str | Path | None = None,
+) -> tuple[pd.DataFrame, str, str | None]:
+    """What the challenger is gated against: the champion's predictions on this test split, or, before the first
+    release, the best cheap baseline 02 chose on validation (its stored test predictions, after its decision rule).
+    Returns (predictions, a name for them, champion version or None)."""
+    current = champion(registry, card.name)
+    if current is None:
+        frame = run.read_predictions(run.baseline_predictions())
+        variant = run.read_scores(run.baseline_scores()).variant
+        return frame, f"the best baseline, {variant} (no champion yet)", None
+    scratch = RunFolder(Path(scratch or run.champion_scratch))
+    name = f"champion v{current.version}"
+    if current.tags.get(TAG + "test_split_sha256") == frame_hash(test):
+        path = download(registry, current, scratch.relative(scratch.tuned_predictions), scratch.root)
+        return read_predictions(path), name, str(current.version)
+    # another test split: score the champion on this one
+    adapter = download(registry, current, scratch.relative(scratch.adapter_dir), scratch.root)
+    rule, other = fetch_decision(registry, current, scratch.root)
+    manifest = read_manifest(adapter)
+    identity = model_identity(base_model)
+    if manifest.base_model.get("sha256") != identity.get("sha256"):
+        raise TunebookError(
+            f"{name} was trained on base model '{manifest.base_model.get('name')}' and evaluated on another test split; "
+            f"it cannot be re-scored on BASE_MODEL '{identity.get('name')}'. Evaluate both on the same frozen test split (TEST_FILE)."
+        )
+    model, tokenizer = load_for_inference(base_model, adapter, manifest.config["quantization"])
+    rescored = predict(model, tokenizer, card, test, batch_size, rule=rule, other_model=other)
+    return rescored, f"{name} (re-scored on this test split)", str(current.version)

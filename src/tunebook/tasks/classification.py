@@ -1,0 +1,72 @@
+"""Classification: one label from the card's list, scored over the labels rather than generated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from tunebook.job import JobCard
+from tunebook.tasks.base import TaskKind, rate
+
+
+class Classification(TaskKind):
+    """The answer is one label; its metrics are accuracy, macro / weighted F1, per-class figures and error cost."""
+
+    name = "classification"
+    primary = "macro_f1"
+    scores_choices = True
+    choice_is_answer = True
+
+    def prompt_block(self, card: JobCard) -> list[str]:
+        return ["Answer with exactly one label from this list:"] + [
+            f"- {label.name}: {label.definition}" for label in card.labels
+        ]
+
+    def overview(self, card: JobCard) -> list[dict]:
+        return [label.model_dump() for label in card.labels]
+
+    def parse_target(self, card: JobCard, raw, source: str) -> tuple[str, list[str]]:
+        return str(raw).strip(), []
+
+    def stratum(self, card: JobCard, target: str) -> str:
+        return target
+
+    def correct(self, card: JobCard, predictions: pd.DataFrame) -> np.ndarray:
+        return (predictions["prediction"] == predictions["target"]).to_numpy()
+
+    def parts(self, card: JobCard, predictions: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        right = self.correct(card, predictions)
+        return {name: ((predictions["target"] == name).to_numpy(), right) for name in card.choices}
+
+    def usable(self, card: JobCard, predictions: pd.DataFrame) -> np.ndarray:
+        return predictions["prediction"].isin(card.label_names).to_numpy()
+
+    def metrics(self, card: JobCard, predictions: pd.DataFrame) -> dict:
+        """Accuracy, macro/weighted F1, per-class figures, confusion matrix, cost-weighted error, must-never failures."""
+        labels = card.label_names
+        y_true, y_pred = predictions["target"].tolist(), predictions["prediction"].tolist()
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, zero_division=0
+        )
+        costs = [card.error_cost(t, p) for t, p in zip(y_true, y_pred)]
+        must_never = [
+            {"id": str(row.id), "target": row.target, "prediction": row.prediction}
+            for row in predictions.itertuples()
+            if card.is_must_never(row.target, row.prediction)
+        ]
+        return self._frame(
+            "macro_f1",
+            ["n", "accuracy", "macro_f1", "weighted_f1", "cost_weighted_error", "must_never_failures"],
+            len(y_true),
+            must_never,
+            accuracy=rate(self.correct(card, predictions)),
+            macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+            weighted_f1=float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+            per_class={
+                label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                for label, p, r, f, s in zip(labels, precision, recall, f1, support)
+            },
+            confusion_matrix={"labels": labels, "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist()},
+            cost_weighted_error=float(sum(costs) / len(costs)) if costs else 0.0,
+        )
