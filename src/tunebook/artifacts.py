@@ -237,19 +237,19 @@ class Manifest(Artifact):
     config: dict[str, Any]
     trainable_parameters: int
     train_examples: int
-    general_examples: int
+    general_examples: int = 0  # fields added after the first releases default to what those releases did
     val_examples: int
-    answers_cut: int
+    answers_cut: int = 0
     val_loss_before: float
     val_loss_after: float
     best_step: int | None
     steps: int
     planned_steps: int
     stopped_early: bool
-    resumed_from: str | None
+    resumed_from: str | None = None
     seed: int
     wall_time_s: float
-    attention: str
+    attention: str = "sdpa"
     peak_memory_mb: float
     peak_gpu_memory_mb: float | None = None
     device: str
