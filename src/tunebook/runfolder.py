@@ -51,14 +51,6 @@ STEPS = (
 STEP_RESULTS: dict[str, type[Artifact]] = dict(
     zip(STEPS, (JobResults, CleanResults, BaselineResults, TrainResults, EvaluateResults, ReleaseResults))
 )
-WRITTEN_BY = {
-    "job.yaml": STEPS[0],
-    "data": STEPS[1],
-    "baseline": STEPS[2],
-    "adapter": STEPS[3],
-    "evaluation": STEPS[4],
-    "release": STEPS[5],
-}
 
 # Names inside an adapter folder (a run's, a method trial's, or a downloaded release's).
 MANIFEST = "tunebook_manifest.json"

@@ -87,10 +87,10 @@ class TaskKind:
         """The answer that needs no model: by default the most frequent training target."""
         return Counter(train["target"]).most_common(1)[0][0]
 
-    def _frame(self, primary: str, headline_keys: list[str], n: int, must_never: list[dict], **figures) -> dict:
+    def _frame(self, headline_keys: list[str], n: int, must_never: list[dict], **figures) -> dict:
         return {
             "task_kind": self.name,
-            "primary": primary,
+            "primary": self.primary,
             "headline_keys": headline_keys,
             "n": n,
             **figures,

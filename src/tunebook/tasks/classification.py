@@ -56,7 +56,6 @@ class Classification(TaskKind):
             if card.is_must_never(row.target, row.prediction)
         ]
         return self._frame(
-            "macro_f1",
             ["n", "accuracy", "macro_f1", "weighted_f1", "cost_weighted_error", "must_never_failures"],
             len(y_true),
             must_never,

@@ -46,7 +46,7 @@ class Drafting(TaskKind):
         return [check_draft(card, r.prediction, r.text) for r in predictions.itertuples()]
 
     def correct(self, card: JobCard, predictions: pd.DataFrame) -> np.ndarray:
-        return np.array([all(c.values()) for c in self._checks(card, predictions)], dtype=bool)
+        return self._all_pass(self.parts(card, predictions), len(predictions))
 
     @staticmethod
     def _all_pass(parts: dict[str, tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
@@ -77,7 +77,6 @@ class Drafting(TaskKind):
             if name in guarded and not passed[i]
         ]
         return self._frame(
-            "rule_pass_rate",
             ["n", "rule_pass_rate", "reference_similarity", "must_never_failures"],
             n,
             must_never,

@@ -121,7 +121,6 @@ class Extraction(TaskKind):
         precision = slots["true_positives"] / slots["predicted"] if slots["predicted"] else 0.0
         recall = slots["true_positives"] / slots["expected"] if slots["expected"] else 0.0
         return self._frame(
-            "field_accuracy",
             [
                 "n",
                 "json_validity",

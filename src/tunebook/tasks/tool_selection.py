@@ -99,7 +99,6 @@ class ToolSelection(TaskKind):
             true_tools, pred_tools, labels=tools, zero_division=0
         )
         return self._frame(
-            "argument_exact_match",
             [
                 "n",
                 "tool_accuracy",
