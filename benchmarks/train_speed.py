@@ -1,12 +1,13 @@
 """Benchmark: training throughput of tunebook's trainer against TRL's SFTTrainer, and against the matmul ceiling.
 
 Run:  .venv/bin/pip install "trl>=1.16,<2" && .venv/bin/python benchmarks/train_speed.py [--steps 8] [--quantization nf4]
-      [--model llama-1.7b] [--tunebook-variants sdpa,flex_attention]
+      [--model llama-1.7b] [--tunebook-variants sdpa,sdpa+compile,flex_attention+compile]
 
 --model bundled (default) trains the real SmolLM2-135M-Instruct; --model llama-1.7b a randomly initialised model of
 SmolLM2-1.7B's shape (24 layers, hidden 2048, 32 heads) with the same tokenizer: speed needs no trained weights, and
 its validation losses only compare the runs with each other. --tunebook-variants runs tunebook once per attention
-implementation (sdpa, eager, flex_attention on a GPU).
+implementation (sdpa, eager, flex_attention on a GPU), each with "+compile" for compiled decoder layers (COMPILE='on';
+without it, 'off').
 
 Same base model (the bundled SmolLM2-135M-Instruct, loaded the same way), same LoRA configuration (r 16, alpha 32,
 all linear layers, no dropout), same support-triage training split, batch size 8, same number of optimiser steps.
@@ -25,8 +26,8 @@ for every trained model. Achieved FLOP/s: the matrix-multiply FLOPs torch dispat
 kernel's QK^T and PV products (torch has no formula for the CPU kernel; the one used is torch's GPU formula), divided
 by the median steady step time. The ceiling is this machine's best GEMM rate in the compute dtype (fp32 on a CPU, on
 shapes like the model's layers; bf16 on a GPU, including an 8192^3 product that reaches the card's peak).
-Step times: the median of the steps after the first three (which carry warm-up, and FlexAttention's kernel
-compilation); the first three are reported as warm-up seconds.
+Step times: the median of the steps after the first three (which carry warm-up, and compiling: the decoder layers'
+graphs, FlexAttention's kernels); the first three are reported as warm-up seconds.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def peak_mb() -> float:
 def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant: str = "sdpa") -> dict:
     """Train with tunebook's trainer for ``steps`` steps; timings, tokens, FLOPs and validation loss.
 
-    ``variant``: the attention implementation (sdpa, flex_attention, eager).
+    ``variant``: the attention implementation (sdpa, flex_attention, eager), with "+compile" for compiled layers.
     """
     import tempfile
 
@@ -189,18 +190,21 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
         eval_steps=steps,
         early_stopping_patience=0,
         general_mix=0.0,
-        attention=variant,
+        attention=variant.split("+")[0],
+        compile="on" if variant.endswith("+compile") else "off",
     )
     with tempfile.TemporaryDirectory() as folder:
         train.train_adapter(card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer])
-        # validation loss on sdpa: the same numbers, without compiling a kernel for every padded batch shape
-        model = train.prepare_model(base, recipe.TrainConfig(**{**asdict(config), "attention": "sdpa"}))
+        # validation loss on sdpa, not compiled: the same numbers, without compiling for every padded batch shape
+        model = train.prepare_model(
+            base, recipe.TrainConfig(**{**asdict(config), "attention": "sdpa", "compile": "off"})
+        )
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(model, load_file(Path(folder) / "adapter" / "adapter_model.safetensors"))
     collate = packing.CompletionCollator(tokenizer.pad_token_id)
-    counted = train.prepare_model(base, recipe.TrainConfig(quantization="none", attention="sdpa"))
+    counted = train.prepare_model(base, recipe.TrainConfig(quantization="none", attention="sdpa", compile="off"))
     counted_batches = batches[WARMUP_STEPS:][:3] or batches  # FLOPs per step vary little; three steps are enough
     flops = sum(step_flops(counted, collate(b), packing.completion_loss) for b in counted_batches) / len(
         counted_batches
@@ -213,7 +217,7 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
         "flops_step": flops,
         "val_loss": val_loss(model, tokenizer, card, splits["val"]),
         "peak_mb": peak_mb(),
-        "settings": {"attention": config.attention},
+        "settings": {"attention": config.attention, "compiled": config.compiles},
     }
 
 
@@ -320,7 +324,7 @@ def main() -> None:
     parser.add_argument(
         "--tunebook-variants",
         default="sdpa",
-        help="comma-separated attention implementations: sdpa, flex_attention, eager",
+        help="comma-separated attention implementations (sdpa, flex_attention, eager), each with +compile or not",
     )
     parser.add_argument("--skip-trl-defaults", action="store_true")
     parser.add_argument("--skip-trl-no-gc", action="store_true")

@@ -185,6 +185,20 @@ def load_model(resolved: str, quantization: str = "none") -> PreTrainedModel:
     return model
 
 
+def compile_decoder_layers(model: PreTrainedModel) -> int:
+    """Compile every decoder layer in place with torch.compile; return how many were compiled.
+
+    The layers share one code object, so one graph (per mode: training, evaluation) serves all of them and compiling
+    costs about as much as for one layer. Shapes are dynamic from the start: every packed batch has its own length.
+    Parameter names are unchanged, so adapters save and load as before.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = base.get_decoder().layers
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
 def disable_cpu_weight_packing(model: PreTrainedModel) -> int:
     """Stop bitsandbytes from repacking 4-bit weights for CPU inference; return how many layers were changed.
 

@@ -140,13 +140,13 @@ def completion_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> t
     if "segments" in batch:
         mask = packed_attention_mask(base, batch["segments"])
         hidden = decoder(
-            input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]
+            input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False
         ).last_hidden_state
         targets = batch["labels"]
     else:
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[
-            :, :-1
-        ]
+        hidden = decoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state[:, :-1]
         targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     logits = base.get_output_embeddings()(hidden[keep]).float()

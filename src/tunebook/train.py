@@ -26,6 +26,7 @@ from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
 from tunebook.lineage import environment
 from tunebook.models import (
+    compile_decoder_layers,
     linear_module_names,
     load_model,
     load_tokenizer,
@@ -110,6 +111,8 @@ def prepare_model(base_model: str, config: TrainConfig) -> PreTrainedModel:
                 f"LORA_TARGET_MODULES={config.target_modules!r} matches no layer of {Path(base_model).name}. "
                 f"Its linear layers are: {', '.join(linear_module_names(model))} (or use 'all-linear')."
             ) from None
+    if config.compiles:
+        compile_decoder_layers(model)
     return model
 
 
@@ -271,6 +274,7 @@ def _manifest(
         seed=config.seed,
         wall_time_s=round(wall, 2),
         attention=config.attention,
+        compiled=config.compiles,
         **environment(trainer.args.world_size),
     )
 
