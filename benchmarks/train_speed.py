@@ -6,8 +6,7 @@ Run:  .venv/bin/pip install "trl>=1.16,<2" && .venv/bin/python benchmarks/train_
 --model bundled (default) trains the real SmolLM2-135M-Instruct; --model llama-1.7b a randomly initialised model of
 SmolLM2-1.7B's shape (24 layers, hidden 2048, 32 heads) with the same tokenizer: speed needs no trained weights, and
 its validation losses only compare the runs with each other. --tunebook-variants runs tunebook once per attention
-implementation (sdpa, eager, flex_attention on a GPU), each with "+compile" for compiled decoder layers (COMPILE='on';
-without it, 'off').
+implementation (sdpa, eager, flex_attention on a GPU), each with "+compile" for compiled decoder layers (COMPILE=True).
 
 Same base model (the bundled SmolLM2-135M-Instruct, loaded the same way), same LoRA configuration (r 16, alpha 32,
 all linear layers, no dropout), same support-triage training split, batch size 8, same number of optimiser steps.
@@ -191,20 +190,20 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
         early_stopping_patience=0,
         general_mix=0.0,
         attention=variant.split("+")[0],
-        compile="on" if variant.endswith("+compile") else "off",
+        compile=variant.endswith("+compile"),
     )
     with tempfile.TemporaryDirectory() as folder:
         train.train_adapter(card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer])
         # validation loss on sdpa, not compiled: the same numbers, without compiling for every padded batch shape
         model = train.prepare_model(
-            base, recipe.TrainConfig(**{**asdict(config), "attention": "sdpa", "compile": "off"})
+            base, recipe.TrainConfig(**{**asdict(config), "attention": "sdpa", "compile": False})
         )
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(model, load_file(Path(folder) / "adapter" / "adapter_model.safetensors"))
     collate = packing.CompletionCollator(tokenizer.pad_token_id)
-    counted = train.prepare_model(base, recipe.TrainConfig(quantization="none", attention="sdpa", compile="off"))
+    counted = train.prepare_model(base, recipe.TrainConfig(quantization="none", attention="sdpa"))
     counted_batches = batches[WARMUP_STEPS:][:3] or batches  # FLOPs per step vary little; three steps are enough
     flops = sum(step_flops(counted, collate(b), packing.completion_loss) for b in counted_batches) / len(
         counted_batches
@@ -217,7 +216,7 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
         "flops_step": flops,
         "val_loss": val_loss(model, tokenizer, card, splits["val"]),
         "peak_mb": peak_mb(),
-        "settings": {"attention": config.attention, "compiled": config.compiles},
+        "settings": {"attention": config.attention, "compiled": config.compile},
     }
 
 

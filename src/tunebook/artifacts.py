@@ -250,7 +250,6 @@ class Manifest(Artifact):
     seed: int
     wall_time_s: float
     attention: str = "sdpa"
-    compiled: bool = False
     peak_memory_mb: float
     peak_gpu_memory_mb: float | None = None
     device: str

@@ -111,7 +111,7 @@ def prepare_model(base_model: str, config: TrainConfig) -> PreTrainedModel:
                 f"LORA_TARGET_MODULES={config.target_modules!r} matches no layer of {Path(base_model).name}. "
                 f"Its linear layers are: {', '.join(linear_module_names(model))} (or use 'all-linear')."
             ) from None
-    if config.compiles:
+    if config.compile:
         compile_decoder_layers(model)
     return model
 
@@ -274,7 +274,6 @@ def _manifest(
         seed=config.seed,
         wall_time_s=round(wall, 2),
         attention=config.attention,
-        compiled=config.compiles,
         **environment(trainer.args.world_size),
     )
 
