@@ -4,7 +4,7 @@ import pytest
 import yaml
 from conftest import EXAMPLE
 
-from tunebook import job
+from tunebook import approach, job
 from tunebook.errors import JobCardError, TunebookError
 
 
@@ -80,7 +80,7 @@ def test_error_costs_and_must_never():
 
 
 @pytest.mark.parametrize(
-    ("answers", "approach", "proceed"),
+    ("answers", "expected", "proceed"),
     [
         ({}, "fine-tuning", True),
         ({"prompting_solves_most": True}, "prompting", False),
@@ -90,11 +90,11 @@ def test_error_costs_and_must_never():
         ({"repeats_enough": False}, "prompting", False),
     ],
 )
-def test_decision_frame(answers, approach, proceed):
+def test_decision_frame(answers, expected, proceed):
     data = example_card_dict()
     data["decision"].update(answers)
-    decision = job.decide_approach(job.parse_job_card(data))
-    assert decision.approach == approach
+    decision = approach.decide_approach(job.parse_job_card(data))
+    assert decision.approach == expected
     assert decision.proceed_to_training is proceed
     assert decision.reasons
 
@@ -114,7 +114,7 @@ def other_card(example: str) -> dict:
 @pytest.mark.parametrize("example", ["support_triage", "order_extraction", "support_tools", "reply_drafting"])
 def test_every_example_card_is_valid(example):
     card = job.load_job_card(EXAMPLE.parent / example / "job.yaml")
-    assert job.decide_approach(card).approach == "fine-tuning"
+    assert approach.decide_approach(card).approach == "fine-tuning"
     assert job.card_overview(card)
 
 

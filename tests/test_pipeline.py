@@ -280,6 +280,26 @@ def prepared_run(tmp_path_factory, tiny_model):
     return run_dir
 
 
+def test_tunebook_clean_does_what_01_did(prepared_run, tmp_path):
+    import shutil
+
+    notebook = RunFolder(prepared_run)
+    alone = RunFolder(tmp_path / "alone")
+    shutil.copytree(prepared_run, alone.root)
+    shutil.rmtree(alone.data_dir)
+    alone.results_file("01_clean_the_data").unlink()
+    assert cli.main(["clean", str(alone.root)]) == 0
+    assert cli.main(["clean", str(alone.root)]) == 2  # never overwritten
+    assert alone.read_dataset_version() == notebook.read_dataset_version()
+    assert alone.read_results("01_clean_the_data") == notebook.read_results("01_clean_the_data")
+    for name in ("train", "val", "test"):
+        assert alone.split_file(name).read_bytes() == notebook.split_file(name).read_bytes()
+    from tunebook.cleaning import CleanSettings
+
+    with pytest.raises(TunebookError, match="NEAR_DUPLICATES must be 'drop' or 'keep'"):
+        CleanSettings.from_parameters({"NEAR_DUPLICATES": "maybe"})
+
+
 def test_every_training_parameter_of_03_reaches_the_train_config():
     from tunebook import recipe
 
@@ -376,6 +396,19 @@ def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, t
         == 0
     )
     assert run.notebook("04_evaluate").is_file() and run.tuned_scores.is_file()
+    # `tunebook evaluate` does 04's work with the same function the notebook calls, and gets the same answers
+    alone = RunFolder(tmp_path / "alone")
+    shutil.copytree(run_dir, alone.root)
+    shutil.rmtree(alone.evaluation_dir)
+    alone.results_file("04_evaluate").unlink()
+    assert cli.main(["evaluate", str(alone.root), "-p", f"BASE_MODEL={tiny_model}"]) == 0
+    assert cli.main(["evaluate", str(alone.root), "-p", f"BASE_MODEL={tiny_model}"]) == 2  # never overwritten
+    assert alone.read_predictions(alone.tuned_predictions)["prediction"].tolist() == (
+        run.read_predictions(run.tuned_predictions)["prediction"].tolist()
+    )
+    notebook, command = run.read_results("04_evaluate"), alone.read_results("04_evaluate")
+    assert command.metrics == pytest.approx(notebook.metrics, abs=1e-6)
+    assert (command.beats_baseline, command.baseline_variant) == (notebook.beats_baseline, notebook.baseline_variant)
     assert cli.main(["run", "--continue", str(run_dir), "--steps", "04"]) == 2  # never overwritten
     assert cli.main(["train", str(run_dir), "-p", "JOB_CARD=other.yaml"]) == 2  # not silently ignored
     assert (

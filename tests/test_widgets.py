@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunebook import job, widgets
+from tunebook import approach, job, widgets
 from tunebook.errors import JobCardError
 
 VALUES = {
@@ -21,7 +21,7 @@ def test_form_values_make_a_valid_card():
     card = widgets.card_from_form(VALUES)
     assert card.label_names == ["billing", "shipping"]
     assert card.labels[1].definition == "where is my parcel"
-    assert job.decide_approach(card).approach == "fine-tuning"
+    assert approach.decide_approach(card).approach == "fine-tuning"
 
 
 def test_form_problems_name_the_field():

@@ -1,5 +1,5 @@
 """Command line: ``tunebook run`` runs the workbook; ``tunebook train`` runs the training step alone (also under
-``accelerate launch`` / ``torchrun``); ``tunebook predict`` serves a job's released champion on a file;
+``accelerate launch`` / ``torchrun``), as ``tunebook clean`` and ``tunebook evaluate`` run theirs; ``tunebook predict`` serves a job's released champion on a file;
 ``tunebook versions`` / ``promote`` / ``rollback`` manage the registry; ``tunebook prepare-model`` caches the bundled model."""
 
 from __future__ import annotations
@@ -92,24 +92,54 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def _step_parameters(step: str, args: argparse.Namespace) -> dict:
+    """A step's parameters for running it alone on a run folder: its declared defaults, then --config, then -p."""
     from tunebook.pipeline import check_parameters, declared_parameters
-    from tunebook.runfolder import STEPS, RunFolder
-    from tunebook.train import recorded_results, train_run_folder
 
-    step = STEPS[3]
     declared = {k: p for k, p in declared_parameters().items() if step in p.notebooks and k != "RUN_DIR"}
     user = {**load_config(args.config), **parse_assignments(args.param)}
     given = absolute_paths(user)
     if "JOB_CARD" not in user:
         given.pop("JOB_CARD")  # the run folder already holds the job card; a JOB_CARD given here is refused below
     check_parameters(given, declared)
-    parameters = {**{k: p.default_value for k, p in declared.items()}, **given}
-    result = train_run_folder(args.run_dir, parameters)
+    return {**{k: p.default_value for k, p in declared.items()}, **given}
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from tunebook.cleaning import clean_run_folder
+    from tunebook.runfolder import STEPS
+
+    _, cleaned = clean_run_folder(args.run_dir, _step_parameters(STEPS[1], args))
+    print(
+        f"[tunebook] dataset version {cleaned.version.hash[:12]}: "
+        + ", ".join(f"{name} {len(frame)}" for name, frame in cleaned.splits.items())
+        + f"; {len(cleaned.review)} findings to review; data card: {cleaned.data_card}"
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tunebook.runfolder import STEPS, RunFolder
+    from tunebook.train import recorded_results, train_run_folder
+
+    result = train_run_folder(args.run_dir, _step_parameters(STEPS[3], args))
     if os.environ.get("RANK", "0") == "0":
-        RunFolder(Path(args.run_dir)).write_results(step, recorded_results(result))
+        RunFolder(Path(args.run_dir)).write_results(STEPS[3], recorded_results(result))
     print(
         f"[tunebook] validation loss {result.val_loss_before:.3f} -> {result.val_loss_after:.3f}; adapter: {result.adapter_dir}"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tunebook.evaluation import evaluate_run_folder
+    from tunebook.runfolder import STEPS
+
+    result = evaluate_run_folder(args.run_dir, _step_parameters(STEPS[4], args)).results()
+    print(
+        f"[tunebook] tuned {result.primary} {result.metrics[result.primary]:.3f}; against the best baseline "
+        f"({result.baseline_variant}): {'better' if result.beats_baseline else 'not shown better'}, "
+        f"McNemar p = {result.mcnemar_p_value}"
     )
     return 0
 
@@ -198,18 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="run --steps in this existing run folder (e.g. 04,05 after `tunebook train`)",
     )
     run.set_defaults(func=_run)
-    train = sub.add_parser("train", help="train on a run folder prepared by 00 and 01 (what 03_train_qlora does)")
-    train.add_argument("run_dir", help="run folder written by 01_clean_the_data")
-    train.add_argument("--config", help="YAML file of 03_train_qlora parameters")
-    train.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a 03_train_qlora parameter (repeatable)",
-    )
-    train.set_defaults(func=_train)
+    for name, step, function, what in (
+        ("clean", "01_clean_the_data", _clean, "audit, clean, split and version the data of a run folder after 00"),
+        ("train", "03_train_qlora", _train, "train on a run folder prepared by 00 and 01"),
+        ("evaluate", "04_evaluate", _evaluate, "evaluate the adapter of a run folder against its baselines"),
+    ):
+        command = sub.add_parser(name, help=f"{what} (what {step} does)")
+        command.add_argument("run_dir", help="the run folder")
+        command.add_argument("--config", help=f"YAML file of {step} parameters")
+        command.add_argument(
+            "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help=f"a {step} parameter (repeatable)"
+        )
+        command.set_defaults(func=function)
     prepare = sub.add_parser("prepare-model", help="convert the bundled base model once and cache it")
     prepare.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub id")
     prepare.set_defaults(func=_prepare_model)

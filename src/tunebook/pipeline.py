@@ -64,6 +64,13 @@ def declared_parameters(folder: Path | None = None) -> dict[str, Parameter]:
     return found
 
 
+def settings_from(cls: type, parameters: dict, aliases: dict[str, str] | None = None):
+    """A step's settings dataclass from its notebook parameter names (each field's name in capitals, or an alias);
+    other names are ignored, so a notebook's whole parameter set can be passed."""
+    names = {f.upper(): f for f in cls.__dataclass_fields__} | (aliases or {})
+    return cls(**{names[k]: v for k, v in parameters.items() if k in names})
+
+
 def step_parameters(step: str, namespace: dict, folder: Path | None = None) -> dict:
     """The values of the parameters ``step`` declares, taken from a notebook's namespace (``globals()``): what the
     notebook hands to the same package function the command line calls."""

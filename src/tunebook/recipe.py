@@ -90,5 +90,6 @@ class TrainConfig:
 
 def config_from_parameters(parameters: dict) -> TrainConfig:
     """A TrainConfig from 03_train_qlora's parameter names (QUANTIZATION, LORA_R, ...); other names are ignored."""
-    names = {f.upper(): f for f in TrainConfig.__dataclass_fields__} | {"LORA_TARGET_MODULES": "target_modules"}
-    return TrainConfig(**{names[k]: v for k, v in parameters.items() if k in names})
+    from tunebook.pipeline import settings_from
+
+    return settings_from(TrainConfig, parameters, {"LORA_TARGET_MODULES": "target_modules"})

@@ -37,8 +37,9 @@ from tunebook.artifacts import (
 from tunebook.errors import TunebookError
 
 if TYPE_CHECKING:
+    from tunebook.approach import Decision
     from tunebook.decide import DecisionRule
-    from tunebook.job import Decision, JobCard
+    from tunebook.job import JobCard
 
 STEPS = (
     "00_define_the_job",
@@ -262,7 +263,7 @@ class RunFolder:
         return write_model(self.decision, decision)
 
     def read_decision(self) -> Decision:
-        from tunebook.job import Decision
+        from tunebook.approach import Decision
 
         return read_model(self.decision, Decision, STEPS[0])
 

@@ -125,6 +125,16 @@ def _is_out_of_memory(error: BaseException) -> bool:
     )
 
 
+def _out_of_memory(config: TrainConfig, features: list[dict], checkpoints: Path) -> TunebookError:
+    """What to change when training ran out of memory, and where the checkpoints saved so far are."""
+    return TunebookError(
+        f"out of memory while training with BATCH_SIZE={config.batch_size} and MAX_LENGTH={config.max_length} "
+        f"(longest training example: {max(len(f['input_ids']) for f in features)} tokens). Set BATCH_SIZE to "
+        f"{max(1, config.batch_size // 2)}, lower MAX_LENGTH, or use QUANTIZATION='nf4'; checkpoints saved so far "
+        f"are in {checkpoints} and a rerun with the same settings resumes from them."
+    )
+
+
 def _run_key(card: JobCard, base_model: str, config: TrainConfig, dataset_hash: str) -> dict:
     return {
         "job_card_sha256": card_hash(card),
@@ -323,12 +333,7 @@ def train_adapter(
     except Exception as error:  # noqa: BLE001 - only out-of-memory is translated, everything else is re-raised
         if not _is_out_of_memory(error):
             raise
-        raise TunebookError(
-            f"out of memory while training with BATCH_SIZE={config.batch_size} and MAX_LENGTH={config.max_length} "
-            f"(longest training example: {max(len(f['input_ids']) for f in train_features)} tokens). Set BATCH_SIZE to "
-            f"{max(1, config.batch_size // 2)}, lower MAX_LENGTH, or use QUANTIZATION='nf4'; checkpoints saved so far "
-            f"are in {checkpoints} and a rerun with the same settings resumes from them."
-        ) from error
+        raise _out_of_memory(config, train_features, checkpoints) from error
     history = [{"step": 0, "eval_loss": val_before}, *trainer.state.log_history]
     counts = {
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),

@@ -1,0 +1,220 @@
+"""04_evaluate's work: the tuned model's answers on the frozen test split, next to the baselines' answers, with
+intervals, paired tests, slices, flips, the overfitting and general-knowledge checks and (for classification) an
+abstention threshold chosen on validation; saved to the run folder for the release step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tunebook import artifacts, baselines, decide, lineage, metrics, models, predict, regression, stats
+from tunebook.errors import TunebookError
+from tunebook.runfolder import RunFolder
+
+
+@dataclass
+class EvaluateSettings:
+    """04_evaluate's parameters, checked once (the notebook's parameters cell declares the same names)."""
+
+    base_model: str = "bundled"
+    eval_batch_size: int = 8
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+    tag: str = "hard"
+    flips_shown: int = 20
+    train_sample: int = 100
+    overfit_gap: float = 0.15
+    regression_max_increase: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.eval_batch_size <= 0 or self.bootstrap_resamples <= 0:
+            raise TunebookError("EVAL_BATCH_SIZE and BOOTSTRAP_RESAMPLES must be positive.")
+        if not 0 < self.confidence < 1:
+            raise TunebookError(f"CONFIDENCE must be between 0 and 1, got {self.confidence}.")
+        if self.train_sample < 0:
+            raise TunebookError(f"TRAIN_SAMPLE must be 0 (skip) or more, got {self.train_sample}.")
+
+    @classmethod
+    def from_parameters(cls, parameters: dict) -> EvaluateSettings:
+        """Settings from the notebook's parameter names (each field's name in capitals); other names are ignored."""
+        from tunebook.pipeline import settings_from
+
+        return settings_from(cls, parameters)
+
+
+@dataclass
+class TunedModel:
+    """The adapter of a run folder loaded on its base model, with what scoring it needs."""
+
+    model: Any
+    tokenizer: Any
+    manifest: artifacts.Manifest
+    base_model: str
+    answer_budget: int
+
+
+def load_tuned(run: RunFolder, base_model: str = "bundled") -> TunedModel:
+    """The run's adapter on its base model, after checking it was trained on this job card and base model."""
+    manifest = run.read_manifest()
+    resolved = models.resolve_base_model(base_model)
+    lineage.check_adapter_matches(manifest, run.read_job_card(), models.model_identity(resolved))
+    model, tokenizer = predict.load_for_inference(resolved, run.adapter_dir, manifest.config["quantization"])
+    budget = predict.answer_budget(tokenizer, run.read_splits()["train"]["target"].tolist())
+    return TunedModel(model, tokenizer, manifest, resolved, budget)
+
+
+@dataclass
+class Evaluation:
+    """Everything 04_evaluate measured; ``comparison()`` and ``results()`` are what it saves."""
+
+    tuned: pd.DataFrame
+    tuned_val: pd.DataFrame
+    rule: Any
+    scores: dict
+    frames: dict[str, pd.DataFrame]  # prompting, baseline, tuned: test-split predictions
+    named_scores: dict[str, dict]  # the same three, scored
+    baseline_variant: str
+    prompting_variant: str
+    intervals: dict[str, pd.DataFrame]
+    paired: dict
+    paired_prompting: dict
+    usable: dict[str, float | None]
+    sliced: dict[str, pd.DataFrame]
+    flipped: pd.DataFrame
+    overfit: dict | None
+    calibration: dict | None
+    general: dict
+
+    def comparison(self) -> artifacts.Comparison:
+        """evaluation/comparison.json."""
+        return artifacts.Comparison(
+            intervals=stats.as_records(self.intervals),
+            mcnemar=self.paired,
+            mcnemar_prompting=self.paired_prompting,
+            baseline_variant=self.baseline_variant,
+            prompting_variant=self.prompting_variant,
+            decision_rule=decide.describe(self.rule) if self.rule is not None else None,
+            usable_output_rate=self.usable,
+            overfitting=self.overfit,
+            calibration=self.calibration,
+            regression_probe=self.general,
+            slices=stats.as_records(self.sliced),
+        )
+
+    def results(self) -> artifacts.EvaluateResults:
+        """results/04_evaluate.json."""
+        paired = self.paired
+        return artifacts.EvaluateResults(
+            primary=self.scores["primary"],
+            metrics=metrics.headline(self.scores),
+            baseline_variant=self.baseline_variant,
+            mcnemar_p_value=paired["p_value"],
+            difference_is_real=paired["significant"],
+            beats_baseline=paired["significant"] and paired["fixed"] > paired["broken"],
+            mcnemar_prompting_p_value=self.paired_prompting["p_value"],
+            usable_output_rate=self.usable["tuned"],
+            general_regression=self.general["regressed"],
+        )
+
+
+def evaluate_run(run: RunFolder, tuned_model: TunedModel, settings: EvaluateSettings) -> Evaluation:
+    """Score the tuned model on the test split (decision rule fitted on validation) and compare it with the baselines
+    02 saved, measured the same way."""
+    card, splits = run.read_job_card(), run.read_splits()
+    model, tokenizer = tuned_model.model, tuned_model.tokenizer
+    tuned, tuned_val, rule = predict.predict_with_rule(
+        model,
+        tokenizer,
+        card,
+        splits,
+        baselines.load_classical(run),
+        settings.eval_batch_size,
+        max_new_tokens=tuned_model.answer_budget,
+    )
+    scores = metrics.evaluate(card, tuned)
+    stored = {name: run.read_scores(run.baseline_scores(name)) for name in ("prompting", "best")}
+    frames = {
+        "prompting": run.read_predictions(run.baseline_predictions("prompting")),
+        "baseline": run.read_predictions(run.baseline_predictions("best")),
+        "tuned": tuned,
+    }
+    return Evaluation(
+        tuned=tuned,
+        tuned_val=tuned_val,
+        rule=rule,
+        scores=scores,
+        frames=frames,
+        named_scores={
+            "prompting": stored["prompting"].as_dict(),
+            "baseline": stored["best"].as_dict(),
+            "tuned": scores,
+        },
+        baseline_variant=stored["best"].variant,
+        prompting_variant=stored["prompting"].variant,
+        intervals={
+            name: stats.bootstrap(card, frame, settings.bootstrap_resamples, settings.confidence)
+            for name, frame in frames.items()
+        },
+        paired=stats.mcnemar(card, frames["baseline"], tuned),
+        paired_prompting=stats.mcnemar(card, frames["prompting"], tuned),
+        usable={name: stats.valid_output_rate(card, frame) for name, frame in frames.items()},
+        sliced={name: stats.slices(card, frame, settings.tag) for name, frame in frames.items()},
+        flipped=stats.flips(card, frames["baseline"], tuned),
+        overfit=_overfitting(tuned_model, card, splits["train"], tuned, settings),
+        calibration=_calibration(card, tuned_val, tuned),
+        general=_general_probe(tuned_model, settings.regression_max_increase),
+    )
+
+
+def _overfitting(tuned_model: TunedModel, card, train: pd.DataFrame, tuned: pd.DataFrame, settings) -> dict | None:
+    """The primary metric on a sample of training examples against the test split; None when TRAIN_SAMPLE is 0."""
+    if settings.train_sample <= 0:
+        return None
+    sample = train.sample(min(settings.train_sample, len(train)), random_state=0)
+    seen = predict.predict(tuned_model.model, tuned_model.tokenizer, card, sample, batch_size=settings.eval_batch_size)
+    return stats.overfitting(card, seen, tuned, settings.overfit_gap)
+
+
+def _calibration(card, tuned_val: pd.DataFrame, tuned: pd.DataFrame) -> dict | None:
+    """For classification: the abstention threshold chosen on validation for the card's accuracy target, and what
+    it does on the test split."""
+    if card.task_kind != "classification":
+        return None
+    required = card.targets.accuracy or card.targets.macro_f1 or 0.9
+    chosen = stats.abstain_threshold(tuned_val, required)
+    return {"validation": chosen, "test": stats.apply_threshold(tuned, chosen["threshold"])}
+
+
+def _general_probe(tuned_model: TunedModel, max_increase: float) -> dict:
+    """Loss on general text and instructions, tuned against base (a fully fine-tuned model needs the base loaded)."""
+    full = tuned_model.manifest.config["quantization"] == "full"
+    base_only = predict.load_for_inference(tuned_model.base_model)[0] if full else None
+    return regression.regression_probe(
+        tuned_model.model, tuned_model.tokenizer, base=base_only, max_increase=max_increase
+    )
+
+
+def save_evaluation(run: RunFolder, evaluation: Evaluation) -> None:
+    """Write the decision rule, the tuned predictions and scores, the comparison and the step's results."""
+    if evaluation.rule is not None:
+        run.write_rule(evaluation.rule, run.tuned_rule)
+    run.write_predictions(evaluation.tuned, run.tuned_predictions)
+    run.write_scores(run.tuned_scores, evaluation.scores)
+    run.write_comparison(evaluation.comparison())
+    run.write_results("04_evaluate", evaluation.results())
+
+
+def evaluate_run_folder(run_dir: str | Path, parameters: dict) -> Evaluation:
+    """All of 04_evaluate without the notebook: load, evaluate, save."""
+    run, settings = RunFolder(Path(run_dir)), EvaluateSettings.from_parameters(parameters)
+    if run.tuned_scores.exists():
+        raise TunebookError(
+            f"{run.evaluation_dir} already holds an evaluation; it is never overwritten. Evaluate a copy of the run "
+            "folder without its evaluation folder."
+        )
+    evaluation = evaluate_run(run, load_tuned(run, settings.base_model), settings)
+    save_evaluation(run, evaluation)
+    return evaluation
