@@ -10,11 +10,12 @@ import pandas as pd
 
 from tunebook import artifacts, audit, data, dataset, models
 from tunebook.errors import TunebookError
+from tunebook.pipeline import StepSettings
 from tunebook.runfolder import RunFolder
 
 
 @dataclass
-class CleanSettings:
+class CleanSettings(StepSettings):
     """01_clean_the_data's parameters, checked once (the notebook's parameters cell declares the same names)."""
 
     test_fraction: float = 0.2
@@ -36,13 +37,6 @@ class CleanSettings:
         for name in ("test_fraction", "val_fraction", "near_dup_threshold", "suspect_threshold"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TunebookError(f"{name.upper()} must be between 0 and 1, got {getattr(self, name)}.")
-
-    @classmethod
-    def from_parameters(cls, parameters: dict) -> CleanSettings:
-        """Settings from the notebook's parameter names (each field's name in capitals); other names are ignored."""
-        from tunebook.pipeline import settings_from
-
-        return settings_from(cls, parameters)
 
 
 @dataclass

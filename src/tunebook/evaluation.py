@@ -12,11 +12,12 @@ import pandas as pd
 
 from tunebook import artifacts, baselines, decide, lineage, metrics, models, predict, regression, stats
 from tunebook.errors import TunebookError
+from tunebook.pipeline import StepSettings
 from tunebook.runfolder import RunFolder
 
 
 @dataclass
-class EvaluateSettings:
+class EvaluateSettings(StepSettings):
     """04_evaluate's parameters, checked once (the notebook's parameters cell declares the same names)."""
 
     base_model: str = "bundled"
@@ -36,13 +37,6 @@ class EvaluateSettings:
             raise TunebookError(f"CONFIDENCE must be between 0 and 1, got {self.confidence}.")
         if self.train_sample < 0:
             raise TunebookError(f"TRAIN_SAMPLE must be 0 (skip) or more, got {self.train_sample}.")
-
-    @classmethod
-    def from_parameters(cls, parameters: dict) -> EvaluateSettings:
-        """Settings from the notebook's parameter names (each field's name in capitals); other names are ignored."""
-        from tunebook.pipeline import settings_from
-
-        return settings_from(cls, parameters)
 
 
 @dataclass

@@ -71,6 +71,15 @@ def settings_from(cls: type, parameters: dict, aliases: dict[str, str] | None = 
     return cls(**{names[k]: v for k, v in parameters.items() if k in names})
 
 
+class StepSettings:
+    """Base of a step's settings dataclass, built once from the step's notebook parameters."""
+
+    @classmethod
+    def from_parameters(cls, parameters: dict):
+        """Settings from the notebook's parameter names (each field's name in capitals); other names are ignored."""
+        return settings_from(cls, parameters)
+
+
 def step_parameters(step: str, namespace: dict, folder: Path | None = None) -> dict:
     """The values of the parameters ``step`` declares, taken from a notebook's namespace (``globals()``): what the
     notebook hands to the same package function the command line calls."""
