@@ -41,6 +41,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -170,10 +171,41 @@ def peak_mb() -> float:
     return peak.get("peak_gpu_memory_mb", peak["peak_memory_mb"])
 
 
-def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant: str = "sdpa") -> dict:
+class StepProfile(TrainerCallback):
+    """torch.profiler over the steady steps (after the warm-up ones); writes the top operators to ``path``."""
+
+    def __init__(self, path: Path, first: int = WARMUP_STEPS, steps: int = 5):
+        self.path, self.first, self.last, self.profiler = path, first, first + steps, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        """Start profiling at the first steady step."""
+        if state.global_step == self.first:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.profiler = profile(activities=activities)
+            self.profiler.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """Stop after the last profiled step and write the tables (by host time, and by device time on a GPU)."""
+        if self.profiler is not None and state.global_step == self.last:
+            _sync()
+            self.profiler.__exit__(None, None, None)
+            table = self.profiler.key_averages()
+            text = f"{self.last - self.first} steps\n" + table.table(sort_by="self_cpu_time_total", row_limit=40)
+            if torch.cuda.is_available():
+                text += "\n" + table.table(sort_by="self_cuda_time_total", row_limit=25)
+            self.path.write_text(text)
+            self.profiler = None
+
+
+def run_tunebook(
+    steps: int, quantization: str, model: str = "bundled", variant: str = "sdpa", profile: Path | None = None
+) -> dict:
     """Train with tunebook's trainer for ``steps`` steps; timings, tokens, FLOPs and validation loss.
 
     ``variant``: the attention implementation (sdpa, flex_attention, eager), with "+compile" for compiled layers.
+    ``profile``: a file for the profiler's table of the steady steps (they then run slower: not for timing).
     """
     import tempfile
 
@@ -193,7 +225,10 @@ def run_tunebook(steps: int, quantization: str, model: str = "bundled", variant:
         compile=variant.endswith("+compile"),
     )
     with tempfile.TemporaryDirectory() as folder:
-        train.train_adapter(card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer])
+        extra = [StepProfile(profile)] if profile else []
+        train.train_adapter(
+            card, splits, base, config, Path(folder) / "adapter", "benchmark", callbacks=[timer, *extra]
+        )
         # validation loss on sdpa, not compiled: the same numbers, without compiling for every padded batch shape
         model = train.prepare_model(
             base, recipe.TrainConfig(**{**asdict(config), "attention": "sdpa", "compile": False})
@@ -244,7 +279,6 @@ def run_trl(steps: int, quantization: str, no_checkpointing: bool, model: str = 
     model = models.load_model(base, quantization)
     timer = callbacks.StepTimer()
     logged: list[dict] = []
-    from transformers import TrainerCallback
 
     class Logs(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -328,6 +362,12 @@ def main() -> None:
     parser.add_argument("--skip-trl-defaults", action="store_true")
     parser.add_argument("--skip-trl-no-gc", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="a folder for torch.profiler tables of each tunebook variant's steady steps (profiled steps run slower: "
+        "do not quote the timings of a profiled run)",
+    )
     options = parser.parse_args()
     on_gpu = torch.cuda.is_available()
     dtype = torch.bfloat16 if on_gpu else torch.float32
@@ -340,8 +380,11 @@ def main() -> None:
     resolve_model(options.model)  # once, before the runs start in their own processes
     runs = {}
     for variant in options.tunebook_variants.split(","):
+        profile = options.profile / f"profile-{variant.replace('+', '-')}.txt" if options.profile else None
+        if profile:
+            options.profile.mkdir(parents=True, exist_ok=True)
         runs[f"tunebook {variant}"] = in_process(
-            run_tunebook, options.steps, options.quantization, options.model, variant
+            run_tunebook, options.steps, options.quantization, options.model, variant, profile
         )
         report(runs, ceiling, dtype)
     if not options.skip_trl_defaults:

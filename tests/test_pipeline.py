@@ -396,6 +396,18 @@ def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, t
         == 0
     )
     assert run.notebook("04_evaluate").is_file() and run.tuned_scores.is_file()
+    # `tunebook baseline` does 02's work with the same function the notebook calls, and gets the same answers
+    prepared = RunFolder(tmp_path / "prepared")
+    shutil.copytree(prepared_run, prepared.root)
+    assert cli.main(["baseline", str(prepared.root), "-p", f"BASE_MODEL={tiny_model}", "-p", "K_SHOTS=0"]) == 0
+    assert cli.main(["baseline", str(prepared.root), "-p", f"BASE_MODEL={tiny_model}"]) == 2  # never overwritten
+    notebook, command = run.read_results("02_prove_the_baseline"), prepared.read_results("02_prove_the_baseline")
+    assert (command.variant, command.best_prompting, command.verdict) == (
+        notebook.variant,
+        notebook.best_prompting,
+        notebook.verdict,
+    )
+    assert command.metrics == pytest.approx(notebook.metrics, abs=1e-6)
     # `tunebook evaluate` does 04's work with the same function the notebook calls, and gets the same answers
     alone = RunFolder(tmp_path / "alone")
     shutil.copytree(run_dir, alone.root)

@@ -1,5 +1,5 @@
 """Command line: ``tunebook run`` runs the workbook; ``tunebook train`` runs the training step alone (also under
-``accelerate launch`` / ``torchrun``), as ``tunebook clean`` and ``tunebook evaluate`` run theirs; ``tunebook predict`` serves a job's released champion on a file;
+``accelerate launch`` / ``torchrun``), as ``tunebook clean``, ``baseline`` and ``evaluate`` run theirs; ``tunebook predict`` serves a job's released champion on a file;
 ``tunebook versions`` / ``promote`` / ``rollback`` manage the registry; ``tunebook prepare-model`` caches the bundled model."""
 
 from __future__ import annotations
@@ -118,6 +118,15 @@ def _clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baseline(args: argparse.Namespace) -> int:
+    from tunebook.proving import prove_run_folder
+    from tunebook.runfolder import STEPS
+
+    proof = prove_run_folder(args.run_dir, _step_parameters(STEPS[2], args))
+    print(f"[tunebook] best on validation: {proof.best.name}; {proof.verdict['text']}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from tunebook.runfolder import STEPS, RunFolder
     from tunebook.train import recorded_results, train_run_folder
@@ -230,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     for name, step, function, what in (
         ("clean", "01_clean_the_data", _clean, "audit, clean, split and version the data of a run folder after 00"),
+        ("baseline", "02_prove_the_baseline", _baseline, "run the cheap alternatives of a run folder after 01"),
         ("train", "03_train_qlora", _train, "train on a run folder prepared by 00 and 01"),
         ("evaluate", "04_evaluate", _evaluate, "evaluate the adapter of a run folder against its baselines"),
     ):
