@@ -10,6 +10,7 @@ import pandas as pd
 
 from tunebook import artifacts, audit, data, dataset, models
 from tunebook.errors import TunebookError
+from tunebook.job import JobCard
 from tunebook.pipeline import StepSettings
 from tunebook.runfolder import RunFolder
 
@@ -43,7 +44,7 @@ class CleanSettings(StepSettings):
 class Audited:
     """The first half: what was read, what the policy and the review decisions removed, and the audit's findings."""
 
-    card: object
+    card: JobCard
     examples: pd.DataFrame  # every row read, before cleaning
     invalid: list[dict]  # rows whose target breaks the card (held back, listed in removed)
     skipped: list  # unreadable lines (BAD_LINES='skip')

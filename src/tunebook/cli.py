@@ -1,6 +1,7 @@
-"""Command line: ``tunebook run`` runs the workbook; ``tunebook train`` runs the training step alone (also under
-``accelerate launch`` / ``torchrun``), as ``tunebook clean``, ``baseline`` and ``evaluate`` run theirs; ``tunebook predict`` serves a job's released champion on a file;
-``tunebook versions`` / ``promote`` / ``rollback`` manage the registry; ``tunebook prepare-model`` caches the bundled model."""
+"""Command line: ``tunebook run`` runs the workbook; ``tunebook clean``, ``baseline``, ``train`` (also under
+``accelerate launch`` / ``torchrun``) and ``evaluate`` run one step on a run folder; ``tunebook predict`` serves a
+job's released champion on a file; ``tunebook versions`` / ``promote`` / ``rollback`` manage the registry;
+``tunebook prepare-model`` caches the bundled model."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 from tunebook import artifacts, baselines, decide, lineage, metrics, models, predict, regression, stats
 from tunebook.errors import TunebookError
+from tunebook.job import JobCard
 from tunebook.pipeline import StepSettings
 from tunebook.runfolder import RunFolder
 
@@ -163,7 +164,9 @@ def evaluate_run(run: RunFolder, tuned_model: TunedModel, settings: EvaluateSett
     )
 
 
-def _overfitting(tuned_model: TunedModel, card, train: pd.DataFrame, tuned: pd.DataFrame, settings) -> dict | None:
+def _overfitting(
+    tuned_model: TunedModel, card: JobCard, train: pd.DataFrame, tuned: pd.DataFrame, settings: EvaluateSettings
+) -> dict | None:
     """The primary metric on a sample of training examples against the test split; None when TRAIN_SAMPLE is 0."""
     if settings.train_sample <= 0:
         return None
@@ -172,7 +175,7 @@ def _overfitting(tuned_model: TunedModel, card, train: pd.DataFrame, tuned: pd.D
     return stats.overfitting(card, seen, tuned, settings.overfit_gap)
 
 
-def _calibration(card, tuned_val: pd.DataFrame, tuned: pd.DataFrame) -> dict | None:
+def _calibration(card: JobCard, tuned_val: pd.DataFrame, tuned: pd.DataFrame) -> dict | None:
     """For classification: the abstention threshold chosen on validation for the card's accuracy target, and what
     it does on the test split."""
     if card.task_kind != "classification":
