@@ -32,8 +32,7 @@ class EvaluateSettings(StepSettings):
     regression_max_increase: float = 0.25
 
     def __post_init__(self) -> None:
-        if self.eval_batch_size <= 0 or self.bootstrap_resamples <= 0:
-            raise TunebookError("EVAL_BATCH_SIZE and BOOTSTRAP_RESAMPLES must be positive.")
+        self.require_positive("eval_batch_size", "bootstrap_resamples")
         if not 0 < self.confidence < 1:
             raise TunebookError(f"CONFIDENCE must be between 0 and 1, got {self.confidence}.")
         if self.train_sample < 0:

@@ -79,6 +79,12 @@ class StepSettings:
         """Settings from the notebook's parameter names (each field's name in capitals); other names are ignored."""
         return settings_from(cls, parameters)
 
+    def require_positive(self, *names: str) -> None:
+        """Raise an error naming the first of these fields (by its parameter name) that is not positive."""
+        for name in names:
+            if getattr(self, name) <= 0:
+                raise TunebookError(f"{name.upper()} must be positive, got {getattr(self, name)}.")
+
 
 def step_parameters(step: str, namespace: dict, folder: Path | None = None) -> dict:
     """The values of the parameters ``step`` declares, taken from a notebook's namespace (``globals()``): what the

@@ -26,8 +26,7 @@ class BaselineSettings(StepSettings):
     bootstrap_resamples: int = 500
 
     def __post_init__(self) -> None:
-        if self.eval_batch_size <= 0 or self.bootstrap_resamples <= 0:
-            raise TunebookError("EVAL_BATCH_SIZE and BOOTSTRAP_RESAMPLES must be positive.")
+        self.require_positive("eval_batch_size", "bootstrap_resamples")
         if self.k_shots < 0:
             raise TunebookError(f"K_SHOTS must be 0 (zero-shot only) or more, got {self.k_shots}.")
 

@@ -9,13 +9,14 @@ import torch
 
 from tunebook.errors import TunebookError
 from tunebook.models import QUANTIZATIONS
+from tunebook.pipeline import StepSettings, settings_from
 
 DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 5e-5}
 ATTENTIONS = ("sdpa", "eager", "flex_attention")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(StepSettings):
     """Everything that decides the trained weights, recorded in the manifest."""
 
     quantization: str = "nf4"
@@ -51,9 +52,7 @@ class TrainConfig:
         """Raise a clear error for any out-of-range setting."""
         if self.quantization not in QUANTIZATIONS:
             raise TunebookError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, got '{self.quantization}'.")
-        for name in ("lora_r", "lora_alpha", "batch_size", "max_length"):
-            if getattr(self, name) <= 0:
-                raise TunebookError(f"{name.upper()} must be positive, got {getattr(self, name)}.")
+        self.require_positive("lora_r", "lora_alpha", "batch_size", "max_length")
         if self.learning_rate < 0:
             raise TunebookError(
                 f"LEARNING_RATE must be positive (or 0 for the method's default), got {self.learning_rate}."
@@ -90,6 +89,4 @@ class TrainConfig:
 
 def config_from_parameters(parameters: dict) -> TrainConfig:
     """A TrainConfig from 03_train_qlora's parameter names (QUANTIZATION, LORA_R, ...); other names are ignored."""
-    from tunebook.pipeline import settings_from
-
     return settings_from(TrainConfig, parameters, {"LORA_TARGET_MODULES": "target_modules"})
