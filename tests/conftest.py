@@ -178,7 +178,8 @@ def keyword_job(folder: Path, shuffled: bool = False) -> tuple[Path, Path]:
 
 
 RELEASE_PARAMETERS = {  # a full fine-tune of the tiny model learns the keyword tickets perfectly in 400 steps
-    "QUANTIZATION": "full",
+    "METHOD": "full",
+    "QUANTIZATION": "none",
     "LEARNING_RATE": 0.001,
     "BATCH_SIZE": 16,
     "MAX_STEPS": 400,

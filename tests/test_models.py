@@ -37,5 +37,5 @@ def test_identity_is_a_weight_hash_and_is_cached(tiny_model):
 def test_unknown_quantization_is_named():
     from tunebook.errors import TunebookError
 
-    with pytest.raises(TunebookError, match="QUANTIZATION must be one of nf4, int8, none, full, got 'fp3'"):
+    with pytest.raises(TunebookError, match="QUANTIZATION must be one of nf4, int8, none, got 'fp3'"):
         models.quantization_config("fp3")

@@ -47,8 +47,8 @@ def test_a_damaging_adapter_is_flagged(tiny_model, tokenizer):
 
 
 def test_a_full_fine_tune_needs_the_base_passed(tiny_model, tokenizer):
-    full = train.prepare_model(tiny_model, fast(quantization="full"))
+    full = train.prepare_model(tiny_model, fast(method="full", quantization="none"))
     with pytest.raises(TunebookError, match="pass the base model"):
         regression.regression_probe(full, tokenizer)
-    base = train.prepare_model(tiny_model, fast(quantization="full"))
+    base = train.prepare_model(tiny_model, fast(method="full", quantization="none"))
     assert not regression.regression_probe(full, tokenizer, base=base)["regressed"]

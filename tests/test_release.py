@@ -201,7 +201,7 @@ def test_first_adapter_becomes_champion_with_everything_logged(released):
     inputs = {d.tags[0].value: d.dataset.digest for d in run.inputs.dataset_inputs}
     assert inputs == {split: version_file.splits[split].hash[:12] for split in ("train", "val", "test")}
     assert (
-        run.data.params["train.quantization"] == "full"
+        run.data.params["train.method"] == "full"
         and run.data.params["dataset_hash"] == good.results["01_clean_the_data"]["dataset_hash"]
     )
     logged = {

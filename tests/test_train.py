@@ -11,7 +11,21 @@ from conftest import assert_gradients_close, assert_same_choices, tol, write_job
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from tunebook import data, dataset, decoding, job, methods, models, packing, predict, prompts, recipe, runfolder, train
+from tunebook import (
+    artifacts,
+    data,
+    dataset,
+    decoding,
+    job,
+    methods,
+    models,
+    packing,
+    predict,
+    prompts,
+    recipe,
+    runfolder,
+    train,
+)
 from tunebook.errors import TunebookError
 
 KINDS = ["support_triage", "order_extraction", "support_tools", "reply_drafting"]
@@ -334,17 +348,38 @@ def test_a_reloaded_adapter_predicts_exactly_what_the_trained_one_did(tiny_job, 
 def test_full_fine_tuning_saves_a_whole_model_that_reloads(tiny_job, tiny_model, tmp_path):
     card, splits = tiny_job
     result = train.train_adapter(
-        card, splits, tiny_model, fast(quantization="full", max_steps=2, learning_rate=0), tmp_path / "full", "h"
+        card, splits, tiny_model, fast(method="full", max_steps=2, learning_rate=0), tmp_path / "full", "h"
     )
     assert (result.adapter_dir / "model.safetensors").is_file() and not (
         result.adapter_dir / "adapter_config.json"
     ).exists()
     assert result.manifest.config["learning_rate_used"] == recipe.DEFAULT_LEARNING_RATE["full"]
-    model, tokenizer = predict.load_for_inference(tiny_model, result.adapter_dir, "full")
+    model, tokenizer = predict.load_trained(tiny_model, result.adapter_dir, result.manifest)
     assert decoding.label_log_likelihoods(model, tokenizer, card, ["late parcel"], progress=False).shape == (
         1,
         len(card.labels),
     )
+
+
+def test_full_fine_tuning_is_a_method_and_its_old_spelling_still_reads(tiny_job, tiny_model, tmp_path):
+    assert (recipe.TrainConfig(quantization="full").method, recipe.TrainConfig(quantization="full").quantization) == (
+        "full",
+        "none",
+    )
+    assert recipe.config_from_parameters({"METHOD": "full", "QUANTIZATION": "none"}).full
+    with pytest.raises(TunebookError, match="METHOD='full'.*QUANTIZATION='none'"):
+        recipe.TrainConfig(method="full", quantization="nf4").check()
+    with pytest.raises(TunebookError, match="METHOD must be one of lora, full"):
+        recipe.TrainConfig(method="qlora").check()
+    card, splits = tiny_job
+    result = train.train_adapter(card, splits, tiny_model, fast(max_steps=1), tmp_path / "a", "h")
+    written = json.loads(runfolder.manifest_path(result.adapter_dir).read_text())
+    assert written["config"]["method"] == "lora" and written["config"]["quantization"] == "none"
+    old = {**written, "config": {k: v for k, v in written["config"].items() if k != "method"}}
+    assert artifacts.Manifest.model_validate(old).full_fine_tune is False
+    old["config"]["quantization"] = "full"  # how a full fine-tune was recorded before METHOD existed
+    read = artifacts.Manifest.model_validate(old)
+    assert read.full_fine_tune and read.quantization == "none"
 
 
 def test_int8_trains_an_adapter(tiny_job, tiny_model, tmp_path):
@@ -434,7 +469,7 @@ def test_target_modules_have_one_spelling_so_notebook_and_command_line_runs_resu
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"quantization": "int3"}, "QUANTIZATION must be one of nf4, int8, none, full"),
+        ({"quantization": "int3"}, "QUANTIZATION must be one of nf4, int8, none"),
         ({"lora_r": 0}, "LORA_R must be positive"),
         ({"learning_rate": -1}, "LEARNING_RATE must be positive"),
         ({"epochs": 0, "max_steps": -1}, "set EPOCHS > 0"),

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunebook.errors import TunebookError
 
@@ -81,6 +81,7 @@ class TrainResults(Artifact):
     val_loss_before: float
     val_loss_after: float
     quantization: str
+    method: str = "lora"
     best_step: int | None
     steps: int
     stopped_early: bool
@@ -257,6 +258,24 @@ class Manifest(Artifact):
     versions: dict[str, str]
     git_commit: str | None
     argv: list[str]
+
+    @field_validator("config")
+    @classmethod
+    def _method_apart_from_quantization(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Read a manifest written when full fine-tuning was spelled QUANTIZATION='full' as METHOD='full'."""
+        if config.get("quantization") == "full":
+            return {**config, "method": "full", "quantization": "none"}
+        return {"method": "lora", **config}
+
+    @property
+    def full_fine_tune(self) -> bool:
+        """Whether every weight was trained: the adapter folder holds a whole model, not a LoRA adapter."""
+        return self.config["method"] == "full"
+
+    @property
+    def quantization(self) -> str:
+        """How the base model was held while training (nf4, int8 or none)."""
+        return self.config["quantization"]
 
 
 # ---- release

@@ -55,7 +55,7 @@ def load_tuned(run: RunFolder, base_model: str = "bundled") -> TunedModel:
     manifest = run.read_manifest()
     resolved = models.resolve_base_model(base_model)
     lineage.check_adapter_matches(manifest, run.read_job_card(), models.model_identity(resolved))
-    model, tokenizer = predict.load_for_inference(resolved, run.adapter_dir, manifest.config["quantization"])
+    model, tokenizer = predict.load_trained(resolved, run.adapter_dir, manifest)
     budget = predict.answer_budget(tokenizer, run.read_splits()["train"]["target"].tolist())
     return TunedModel(model, tokenizer, manifest, resolved, budget)
 
@@ -186,7 +186,7 @@ def _calibration(card: JobCard, tuned_val: pd.DataFrame, tuned: pd.DataFrame) ->
 
 def _general_probe(tuned_model: TunedModel, max_increase: float) -> dict:
     """Loss on general text and instructions, tuned against base (a fully fine-tuned model needs the base loaded)."""
-    full = tuned_model.manifest.config["quantization"] == "full"
+    full = tuned_model.manifest.full_fine_tune
     base_only = predict.load_for_inference(tuned_model.base_model)[0] if full else None
     return regression.regression_probe(
         tuned_model.model, tuned_model.tokenizer, base=base_only, max_increase=max_increase

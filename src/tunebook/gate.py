@@ -13,7 +13,7 @@ from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 from tunebook.metrics import check_targets, evaluate
 from tunebook.models import model_identity
-from tunebook.predict import load_for_inference, predict, read_predictions
+from tunebook.predict import load_trained, predict, read_predictions
 from tunebook.registry import TAG, Registry, champion, download
 from tunebook.runfolder import RunFolder, read_manifest
 from tunebook.serve import fetch_decision
@@ -210,6 +210,6 @@ def reference_predictions(
             f"{name} was trained on base model '{manifest.base_model.get('name')}' and evaluated on another test split; "
             f"it cannot be re-scored on BASE_MODEL '{identity.get('name')}'. Evaluate both on the same frozen test split (TEST_FILE)."
         )
-    model, tokenizer = load_for_inference(base_model, adapter, manifest.config["quantization"])
+    model, tokenizer = load_trained(base_model, adapter, manifest)
     rescored = predict(model, tokenizer, card, test, batch_size, rule=rule, other_model=other)
     return rescored, f"{name} (re-scored on this test split)", str(current.version)

@@ -1,8 +1,10 @@
-"""Measuring the training methods (nf4, int8, none, full) briefly on the user's own job before training."""
+"""Measuring the ways to train (LoRA on an nf4, int8 or unquantized base, or full fine-tuning) briefly on the
+user's own job before training."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from multiprocessing import get_context
@@ -13,10 +15,12 @@ import pandas as pd
 from tunebook.callbacks import StepTimer
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
-from tunebook.models import QUANTIZATIONS
 from tunebook.recipe import TrainConfig
 from tunebook.runfolder import RunFolder
 from tunebook.train import train_adapter
+
+# The ways compared, by the name the table gives them: LoRA on a base held each way, or every weight trained.
+TRAINING_WAYS = {"nf4": ("lora", "nf4"), "int8": ("lora", "int8"), "none": ("lora", "none"), "full": ("full", "none")}
 
 
 def _method_trial(card: JobCard, splits: dict[str, pd.DataFrame], base_model: str, config: TrainConfig) -> dict:
@@ -28,7 +32,7 @@ def _method_trial(card: JobCard, splits: dict[str, pd.DataFrame], base_model: st
         )
     manifest = result.manifest
     return {
-        "method": config.quantization,
+        "method": "full" if config.full else config.quantization,
         "trainable_parameters": manifest.trainable_parameters,
         "peak_memory_mb": manifest.peak_memory_mb,
         **({"peak_gpu_memory_mb": manifest.peak_gpu_memory_mb} if manifest.peak_gpu_memory_mb is not None else {}),
@@ -44,7 +48,7 @@ def compare_methods(
     splits: dict[str, pd.DataFrame],
     base_model: str,
     config: TrainConfig,
-    methods: list[str] = QUANTIZATIONS,
+    methods: Sequence[str] = tuple(TRAINING_WAYS),
     steps: int = 4,
     val_examples: int = 32,
 ) -> pd.DataFrame:
@@ -53,16 +57,17 @@ def compare_methods(
     Columns: trainable parameters, peak memory, median seconds per step after the first (warm-up), learning rate,
     and validation loss before and after.
     """
-    unknown = [m for m in methods if m not in QUANTIZATIONS]
+    unknown = [m for m in methods if m not in TRAINING_WAYS]
     if unknown:
-        raise TunebookError(f"unknown method(s) {unknown}; choose from {', '.join(QUANTIZATIONS)}.")
+        raise TunebookError(f"unknown method(s) {unknown}; choose from {', '.join(TRAINING_WAYS)}.")
     short = {**splits, "val": splits["val"].head(val_examples)}
     rows = []
     for method in methods:
         trial = TrainConfig(
             **{
                 **asdict(config),
-                "quantization": method,
+                "method": TRAINING_WAYS[method][0],
+                "quantization": TRAINING_WAYS[method][1],
                 "max_steps": steps,
                 "eval_steps": steps,
                 "early_stopping_patience": 0,

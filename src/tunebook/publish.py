@@ -146,10 +146,10 @@ def model_card(card: JobCard, version: str, evidence: Evidence) -> str:
         "",
         "## Training",
         "",
-        f"- method {config['quantization']}"
+        f"- method: {manifest.method}"
         + (
             ""
-            if config["quantization"] == "full"
+            if manifest.full_fine_tune
             else f", LoRA r {config['lora_r']}, alpha {config['lora_alpha']}, targets {config['target_modules']}"
         ),
         f"- learning rate {config.get('learning_rate_used', config['learning_rate'])}, batch {config['batch_size']}, "
@@ -219,7 +219,8 @@ def _tags(card: JobCard, e: Evidence, adapter_sha: str) -> dict[str, str]:
         "test_split_sha256": e.dataset.splits["test"].hash,
         "base_model": str(e.manifest.base_model.get("name")),
         "base_sha256": str(e.manifest.base_model.get("sha256")),
-        "quantization": e.manifest.config["quantization"],
+        "method": e.manifest.config["method"],
+        "quantization": e.manifest.quantization,
         "gate": "passed" if e.gate.passed else "failed",
         "gate_failed": ", ".join(e.gate.failed),
         "gate_reference": e.gate.reference,

@@ -11,6 +11,7 @@ from tunebook.errors import TunebookError
 from tunebook.models import QUANTIZATIONS
 from tunebook.pipeline import StepSettings, settings_from
 
+METHODS = ("lora", "full")  # a LoRA adapter on a (possibly quantized) base, or every weight trained (small models)
 DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 5e-5}
 ATTENTIONS = ("sdpa", "eager", "flex_attention")
 
@@ -19,7 +20,8 @@ ATTENTIONS = ("sdpa", "eager", "flex_attention")
 class TrainConfig(StepSettings):
     """Everything that decides the trained weights, recorded in the manifest."""
 
-    quantization: str = "nf4"
+    method: str = "lora"
+    quantization: str = "nf4"  # how the base is held while training: nf4 | int8 | none
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -45,13 +47,23 @@ class TrainConfig(StepSettings):
     compile: bool = False
 
     def __post_init__(self) -> None:
+        if (
+            self.quantization == "full"
+        ):  # the spelling before METHOD existed: configs, manifests and registries hold it
+            self.method, self.quantization = "full", "none"
         names = self.target_modules.split(",") if isinstance(self.target_modules, str) else self.target_modules
         self.target_modules = ",".join(name.strip() for name in names if name.strip())
 
     def check(self) -> None:
         """Raise a clear error for any out-of-range setting."""
+        if self.method not in METHODS:
+            raise TunebookError(f"METHOD must be one of {', '.join(METHODS)}, got '{self.method}'.")
         if self.quantization not in QUANTIZATIONS:
             raise TunebookError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, got '{self.quantization}'.")
+        if self.full and self.quantization != "none":
+            raise TunebookError(
+                f"METHOD='full' trains every weight, which a {self.quantization} base cannot hold; set QUANTIZATION='none'."
+            )
         self.require_positive("lora_r", "lora_alpha", "batch_size", "max_length")
         if self.learning_rate < 0:
             raise TunebookError(
@@ -79,7 +91,7 @@ class TrainConfig(StepSettings):
     @property
     def full(self) -> bool:
         """Whether every weight is trained (no adapter)."""
-        return self.quantization == "full"
+        return self.method == "full"
 
     @property
     def effective_learning_rate(self) -> float:
@@ -88,5 +100,5 @@ class TrainConfig(StepSettings):
 
 
 def config_from_parameters(parameters: dict) -> TrainConfig:
-    """A TrainConfig from 03_train_qlora's parameter names (QUANTIZATION, LORA_R, ...); other names are ignored."""
+    """A TrainConfig from 03_train_qlora's parameter names (METHOD, QUANTIZATION, LORA_R, ...); other names are ignored."""
     return settings_from(TrainConfig, parameters, {"LORA_TARGET_MODULES": "target_modules"})

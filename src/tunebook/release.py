@@ -11,6 +11,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tunebook.artifacts import Manifest
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 from tunebook.models import load_model
@@ -34,6 +35,11 @@ def merged_model(base_model: str, adapter_dir: str | Path, quantization: str = "
                     module.weight.copy_(weight.to(module.weight.dtype).reshape(module.weight.shape))
         del quantized
     return PeftModel.from_pretrained(full, str(adapter_dir)).merge_and_unload().eval()
+
+
+def merged_for_parity(base_model: str, adapter_dir: str | Path, manifest: Manifest) -> PreTrainedModel | None:
+    """The merged model a serving stack would deploy, or None for a full fine-tune (nothing to merge)."""
+    return None if manifest.full_fine_tune else merged_model(base_model, adapter_dir, manifest.quantization)
 
 
 def parity(

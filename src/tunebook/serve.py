@@ -14,7 +14,7 @@ from tunebook.errors import DataError, TunebookError
 from tunebook.job import JobCard
 from tunebook.lineage import check_adapter_matches
 from tunebook.models import cache_dir, model_identity, resolve_base_model
-from tunebook.predict import load_for_inference, predict, save_predictions
+from tunebook.predict import load_trained, predict, save_predictions
 from tunebook.registry import Registry, champion, download, get_version
 from tunebook.runfolder import RunFolder, manifest_path
 
@@ -92,7 +92,7 @@ def predict_file(
     resolved = resolve_base_model(base_model)
     check_adapter_matches(manifest, card, model_identity(resolved))
     examples = read_inputs(inputs, card)
-    model, tokenizer = load_for_inference(resolved, release.adapter_dir, manifest.config["quantization"])
+    model, tokenizer = load_trained(resolved, release.adapter_dir, manifest)
     rule, other = tuned_decision(release)
     result = predict(model, tokenizer, card, examples, batch_size, progress, rule=rule, other_model=other)
     result = result.drop(columns=["target", "tags", "text"])

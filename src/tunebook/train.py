@@ -91,7 +91,7 @@ def supervision_summary(tokenizer: PreTrainedTokenizerBase, features: list[dict]
 def prepare_model(base_model: str, config: TrainConfig) -> PreTrainedModel:
     """The base model with a fresh LoRA adapter on it (or, for full fine-tuning, the base model itself), with the
     attention implementation ``config`` asks for."""
-    model = load_model(base_model, config.quantization)
+    model = load_model(base_model, config.quantization, float32=config.full)
     if model.config._attn_implementation != config.attention:
         model.set_attn_implementation(config.attention)
     if config.full:
@@ -130,7 +130,7 @@ def _out_of_memory(config: TrainConfig, features: list[dict], checkpoints: Path)
     return TunebookError(
         f"out of memory while training with BATCH_SIZE={config.batch_size} and MAX_LENGTH={config.max_length} "
         f"(longest training example: {max(len(f['input_ids']) for f in features)} tokens). Set BATCH_SIZE to "
-        f"{max(1, config.batch_size // 2)}, lower MAX_LENGTH, or use QUANTIZATION='nf4'; checkpoints saved so far "
+        f"{max(1, config.batch_size // 2)}, lower MAX_LENGTH, or use METHOD='lora' with QUANTIZATION='nf4'; checkpoints saved so far "
         f"are in {checkpoints} and a rerun with the same settings resumes from them."
     )
 
@@ -358,7 +358,8 @@ def recorded_results(result: TrainResult) -> TrainResults:
     return TrainResults(
         val_loss_before=result.val_loss_before,
         val_loss_after=result.val_loss_after,
-        quantization=m.config["quantization"],
+        quantization=m.quantization,
+        method=m.config["method"],
         best_step=m.best_step,
         steps=m.steps,
         stopped_early=m.stopped_early,
