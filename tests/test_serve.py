@@ -123,3 +123,162 @@ def test_serving_imports_no_training_or_release_code():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+def _tickets(tmp_path, n: int, seed: int):
+    tickets = pd.DataFrame(keyword_tickets(n, seed=seed, start=700))[["id", "text", "label"]]
+    tickets[["id", "text"]].to_csv(tmp_path / "tickets.csv", index=False)
+    return tickets
+
+
+def test_a_released_version_is_an_mlflow_pyfunc_model_that_answers_like_tunebook_predict(
+    released, tiny_model, tmp_path, monkeypatch
+):
+    import mlflow.pyfunc
+
+    runs, _, _ = released
+    monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
+    store = registry.open_registry(workspace=runs)
+    tickets = _tickets(tmp_path, 2, seed=4)
+    expected = serve.predict_file(
+        store, "support_triage", tmp_path / "tickets.csv", tmp_path / "out.jsonl", tiny_model, progress=False
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    model = mlflow.pyfunc.load_model("models:/support_triage@champion", model_config={"base_model": tiny_model})
+    answered = model.predict(tickets[["id", "text"]])
+    pd.testing.assert_frame_equal(answered.reset_index(drop=True), expected.reset_index(drop=True))
+    assert answered["model_version"].tolist() == [1] * len(tickets)
+    assert answered["prediction"].tolist() == tickets["label"].tolist()
+    one = model.predict(pd.DataFrame({"text": [tickets["text"][0]]}))  # one request, one row, no id: row number
+    assert one["id"].tolist() == ["1"] and one["prediction"][0] == expected["prediction"][0]
+    assert one["confidence"][0] == pytest.approx(expected["confidence"][0], abs=tol(1e-5, 1e-3))
+    with pytest.raises(TunebookError, match="no 'text' column"):
+        model.predict(pd.DataFrame({"body": ["hello"]}))
+
+
+def test_the_prompt_prefix_cache_gives_the_answers_of_a_full_pass(small_job, tiny_model):
+    from tunebook import data, decoding, job, predict
+
+    card = job.load_job_card(small_job)
+    texts = data.load_examples(card)[0]["text"].head(5).tolist()
+    model, tokenizer = predict.load_for_inference(tiny_model)
+    prefix = decoding.PromptPrefix(model, tokenizer, card)
+    assert len(prefix.tokens) > decoding.MIN_SHARED_PREFIX and prefix.covers(model, [prefix.tokens + [1]])
+    for batch in ([texts[0]], texts):  # one request alone (no prefix shared before), and a batch
+        plain = decoding.label_log_likelihoods(model, tokenizer, card, batch, progress=False)
+        cached = decoding.label_log_likelihoods(model, tokenizer, card, batch, progress=False, prefix=prefix)
+        assert cached == pytest.approx(plain, abs=tol(1e-4, 0.05))
+    other, _ = predict.load_for_inference(tiny_model)
+    assert not prefix.covers(other, [prefix.tokens + [1]])  # a cache belongs to the model that computed it
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_over_http_like_tunebook_predict_and_logs_every_answer(
+    released, tiny_model, tmp_path, monkeypatch
+):
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tunebook import inference_log
+
+    runs, _, _ = released
+    monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
+    store = registry.open_registry(workspace=runs)
+    tickets = _tickets(tmp_path, 3, seed=6)
+    expected = serve.predict_file(
+        store, "support_triage", tmp_path / "tickets.csv", tmp_path / "out.jsonl", tiny_model, progress=False
+    )
+    port, log = _free_port(), tmp_path / "served" / "log.jsonl"
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store.uri,
+        "TUNEBOOK_BASE_MODEL": tiny_model,
+        "TUNEBOOK_INFERENCE_LOG": str(log),
+        "TUNEBOOK_LOG_TEXT": "hash",
+        "OMP_NUM_THREADS": "1",
+    }
+    mlflow_cli = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/support_triage@champion"]
+    server = subprocess.Popen(
+        [*mlflow_cli, "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()[-3000:]
+            time.sleep(1)
+
+        def post(rows: list[dict]) -> list[dict]:
+            body = json.dumps({"dataframe_records": rows}).encode()
+            request = urllib.request.Request(
+                f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=120) as reply:
+                return json.loads(reply.read())["predictions"]
+
+        records = tickets[["id", "text"]].to_dict("records")
+        answered = pd.DataFrame(post(records))
+        assert answered["id"].tolist() == expected["id"].tolist()
+        assert answered["prediction"].tolist() == expected["prediction"].tolist()
+        assert answered["confidence"].to_numpy() == pytest.approx(expected["confidence"].to_numpy(), abs=1e-6)
+        with ThreadPoolExecutor(6) as pool:  # both workers append at once, one request per ticket
+            singles = list(pool.map(lambda row: post([row]), records * 2))
+        assert [s[0]["prediction"] for s in singles] == expected["prediction"].tolist() * 2
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+    logged, problems = inference_log.read_log(log)
+    assert problems == [] and len(logged) == 3 * len(records)
+    assert sorted(logged["id"]) == sorted([r["id"] for r in records] * 3)
+    assert logged["text"].isna().all() and set(logged["text_sha256"]) == {
+        inference_log.text_hash(t) for t in tickets["text"]
+    }
+    assert set(logged["model_version"]) == {"1"} and (logged["latency_ms"] > 0).all()
+    assert set(logged["decision"]) <= {"most likely", "routed"}
+
+
+def test_concurrent_appends_lose_no_line_and_a_bad_line_is_named_by_number(tmp_path):
+    from multiprocessing import get_context
+
+    from tunebook import inference_log
+
+    log = tmp_path / "log.jsonl"
+    with get_context("spawn").Pool(4) as pool:
+        pool.starmap(_append_many, [(str(log), worker) for worker in range(4)])
+    with log.open("a") as handle:
+        handle.write('{"time": "now", "job": "x"\n')  # cut off mid-line
+        handle.write(json.dumps({"time": "now", "job": "x"}) + "\n")  # fields missing
+    frame, problems = inference_log.read_log(log)
+    assert len(frame) == 4 * 200 and frame.groupby("model_version").size().tolist() == [200] * 4
+    assert len(problems) == 2 and "line 801" in problems[0] and "line 802" in problems[1]
+    assert "model_version" in problems[1]
+
+
+def _append_many(path: str, worker: int) -> None:
+    from tunebook import inference_log
+
+    answers = pd.DataFrame({"id": [f"{worker}-{i}" for i in range(10)], "prediction": "billing", "confidence": 0.9})
+    for _ in range(20):
+        records = inference_log.log_records("job", str(worker), answers, ["some text " * 40] * 10, 12.5)
+        inference_log.append(path, records)

@@ -92,6 +92,18 @@ class TrainResults(Artifact):
     trainable_parameters: int
 
 
+class MonitorResults(Artifact):
+    """06_monitor: the version watched, how much traffic it was watched on, and the verdict."""
+
+    version: str
+    logged: int
+    labelled: int
+    alert: bool
+    fired: list[str]
+    rolled_back: bool
+    report: str
+
+
 class EvaluateResults(Artifact):
     """04_evaluate: the tuned model's test metrics and the paired tests against the baselines."""
 

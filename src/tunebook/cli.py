@@ -207,6 +207,18 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    from tunebook.watch import watch
+
+    where = f" --runs-dir {args.runs_dir}" + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
+    out = args.out or f"{args.runs_dir}/monitoring/{args.job}-{time.strftime('%Y%m%d-%H%M%S')}"
+    verdict = watch(_store(args), args.job, args.log, out, args.labels, args.version, args.rollback_on_alert, where)
+    for problem in verdict.log_problems:
+        print(f"[tunebook] skipped {problem}", file=sys.stderr)
+    print(f"[tunebook] {verdict.summary()}\n[tunebook] report: {out}/report.html")
+    return 1 if verdict.alert else 0
+
+
 def _registry_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--job", required=True, help="job name (the job card's `name`), which names the registered model"
@@ -278,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     back = sub.add_parser("rollback", help="move a job's champion back to the version it replaced")
     _registry_arguments(back)
     back.set_defaults(func=_rollback)
+    watching = sub.add_parser(
+        "monitor", help="watch a released version on its inference log; exit 1 on an alert, 0 when quiet"
+    )
+    _registry_arguments(watching)
+    watching.add_argument("--log", required=True, help="the inference log (JSON lines written by the served model)")
+    watching.add_argument("--labels", help="delayed labels: a file with id and label columns")
+    watching.add_argument("--version", help="the version to watch (default: the champion)")
+    watching.add_argument("--out", help="new folder for alerts.json and report.html (default: under RUNS_DIR)")
+    watching.add_argument(
+        "--rollback-on-alert", action="store_true", help="move the champion back to the version it replaced"
+    )
+    watching.set_defaults(func=_monitor)
     return parser
 
 

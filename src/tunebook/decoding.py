@@ -74,28 +74,60 @@ def _common_prefix_length(prompts: list[list[int]]) -> int:
     return length
 
 
+def _prefix_cache(model: PreTrainedModel, tokens: list[int]) -> DynamicCache | None:
+    """The key/value cache of ``tokens``, or None when too short to share or of a kind (sliding window, linear
+    attention) that cannot be copied per batch."""
+    if len(tokens) < MIN_SHARED_PREFIX:
+        return None
+    ids = torch.tensor([tokens], dtype=torch.long, device=next(model.parameters()).device)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+    cache = _cache_of(out)
+    if isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers):
+        return cache
+    return None
+
+
+class PromptPrefix:
+    """The key/value cache of the prompt start every input of a job shares (chat header and system prompt), computed
+    once for a loaded model and reused by every later call: a service pays for its system prompt once, not per request.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: JobCard):
+        probes = [encode_prompt(tokenizer, build_messages(card, text)) for text in ("a", "b")]
+        self.model, self.tokens = model, probes[0][: _common_prefix_length(probes)]
+        self.cache = _prefix_cache(model, self.tokens)
+
+    def covers(self, model: PreTrainedModel, prompts: list[list[int]]) -> bool:
+        """Whether every prompt continues this prefix on this model (prompts with other worked examples may not)."""
+        n = len(self.tokens)
+        return (
+            self.cache is not None
+            and model is self.model
+            and all(len(p) > n and p[:n] == self.tokens for p in prompts)
+        )
+
+
 class _Runner:
-    """Runs batches of prompts that may continue one shared prefix, whose key/value cache is computed once.
+    """Runs batches of prompts that may continue one shared prefix, whose key/value cache is computed once (or was,
+    for every call, by a ``PromptPrefix``).
 
     Layout of a batch: [shared prefix][left padding][each prompt's own tokens], with an attention mask that is 0 on
     the padding and positions that continue the prefix without gaps, so every row sees exactly its own prompt.
     """
 
-    def __init__(self, model: PreTrainedModel, pad_id: int, prompts: list[list[int]]):
+    def __init__(
+        self, model: PreTrainedModel, pad_id: int, prompts: list[list[int]], prefix: PromptPrefix | None = None
+    ):
         self.model, self.pad_id = model, pad_id
         self.device = next(model.parameters()).device
         self.cache_arg = cache_argument(model)
-        self.length, self.cache = _common_prefix_length(prompts), None
-        if self.length >= MIN_SHARED_PREFIX:
-            ids = torch.tensor([prompts[0][: self.length]], dtype=torch.long, device=self.device)
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
-            cache = _cache_of(out)
-            if isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers):
-                self.cache = cache
-        if (
-            self.cache is None
-        ):  # too short to share, or a cache (sliding window, linear attention) that cannot be copied
-            self.length = 0
+        if prefix is not None and prefix.covers(model, prompts):
+            self.length, self.cache = len(prefix.tokens), prefix.cache
+        else:
+            self.length = _common_prefix_length(prompts)
+            self.cache = _prefix_cache(model, prompts[0][: self.length])
+            self.length = self.length if self.cache is not None else 0
 
     def forward(self, prompts: list[list[int]]) -> tuple[torch.Tensor, Cache, torch.Tensor, torch.Tensor]:
         """Run a batch; return the last position's float32 logits, the cache, the attention mask so far and each
@@ -195,20 +227,22 @@ def label_log_likelihoods(
     max_length: int = 2048,
     progress: bool = True,
     shots: Shots = (),
+    prefix: PromptPrefix | None = None,
 ) -> np.ndarray:
     """Log-likelihood of every allowed answer for each text, shape (n_texts, n_choices).
 
     Classification scores each label plus the end-of-turn token; tool selection scores each tool's call prefix.
     The prompt start shared by all texts (chat header, system prompt, shared worked examples) runs once; each batch
     then runs only its own tokens, and its key/value cache is shared by all candidates.
-    ``shots``: one list of (text, target) pairs for every text, or one list per text.
+    ``shots``: one list of (text, target) pairs for every text, or one list per text. ``prefix``: the shared prompt
+    start's cache computed once for this model (a service's), used where every prompt continues it.
     """
     per_text = _shots_per_text(shots, len(texts))
     prompts = [encode_prompt(tokenizer, build_messages(card, t, s))[-max_length:] for t, s in zip(texts, per_text)]
     scores = np.zeros((len(texts), len(card.choices)), dtype=np.float64)
     if not prompts:
         return scores
-    runner = _Runner(model, tokenizer.pad_token_id, prompts)
+    runner = _Runner(model, tokenizer.pad_token_id, prompts, prefix)
     dev = runner.device
     candidates = _candidates(tokenizer, card)
     tree = (
@@ -266,12 +300,14 @@ def generate(
     max_new_tokens: int = 128,
     progress: bool = True,
     shots: Shots = (),
+    prefix: PromptPrefix | None = None,
 ) -> list[str]:
     """Greedy answers, batched over one shared prompt prefix and a KV cache; each continues its prefix if given.
 
     A row stops at the end-of-turn token, after ``max_new_tokens`` tokens, or (extraction and tool selection) as
     soon as its text, prefix included, holds one complete JSON object: the answer is then that object's text.
-    Without the JSON stop the answers equal ``model.generate(do_sample=False)`` with the same budget. (One function:
+    Without the JSON stop the answers equal ``model.generate(do_sample=False)`` with the same budget. ``prefix``: as
+    for ``label_log_likelihoods``. (One function:
     the batch loop, its cache and the per-row stop state are one piece of decoding state.)
     """
     prefixes = prefixes or [""] * len(texts)
@@ -285,7 +321,7 @@ def generate(
         return []
     json_stop = task_of(card).json_answer
     stop = end_of_turn_id(tokenizer)
-    runner = _Runner(model, tokenizer.pad_token_id, prompts)
+    runner = _Runner(model, tokenizer.pad_token_id, prompts, prefix)
     closes: dict[int, bool] = {}  # token id -> whether its text has a closing brace
 
     def closes_object(token: int) -> bool:

@@ -83,6 +83,35 @@ class DraftingRules(_Strict):
     plain_text: bool = Field(default=True, description="No markdown: headings, bullets, emphasis, links.")
 
 
+MonitorSignal = Literal[
+    "length_p_value",
+    "unseen_word_increase",
+    "text_auc",
+    "prediction_p_value",
+    "prediction_psi",
+    "confidence_p_value",
+    "estimated_accuracy_drop",
+    "labelled_metric_drop",
+    "must_never_p_value",
+]
+
+
+class MonitorRule(_Strict):
+    """One alert rule: the signal it watches, the threshold that fires it, and how many of the latest logged
+    predictions it looks at. p-values fire below their threshold, every other signal above it."""
+
+    signal: MonitorSignal
+    threshold: float
+    window: int = Field(default=500, ge=10, description="the latest logged predictions the rule looks at")
+
+
+class Monitoring(_Strict):
+    """How 06_monitor watches the released model: rules that replace the defaults of the same signal."""
+
+    rules: list[MonitorRule] = Field(default_factory=list)
+    min_window: int = Field(default=30, ge=5, description="fewer logged predictions than this raise no alert")
+
+
 class Targets(_Strict):
     """Success targets the tuned model must meet."""
 
@@ -131,6 +160,7 @@ class JobCard(_Strict):
     must_never: list[MustNever] = Field(default_factory=list)
     targets: Targets = Field(default_factory=Targets)
     decision: DecisionAnswers
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @model_validator(mode="after")
     def _check_kind(self) -> JobCard:
@@ -354,8 +384,9 @@ def save_job_card(card: JobCard, path: str | Path) -> Path:
 
 
 def card_hash(card: JobCard) -> str:
-    """Content hash of the card (independent of YAML formatting)."""
-    blob = json.dumps(card.model_dump(mode="json"), sort_keys=True).encode()
+    """Content hash of what the card asks of a model (independent of YAML formatting; alert rules are left out:
+    retuning how a release is watched does not make its adapter another job's)."""
+    blob = json.dumps(card.model_dump(mode="json", exclude={"monitoring"}), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
 

@@ -140,3 +140,29 @@ def reliability_diagram(table, path: str | Path | None = None) -> Figure:
     ax.set_title("Reliability (test split)")
     ax.legend(loc="upper left")
     return _finish(fig, path)
+
+
+def drift_panels(reference, window, choices: list[str] | None, path: str | Path | None = None) -> Figure:
+    """Reference against the monitored window: text lengths, answer shares and confidences (where measured).
+
+    ``reference`` and ``window`` are frames with columns length, and where the task has them answer and confidence.
+    """
+    panels = ["length"] + [c for c in ("answer", "confidence") if c in reference and c in window]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "answer":
+            names = choices or sorted(set(reference[panel]) | set(window[panel]))
+            x = np.arange(len(names))
+            for offset, (label, frame) in zip((-0.2, 0.2), (("reference", reference), ("window", window))):
+                shares = frame[panel].value_counts(normalize=True).reindex(names, fill_value=0)
+                ax.bar(x + offset, shares.to_numpy(), width=0.4, label=label)
+            ax.set_xticks(x, names, rotation=30, ha="right")
+            ax.set_ylabel("share of answers")
+        else:
+            bins = np.linspace(0, 1, 21) if panel == "confidence" else 20
+            for label, frame in (("reference", reference), ("window", window)):
+                ax.hist(frame[panel].astype(float), bins=bins, density=True, alpha=0.5, label=label)
+            ax.set_xlabel("confidence of the answer" if panel == "confidence" else "text length (characters)")
+            ax.set_ylabel("density")
+        ax.legend()
+    return _finish(fig, path)

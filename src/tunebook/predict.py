@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunebook.artifacts import Manifest
 from tunebook.decide import DecisionRule
-from tunebook.decoding import Shots, generate, label_log_likelihoods
+from tunebook.decoding import PromptPrefix, Shots, generate, label_log_likelihoods
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 from tunebook.models import load_model, load_tokenizer
@@ -86,9 +86,12 @@ def choose(
     batch_size: int = 8,
     progress: bool = True,
     shots: Shots = (),
+    prefix: PromptPrefix | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The most likely label or tool for each text, and the probabilities over all choices."""
-    scores = label_log_likelihoods(model, tokenizer, card, texts, batch_size, progress=progress, shots=shots)
+    scores = label_log_likelihoods(
+        model, tokenizer, card, texts, batch_size, progress=progress, shots=shots, prefix=prefix
+    )
     probs = torch.softmax(torch.from_numpy(scores), dim=-1).numpy()
     return np.array(card.choices)[probs.argmax(axis=1)], probs
 
@@ -106,6 +109,7 @@ def answer_choices(
     progress: bool = True,
     shots: Shots = (),
     max_new_tokens: int | None = None,
+    prefix: PromptPrefix | None = None,
 ) -> pd.DataFrame:
     """Predictions from probabilities over the card's choices: through ``rule`` (mixing in the second model's
     probabilities ``other`` if it was fitted so) or, without one, the most likely choice; for tool selection the
@@ -123,7 +127,16 @@ def answer_choices(
         budget = max_new_tokens or task_of(card).max_new_tokens
         texts = examples["text"].tolist()
         result["prediction"] = generate(
-            model, tokenizer, card, texts, [tool_prefix(t) for t in chosen], batch_size, budget, progress, shots
+            model,
+            tokenizer,
+            card,
+            texts,
+            [tool_prefix(t) for t in chosen],
+            batch_size,
+            budget,
+            progress,
+            shots,
+            prefix,
         )
     for j, name in enumerate(card.choices):
         result[f"p_{name}"] = np.round(probs[:, j], 6)
@@ -142,6 +155,7 @@ def predict(
     *,
     rule: DecisionRule | None = None,
     other_model=None,
+    prefix: PromptPrefix | None = None,
 ) -> pd.DataFrame:
     """One prediction per example, as the card's task kind asks: scored choice, tool call or generated answer.
 
@@ -149,10 +163,11 @@ def predict(
     ``max_new_tokens``: the generation budget, e.g. ``answer_budget(tokenizer, train["target"])``; by default
     the task kind's ``max_new_tokens``. ``rule``: the decision rule fitted on validation (choices only), with
     ``other_model`` (anything with ``predict_proba(texts)``, e.g. the classical model) when the rule mixes one in.
+    ``prefix``: the shared prompt start's cache, computed once for this model (``decoding.PromptPrefix``).
     """
     texts = examples["text"].tolist()
     if card.choices:
-        probs = choose(model, tokenizer, card, texts, batch_size, progress, shots)[1]
+        probs = choose(model, tokenizer, card, texts, batch_size, progress, shots, prefix)[1]
         other = other_model.predict_proba(texts) if rule is not None and rule.mix_weight > 0 else None
         return answer_choices(
             model,
@@ -166,10 +181,11 @@ def predict(
             progress=progress,
             shots=shots,
             max_new_tokens=max_new_tokens,
+            prefix=prefix,
         )
     result = examples[["id", "text", "target", "tags"]].reset_index(drop=True).copy()
     budget = max_new_tokens or task_of(card).max_new_tokens
-    result["prediction"] = generate(model, tokenizer, card, texts, None, batch_size, budget, progress, shots)
+    result["prediction"] = generate(model, tokenizer, card, texts, None, batch_size, budget, progress, shots, prefix)
     return result
 
 

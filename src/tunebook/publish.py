@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunebook import pyfunc
 from tunebook.artifacts import (
     Comparison,
     DatasetVersion,
@@ -21,7 +22,7 @@ from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
 from tunebook.metrics import weak_spots
 from tunebook.registry import Registry, find_version, publish
-from tunebook.runfolder import RunFolder
+from tunebook.runfolder import MODEL_ARTIFACT, RunFolder
 
 
 @dataclass
@@ -234,9 +235,12 @@ def _tags(card: JobCard, e: Evidence, adapter_sha: str) -> dict[str, str]:
     }
 
 
-def publish_run(registry: Registry, card: JobCard, evidence: Evidence, promote: bool = True) -> Registered:
-    """Log the run folder to MLflow and register its adapter as the job's new `challenger` version, promoted to
-    `champion` when the gate passed and ``promote`` is set. Writes the gate and the registration; never overwrites."""
+def publish_run(
+    registry: Registry, card: JobCard, evidence: Evidence, promote: bool = True, base_model: str = "bundled"
+) -> Registered:
+    """Log the run folder to MLflow and register its model (an MLflow pyfunc model that loads the adapter on
+    ``base_model``) as the job's new `challenger` version, promoted to `champion` when the gate passed and
+    ``promote`` is set. Writes the gate and the registration; never overwrites."""
     e, run = evidence, evidence.run
     if run.registered.exists():
         raise TunebookError(f"{run.registered} exists: this run folder was already released. Start a new run.")
@@ -282,11 +286,12 @@ def publish_run(registry: Registry, card: JobCard, evidence: Evidence, promote: 
         _metrics_to_log(e),
         tags,
         run.released_files(),
-        run.relative(run.adapter_dir),
+        MODEL_ARTIFACT,
         card_text,
         promote and e.gate.passed,
         e.gate.champion,
         datasets,
+        lambda version, scratch: pyfunc.save_model(run, scratch / MODEL_ARTIFACT, card.name, version, base_model),
     )
     registered = Registered.model_validate(result)
     run.write_registered(registered)

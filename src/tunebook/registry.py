@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -195,11 +196,15 @@ def publish(
     promote: bool,
     expected_champion: str | None,
     datasets: dict[str, dict] | None = None,
+    model_folder: Callable[[str, Path], Path] | None = None,
 ) -> dict:
     """Log a tracking run (params, metrics, artifacts), register its model as a new version with the `challenger`
     alias and, if ``promote``, make it `champion` too; all of it or, on any failure, none of it in the registry.
 
     ``artifacts`` lists (artifact folder, local file or folder); ``model_artifact`` is the folder that holds the model;
+    ``model_folder(version, scratch)``, if given, writes the model for that version number into a new folder under
+    ``scratch`` and returns it: it is logged as ``model_artifact`` once the version exists (a served model knows
+    its own version);
     ``description(version)`` gives the version's description (its model card), logged as ``model_card.md`` too;
     ``datasets`` maps a context (train, val, test) to a dataset's name, digest, source and row count (MLflow inputs).
     ``expected_champion`` is the champion version the gate compared against (None: there was none); promotion is
@@ -253,6 +258,7 @@ def publish(
                 description,
                 promote,
                 expected_champion,
+                lambda version: _log_model(registry, run_id, model_artifact, model_folder, version),
             )
         except BaseException:
             client.set_terminated(run_id, "FAILED")
@@ -270,8 +276,10 @@ def _register(
     description: Callable[[str], str],
     promote: bool,
     expected_champion: str | None,
+    log_model: Callable[[str], None],
 ) -> dict:
-    """Create the version and move the aliases; undo every change if a step fails (caller holds the lock)."""
+    """Create the version, log its model and move the aliases; undo every change if a step fails (caller holds the
+    lock)."""
     from mlflow.exceptions import MlflowException
 
     client = registry.client
@@ -289,6 +297,7 @@ def _register(
         version = client.create_model_version(
             name, source=source, run_id=run_id, tags={TAG + k: v for k, v in tags.items()}
         ).version
+        log_model(str(version))
         text = description(str(version))
         client.log_text(run_id, text, MODEL_CARD)
         client.update_model_version(name, version, description=text)
@@ -301,6 +310,16 @@ def _register(
         _undo(registry, name, version, before, created_model)
         raise
     return {"version": str(version), "promoted": promoted, "previous_champion": before.get(CHAMPION)}
+
+
+def _log_model(
+    registry: Registry, run_id: str, folder: str, write: Callable[[str, Path], Path] | None, version: str
+) -> None:
+    """Write the version's model with ``write`` into a scratch folder and log it to the run as ``folder``."""
+    if write is None:
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        registry.client.log_artifacts(run_id, str(write(version, Path(scratch))), folder)
 
 
 def _undo(registry: Registry, name: str, version: str | None, before: dict[str, str], created_model: bool) -> None:
@@ -381,6 +400,24 @@ def get_version(registry: Registry, job: str, version: str | int):
         raise TunebookError(
             f"'{job}' has no version {version} in {registry.uri} (registered versions: {known})."
         ) from None
+
+
+def log_run(
+    registry: Registry, job: str, run_name: str, metrics: dict[str, float], tags: dict[str, str], files: list[Path]
+) -> str:
+    """Log a finished tracking run in the job's experiment (a monitoring pass): metrics, tags and files."""
+    from mlflow.entities import Metric
+
+    client = registry.client
+    run_id = client.create_run(
+        _experiment_id(registry, job), run_name=run_name, tags={TAG + k: v for k, v in tags.items()}
+    ).info.run_id
+    stamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()])
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 def log_file(registry: Registry, run_id: str, path: str | Path, folder: str) -> None:

@@ -24,6 +24,7 @@ from tunebook.artifacts import (
     Gate,
     JobResults,
     Manifest,
+    MonitorResults,
     Registered,
     ReleaseRecord,
     ReleaseResults,
@@ -48,9 +49,13 @@ STEPS = (
     "03_train_qlora",
     "04_evaluate",
     "05_release",
+    "06_monitor",
 )
 STEP_RESULTS: dict[str, type[Artifact]] = dict(
-    zip(STEPS, (JobResults, CleanResults, BaselineResults, TrainResults, EvaluateResults, ReleaseResults))
+    zip(
+        STEPS,
+        (JobResults, CleanResults, BaselineResults, TrainResults, EvaluateResults, ReleaseResults, MonitorResults),
+    )
 )
 
 # Names inside an adapter folder (a run's, a method trial's, or a downloaded release's).
@@ -60,6 +65,7 @@ CHECKPOINTS = "checkpoints"
 WEIGHTS = ("adapter_model.safetensors", "model.safetensors")  # peft's adapter, or a full fine-tune's model
 MODEL_CARD = "model_card.md"
 NOTEBOOKS = "notebooks"  # where a release keeps its executed notebooks in the registry
+MODEL_ARTIFACT = "model"  # where a release keeps its MLflow pyfunc model in the registry (the version's source)
 
 
 def manifest_path(adapter_dir: str | Path) -> Path:
@@ -78,6 +84,25 @@ def read_manifest(adapter_dir: str | Path) -> Manifest:
 def trained_weights(adapter_dir: str | Path) -> Path | None:
     """The weights file 03_train_qlora saved: a LoRA adapter's, or a full fine-tune's model; None if neither is there."""
     return next((Path(adapter_dir) / n for n in WEIGHTS if (Path(adapter_dir) / n).is_file()), None)
+
+
+@dataclass(frozen=True)
+class MonitorFolder:
+    """One monitoring pass's outputs (06_monitor or ``tunebook monitor``): its alerts, report and figure."""
+
+    root: Path
+
+    @property
+    def alerts(self) -> Path:
+        return self.root / "alerts.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def figure(self) -> Path:
+        return self.root / "drift.png"
 
 
 @dataclass(frozen=True)
@@ -192,6 +217,15 @@ class RunFolder:
     @property
     def evaluation_dir(self) -> Path:
         return self.root / "evaluation"
+
+    @property
+    def monitoring_dir(self) -> Path:
+        """Where 06_monitor keeps the inference log of traffic it sends and one folder per monitoring pass."""
+        return self.root / "monitoring"
+
+    @property
+    def inference_log(self) -> Path:
+        return self.monitoring_dir / "inference_log.jsonl"
 
     @property
     def tuned_scores(self) -> Path:

@@ -10,13 +10,12 @@ from tunebook.baselines import tuned_decision
 from tunebook.classical import ClassicalModel
 from tunebook.data import load_table
 from tunebook.decide import DecisionRule
-from tunebook.errors import DataError, TunebookError
-from tunebook.job import JobCard
-from tunebook.lineage import check_adapter_matches
-from tunebook.models import cache_dir, model_identity, resolve_base_model
-from tunebook.predict import load_trained, predict, save_predictions
+from tunebook.errors import TunebookError
+from tunebook.models import cache_dir
+from tunebook.predict import save_predictions
+from tunebook.pyfunc import Answerer
 from tunebook.registry import Registry, champion, download, get_version
-from tunebook.runfolder import RunFolder, manifest_path
+from tunebook.runfolder import MODEL_ARTIFACT, RunFolder, manifest_path
 
 
 def fetch_decision(
@@ -51,25 +50,24 @@ def fetch_release(registry: Registry, job: str, version: str | int | None = None
     return str(chosen.version), release
 
 
-def read_inputs(path: str | Path, card: JobCard) -> pd.DataFrame:
-    """The inputs to predict: the card's text column (or ``text``), with the id column if there is one, else row numbers."""
-    frame = load_table(path)
-    column = next((c for c in (card.data.text_column, "text") if c in frame.columns), None)
-    if column is None:
-        raise DataError(
-            f"{path}: no '{card.data.text_column}' column to predict from (columns: {', '.join(map(str, frame.columns))})."
+def load_released(
+    registry: Registry, job: str, version: str | int | None = None, base_model: str | None = None
+) -> Answerer:
+    """The champion (or ``version``) loaded to answer, through the MLflow pyfunc model it was registered as (a
+    version released before tunebook registered one is loaded from its run folder the same way)."""
+    number, release = fetch_release(registry, job, version)
+    model_folder = release.root / MODEL_ARTIFACT
+    chosen = get_version(registry, job, number)
+    if chosen.source.rstrip("/").endswith("/" + MODEL_ARTIFACT):
+        if not (model_folder / "MLmodel").is_file():
+            download(registry, chosen, MODEL_ARTIFACT, release.root)
+        import mlflow.pyfunc
+
+        loaded = mlflow.pyfunc.load_model(
+            str(model_folder), model_config={"base_model": base_model} if base_model else None
         )
-    ids = (
-        frame[card.data.id_column].astype(str)
-        if card.data.id_column in frame.columns
-        else pd.Series(range(1, len(frame) + 1)).astype(str)
-    )
-    empty = frame.index[frame[column].astype(str).str.strip() == ""].tolist()
-    if empty:
-        raise DataError(
-            f"{path}: rows {', '.join(str(i + 1) for i in empty[:10])} have an empty '{column}'; fill or remove them."
-        )
-    return pd.DataFrame({"id": ids.to_numpy(), "text": frame[column].astype(str).to_numpy(), "target": "", "tags": ""})
+        return loaded.unwrap_python_model().answerer
+    return Answerer(release, job, number, base_model or "bundled")
 
 
 def predict_file(
@@ -86,16 +84,26 @@ def predict_file(
     output = Path(output)
     if output.exists():
         raise TunebookError(f"{output} already exists; predictions never overwrite a file. Choose another --output.")
-    number, release = fetch_release(registry, job, version)
-    card = release.read_job_card()
-    manifest = release.read_manifest()
-    resolved = resolve_base_model(base_model)
-    check_adapter_matches(manifest, card, model_identity(resolved))
-    examples = read_inputs(inputs, card)
-    model, tokenizer = load_trained(resolved, release.adapter_dir, manifest)
-    rule, other = tuned_decision(release)
-    result = predict(model, tokenizer, card, examples, batch_size, progress, rule=rule, other_model=other)
-    result = result.drop(columns=["target", "tags", "text"])
-    result.insert(1, "model_version", int(number))
+    answerer = load_released(registry, job, version, base_model)
+    answerer.batch_size = batch_size
+    result = answerer.answer(load_table(inputs), source=str(inputs), progress=progress)
     save_predictions(result, output)
     return result
+
+
+def send_traffic(
+    answerer: Answerer, inputs: str | Path, log: str | Path, rows: int = 0, request_size: int = 8
+) -> pd.DataFrame:
+    """Answer the first ``rows`` (0: all) of a file of inputs through a loaded release in requests of
+    ``request_size``, as a service would, appending every answer to the inference log ``log``."""
+    card = answerer.card
+    frame = load_table(inputs)
+    frame = frame.head(rows) if rows else frame
+    if card.data.id_column not in frame.columns:  # ids from the file's row numbers, not from each request's
+        frame = frame.assign(**{card.data.id_column: [str(i) for i in range(1, len(frame) + 1)]})
+    answerer.log = str(log)
+    parts = [
+        answerer.answer(frame.iloc[start : start + request_size], source=str(inputs))
+        for start in range(0, len(frame), request_size)
+    ]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

@@ -1,0 +1,225 @@
+"""06_monitor's work: a window of the inference log against the release's reference (its test split and its
+predictions there), delayed labels against the release's own figures, and the alert rules that fire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from tunebook import drift
+from tunebook.errors import DataError
+from tunebook.job import JobCard, MonitorRule
+from tunebook.metrics import evaluate
+from tunebook.stats import bootstrap, fully_correct
+
+# Defaults, each chosen to stay quiet on in-distribution traffic (20 resamples of the bundled example's traffic:
+# at most one alert) and to fire on a planted shift; a job card's `monitoring.rules` replace them by signal.
+DEFAULT_RULES = (
+    MonitorRule(signal="length_p_value", threshold=0.001),
+    MonitorRule(signal="unseen_word_increase", threshold=0.05),
+    MonitorRule(signal="text_auc", threshold=0.65),
+    MonitorRule(signal="prediction_p_value", threshold=0.001),
+    MonitorRule(signal="prediction_psi", threshold=0.25),
+    MonitorRule(signal="confidence_p_value", threshold=0.001),
+    MonitorRule(signal="estimated_accuracy_drop", threshold=0.10),
+    MonitorRule(signal="labelled_metric_drop", threshold=0.0),
+    MonitorRule(signal="must_never_p_value", threshold=0.01),
+)
+FIRES_BELOW = {"length_p_value", "prediction_p_value", "confidence_p_value", "must_never_p_value"}
+
+
+def rules_for(card: JobCard) -> list[MonitorRule]:
+    """The defaults, with each rule the card's `monitoring` section names replacing the default for its signal."""
+    chosen = {rule.signal: rule for rule in DEFAULT_RULES}
+    chosen.update({rule.signal: rule for rule in card.monitoring.rules})
+    return list(chosen.values())
+
+
+@dataclass
+class Reference:
+    """What a release is watched against: its test texts, chosen answers and confidences, its metrics and accuracy."""
+
+    texts: pd.Series
+    answers: pd.Series | None
+    confidence: pd.Series | None
+    metrics: dict
+    accuracy: float
+
+
+def reference_from(card: JobCard, predictions: pd.DataFrame) -> Reference:
+    """The reference from a release's test predictions (columns text, target, prediction, and for fixed answers
+    confidence and p_*), as 04_evaluate saved them."""
+    correct = fully_correct(card, predictions)
+    confidence = predictions["confidence"] if "confidence" in predictions else None
+    return Reference(
+        texts=predictions["text"].astype(str).reset_index(drop=True),
+        answers=_chosen(card, predictions),
+        confidence=None if confidence is None else confidence.reset_index(drop=True),
+        metrics=evaluate(card, predictions),
+        accuracy=float(np.mean(correct)),
+    )
+
+
+def _chosen(card: JobCard, predictions: pd.DataFrame) -> pd.Series | None:
+    """Each example's chosen answer among the card's choices (the most probable one where the answer is a call)."""
+    if not card.choices:
+        return None
+    columns = [f"p_{c}" for c in card.choices]
+    if not set(columns) <= set(predictions.columns):
+        return None
+    if set(predictions["prediction"].astype(str)) <= set(card.choices):
+        return predictions["prediction"].astype(str).reset_index(drop=True)
+    return pd.Series(np.array(card.choices)[predictions[columns].to_numpy().argmax(axis=1)])
+
+
+def window_frame(log: pd.DataFrame, card: JobCard, size: int) -> pd.DataFrame:
+    """The latest ``size`` logged predictions of this job, with the columns the signals read (text, prediction,
+    confidence, and for fixed answers p_* and the chosen answer)."""
+    rows = log[log["job"] == card.name].tail(size).reset_index(drop=True)
+    frame = pd.DataFrame(
+        {"id": rows["id"].astype(str), "text": rows["text"], "text_length": rows["text_length"]}
+    ).assign(prediction=rows["answer"], confidence=rows["confidence"], model_version=rows["model_version"])
+    if card.choices and rows["probabilities"].notna().all() and len(rows):
+        probabilities = pd.DataFrame(rows["probabilities"].tolist())
+        for choice in card.choices:
+            frame[f"p_{choice}"] = probabilities.get(choice, 0.0)
+        frame["chosen"] = _chosen(card, frame)
+    return frame
+
+
+def with_labels(card: JobCard, window: pd.DataFrame, labels: pd.DataFrame, source: str = "the labels") -> pd.DataFrame:
+    """The window's predictions that have a delayed label, with the label as ``target``."""
+    column = next((c for c in (card.data.label_column, "label", "target") if c in labels.columns), None)
+    if "id" not in labels.columns or column is None:
+        raise DataError(
+            f"{source}: a labels file needs an 'id' column and a '{card.data.label_column}' (or 'label') column; "
+            f"it has {', '.join(map(str, labels.columns))}."
+        )
+    truth = labels.assign(id=labels["id"].astype(str)).drop_duplicates("id", keep="last").set_index("id")[column]
+    joined = window[window["id"].isin(truth.index)].copy()
+    joined["target"] = joined["id"].map(truth).astype(str)
+    joined["tags"] = ""
+    return joined.reset_index(drop=True)
+
+
+class SignalReading(BaseModel):
+    """One signal measured on one window: its value, the rule's threshold, whether it fired, and the detail."""
+
+    signal: str
+    value: float | None
+    threshold: float
+    window: int
+    fired: bool
+    note: str = ""
+    detail: dict = {}
+
+
+def measure(
+    card: JobCard, reference: Reference, window: pd.DataFrame, labels: pd.DataFrame | None = None
+) -> dict[str, tuple[float | None, dict, str]]:
+    """Every signal on one window: signal -> (value, detail, note); value None where it cannot be measured here."""
+    out: dict[str, tuple[float | None, dict, str]] = {}
+    texts = window["text"]
+    hashed = texts.isna().any()
+    lengths = drift.length_drift(reference.texts.str.len(), window["text_length"])
+    out["length_p_value"] = (lengths["p_value"], lengths, "")
+    no_text = "the log keeps only hashes of the texts"
+    if hashed:
+        out["unseen_word_increase"] = (None, {}, no_text)
+        out["text_auc"] = (None, {}, no_text)
+    else:
+        vocabulary = drift.vocabulary_drift(reference.texts, texts.astype(str))
+        out["unseen_word_increase"] = (vocabulary["increase"], vocabulary, "")
+        auc = drift.text_distance(reference.texts, texts.astype(str))
+        out["text_auc"] = (auc["auc"], auc, "")
+    if reference.answers is not None and "chosen" in window:
+        shares = drift.prediction_drift(card.choices, reference.answers, window["chosen"])
+        out["prediction_p_value"] = (shares["p_value"], shares, "")
+        out["prediction_psi"] = (shares["psi"], shares, "")
+    if reference.confidence is not None and window["confidence"].notna().all():
+        confidence = drift.confidence_drift(reference.confidence, window["confidence"].astype(float))
+        out["confidence_p_value"] = (confidence["p_value"], confidence, "")
+        estimate = drift.estimated_accuracy(
+            reference.accuracy, float(reference.confidence.mean()), window["confidence"].astype(float)
+        )
+        detail = {"reference_accuracy": reference.accuracy, "estimated_accuracy": estimate}
+        out["estimated_accuracy_drop"] = (reference.accuracy - estimate, detail, "")
+    if labels is not None:
+        out.update(_labelled(card, reference, with_labels(card, window, labels)))
+    return out
+
+
+def _labelled(card: JobCard, reference: Reference, labelled: pd.DataFrame) -> dict:
+    """Task metrics on the labelled part of the window, with bootstrap intervals, against the release's figures."""
+    if len(labelled) < 2:
+        return {
+            name: (None, {"labelled": len(labelled)}, "too few labelled predictions in the window")
+            for name in ("labelled_metric_drop", "must_never_p_value")
+        }
+    primary = reference.metrics["primary"]
+    intervals = bootstrap(card, labelled, resamples=400)
+    metrics = evaluate(card, labelled)
+    row = intervals.loc[primary]
+    detail = {
+        "metric": primary,
+        "release": float(reference.metrics[primary]),
+        "window": float(row["value"]),
+        "low": float(row["low"]),
+        "high": float(row["high"]),
+        "labelled": len(labelled),
+        "intervals": intervals.round(4).to_dict(orient="index"),
+    }
+    out = {"labelled_metric_drop": (detail["release"] - detail["high"], detail, "")}
+    if "must_never_failures" in metrics:
+        out["must_never_p_value"] = _must_never(metrics["must_never_failures"], len(labelled), reference)
+    return out
+
+
+def _must_never(failures: int, n: int, reference: Reference) -> tuple[float, dict, str]:
+    """How surprising the window's must-never failures are at the release's own test rate (one-sided binomial test;
+    a release with none on its test split is taken to fail at most half an example's worth, so one failure in a
+    small window is not proof of a change but several are)."""
+    from scipy.stats import binomtest
+
+    observed = reference.metrics.get("must_never_failures", 0)
+    rate = max(observed, 0.5) / max(1, reference.metrics.get("n", 1))
+    p_value = binomtest(int(failures), n, min(rate, 1.0), alternative="greater").pvalue if failures else 1.0
+    detail = {"failures": int(failures), "labelled": n, "release_failures": observed, "release_rate": rate}
+    return float(p_value), detail, ""
+
+
+def readings(
+    card: JobCard, reference: Reference, log: pd.DataFrame, labels: pd.DataFrame | None = None
+) -> list[SignalReading]:
+    """Each rule of the card, measured on its own window of the log, and whether it fired."""
+    rules = rules_for(card)
+    measured = {
+        size: measure(card, reference, window_frame(log, card, size), labels) for size in {r.window for r in rules}
+    }
+    out = []
+    for rule in rules:
+        window = window_frame(log, card, rule.window)
+        value, detail, note = measured[rule.window].get(rule.signal, (None, {}, "not measured for this task kind"))
+        small = len(window) < card.monitoring.min_window
+        if small:
+            note = f"only {len(window)} logged predictions (monitoring.min_window is {card.monitoring.min_window})"
+        fired = (
+            value is not None
+            and not small
+            and (value < rule.threshold if rule.signal in FIRES_BELOW else value > rule.threshold)
+        )
+        out.append(
+            SignalReading(
+                signal=rule.signal,
+                value=value,
+                threshold=rule.threshold,
+                window=len(window),
+                fired=fired,
+                note=note,
+                detail=detail,
+            )
+        )
+    return out

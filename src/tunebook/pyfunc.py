@@ -1,0 +1,179 @@
+"""A released version as an MLflow pyfunc model: what ``mlflow.pyfunc.load_model("models:/<job>@champion")``,
+``mlflow models serve`` and ``tunebook predict`` all run, answering exactly as the version was evaluated."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+
+from tunebook import inference_log
+from tunebook.baselines import tuned_decision
+from tunebook.decoding import PromptPrefix
+from tunebook.errors import DataError, ModelNotFoundError, TunebookError
+from tunebook.job import JobCard
+from tunebook.lineage import check_adapter_matches
+from tunebook.models import model_identity, resolve_base_model
+from tunebook.predict import load_trained, predict
+from tunebook.runfolder import RunFolder
+
+RELEASE_ARTIFACT = "release"  # the pyfunc's one artifact: a run folder holding only what answering needs
+BASE_MODEL_ENV = "TUNEBOOK_BASE_MODEL"  # where the serving machine keeps the base model, if not as at release
+
+
+def local_base_model(name_or_path: str) -> str:
+    """The base model as a folder on this machine: bundled, a local folder, or a hub id already in the local cache
+    (never downloaded: a service must not fetch weights behind its operator's back)."""
+    resolved = resolve_base_model(name_or_path)
+    if Path(resolved).is_dir():
+        return resolved
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(resolved, local_files_only=True)
+    except Exception:
+        raise ModelNotFoundError(
+            f"base model '{name_or_path}' is not on this machine and a served model never downloads one. Put it in "
+            f"the local Hugging Face cache, or set {BASE_MODEL_ENV} to a folder holding it."
+        ) from None
+
+
+def request_frame(frame: pd.DataFrame, card: JobCard, source: str = "the request") -> pd.DataFrame:
+    """The inputs to answer from a table: the card's text column (or ``text``) and the id column if there is one,
+    else row numbers; a missing text column or an empty text is refused, naming the rows."""
+    column = next((c for c in (card.data.text_column, "text") if c in frame.columns), None)
+    if column is None:
+        raise DataError(
+            f"{source}: no '{card.data.text_column}' column to predict from "
+            f"(columns: {', '.join(map(str, frame.columns))})."
+        )
+    ids = (
+        frame[card.data.id_column].astype(str)
+        if card.data.id_column in frame.columns
+        else pd.Series(range(1, len(frame) + 1)).astype(str)
+    )
+    texts = frame[column].fillna("").astype(str)
+    empty = [i + 1 for i, text in enumerate(texts) if not text.strip()]
+    if empty:
+        raise DataError(
+            f"{source}: rows {', '.join(map(str, empty[:10]))} have an empty '{column}'; fill or remove them."
+        )
+    return pd.DataFrame({"id": ids.to_numpy(), "text": texts.to_numpy(), "target": "", "tags": ""})
+
+
+class Answerer:
+    """A released version loaded to answer: its model on its checked base, its decision rule, the system prompt's
+    key/value cache, and where it logs what it answers."""
+
+    def __init__(self, release: RunFolder, job: str, version: str, base_model: str, batch_size: int = 8):
+        self.card = release.read_job_card()
+        self.job, self.version, self.batch_size = job, str(version), batch_size
+        manifest = release.read_manifest()
+        resolved = local_base_model(base_model)
+        check_adapter_matches(manifest, self.card, model_identity(resolved))
+        self.model, self.tokenizer = load_trained(resolved, release.adapter_dir, manifest)
+        self.rule, self.other = tuned_decision(release)
+        self.prefix = PromptPrefix(self.model, self.tokenizer, self.card)
+        self.log = os.environ.get(inference_log.LOG_ENV) or None
+        self.keep_text = os.environ.get(inference_log.TEXT_ENV, "full")
+
+    def answer(self, frame: pd.DataFrame, source: str = "the request", progress: bool = False) -> pd.DataFrame:
+        """One answer per row of ``frame``: id, model_version, prediction, and for fixed answers the confidence and
+        the probability of each; appended to the inference log when one is set."""
+        examples = request_frame(frame, self.card, source)
+        start = time.perf_counter()
+        result = predict(
+            self.model,
+            self.tokenizer,
+            self.card,
+            examples,
+            self.batch_size,
+            progress,
+            rule=self.rule,
+            other_model=self.other,
+            prefix=self.prefix,
+        )
+        latency_ms = (time.perf_counter() - start) * 1000 / max(1, len(examples))
+        result = result.drop(columns=["target", "tags", "text"])
+        result.insert(1, "model_version", int(self.version) if self.version.isdigit() else self.version)
+        if self.log:
+            records = inference_log.log_records(
+                self.job, self.version, result, examples["text"].tolist(), latency_ms, self.keep_text
+            )
+            inference_log.append(self.log, records)
+        return result
+
+
+class ReleasedModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc flavour of a released version. Its model config names the job, the version and the base model
+    it was released with; ``model_config={"base_model": ...}`` at load, or ``TUNEBOOK_BASE_MODEL``, points at the
+    base model on another machine, whose weights must hash the same."""
+
+    def load_context(self, context) -> None:
+        config = context.model_config or {}
+        # a base model named at load time, else this machine's setting, else the one the version was released with
+        base_model = config.get("base_model") or os.environ.get(BASE_MODEL_ENV) or config.get("released_base_model")
+        release = RunFolder(Path(context.artifacts[RELEASE_ARTIFACT]))
+        self.answerer = Answerer(release, config["job"], config["version"], base_model, config.get("batch_size", 8))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """Answer every row of the request (a ``text`` column, or the card's, and optionally an id column)."""
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        return self.answerer.answer(model_input)
+
+
+def save_model(run: RunFolder, destination: str | Path, job: str, version: str, base_model: str) -> Path:
+    """Write ``run``'s released model as an MLflow pyfunc model folder at ``destination``: the job card, the trained
+    weights and manifest, the decision rule and the classical model it mixes in; nothing else of the run."""
+    destination = Path(destination)
+    if destination.exists():
+        raise TunebookError(f"{destination} exists; an MLflow model folder is written once. Choose another folder.")
+    staging = RunFolder(Path(tempfile.mkdtemp()) / RELEASE_ARTIFACT)
+    try:
+        shutil.copytree(run.adapter_dir, staging.adapter_dir, ignore=shutil.ignore_patterns("checkpoint-*"))
+        for path in (run.job_card, run.tuned_rule, run.classical_model):
+            if path.is_file():
+                target = staging.root / run.relative(path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+        mlflow.pyfunc.save_model(
+            str(destination),
+            python_model=ReleasedModel(),
+            artifacts={RELEASE_ARTIFACT: str(staging.root)},
+            # "base_model" is empty: a key MLflow lets a loader set (model_config={"base_model": ...})
+            model_config={"job": job, "version": str(version), "released_base_model": base_model, "base_model": ""},
+            pip_requirements=_requirements(),
+        )
+    finally:
+        shutil.rmtree(staging.root.parent, ignore_errors=True)
+    return destination
+
+
+def _requirements() -> list[str]:
+    """The packages the served model imports, pinned to this machine's versions (nothing is inferred by loading)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    packages = (
+        "tunebook",
+        "mlflow",
+        "torch",
+        "transformers",
+        "peft",
+        "bitsandbytes",
+        "scikit-learn",
+        "pandas",
+        "pydantic",
+    )
+    for package in packages:
+        try:
+            pinned.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pinned
