@@ -142,7 +142,7 @@ def test_a_monitoring_pass_writes_its_verdict_report_and_run_and_rolls_back_on_a
     assert verdict["rollback_to"] == "1" and verdict["rolled_back"]
     assert f"tunebook rollback --job support_triage --runs-dir {copy}" in verdict["rollback_command"]
     assert "ALERT 'support_triage' version 2" in printed.out and "line 61" in printed.err
-    assert registry.champion(store, "support_triage").version == "1"
+    assert str(registry.champion(store, "support_triage").version) == "1"
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "length_p_value" in page and "http" not in page.split("<body>")[1]
     run = store.client.get_run(verdict["mlflow_run_id"])
@@ -161,3 +161,69 @@ def _keyword_file(tmp_path):
     path = tmp_path / "keywords.csv"
     pd.DataFrame(keyword_tickets(8, seed=11, start=3000))[["id", "text"]].to_csv(path, index=False)
     return path
+
+
+def _registry_copy(runs, tmp_path):
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy, ignore=shutil.ignore_patterns("good", "shuffled"))  # the registry, not the runs
+    return copy, registry.open_registry(workspace=copy)
+
+
+def test_a_challenger_runs_in_shadow_and_promotion_can_require_a_quiet_window(
+    released, tiny_model, tmp_path, monkeypatch
+):
+    from tunebook import serve, shadow
+
+    runs, _, _ = released
+    monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
+    copy, store = _registry_copy(runs, tmp_path)
+    with pytest.raises(TunebookError, match="version 2 of 'support_triage' has not run in shadow"):
+        registry.promote(store, "support_triage", 2, force=True, reason="x", require_shadow=True)
+    log = tmp_path / "champion.jsonl"
+    serve.send_traffic(
+        serve.load_released(store, "support_triage", base_model=tiny_model), _keyword_file(tmp_path), log
+    )
+    verdict, disagreements = shadow.run_shadow(store, "support_triage", log, 2, tmp_path / "shadow", tiny_model)
+    assert (verdict.champion, verdict.challenger, verdict.window) == ("1", "2", 48)
+    assert 0 <= verdict.agreement < 1 and len(disagreements) == round((1 - verdict.agreement) * 48)
+    assert set(disagreements.columns) == {"id", "text", "champion", "challenger"}
+    assert verdict.champion_estimated_accuracy is not None and verdict.challenger_estimated_accuracy is not None
+    tags = registry.get_version(store, "support_triage", 2).tags
+    assert (
+        tags["tunebook.shadow"] == ("alert" if verdict.alert else "quiet") and tags["tunebook.shadow_window"] == "48"
+    )
+    shadow_log, problems = inference_log.read_log(tmp_path / "shadow" / "shadow_log.jsonl")
+    assert problems == [] and set(shadow_log["model_version"]) == {"2"} and len(shadow_log) == 48
+    if verdict.alert:
+        with pytest.raises(TunebookError, match="raised an alert in its shadow window"):
+            registry.promote(store, "support_triage", 2, force=True, reason="x", require_shadow=True)
+    else:
+        done = registry.promote(store, "support_triage", 2, force=True, reason="x", require_shadow=True)
+        assert done["champion"] == "2"
+
+
+def test_labelled_traffic_goes_back_to_the_data_and_01_compares_them(triage, tiny_model, tmp_path):
+    from tunebook import cleaning, feedback
+    from tunebook.runfolder import RunFolder
+
+    card, _, logs = triage
+    log = tmp_path / "log.jsonl"
+    records = [inference_log.LoggedPrediction.model_validate(r) for r in logs["shifted"].to_dict("records")]
+    inference_log.append(log, records)
+    out = tmp_path / "traffic_rows.csv"
+    rows = feedback.export_labelled_traffic(card, log, TRAFFIC / "shifted_labels.csv", out)
+    labels = pd.read_csv(TRAFFIC / "shifted_labels.csv", dtype=str)
+    assert len(rows) == len(labels) and rows["id"].str.startswith("traffic-").all()
+    assert set(rows["tags"]) == {"traffic"} and rows["served_at"].notna().all() and set(rows["source"]) == {str(log)}
+    with pytest.raises(TunebookError, match="already exists"):
+        feedback.export_labelled_traffic(card, log, TRAFFIC / "shifted_labels.csv", out)
+    run = RunFolder(tmp_path / "run")
+    run.write_job_card(card)
+    settings = cleaning.CleanSettings(labelled_traffic=str(out), base_model=tiny_model)
+    audited = cleaning.read_and_audit(run, settings)
+    original = len(data.load_examples(card)[0])
+    assert len(audited.examples) == original + len(rows)
+    difference = audited.traffic_difference
+    assert difference.loc["text classifier AUC (0.5: alike)", "traffic"] > 0.7  # the smart-lock wave stands out
+    assert difference.loc["share of escalate", "traffic"] > difference.loc["share of escalate", "training"] + 0.2
+    assert cleaning.cleaning_policy(settings, {})["traffic"]["path"] == str(out)

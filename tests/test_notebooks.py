@@ -13,7 +13,7 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 PATHS = [NOTEBOOK_DIR / f"{name}.ipynb" for name in NOTEBOOKS]
 
 
-def test_the_six_notebooks_exist_and_nothing_else():
+def test_the_seven_notebooks_exist_and_nothing_else():
     assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == [p.name for p in PATHS]
 
 

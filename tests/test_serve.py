@@ -189,6 +189,7 @@ def test_mlflow_models_serve_answers_over_http_like_tunebook_predict_and_logs_ev
     import time
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
 
     from tunebook import inference_log
 
@@ -202,6 +203,7 @@ def test_mlflow_models_serve_answers_over_http_like_tunebook_predict_and_logs_ev
     port, log = _free_port(), tmp_path / "served" / "log.jsonl"
     env = {
         **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # mlflow execs uvicorn
         "MLFLOW_TRACKING_URI": store.uri,
         "TUNEBOOK_BASE_MODEL": tiny_model,
         "TUNEBOOK_INFERENCE_LOG": str(log),

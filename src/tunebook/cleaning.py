@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebook import artifacts, audit, data, dataset, models
+from tunebook import artifacts, audit, data, dataset, feedback, models
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 from tunebook.pipeline import StepSettings
@@ -29,6 +29,9 @@ class CleanSettings(StepSettings):
     bad_lines: str = "error"
     decisions_file: str = ""
     test_file: str = ""
+    labelled_traffic: str = (
+        ""  # labelled traffic (tunebook export-traffic): candidate rows read next to the card's data
+    )
     base_model: str = "bundled"
     max_length: int = 2048
 
@@ -50,6 +53,9 @@ class Audited:
     skipped: list  # unreadable lines (BAD_LINES='skip')
     decisions: dict
     frozen: tuple | None  # (frozen test rows, their problems) when TEST_FILE is given
+    traffic_difference: (
+        pd.DataFrame | None
+    )  # the card's data against the labelled traffic, when LABELLED_TRAFFIC is given
     clean: pd.DataFrame
     removed: list
     keep: set
@@ -62,6 +68,13 @@ def read_and_audit(run: RunFolder, settings: CleanSettings) -> Audited:
     card = run.read_job_card()
     skipped: list = []
     examples, invalid = data.load_examples(card, bad_lines=settings.bad_lines, skipped=skipped)
+    difference = None
+    if settings.labelled_traffic:
+        traffic, traffic_invalid = data.load_second_file(
+            settings.labelled_traffic, card, examples, "traffic-row-", settings.bad_lines, skipped
+        )
+        difference = feedback.traffic_difference(card, examples, traffic)
+        examples, invalid = pd.concat([examples, traffic], ignore_index=True), invalid + traffic_invalid
     decisions = data.load_decisions(settings.decisions_file, card)
     frozen = (
         data.load_frozen_test(settings.test_file, card, examples, settings.bad_lines, skipped)
@@ -81,7 +94,9 @@ def read_and_audit(run: RunFolder, settings: CleanSettings) -> Audited:
         tokenizer,
         settings.max_length,
     )
-    return Audited(card, examples, invalid, skipped, decisions, frozen, clean, decided_report + removed, keep, found)
+    return Audited(
+        card, examples, invalid, skipped, decisions, frozen, difference, clean, decided_report + removed, keep, found
+    )
 
 
 @dataclass
@@ -161,6 +176,11 @@ def cleaning_policy(settings: CleanSettings, decisions: dict) -> dict:
         "frozen_test": {"path": settings.test_file, "sha256": dataset.file_hash(settings.test_file)}
         if settings.test_file
         else None,
+        **(
+            {"traffic": {"path": settings.labelled_traffic, "sha256": dataset.file_hash(settings.labelled_traffic)}}
+            if settings.labelled_traffic
+            else {}
+        ),
         "decisions": {k: decisions[k] for k in sorted(decisions)},
     }
 

@@ -87,6 +87,13 @@ def _run(args: argparse.Namespace) -> int:
             else f"gate failed ({', '.join(release.failed_checks)}); champion unchanged"
         )
         print(f"[tunebook] registered as version {release.version}: {outcome}")
+        if run.has_results(STEPS[6]):
+            watched = run.read_results(STEPS[6])
+            verdict = f"ALERT ({', '.join(watched.fired)})" if watched.alert else "quiet"
+            print(
+                f"[tunebook] monitor: {verdict} on {watched.logged} answers of version {watched.version} "
+                f"({watched.labelled} labelled); report: {run_dir / watched.report}"
+            )
     elif run.has_results(STEPS[2]):
         print(f"[tunebook] baseline: {run.read_results(STEPS[2]).verdict}")
     print(f"[tunebook] results: {run_dir} ({run.relative(run.summary)}, executed notebooks, artifacts)")
@@ -190,7 +197,7 @@ def _versions(args: argparse.Namespace) -> int:
 def _promote(args: argparse.Namespace) -> int:
     from tunebook.registry import promote
 
-    done = promote(_store(args), args.job, args.version, args.force, args.reason)
+    done = promote(_store(args), args.job, args.version, args.force, args.reason, args.require_shadow)
     print(
         f"[tunebook] '{done['model']}' champion: version {done['champion']} (was {done['previous_champion'] or 'none'})"
     )
@@ -217,6 +224,28 @@ def _monitor(args: argparse.Namespace) -> int:
         print(f"[tunebook] skipped {problem}", file=sys.stderr)
     print(f"[tunebook] {verdict.summary()}\n[tunebook] report: {out}/report.html")
     return 1 if verdict.alert else 0
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    from tunebook.shadow import run_shadow
+
+    out = args.out or f"{args.runs_dir}/shadow/{args.job}-v{args.version}-{time.strftime('%Y%m%d-%H%M%S')}"
+    verdict, disagreements = run_shadow(_store(args), args.job, args.log, args.version, out, args.base_model)
+    print(f"[tunebook] {verdict.summary()}")
+    if len(disagreements):
+        print(disagreements.head(10).to_string(index=False))
+    print(f"[tunebook] shadow window: {out}")
+    return 1 if verdict.alert else 0
+
+
+def _export_traffic(args: argparse.Namespace) -> int:
+    from tunebook.feedback import export_labelled_traffic
+    from tunebook.serve import fetch_release
+
+    _, release = fetch_release(_store(args), args.job)
+    rows = export_labelled_traffic(release.read_job_card(), args.log, args.labels, args.out)
+    print(f"[tunebook] {len(rows)} labelled requests written as candidate training rows: {args.out}")
+    return 0
 
 
 def _registry_arguments(parser: argparse.ArgumentParser) -> None:
@@ -286,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="promote a version that failed its gate (needs --reason)"
     )
     promoting.add_argument("--reason", default="", help="why a failed gate is overridden (recorded on the version)")
+    promoting.add_argument(
+        "--require-shadow", action="store_true", help="refuse unless the version ran in shadow without an alert"
+    )
     promoting.set_defaults(func=_promote)
     back = sub.add_parser("rollback", help="move a job's champion back to the version it replaced")
     _registry_arguments(back)
@@ -302,6 +334,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--rollback-on-alert", action="store_true", help="move the champion back to the version it replaced"
     )
     watching.set_defaults(func=_monitor)
+    shadowing = sub.add_parser(
+        "shadow", help="answer the champion's logged traffic with another version; exit 1 if its window alerts"
+    )
+    _registry_arguments(shadowing)
+    shadowing.add_argument("--version", required=True, help="the challenger version to run in shadow")
+    shadowing.add_argument("--log", required=True, help="the champion's inference log (with texts)")
+    shadowing.add_argument("--out", help="new folder for shadow.json and the disagreements (default: under RUNS_DIR)")
+    shadowing.add_argument("--base-model", help="the base model on this machine (default: as released)")
+    shadowing.set_defaults(func=_shadow)
+    exporting = sub.add_parser(
+        "export-traffic", help="write labelled logged requests as candidate training rows (for 01's LABELLED_TRAFFIC)"
+    )
+    _registry_arguments(exporting)
+    exporting.add_argument("--log", required=True, help="the inference log")
+    exporting.add_argument("--labels", required=True, help="delayed labels: a file with id and label columns")
+    exporting.add_argument("--out", required=True, help="CSV file to write (never overwritten)")
+    exporting.set_defaults(func=_export_traffic)
     return parser
 
 

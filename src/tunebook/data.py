@@ -181,7 +181,20 @@ def load_frozen_test(
 
     Rows without an id column are named ``test-row-<n>``, so they cannot collide with the training file's ``row-<n>``.
     """
-    frozen, invalid = to_examples(load_table(path, bad_lines, skipped), card, str(path), id_prefix="test-row-")
+    return load_second_file(path, card, examples, "test-row-", bad_lines, skipped)
+
+
+def load_second_file(
+    path: str | Path,
+    card: JobCard,
+    examples: pd.DataFrame,
+    id_prefix: str,
+    bad_lines: str = "error",
+    skipped: list[dict] | None = None,
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Load another file in the card's format (a frozen test set, labelled traffic) whose ids must not name a row
+    of ``examples``; rows without an id are named ``<id_prefix><n>``."""
+    frozen, invalid = to_examples(load_table(path, bad_lines, skipped), card, str(path), id_prefix=id_prefix)
     shared = sorted(set(frozen["id"]) & set(examples["id"]))
     if shared:
         raise DataError(

@@ -193,6 +193,17 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
+def notebook_relative_defaults(declared: dict[str, Parameter], step: str, folder: Path) -> dict[str, str]:
+    """The step's path defaults written relative to the notebooks folder (``../examples/...``), made absolute: in
+    JupyterLab a notebook runs in that folder, under papermill inside the run folder."""
+    found = {}
+    for name, parameter in declared.items():
+        value = parameter.default_value if step in parameter.notebooks and name not in RUNNER_PARAMETERS else None
+        if isinstance(value, str) and value.startswith("../") and (folder / value).exists():
+            found[name] = str((folder / value).resolve())
+    return found
+
+
 class NotebookFailed(TunebookError):
     """A notebook raised; the partly executed notebook is in the run folder."""
 
@@ -221,7 +232,10 @@ def run_workbook(
         print(f"[tunebook] run folder: {run_dir}", flush=True)
     timings = {}
     for step in steps:
-        own = {k: v for k, v in parameters.items() if step in declared[k].notebooks}
+        own = {
+            **notebook_relative_defaults(declared, step, folder),
+            **{k: v for k, v in parameters.items() if step in declared[k].notebooks},
+        }
         own["RUN_DIR"] = str(run_dir)
         output = run.notebook(step)
         started = time.perf_counter()

@@ -349,11 +349,26 @@ def _move_champion(registry: Registry, name: str, version: str, expected: str | 
     client.set_registered_model_alias(name, CHAMPION, version)
 
 
-def promote(registry: Registry, job: str, version: str | int, force: bool = False, reason: str = "") -> dict:
-    """Make an already registered version the champion. A version that failed its gate needs ``force`` and a ``reason``."""
+def promote(
+    registry: Registry,
+    job: str,
+    version: str | int,
+    force: bool = False,
+    reason: str = "",
+    require_shadow: bool = False,
+) -> dict:
+    """Make an already registered version the champion. A version that failed its gate needs ``force`` and a
+    ``reason``; with ``require_shadow``, only a version whose shadow window raised no alert is promoted."""
     name, version = model_name(job), str(version)
     with registry.locked():
         mv = get_version(registry, job, version)
+        shadow = mv.tags.get(TAG + "shadow")
+        if require_shadow and shadow != "quiet":
+            raise TunebookError(
+                f"version {version} of '{name}' "
+                + ("raised an alert in its shadow window" if shadow else "has not run in shadow")
+                + f"; run it next to the champion first: tunebook shadow --job {job} --version {version} --log LOG."
+            )
         overridden = mv.tags.get(TAG + "gate") != "passed"
         if overridden and not (force and reason.strip()):
             raise TunebookError(

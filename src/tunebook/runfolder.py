@@ -106,6 +106,25 @@ class MonitorFolder:
 
 
 @dataclass(frozen=True)
+class ShadowFolder:
+    """One shadow window (``tunebook shadow``): the challenger's answers as a log, the disagreements, the verdict."""
+
+    root: Path
+
+    @property
+    def verdict(self) -> Path:
+        return self.root / "shadow.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "shadow_log.jsonl"
+
+    @property
+    def disagreements(self) -> Path:
+        return self.root / "disagreements.csv"
+
+
+@dataclass(frozen=True)
 class RunFolder:
     """One run's folder: where each artifact lives, and its typed read and write."""
 

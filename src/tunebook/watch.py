@@ -72,9 +72,9 @@ class MonitorSettings(StepSettings):
             raise DataError(f"TRAFFIC_ROWS must be 0 (the whole file) or more, got {self.traffic_rows}.")
 
 
-def monitor_run_folder(run: RunFolder, settings: MonitorSettings) -> MonitorVerdict:
+def monitor_run_folder(run: RunFolder, settings: MonitorSettings) -> tuple[MonitorVerdict, MonitorFolder]:
     """Step 06 on a run folder after 05: send the traffic file (if any) through the released version, logging
-    every answer, then watch that version on the log; the pass goes into a new folder under monitoring/."""
+    every answer, then watch that version on the log; returns the verdict and the new folder it was written to."""
     from tunebook.registry import open_registry
 
     card = run.read_job_card()
@@ -101,7 +101,7 @@ def monitor_run_folder(run: RunFolder, settings: MonitorSettings) -> MonitorVerd
             report=run.relative(MonitorFolder(out).report),
         ),
     )
-    return verdict
+    return verdict, MonitorFolder(out)
 
 
 def watch(
