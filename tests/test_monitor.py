@@ -9,7 +9,20 @@ import pandas as pd
 import pytest
 from conftest import EXAMPLE
 
-from tunebook import classical, cli, data, dataset, decide, drift, inference_log, job, monitor, predict, registry
+from tunebook import (
+    classical,
+    cli,
+    data,
+    dataset,
+    decide,
+    drift,
+    inference_log,
+    job,
+    monitor,
+    predict,
+    registration,
+    registry,
+)
 from tunebook.dataset import stratum
 from tunebook.errors import TunebookError
 
@@ -126,7 +139,7 @@ def test_a_monitoring_pass_writes_its_verdict_report_and_run_and_rolls_back_on_a
     shutil.copytree(runs, copy, ignore=shutil.ignore_patterns("good", "shuffled"))  # the registry, not the runs
     monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
     store = registry.open_registry(workspace=copy)
-    registry.promote(store, "support_triage", 2, force=True, reason="testing the monitor's rollback")
+    registration.promote(store, "support_triage", 2, force=True, reason="testing the monitor's rollback")
     answerer = serve.load_released(store, "support_triage", base_model=tiny_model)
     log = tmp_path / "log.jsonl"
     serve.send_traffic(answerer, TRAFFIC / "shifted.csv", log, rows=60)
@@ -178,7 +191,7 @@ def test_a_challenger_runs_in_shadow_and_promotion_can_require_a_quiet_window(
     monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
     copy, store = _registry_copy(runs, tmp_path)
     with pytest.raises(TunebookError, match="version 2 of 'support_triage' has not run in shadow"):
-        registry.promote(store, "support_triage", 2, force=True, reason="x", require_shadow=True)
+        registration.promote(store, "support_triage", 2, force=True, reason="x", require_shadow=True)
     log = tmp_path / "champion.jsonl"
     serve.send_traffic(
         serve.load_released(store, "support_triage", base_model=tiny_model), _keyword_file(tmp_path), log
@@ -196,9 +209,9 @@ def test_a_challenger_runs_in_shadow_and_promotion_can_require_a_quiet_window(
     assert problems == [] and set(shadow_log["model_version"]) == {"2"} and len(shadow_log) == 48
     if verdict.alert:
         with pytest.raises(TunebookError, match="raised an alert in its shadow window"):
-            registry.promote(store, "support_triage", 2, force=True, reason="x", require_shadow=True)
+            registration.promote(store, "support_triage", 2, force=True, reason="x", require_shadow=True)
     else:
-        done = registry.promote(store, "support_triage", 2, force=True, reason="x", require_shadow=True)
+        done = registration.promote(store, "support_triage", 2, force=True, reason="x", require_shadow=True)
         assert done["champion"] == "2"
 
 

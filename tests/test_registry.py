@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tunebook import registry
+from tunebook import registration, registry
 from tunebook.errors import TunebookError
 
 JOB = "support_triage"
@@ -27,7 +27,7 @@ def model_folder(tmp_path: Path, name: str) -> Path:
 def release(store, tmp_path, name, passed=True, promote=True, expected="auto"):
     """Publish one version the way release.publish_run does, with a gate verdict."""
     current = registry.aliases(store, JOB).get(registry.CHAMPION)
-    return registry.publish(
+    return registration.publish(
         store,
         JOB,
         name,
@@ -79,14 +79,14 @@ def test_a_version_that_failed_its_gate_is_promoted_only_with_force_and_a_reason
     release(store, tmp_path, "run-1")
     release(store, tmp_path, "run-2", passed=False)
     with pytest.raises(TunebookError, match="failed its gate \\(must_never\\)"):
-        registry.promote(store, JOB, 2)
+        registration.promote(store, JOB, 2)
     with pytest.raises(TunebookError, match="reason"):
-        registry.promote(store, JOB, 2, force=True)
-    done = registry.promote(store, JOB, 2, force=True, reason="hotfix approved by the support lead")
+        registration.promote(store, JOB, 2, force=True)
+    done = registration.promote(store, JOB, 2, force=True, reason="hotfix approved by the support lead")
     assert done == {"model": JOB, "champion": "2", "previous_champion": "1"}
     assert registry.get_version(store, JOB, 2).tags["tunebook.forced"] == "hotfix approved by the support lead"
     with pytest.raises(TunebookError, match="no version 7.*versions: 1, 2"):
-        registry.promote(store, JOB, 7)
+        registration.promote(store, JOB, 7)
 
 
 def test_rollback_restores_the_earlier_champion_in_one_call(store, tmp_path):
@@ -94,17 +94,17 @@ def test_rollback_restores_the_earlier_champion_in_one_call(store, tmp_path):
     release(store, tmp_path, "run-2")
     release(store, tmp_path, "run-3")
     assert str(registry.champion(store, JOB).version) == "3"
-    assert registry.rollback(store, JOB) == {"model": JOB, "champion": "2", "rolled_back": "3"}
+    assert registration.rollback(store, JOB) == {"model": JOB, "champion": "2", "rolled_back": "3"}
     assert str(registry.champion(store, JOB).version) == "2"
-    assert registry.rollback(store, JOB)["champion"] == "1"
+    assert registration.rollback(store, JOB)["champion"] == "1"
     with pytest.raises(TunebookError, match="first champion"):
-        registry.rollback(store, JOB)
+        registration.rollback(store, JOB)
     assert len(registry.versions(store, JOB)) == 3  # rolled-back versions stay registered
 
 
 def test_rollback_without_a_champion_says_so(store):
     with pytest.raises(TunebookError, match="no champion"):
-        registry.rollback(store, JOB)
+        registration.rollback(store, JOB)
 
 
 def test_promotion_is_refused_when_the_champion_changed_after_the_gate(store, tmp_path):
@@ -143,7 +143,7 @@ def test_a_failure_midway_leaves_the_registry_unchanged(store, tmp_path, monkeyp
 
 def test_a_failing_first_release_leaves_no_registered_model(store, tmp_path):
     with pytest.raises(ZeroDivisionError):
-        registry.publish(
+        registration.publish(
             store,
             JOB,
             "run-1",

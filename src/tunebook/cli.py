@@ -195,7 +195,7 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from tunebook.registry import promote
+    from tunebook.registration import promote
 
     done = promote(_store(args), args.job, args.version, args.force, args.reason, args.require_shadow)
     print(
@@ -205,7 +205,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from tunebook.registry import rollback
+    from tunebook.registration import rollback
 
     done = rollback(_store(args), args.job)
     print(

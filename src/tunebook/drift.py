@@ -51,12 +51,14 @@ def vocabulary_drift(reference: pd.Series, window: pd.Series, seed: int = 0) -> 
 
 def text_distance(reference: pd.Series, window: pd.Series, seed: int = 0) -> dict:
     """How well a TF-IDF logistic regression tells window texts from reference texts (cross-validated ROC AUC):
-    0.5 when they are alike, towards 1 as they drift apart."""
+    0.5 when they are alike, towards 1 as they drift apart. Each distinct text counts once: a text repeated in the
+    traffic (retries, templates) would otherwise sit on both sides of a fold and be recognised, not generalised."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
 
+    reference, window = reference.drop_duplicates(), window.drop_duplicates()
     texts = pd.concat([reference, window], ignore_index=True)
     labels = np.r_[np.zeros(len(reference)), np.ones(len(window))]
     folds = min(5, len(reference), len(window))

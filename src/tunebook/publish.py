@@ -21,7 +21,8 @@ from tunebook.dataset import file_hash
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
 from tunebook.metrics import weak_spots
-from tunebook.registry import Registry, find_version, publish
+from tunebook.registration import publish
+from tunebook.registry import Registry, find_version
 from tunebook.runfolder import MODEL_ARTIFACT, RunFolder
 
 

@@ -19,7 +19,8 @@ from tunebook.data import load_table
 from tunebook.errors import DataError
 from tunebook.monitor import SignalReading
 from tunebook.pipeline import StepSettings
-from tunebook.registry import TAG, Registry, champion, log_run, rollback
+from tunebook.registration import rollback
+from tunebook.registry import TAG, Registry, champion, log_run
 from tunebook.runfolder import MonitorFolder, RunFolder
 from tunebook.serve import fetch_release, load_released, send_traffic
 
