@@ -105,3 +105,28 @@ def test_compare_states_the_difference(card):
     assert comparison.tuned_beats_baseline is True
     assert comparison.metrics["macro_f1"]["change"] == pytest.approx(tuned["macro_f1"] - base["macro_f1"])
     assert "better by +" in comparison.summary
+
+
+def test_per_label_figures_are_scikit_learns_including_answers_outside_the_labels():
+    import numpy as np
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from tunebook.tasks.base import label_figures
+
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "c", "d"]
+    for _ in range(200):
+        n = int(rng.integers(1, 25))
+        y_true = list(rng.choice(labels[: int(rng.integers(1, 5))], n))
+        y_pred = list(rng.choice([*labels, "", "not a label"], n))
+        ours = label_figures(labels, y_true, y_pred)
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, zero_division=0
+        )
+        assert np.allclose(ours["precision"], precision) and np.allclose(ours["recall"], recall)
+        assert np.allclose(ours["f1"], f1) and (ours["support"] == support).all()
+        for average in ("macro", "weighted"):
+            assert ours[f"{average}_f1"] == pytest.approx(
+                f1_score(y_true, y_pred, labels=labels, average=average, zero_division=0)
+            )
+        assert (ours["matrix"] == confusion_matrix(y_true, y_pred, labels=labels)).all()

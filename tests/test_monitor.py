@@ -110,6 +110,37 @@ def test_delayed_labels_give_the_metric_with_an_interval_and_the_must_never_chec
         monitor.with_labels(card, joined, labels.rename(columns={"id": "ticket"}), "labels.csv")
 
 
+def test_labels_of_another_job_are_refused_naming_the_rows_and_unlabelled_rows_wait(triage):
+    card, _, _ = triage
+    labels = pd.read_csv(TRAFFIC / "in_distribution_labels.csv", dtype=str)
+    waiting = pd.concat([labels, pd.DataFrame({"id": ["L9999"], "label": [""]})])
+    assert list(monitor.checked_labels(card, waiting)["id"]) == list(labels["id"])  # no label yet: not an error
+    typo = labels.assign(label=labels["label"].where(labels.index != 2, "biling"))
+    with pytest.raises(TunebookError, match=r"labels.csv: 1 labels do not fit .*row 3 \(id L\d+\).*'billing'"):
+        monitor.checked_labels(card, typo, "labels.csv")
+    orders = job.load_job_card(EXAMPLE.parent / "order_extraction" / "job.yaml")
+    with pytest.raises(TunebookError, match="do not fit job 'order_extraction' .*another job"):
+        monitor.checked_labels(orders, labels, "labels.csv")
+
+
+def test_auto_traffic_is_the_jobs_own_example_traffic_or_none(triage, tmp_path):
+    from tunebook.watch import example_traffic
+
+    card, _, _ = triage
+    bundled = job.load_job_card(EXAMPLE / "job.yaml")
+    assert example_traffic(bundled, "auto", "auto") == (
+        TRAFFIC / "in_distribution.csv",
+        TRAFFIC / "in_distribution_labels.csv",
+    )
+    assert example_traffic(bundled, "auto", "") == (TRAFFIC / "in_distribution.csv", None)
+    elsewhere = bundled.model_copy(update={"data": bundled.data.model_copy(update={"path": str(tmp_path / "t.csv")})})
+    assert example_traffic(elsewhere, "auto", "auto") == (None, None)
+    assert example_traffic(elsewhere, str(TRAFFIC / "shifted.csv"), "auto") == (
+        TRAFFIC / "shifted.csv",
+        TRAFFIC / "shifted_labels.csv",
+    )
+
+
 def test_rules_in_the_job_card_replace_the_defaults_and_small_windows_stay_quiet(triage):
     card, reference, logs = triage
     strict = card.model_copy(

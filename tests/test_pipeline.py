@@ -6,11 +6,13 @@ import nbformat
 import pandas as pd
 import pytest
 import yaml
-from conftest import write_job
+from conftest import EXAMPLE, write_job
 
 from tunebook import cli, pipeline
 from tunebook.errors import TunebookError
 from tunebook.runfolder import RunFolder
+
+TRAFFIC = EXAMPLE / "traffic"
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +28,9 @@ def finished_run(tmp_path_factory, tiny_model):
         "LORA_R": 4,
         "COMPARE_STEPS": 1,
         "FORCE_TRAINING": True,
+        "TRAFFIC_FILE": str(TRAFFIC / "in_distribution.csv"),  # the same six teams as the small job
+        "TRAFFIC_ROWS": 16,
+        "LABELS_FILE": str(TRAFFIC / "in_distribution_labels.csv"),
     }  # the notebooks must all run, whatever the baselines reach on 6 test tickets
     return pipeline.run_workbook(params, root / "runs", "tiny", progress=False)
 
@@ -95,6 +100,10 @@ def test_recorded_results_match_the_artifacts(finished_run):
     assert results["04_evaluate"].general_regression == comparison.regression_probe["regressed"]
     tradeoff = pd.read_csv(run.method_tradeoff, index_col="method")
     assert list(tradeoff.index) == ["nf4", "int8", "none", "full"] and (tradeoff["seconds_per_step"] > 0).all()
+    sent = pd.read_csv(TRAFFIC / "in_distribution.csv").head(16)["id"]
+    labelled = pd.read_csv(TRAFFIC / "in_distribution_labels.csv")["id"]
+    assert results["06_monitor"].logged == 16 and results["06_monitor"].labelled == sent.isin(labelled).sum()
+    assert (run_dir / results["06_monitor"].report).is_file() and run.inference_log.is_file()
 
 
 def test_same_inputs_give_the_same_dataset_hash(finished_run, tiny_model, tmp_path):
@@ -191,6 +200,8 @@ def test_other_task_kinds_run_the_whole_workbook(example, tiny_model, tmp_path):
     assert baseline["variant"] == recorded["variant"]
     assert summary.results["05_release"]["primary"] == primary
     assert run.trained_weights() is not None
+    watched = run.read_results("06_monitor")  # no example traffic beside this job's data: nothing sent, nothing fired
+    assert watched.logged == 0 and not watched.alert and watched.report == "" and not run.inference_log.exists()
 
 
 def test_run_stops_after_the_baseline_when_the_frame_says_prompting(tiny_model, tmp_path):

@@ -7,9 +7,9 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -19,6 +19,9 @@ from transformers import (
 )
 
 from tunebook.errors import ModelNotFoundError, TunebookError
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 BUNDLED = "bundled"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
@@ -248,6 +251,8 @@ def lora_config(
     r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str | list[str] = "all-linear"
 ) -> LoraConfig:
     """LoRA adapter configuration for a causal language model; ``target_modules`` may be 'all-linear' or 'q_proj,v_proj'."""
+    from peft import LoraConfig  # peft's import takes ~7 s; the steps that never train should not pay it
+
     if r <= 0:
         raise TunebookError(f"LORA_R must be a positive integer, got {r}.")
     if isinstance(target_modules, str) and target_modules != "all-linear":

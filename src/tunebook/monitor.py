@@ -10,7 +10,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from tunebook import drift
-from tunebook.errors import DataError
+from tunebook.errors import DataError, closest
 from tunebook.job import JobCard, MonitorRule
 from tunebook.metrics import evaluate
 from tunebook.stats import bootstrap, fully_correct
@@ -92,17 +92,40 @@ def window_frame(log: pd.DataFrame, card: JobCard, size: int) -> pd.DataFrame:
 
 def with_labels(card: JobCard, window: pd.DataFrame, labels: pd.DataFrame, source: str = "the labels") -> pd.DataFrame:
     """The window's predictions that have a delayed label, with the label as ``target``."""
+    truth = checked_labels(card, labels, source).set_index("id")["target"]
+    joined = window[window["id"].isin(truth.index)].copy()
+    joined["target"] = joined["id"].map(truth).astype(str)
+    joined["tags"] = ""
+    return joined.reset_index(drop=True)
+
+
+def checked_labels(card: JobCard, labels: pd.DataFrame, source: str = "the labels") -> pd.DataFrame:
+    """A delayed-labels table as (id, target): each label checked against the job card and written in its
+    canonical form, rows with no label yet left out, the last label of an id kept."""
+    from tunebook.outputs import target_problems
+
     column = next((c for c in (card.data.label_column, "label", "target") if c in labels.columns), None)
     if "id" not in labels.columns or column is None:
         raise DataError(
             f"{source}: a labels file needs an 'id' column and a '{card.data.label_column}' (or 'label') column; "
             f"it has {', '.join(map(str, labels.columns))}."
         )
-    truth = labels.assign(id=labels["id"].astype(str)).drop_duplicates("id", keep="last").set_index("id")[column]
-    joined = window[window["id"].isin(truth.index)].copy()
-    joined["target"] = joined["id"].map(truth).astype(str)
-    joined["tags"] = ""
-    return joined.reset_index(drop=True)
+    rows, bad = [], []
+    for row, (key, raw) in enumerate(zip(labels["id"], labels[column]), start=1):
+        if raw is None or (isinstance(raw, float) and np.isnan(raw)) or not str(raw).strip():
+            continue  # the label has not arrived yet
+        target, problems = target_problems(card, raw, source)
+        if card.task_kind == "classification" and target not in card.choices:
+            problems = [f"'{target}' is not one of the labels{closest(target, card.choices)}"]
+        if problems:
+            bad.append(f"row {row} (id {key}): {'; '.join(problems)}")
+        rows.append((str(key), target))
+    if bad:
+        raise DataError(
+            f"{source}: {len(bad)} labels do not fit job '{card.name}' ({card.task_kind}): {' | '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}. Is this the labels file of another job? Fix or remove those rows."
+        )
+    return pd.DataFrame(rows, columns=["id", "target"]).drop_duplicates("id", keep="last")
 
 
 class SignalReading(BaseModel):

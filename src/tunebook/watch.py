@@ -17,12 +17,15 @@ from tunebook import inference_log, monitor
 from tunebook.artifacts import MonitorResults
 from tunebook.data import load_table
 from tunebook.errors import DataError
+from tunebook.job import JobCard
 from tunebook.monitor import SignalReading
 from tunebook.pipeline import StepSettings
 from tunebook.registration import rollback
 from tunebook.registry import TAG, Registry, champion, log_run
 from tunebook.runfolder import MonitorFolder, RunFolder
 from tunebook.serve import fetch_release, load_released, send_traffic
+
+AUTO = "auto"  # TRAFFIC_FILE / LABELS_FILE: the job's bundled example traffic, where it has some
 
 
 class MonitorVerdict(BaseModel):
@@ -45,6 +48,11 @@ class MonitorVerdict(BaseModel):
 
     def summary(self) -> str:
         """One line for a terminal or a cron mail."""
+        if not self.logged:
+            return (
+                f"'{self.job}' version {self.version}: nothing logged yet, so nothing was measured. Send traffic "
+                "(TRAFFIC_FILE) or point LOG_FILE at the service's inference log."
+            )
         if not self.alert:
             return f"'{self.job}' version {self.version}: quiet on {self.logged} logged predictions."
         way_back = f" Roll back to version {self.rollback_to}: {self.rollback_command}" if self.rollback_to else ""
@@ -62,10 +70,10 @@ class MonitorSettings(StepSettings):
     base_model: str = "bundled"
     tracking_uri: str = ""
     version: str = ""  # empty: the version this run folder released
-    traffic_file: str = ""
+    traffic_file: str = ""  # AUTO: the job's example traffic, if it has some
     traffic_rows: int = 0
     log_file: str = ""  # empty: the run folder's inference log
-    labels_file: str = ""
+    labels_file: str = ""  # AUTO: the traffic file's delayed labels, if it has some
     rollback_on_alert: bool = False
 
     def __post_init__(self) -> None:
@@ -73,9 +81,10 @@ class MonitorSettings(StepSettings):
             raise DataError(f"TRAFFIC_ROWS must be 0 (the whole file) or more, got {self.traffic_rows}.")
 
 
-def monitor_run_folder(run: RunFolder, settings: MonitorSettings) -> tuple[MonitorVerdict, MonitorFolder]:
+def monitor_run_folder(run: RunFolder, settings: MonitorSettings) -> tuple[MonitorVerdict, MonitorFolder | None]:
     """Step 06 on a run folder after 05: send the traffic file (if any) through the released version, logging
-    every answer, then watch that version on the log; returns the verdict and the new folder it was written to."""
+    every answer, then watch that version on the log; returns the verdict and the new folder it was written to
+    (None when nothing is logged yet, so there was nothing to watch)."""
     from tunebook.registry import open_registry
 
     card = run.read_job_card()
@@ -85,11 +94,19 @@ def monitor_run_folder(run: RunFolder, settings: MonitorSettings) -> tuple[Monit
         raise DataError(f"{run.root} has released nothing yet: run 05_release first, or set VERSION to watch.")
     version = settings.version or registered.version
     log = Path(settings.log_file) if settings.log_file else run.inference_log
-    if settings.traffic_file:
+    traffic, labels = example_traffic(card, settings.traffic_file, settings.labels_file)
+    if traffic is not None:
         answerer = load_released(store, card.name, version, settings.base_model)
-        send_traffic(answerer, settings.traffic_file, log, settings.traffic_rows)
-    out = run.monitoring_dir / f"pass-{time.strftime('%Y%m%d-%H%M%S')}"
-    verdict = watch(store, card.name, log, out, settings.labels_file or None, version, settings.rollback_on_alert)
+        send_traffic(answerer, traffic, log, settings.traffic_rows)
+    if traffic is None and not log.is_file():
+        verdict = MonitorVerdict(
+            job=card.name, version=str(version), log=str(log), logged=0, log_problems=[], labelled=0, readings=[],
+            fired=[], alert=False, rollback_to=None, rollback_command=None,
+        )  # fmt: skip
+        written = None
+    else:
+        written = MonitorFolder(run.monitoring_dir / f"pass-{time.strftime('%Y%m%d-%H%M%S')}")
+        verdict = watch(store, card.name, log, written.root, labels, version, settings.rollback_on_alert)
     run.write_results(
         "06_monitor",
         MonitorResults(
@@ -99,10 +116,23 @@ def monitor_run_folder(run: RunFolder, settings: MonitorSettings) -> tuple[Monit
             alert=verdict.alert,
             fired=verdict.fired,
             rolled_back=verdict.rolled_back,
-            report=run.relative(MonitorFolder(out).report),
+            report=run.relative(written.report) if written else "",
         ),
     )
-    return verdict, MonitorFolder(out)
+    return verdict, written
+
+
+def example_traffic(card: JobCard, traffic_file: str, labels_file: str) -> tuple[Path | None, Path | None]:
+    """The traffic and labels files to use: as given, or for ``auto`` the job's example traffic
+    (``traffic/in_distribution.csv`` beside its data file) and that file's ``<name>_labels.csv``, where they exist."""
+    traffic = Path(traffic_file) if traffic_file and traffic_file != AUTO else None
+    if traffic_file == AUTO:
+        bundled = Path(card.data.path).parent / "traffic" / "in_distribution.csv"
+        traffic = bundled if bundled.is_file() else None
+    if labels_file != AUTO:
+        return traffic, Path(labels_file) if labels_file else None
+    labels = traffic.with_name(f"{traffic.stem}_labels.csv") if traffic is not None else None
+    return traffic, labels if labels is not None and labels.is_file() else None
 
 
 def watch(
@@ -128,7 +158,7 @@ def watch(
     if ours.empty:
         found = ", ".join(sorted(set(logged["model_version"]))) or "none"
         raise DataError(f"{log}: no logged predictions of '{job}' version {number} (versions logged: {found}).")
-    truth = load_table(labels) if labels is not None else None
+    truth = monitor.checked_labels(card, load_table(labels), str(labels)) if labels is not None else None
     readings = monitor.readings(card, reference, ours, truth)
     fired = [r.signal for r in readings if r.fired]
     current = champion(registry, job)
@@ -140,7 +170,7 @@ def watch(
         log=str(log),
         logged=len(ours),
         log_problems=problems,
-        labelled=0 if truth is None else int(ours["id"].astype(str).isin(truth["id"].astype(str)).sum()),
+        labelled=0 if truth is None else int(ours["id"].astype(str).isin(truth["id"]).sum()),
         readings=readings,
         fired=fired,
         alert=bool(fired),

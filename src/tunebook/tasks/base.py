@@ -99,6 +99,46 @@ class TaskKind:
         }
 
 
+def label_figures(labels: list[str], y_true: list[str], y_pred: list[str]) -> dict:
+    """Per-label precision, recall, F1 and support, their macro and weighted F1, and the confusion matrix over
+    ``labels``, as scikit-learn computes them with ``zero_division=0`` (an answer outside ``labels`` counts as a miss).
+    Written out because scikit-learn's input checks cost ~10 ms a call, and a bootstrap makes thousands of calls
+    (``benchmarks/bootstrap_metrics.py``)."""
+    index = {label: i for i, label in enumerate(labels)}
+    t = np.array([index.get(v, -1) for v in y_true], dtype=int)
+    p = np.array([index.get(v, -1) for v in y_pred], dtype=int)
+    size = len(labels)
+    both = (t >= 0) & (p >= 0)
+    matrix = np.bincount(t[both] * size + p[both], minlength=size * size).reshape(size, size)
+    support = np.bincount(t[t >= 0], minlength=size)
+    predicted = np.bincount(p[p >= 0], minlength=size)
+    hits = np.diag(matrix)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, hits / predicted, 0.0)
+        recall = np.where(support > 0, hits / support, 0.0)
+        f1 = np.where(predicted + support > 0, 2 * hits / (predicted + support), 0.0)
+    total = support.sum()
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": support,
+        "macro_f1": float(f1.mean()) if size else 0.0,
+        "weighted_f1": float((f1 * support).sum() / total) if total else 0.0,
+        "matrix": matrix,
+    }
+
+
+def per_label(labels: list[str], figures: dict) -> dict:
+    """Precision, recall, F1 and support by label, as plain numbers."""
+    return {
+        label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for label, p, r, f, s in zip(
+            labels, figures["precision"], figures["recall"], figures["f1"], figures["support"]
+        )
+    }
+
+
 def rate(values) -> float:
     """The share of true values (0.0 for none)."""
     values = np.asarray(values, dtype=bool)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from tunebook.job import JobCard
-from tunebook.tasks.base import TaskKind, rate
+from tunebook.tasks.base import TaskKind, label_figures, per_label, rate
 
 
 class Classification(TaskKind):
@@ -46,9 +45,7 @@ class Classification(TaskKind):
         """Accuracy, macro/weighted F1, per-class figures, confusion matrix, cost-weighted error, must-never failures."""
         labels = card.label_names
         y_true, y_pred = predictions["target"].tolist(), predictions["prediction"].tolist()
-        precision, recall, f1, support = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, zero_division=0
-        )
+        figures = label_figures(labels, y_true, y_pred)
         costs = [card.error_cost(t, p) for t, p in zip(y_true, y_pred)]
         must_never = [
             {"id": str(row.id), "target": row.target, "prediction": row.prediction}
@@ -60,12 +57,9 @@ class Classification(TaskKind):
             len(y_true),
             must_never,
             accuracy=rate(self.correct(card, predictions)),
-            macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-            weighted_f1=float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-            per_class={
-                label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                for label, p, r, f, s in zip(labels, precision, recall, f1, support)
-            },
-            confusion_matrix={"labels": labels, "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist()},
+            macro_f1=figures["macro_f1"],
+            weighted_f1=figures["weighted_f1"],
+            per_class=per_label(labels, figures),
+            confusion_matrix={"labels": labels, "matrix": figures["matrix"].tolist()},
             cost_weighted_error=float(sum(costs) / len(costs)) if costs else 0.0,
         )

@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from tunebook.job import JobCard
 from tunebook.outputs import check_tool_call, parse_json
-from tunebook.tasks.base import TaskKind, compact_schema, rate
+from tunebook.tasks.base import TaskKind, compact_schema, label_figures, per_label, rate
 
 
 class ToolSelection(TaskKind):
@@ -95,9 +94,7 @@ class ToolSelection(TaskKind):
             if card.is_must_never(t, p)
         ]
         n = len(predictions)
-        precision, recall, f1, support = precision_recall_fscore_support(
-            true_tools, pred_tools, labels=tools, zero_division=0
-        )
+        figures = label_figures(tools, true_tools, pred_tools)
         return self._frame(
             [
                 "n",
@@ -109,16 +106,10 @@ class ToolSelection(TaskKind):
             ],
             n,
             must_never,
-            tool_accuracy=float(accuracy_score(true_tools, pred_tools)) if n else 0.0,
+            tool_accuracy=rate(np.asarray(true_tools, dtype=object) == np.asarray(pred_tools, dtype=object)),
             argument_exact_match=rate(self._right(calls)),
             invalid_call_rate=rate(~self._valid(calls)),
             cost_weighted_error=float(np.mean(costs)) if n else 0.0,
-            per_tool={
-                tool: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                for tool, p, r, f, s in zip(tools, precision, recall, f1, support)
-            },
-            confusion_matrix={
-                "labels": tools,
-                "matrix": confusion_matrix(true_tools, pred_tools, labels=tools).tolist(),
-            },
+            per_tool=per_label(tools, figures),
+            confusion_matrix={"labels": tools, "matrix": figures["matrix"].tolist()},
         )
