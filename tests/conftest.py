@@ -45,6 +45,7 @@ def assert_same_choices(actual, expected, tolerance: float) -> None:
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "support_triage"
+TRAFFIC = EXAMPLE / "traffic"
 
 
 @pytest.fixture(scope="session")
@@ -210,3 +211,26 @@ def released(tmp_path_factory, tiny_model):
         params = {**RELEASE_PARAMETERS, "JOB_CARD": str(card), "TEST_FILE": str(test), "BASE_MODEL": tiny_model}
         found.append(pipeline.run_workbook(params, runs, name, progress=False))
     return runs, found[0], found[1]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_model):
+    """All seven notebooks executed on the tiny model and a small job (06 on 16 tickets of the bundled traffic).
+    Returns (run folder, summary)."""
+    from tunebook import pipeline
+
+    root = tmp_path_factory.mktemp("workbook")
+    card = write_job(root / "job", per_label=5)
+    params = {
+        "JOB_CARD": str(card),
+        "BASE_MODEL": tiny_model,
+        "MAX_STEPS": 3,
+        "BATCH_SIZE": 4,
+        "LORA_R": 4,
+        "COMPARE_STEPS": 1,
+        "FORCE_TRAINING": True,
+        "TRAFFIC_FILE": str(TRAFFIC / "in_distribution.csv"),  # the same six teams as the small job
+        "TRAFFIC_ROWS": 16,
+        "LABELS_FILE": str(TRAFFIC / "in_distribution_labels.csv"),
+    }  # the notebooks must all run, whatever the baselines reach on 6 test tickets
+    return pipeline.run_workbook(params, root / "runs", "tiny", progress=False)

@@ -58,3 +58,21 @@ def test_parameters_cell_holds_plain_literals_with_comments(path):
         assert "  # " in line, f"{path.name}: every parameter needs a comment: {line}"
     assert "RUN_DIR" in names
     assert set(papermill.inspect_notebook(str(path))) == set(names), "papermill must parse every parameter"
+
+
+def test_each_parameter_the_workshop_profile_changes_names_its_value_in_every_notebook_that_declares_it():
+    import json
+
+    import yaml
+
+    from tunebook import pipeline, workshop
+
+    profile = yaml.safe_load(workshop.profile_path().read_text())
+    declared = pipeline.declared_parameters(NOTEBOOK_DIR)
+    assert set(profile) <= set(declared), "the profile sets only parameters the notebooks declare"
+    for name, value in profile.items():
+        for step in declared[name].notebooks:
+            book = nbformat.read(NOTEBOOK_DIR / f"{step}.ipynb", as_version=4)
+            cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
+            line = next(li for li in cell.source.splitlines() if li.startswith(f"{name}:"))
+            assert line.endswith(f"; workshop profile: {json.dumps(value)}"), f"{step}: {line}"

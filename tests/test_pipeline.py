@@ -6,33 +6,11 @@ import nbformat
 import pandas as pd
 import pytest
 import yaml
-from conftest import EXAMPLE, write_job
+from conftest import TRAFFIC, write_job
 
 from tunebook import cli, pipeline
 from tunebook.errors import TunebookError
 from tunebook.runfolder import RunFolder
-
-TRAFFIC = EXAMPLE / "traffic"
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_model):
-    """All six notebooks executed on the tiny model and a small job."""
-    root = tmp_path_factory.mktemp("workbook")
-    card = write_job(root / "job", per_label=5)
-    params = {
-        "JOB_CARD": str(card),
-        "BASE_MODEL": tiny_model,
-        "MAX_STEPS": 3,
-        "BATCH_SIZE": 4,
-        "LORA_R": 4,
-        "COMPARE_STEPS": 1,
-        "FORCE_TRAINING": True,
-        "TRAFFIC_FILE": str(TRAFFIC / "in_distribution.csv"),  # the same six teams as the small job
-        "TRAFFIC_ROWS": 16,
-        "LABELS_FILE": str(TRAFFIC / "in_distribution_labels.csv"),
-    }  # the notebooks must all run, whatever the baselines reach on 6 test tickets
-    return pipeline.run_workbook(params, root / "runs", "tiny", progress=False)
 
 
 def test_all_six_notebooks_run_and_record_results(finished_run):
@@ -475,3 +453,25 @@ def test_training_runs_unchanged_under_torchrun_with_two_processes(prepared_run,
     manifest = run.read_manifest()
     assert manifest.processes == 2 and manifest.steps == 2
     assert run.trained_weights() is not None and not run.checkpoints.exists()
+
+
+def test_a_checkpoint_is_the_run_folder_before_a_notebook_which_then_runs_alone(tiny_model, tmp_path, capsys):
+    from tunebook import workshop
+
+    card = write_job(tmp_path / "job", per_label=3)
+    tiny = {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "FORCE_TRAINING": True, "K_SHOTS": 1}
+    tiny.update({"MAX_STEPS": 2, "BATCH_SIZE": 4, "LORA_R": 4, "COMPARE_METHODS": ""})
+    profile = tmp_path / "profile.yaml"  # the shipped workshop profile, on the tiny model
+    profile.write_text(yaml.safe_dump({**yaml.safe_load(workshop.profile_path().read_text()), **tiny}))
+    into = tmp_path / "runs" / "me"
+    assert cli.main(["checkpoint", "03", "--into", str(into), "--config", str(profile)]) == 0
+    run = RunFolder(into)
+    assert [p.name[:2] for p in run.notebooks] == ["00", "01", "02"] and run.has_results("02_prove_the_baseline")
+    printed = capsys.readouterr().out
+    assert f'set RUN_DIR = "{into.resolve()}"' in printed and f"--continue {into.resolve()} --steps 03" in printed
+    assert cli.main(["run", "--continue", str(into), "--steps", "03", "--config", str(profile)]) == 0  # 03 alone
+    assert run.trained_weights() is not None and run.has_results("03_train_qlora")
+    assert run.read_manifest().config["max_steps"] == 2  # the profile's parameters reached it
+    assert cli.main(["checkpoint", "03", "--into", str(into)]) == 2  # never into an existing folder
+    assert cli.main(["checkpoint", "00", "--into", str(tmp_path / "runs" / "other")]) == 2
+    assert "nothing runs before 00_define_the_job" in capsys.readouterr().err

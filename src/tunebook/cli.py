@@ -57,7 +57,8 @@ def _run(args: argparse.Namespace) -> int:
     from tunebook.pipeline import NOTEBOOKS, declared_parameters, run_workbook
     from tunebook.runfolder import STEPS, RunFolder
 
-    given = {**load_config(args.config), **parse_assignments(args.param)}
+    typed = parse_assignments(args.param)
+    given = {**load_config(args.config), **typed}
     parameters = absolute_paths(given)
     steps = NOTEBOOKS
     if args.steps:
@@ -66,7 +67,8 @@ def _run(args: argparse.Namespace) -> int:
         if not steps:
             raise TunebookError(f"--steps {args.steps} matches none of {', '.join(NOTEBOOKS)}.")
         declared = declared_parameters()
-        unused = [k for k in given if k in declared and not set(declared[k].notebooks) & set(steps)]
+        # a config file (the workshop profile) covers every notebook; a -p typed for a step that does not run is a slip
+        unused = [k for k in typed if k in declared and not set(declared[k].notebooks) & set(steps)]
         if unused:
             raise TunebookError(f"{', '.join(unused)} would be ignored: no notebook in --steps {args.steps} uses it.")
     if args.continue_run:
@@ -292,6 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
             "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help=f"a {step} parameter (repeatable)"
         )
         command.set_defaults(func=function)
+    joining = sub.add_parser(
+        "checkpoint", help="a new run folder as it stands before a notebook (the workshop profile), to join there"
+    )
+    joining.add_argument("step", help="the notebook to join at, e.g. 03")
+    joining.add_argument("--into", required=True, help="the new run folder, e.g. runs/me")
+    joining.add_argument("--config", help="YAML file of notebook parameters (default: workshop/profile.yaml)")
+    joining.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a notebook parameter (repeatable)"
+    )
+    joining.set_defaults(func=_checkpoint)
     prepare = sub.add_parser("prepare-model", help="convert the bundled base model once and cache it")
     prepare.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub id")
     prepare.set_defaults(func=_prepare_model)
@@ -352,6 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     exporting.add_argument("--out", required=True, help="CSV file to write (never overwritten)")
     exporting.set_defaults(func=_export_traffic)
     return parser
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from tunebook.pipeline import NOTEBOOKS
+    from tunebook.workshop import build_checkpoint, profile_path, steps_before
+
+    config = args.config or str(profile_path())
+    parameters = absolute_paths({**load_config(config), **parse_assignments(args.param)})
+    done = steps_before(args.step)
+    print(f"[tunebook] building {args.into}: {', '.join(done)} with {config}", flush=True)
+    run_dir = build_checkpoint(args.step, args.into, parameters)
+    following = next(n for n in NOTEBOOKS if n not in done)
+    print(
+        f"[tunebook] ready: {run_dir} stands before {following}. In JupyterLab open notebooks/{following}.ipynb and "
+        f'set RUN_DIR = "{run_dir}"; headless: tunebook run --continue {run_dir} --steps {following[:2]}'
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

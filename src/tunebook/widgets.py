@@ -12,13 +12,14 @@ from tunebook.job import TASK_KINDS, DecisionAnswers, JobCard, parse_job_card, s
 DECISION_QUESTIONS = {name: field.description for name, field in DecisionAnswers.model_fields.items()}
 
 
-def card_from_form(values: dict) -> JobCard:
-    """Build and validate a job card from the form's plain values (the same validation as a YAML card)."""
+def card_from_form(values: dict, here: str | Path = ".", card_folder: str | Path = ".") -> JobCard:
+    """Build and validate a job card from the form's plain values (the same validation as a YAML card); the data
+    file is stored as an absolute path, read relative to ``here`` (where the learner typed it) or the card's folder."""
     data = {
         "name": values["name"].strip(),
         "task_kind": values["task_kind"],
         "description": values["description"].strip(),
-        "data": {"path": values["data_path"].strip()},
+        "data": {"path": _data_file(values["data_path"].strip(), Path(here), Path(card_folder))},
         "decision": {name: bool(values[name]) for name in DECISION_QUESTIONS},
     }
     labels = []
@@ -35,16 +36,40 @@ def card_from_form(values: dict) -> JobCard:
     return parse_job_card(data, "the form")
 
 
+def _data_file(typed: str, here: Path, card_folder: Path) -> str:
+    """The typed data file as an absolute path; a file that is missing or has no rows is named in the error."""
+    from tunebook.data import load_table
+    from tunebook.errors import DataError
+
+    if not typed:
+        raise JobCardError("the form", ["data file: empty; type the path of your CSV, JSONL or Parquet file"])
+    candidates = (
+        [Path(typed).expanduser()] if Path(typed).expanduser().is_absolute() else [here / typed, card_folder / typed]
+    )
+    found = next((c.resolve() for c in candidates if c.is_file()), None)
+    if found is None:
+        looked = " and ".join(str(c.resolve()) for c in candidates)
+        raise JobCardError("the form", [f"data file: {typed} not found (looked for {looked})"])
+    try:
+        rows = len(load_table(found))
+    except DataError as error:
+        raise JobCardError("the form", [f"data file: {error}"]) from None
+    if rows == 0:
+        raise JobCardError("the form", [f"data file: {found} has no rows; point it at your labelled examples"])
+    return str(found)
+
+
 def job_card_form(path: str | Path):
-    """A form that fills in a job card and writes it to ``path`` when it validates."""
+    """A form that fills in a job card and writes it to ``path`` when it validates, then says how to use it."""
     import ipywidgets as w
 
+    path = Path(path)
     fields = {
         "name": w.Text(description="name", placeholder="support_triage"),
         "task_kind": w.Dropdown(options=TASK_KINDS, description="task kind"),
         "description": w.Textarea(description="task", placeholder="What the model must do, in one or two sentences."),
         "labels": w.Textarea(description="labels", placeholder="one per line: name: one-line definition"),
-        "data_path": w.Text(description="data file", placeholder="tickets.csv"),
+        "data_path": w.Text(description="data file", placeholder="../examples/support_triage/tickets.csv"),
         "extra_yaml": w.Textarea(
             description="more (YAML)", placeholder="output_schema / tools / rules / targets / error_costs"
         ),
@@ -57,11 +82,15 @@ def job_card_form(path: str | Path):
         out.clear_output()
         with out:
             try:
-                card = card_from_form({name: widget.value for name, widget in fields.items()})
+                card = card_from_form({name: widget.value for name, widget in fields.items()}, Path.cwd(), path.parent)
             except JobCardError as error:
                 print(error)
                 return
-            print(f"saved {save_job_card(card, path)}")
+            saved = save_job_card(card, path).resolve()
+            print(
+                f'saved {saved}\nTo use it: set JOB_CARD = "{saved}" in this notebook\'s parameters cell and run '
+                f"the notebook again (headless: tunebook run -p JOB_CARD={saved})."
+            )
 
     save.on_click(on_save)
     return w.VBox([*fields.values(), save, out])
@@ -82,14 +111,15 @@ def record_decision(
 
 
 def review_browser(found, card: JobCard, path: str | Path, decisions: dict[str, dict] | None = None):
-    """Page through audit findings; keep, relabel or drop each, saving every choice to ``path``."""
+    """Page through audit findings (an ``Audit`` or its review items); keep, relabel or drop each, saving every
+    choice to ``path``. The new-label field starts on the shown item's own label, so a relabel is always a choice."""
     import html
 
     import ipywidgets as w
 
     from tunebook.audit import review_items
 
-    items = review_items(found)
+    items = found if isinstance(found, list) else review_items(found)
     decisions = dict(decisions or {})
     if not items:
         return w.HTML("<b>Nothing to review:</b> no near duplicates, near conflicts or suspected label errors.")
@@ -110,6 +140,9 @@ def review_browser(found, card: JobCard, path: str | Path, decisions: dict[str, 
             f"decision: <b>{done}</b></p><p>{html.escape(item['text'])}</p><p>target: <code>{html.escape(item['target'])}</code></p>"
             f"<p><i>{html.escape(item['context'])}</i></p>"
         )
+        current = decisions.get(item["id"], {}).get("target", item["target"])
+        if not card.choices or current in card.choices:
+            new_target.value = current
 
     def move(step):
         position["i"] = (position["i"] + step) % len(items)
@@ -118,9 +151,20 @@ def review_browser(found, card: JobCard, path: str | Path, decisions: dict[str, 
     def decide(action):
         item = items[position["i"]]
         target = new_target.value if action == "relabel" else None
+        if action == "relabel" and target == item["target"]:
+            status.value = (
+                f"id {html.escape(item['id'])} is already labelled <code>{html.escape(str(target))}</code>: choose "
+                "another label first, or press keep. Nothing saved."
+            )
+            return
         record_decision(decisions, path, item["id"], action, target)
-        status.value = f"saved {action} for {html.escape(item['id'])} to {html.escape(str(path))}"
+        change = f" ({html.escape(item['target'])} → {html.escape(str(target))})" if target is not None else ""
         move(1)
+        shown = items[position["i"]]
+        status.value = (
+            f"saved {action}{change} for id {html.escape(item['id'])} to {html.escape(str(path))}; now showing "
+            f"{position['i'] + 1} / {len(items)}, id {html.escape(shown['id'])}"
+        )
 
     buttons["◀ previous"].on_click(lambda _: move(-1))
     buttons["next ▶"].on_click(lambda _: move(1))
