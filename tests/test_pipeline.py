@@ -466,7 +466,7 @@ def test_a_checkpoint_is_the_run_folder_before_a_notebook_which_then_runs_alone(
     into = tmp_path / "runs" / "me"
     assert cli.main(["checkpoint", "03", "--into", str(into), "--config", str(profile)]) == 0
     run = RunFolder(into)
-    assert [p.name[:2] for p in run.notebooks] == ["00", "01", "02"] and run.has_results("02_prove_the_baseline")
+    assert [p.name[:2] for p in run.notebooks()] == ["00", "01", "02"] and run.has_results("02_prove_the_baseline")
     printed = capsys.readouterr().out
     assert f'set RUN_DIR = "{into.resolve()}"' in printed and f"--continue {into.resolve()} --steps 03" in printed
     assert cli.main(["run", "--continue", str(into), "--steps", "03", "--config", str(profile)]) == 0  # 03 alone
