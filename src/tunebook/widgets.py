@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from tunebook.errors import JobCardError
+from tunebook.errors import DataError, JobCardError
 from tunebook.job import TASK_KINDS, DecisionAnswers, JobCard, parse_job_card, save_job_card
 
 DECISION_QUESTIONS = {name: field.description for name, field in DecisionAnswers.model_fields.items()}
@@ -39,7 +39,6 @@ def card_from_form(values: dict, here: str | Path = ".", card_folder: str | Path
 def _data_file(typed: str, here: Path, card_folder: Path) -> str:
     """The typed data file as an absolute path; a file that is missing or has no rows is named in the error."""
     from tunebook.data import load_table
-    from tunebook.errors import DataError
 
     if not typed:
         raise JobCardError("the form", ["data file: empty; type the path of your CSV, JSONL or Parquet file"])
