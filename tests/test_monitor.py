@@ -98,7 +98,10 @@ def test_the_label_free_estimate_tracks_accuracy_when_confidences_are_calibrated
 def test_delayed_labels_give_the_metric_with_an_interval_and_the_must_never_check(triage):
     card, reference, logs = triage
     labels = pd.read_csv(TRAFFIC / "in_distribution_labels.csv", dtype=str)
-    readings = {r.signal: r for r in monitor.readings(card, reference, logs["in_distribution"], labels)}
+    readings = {
+        r.signal: r
+        for r in monitor.readings(card, reference, logs["in_distribution"], monitor.checked_labels(card, labels))
+    }
     drop = readings["labelled_metric_drop"].detail
     assert drop["labelled"] == len(labels) and drop["metric"] == reference.metrics["primary"]
     assert drop["low"] <= drop["window"] <= drop["high"] and drop["release"] == reference.metrics[drop["metric"]]

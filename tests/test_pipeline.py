@@ -293,7 +293,7 @@ def test_every_training_parameter_of_03_reaches_the_train_config():
     from tunebook import recipe
 
     declared = {k: p for k, p in pipeline.declared_parameters().items() if "03_train_qlora" in p.notebooks}
-    not_config = {"RUN_DIR", "BASE_MODEL", "RESUME", "COMPARE_METHODS", "COMPARE_STEPS"}
+    not_config = {"RUN_DIR", "BASE_MODEL", "RESUME", "COMPARE_METHODS", "COMPARE_STEPS", "COMPARE_VAL_EXAMPLES"}
     config = recipe.config_from_parameters({k: p.default_value for k, p in declared.items()})
     fields = {k.upper() for k in recipe.TrainConfig.__dataclass_fields__} | {"LORA_TARGET_MODULES"}
     assert set(declared) - not_config <= fields

@@ -40,6 +40,11 @@ def load_config(path: str | None) -> dict:
     return data
 
 
+def given_parameters(config: str | None, assignments: list[str] | None) -> dict:
+    """The parameters a user gave: the config file's, overridden by each -p KEY=VALUE."""
+    return {**load_config(config), **parse_assignments(assignments)}
+
+
 def absolute_paths(parameters: dict) -> dict:
     """Make JOB_CARD (default: the bundled example) and a local BASE_MODEL absolute, since notebooks run inside the run folder."""
     from tunebook.pipeline import notebooks_dir
@@ -58,8 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     from tunebook.runfolder import STEPS, RunFolder
 
     typed = parse_assignments(args.param)
-    given = {**load_config(args.config), **typed}
-    parameters = absolute_paths(given)
+    parameters = absolute_paths(given_parameters(args.config, args.param))
     steps = NOTEBOOKS
     if args.steps:
         wanted = [s.strip() for s in args.steps.split(",")]
@@ -107,7 +111,7 @@ def _step_parameters(step: str, args: argparse.Namespace) -> dict:
     from tunebook.pipeline import check_parameters, declared_parameters
 
     declared = {k: p for k, p in declared_parameters().items() if step in p.notebooks and k != "RUN_DIR"}
-    user = {**load_config(args.config), **parse_assignments(args.param)}
+    user = given_parameters(args.config, args.param)
     given = absolute_paths(user)
     if "JOB_CARD" not in user:
         given.pop("JOB_CARD")  # the run folder already holds the job card; a JOB_CARD given here is refused below
@@ -371,7 +375,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
     from tunebook.workshop import build_checkpoint, profile_path, steps_before
 
     config = args.config or str(profile_path())
-    parameters = absolute_paths({**load_config(config), **parse_assignments(args.param)})
+    parameters = absolute_paths(given_parameters(config, args.param))
     done = steps_before(args.step)
     print(f"[tunebook] building {args.into}: {', '.join(done)} with {config}", flush=True)
     run_dir = build_checkpoint(args.step, args.into, parameters)

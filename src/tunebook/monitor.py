@@ -92,7 +92,12 @@ def window_frame(log: pd.DataFrame, card: JobCard, size: int) -> pd.DataFrame:
 
 def with_labels(card: JobCard, window: pd.DataFrame, labels: pd.DataFrame, source: str = "the labels") -> pd.DataFrame:
     """The window's predictions that have a delayed label, with the label as ``target``."""
-    truth = checked_labels(card, labels, source).set_index("id")["target"]
+    return _joined(window, checked_labels(card, labels, source))
+
+
+def _joined(window: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """The window's predictions that have a checked label (``checked_labels``), with it as ``target``."""
+    truth = truth.set_index("id")["target"]
     joined = window[window["id"].isin(truth.index)].copy()
     joined["target"] = joined["id"].map(truth).astype(str)
     joined["tags"] = ""
@@ -141,7 +146,7 @@ class SignalReading(BaseModel):
 
 
 def measure(
-    card: JobCard, reference: Reference, window: pd.DataFrame, labels: pd.DataFrame | None = None
+    card: JobCard, reference: Reference, window: pd.DataFrame, truth: pd.DataFrame | None = None
 ) -> dict[str, tuple[float | None, dict, str]]:
     """Every signal on one window: signal -> (value, detail, note); value None where it cannot be measured here."""
     out: dict[str, tuple[float | None, dict, str]] = {}
@@ -170,8 +175,8 @@ def measure(
         )
         detail = {"reference_accuracy": reference.accuracy, "estimated_accuracy": estimate}
         out["estimated_accuracy_drop"] = (reference.accuracy - estimate, detail, "")
-    if labels is not None:
-        out.update(_labelled(card, reference, with_labels(card, window, labels)))
+    if truth is not None:
+        out.update(_labelled(card, reference, _joined(window, truth)))
     return out
 
 
@@ -215,12 +220,13 @@ def _must_never(failures: int, n: int, reference: Reference) -> tuple[float, dic
 
 
 def readings(
-    card: JobCard, reference: Reference, log: pd.DataFrame, labels: pd.DataFrame | None = None
+    card: JobCard, reference: Reference, log: pd.DataFrame, truth: pd.DataFrame | None = None
 ) -> list[SignalReading]:
-    """Each rule of the card, measured on its own window of the log, and whether it fired."""
+    """Each rule of the card, measured on its own window of the log, and whether it fired; ``truth`` is the
+    delayed labels as ``checked_labels`` returns them."""
     rules = rules_for(card)
     measured = {
-        size: measure(card, reference, window_frame(log, card, size), labels) for size in {r.window for r in rules}
+        size: measure(card, reference, window_frame(log, card, size), truth) for size in {r.window for r in rules}
     }
     out = []
     for rule in rules:
