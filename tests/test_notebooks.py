@@ -76,3 +76,7 @@ def test_each_parameter_the_workshop_profile_changes_names_its_value_in_every_no
             cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
             line = next(li for li in cell.source.splitlines() if li.startswith(f"{name}:"))
             assert line.endswith(f"; workshop profile: {json.dumps(value)}"), f"{step}: {line}"
+    for path in sorted(NOTEBOOK_DIR.glob("0*.ipynb")):  # and no notebook names a value the profile does not set
+        cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+        named = [li.split(":")[0] for li in cell.source.splitlines() if "; workshop profile: " in li]
+        assert set(named) <= set(profile), f"{path.name} names a workshop value for {set(named) - set(profile)}"

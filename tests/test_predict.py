@@ -352,3 +352,35 @@ def test_per_example_shots_in_predict(card, extraction_card, model_and_tokenizer
         for t, s in zip(TEXTS, shots)
     ]
     assert together["prediction"].tolist() == alone and all(alone)
+
+
+def test_the_overfitting_check_compares_the_adapter_alone_on_training_and_test_examples(card, model_and_tokenizer):
+    """Test predictions made through a rule that leans on the classical model are not the adapter's: the gap is
+    measured on the adapter's own answers on both sides."""
+    import pandas as pd
+
+    from tunebook import metrics
+    from tunebook.decide import DecisionRule
+    from tunebook.evaluation import EvaluateSettings, TunedModel, _overfitting
+
+    model, tokenizer = model_and_tokenizer
+
+    def tickets(start):
+        return pd.DataFrame(
+            {
+                "id": [f"t{i}" for i in range(start, start + 12)],
+                "text": [f"ticket number {i} about my order" for i in range(start, start + 12)],
+                "target": [card.choices[i % len(card.choices)] for i in range(12)],
+                "tags": "",
+            }
+        )
+
+    train, test = tickets(0), tickets(100)
+    mixed = test.assign(prediction=test["target"])  # the classical model, leaned on wholly, was right everywhere
+    rule = DecisionRule(choices=card.choices, mix_weight=1.0, mix_with="classical")
+    tuned = TunedModel(model, tokenizer, None, "tiny", 8)
+    found = _overfitting(tuned, card, train, test, EvaluateSettings(train_sample=12), mixed, rule)
+    own = metrics.evaluate(card, predict.predict(model, tokenizer, card, test, max_new_tokens=8))
+    assert found["test"] == pytest.approx(own[own["primary"]]) and found["test"] < 1.0
+    without_rule = _overfitting(tuned, card, train, test, EvaluateSettings(train_sample=12), mixed, None)
+    assert without_rule["test"] == 1.0  # with no rule, the test predictions are the adapter's own

@@ -157,21 +157,34 @@ def evaluate_run(run: RunFolder, tuned_model: TunedModel, settings: EvaluateSett
         usable={name: stats.valid_output_rate(card, frame) for name, frame in frames.items()},
         sliced={name: stats.slices(card, frame, settings.tag) for name, frame in frames.items()},
         flipped=stats.flips(card, frames["baseline"], tuned),
-        overfit=_overfitting(tuned_model, card, splits["train"], tuned, settings),
+        overfit=_overfitting(tuned_model, card, splits["train"], splits["test"], settings, tuned, rule),
         calibration=_calibration(card, tuned_val, tuned),
         general=_general_probe(tuned_model, settings.regression_max_increase),
     )
 
 
 def _overfitting(
-    tuned_model: TunedModel, card: JobCard, train: pd.DataFrame, tuned: pd.DataFrame, settings: EvaluateSettings
+    tuned_model: TunedModel,
+    card: JobCard,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    settings: EvaluateSettings,
+    tuned: pd.DataFrame,
+    rule: decide.DecisionRule | None,
 ) -> dict | None:
-    """The primary metric on a sample of training examples against the test split; None when TRAIN_SAMPLE is 0."""
+    """The adapter's own primary metric (no decision rule, no mixture) on a sample of training examples and on the
+    test split, with a warning past the gap; None when TRAIN_SAMPLE is 0. A rule that mixes in the classical model
+    would compare a memorising classifier on its own training rows, or hide a memorising adapter behind it."""
     if settings.train_sample <= 0:
         return None
     sample = train.sample(min(settings.train_sample, len(train)), random_state=0)
-    seen = predict.predict(tuned_model.model, tuned_model.tokenizer, card, sample, batch_size=settings.eval_batch_size)
-    return stats.overfitting(card, seen, tuned, settings.overfit_gap)
+
+    def alone(frame: pd.DataFrame) -> pd.DataFrame:
+        model, tokenizer = tuned_model.model, tuned_model.tokenizer
+        budget = tuned_model.answer_budget
+        return predict.predict(model, tokenizer, card, frame, settings.eval_batch_size, max_new_tokens=budget)
+
+    return stats.overfitting(card, alone(sample), tuned if rule is None else alone(test), settings.overfit_gap)
 
 
 def _calibration(card: JobCard, tuned_val: pd.DataFrame, tuned: pd.DataFrame) -> dict | None:
