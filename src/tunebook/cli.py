@@ -40,7 +40,7 @@ def load_config(path: str | None) -> dict:
     return data
 
 
-def given_parameters(config: str | None, assignments: list[str] | None) -> dict:
+def given_parameters(config: str | None, assignments: list[str]) -> dict:
     """The parameters a user gave: the config file's, overridden by each -p KEY=VALUE."""
     return {**load_config(config), **parse_assignments(assignments)}
 
