@@ -47,7 +47,9 @@ def test_training_curve_is_drawn_live_in_the_notebook(finished_run):
     assert images, "the training cell should show the live loss curve"
 
 
-def test_recorded_results_match_the_artifacts(finished_run):
+def test_recorded_results_match_the_artifacts(finished_run, tiny_model):
+    from tunebook import evaluation, metrics, predict
+
     run_dir, summary = finished_run
     run = RunFolder(run_dir)
     version = run.read_dataset_version()
@@ -70,8 +72,18 @@ def test_recorded_results_match_the_artifacts(finished_run):
     band = comparison.intervals["tuned"]["macro_f1"]
     assert band["low"] <= tuned["macro_f1"] <= band["high"]
     assert set(comparison.slices["tuned"]) <= {"hard", "not hard"} and comparison.usable_output_rate["tuned"] == 1.0
+    adapter = evaluation.load_tuned(run, tiny_model)  # the overfitting row reads the adapter's own answers
+    test = run.read_splits()["test"]
+    alone = predict.predict(
+        adapter.model,
+        adapter.tokenizer,
+        run.read_job_card(),
+        test,
+        progress=False,
+        max_new_tokens=adapter.answer_budget,
+    )
     assert comparison.overfitting["metric"] == "macro_f1" and comparison.overfitting["test"] == pytest.approx(
-        tuned["macro_f1"]
+        metrics.evaluate(run.read_job_card(), alone)["macro_f1"]
     )
     assert set(comparison.calibration) == {"validation", "test"} and run.figure("reliability").is_file()
     assert set(comparison.regression_probe["change"]) == {"text_loss", "instruction_loss"}

@@ -558,3 +558,15 @@ def test_general_replay_is_mixed_into_training_and_recorded(tiny_job, tiny_model
     assert result.manifest.general_examples == len(expected) > 0 and result.manifest.train_examples == len(
         splits["train"]
     )
+
+
+def test_eval_steps_past_the_last_step_validate_at_the_end(tmp_path):
+    """The workshop profile's EVAL_STEPS with a shorter MAX_STEPS (a -p on top of it) still validates and keeps a
+    checkpoint: at the last step."""
+    from tunebook.recipe import TrainConfig
+    from tunebook.train import _training_arguments
+
+    args, total = _training_arguments(TrainConfig(max_steps=2, eval_steps=28), tmp_path, examples=40)
+    assert total == 2 and args.eval_steps == 2 and args.save_steps == 2
+    args, _ = _training_arguments(TrainConfig(max_steps=40, eval_steps=10), tmp_path, examples=40)
+    assert args.eval_steps == 10

@@ -198,7 +198,10 @@ def _training_arguments(config: TrainConfig, checkpoints: Path, examples: int) -
     planned number of optimiser steps."""
     steps_per_epoch = max(1, -(-examples // config.batch_size))
     total_steps = config.max_steps if config.max_steps > 0 else max(1, round(steps_per_epoch * config.epochs))
-    eval_steps = config.eval_steps or max(1, min(steps_per_epoch, total_steps) // 4)
+    # EVAL_STEPS past the last step would leave no validation pass and no checkpoint to keep: validate at the end
+    eval_steps = (
+        min(config.eval_steps, total_steps) if config.eval_steps else max(1, min(steps_per_epoch, total_steps) // 4)
+    )
     on_gpu = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(checkpoints),
