@@ -215,9 +215,11 @@ def released(tmp_path_factory, tiny_model):
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, tiny_model):
-    """All seven notebooks executed on the tiny model and a small job (06 on 16 tickets of the bundled traffic).
-    Returns (run folder, summary)."""
-    from tunebook import pipeline
+    """All seven notebooks executed on the tiny model and a small job (06 on 16 tickets of the bundled traffic), the
+    way a learner catching up runs them: ``tunebook checkpoint 01``, then each notebook alone in its own call from the
+    folder the steps before it left (what the checkpoint before that notebook restores). Returns (run folder, summary).
+    """
+    from tunebook import pipeline, workshop
 
     root = tmp_path_factory.mktemp("workbook")
     card = write_job(root / "job", per_label=5)
@@ -233,4 +235,7 @@ def finished_run(tmp_path_factory, tiny_model):
         "TRAFFIC_ROWS": 16,
         "LABELS_FILE": str(TRAFFIC / "in_distribution_labels.csv"),
     }  # the notebooks must all run, whatever the baselines reach on 6 test tickets
-    return pipeline.run_workbook(params, root / "runs", "tiny", progress=False)
+    workshop.build_checkpoint(pipeline.NOTEBOOKS[1], root / "runs" / "tiny", params, progress=False)
+    for step in pipeline.NOTEBOOKS[1:]:
+        found = pipeline.run_workbook(params, root / "runs", "tiny", (step,), progress=False, continue_run=True)
+    return found

@@ -13,13 +13,14 @@ from tunebook.errors import TunebookError
 from tunebook.runfolder import RunFolder
 
 
-def test_all_six_notebooks_run_and_record_results(finished_run):
+def test_all_seven_notebooks_run_alone_one_after_another_and_record_results(finished_run):
     run_dir, summary = finished_run
     run = RunFolder(run_dir)
     for step in pipeline.NOTEBOOKS:
         assert run.notebook(step).is_file()
         assert step in summary.results
     assert run.read_summary() == summary
+    assert set(summary.seconds_per_notebook) == set(pipeline.NOTEBOOKS)  # built one call per notebook, none lost
     for artifact in (
         run.job_card,
         run.decision,

@@ -345,6 +345,35 @@ def test_a_reloaded_adapter_predicts_exactly_what_the_trained_one_did(tiny_job, 
     )
 
 
+@pytest.mark.parametrize("quantization", ["nf4", "int8", "none"])
+def test_a_served_adapter_is_merged_into_its_base_and_answers_as_evaluated(
+    tiny_job, tiny_model, tmp_path, quantization
+):
+    card, splits = tiny_job
+    config = fast(quantization=quantization, max_steps=4)
+    result = train.train_adapter(card, splits, tiny_model, config, tmp_path / "adapter", "h")
+    texts = splits["test"]["text"].tolist()
+    evaluated, tokenizer = predict.load_trained(tiny_model, result.adapter_dir, result.manifest)
+    served, _ = predict.load_for_serving(tiny_model, result.adapter_dir, result.manifest)
+    from peft import PeftModel
+
+    if models.compute_dtype() == torch.float32 and quantization != "int8":
+        # merged: plain float32 layers, no adapter and no quantized weights
+        kinds = {type(module).__name__ for module in served.modules()}
+        assert "Linear" in kinds and not kinds & {"Linear4bit", "LoraModel"} and not isinstance(served, PeftModel)
+        assert {p.dtype for p in served.parameters()} == {torch.float32}
+    else:  # served as evaluated: an 8-bit product runs in float16, which merged weights would not reproduce
+        assert isinstance(served, PeftModel)
+    a = decoding.label_log_likelihoods(evaluated, tokenizer, card, texts, progress=False)
+    b = decoding.label_log_likelihoods(served, tokenizer, card, texts, progress=False)
+    assert_same_choices(b, a, tol(1e-4, 0.15))
+    np.testing.assert_allclose(b, a, atol=tol(1e-4, 0.15))
+    base_only, _ = predict.load_for_inference(tiny_model, quantization=quantization)
+    assert not np.allclose(  # the adapter was merged in, not dropped
+        decoding.label_log_likelihoods(base_only, tokenizer, card, texts, progress=False), b, atol=1e-3
+    )
+
+
 def test_full_fine_tuning_saves_a_whole_model_that_reloads(tiny_job, tiny_model, tmp_path):
     card, splits = tiny_job
     result = train.train_adapter(

@@ -129,23 +129,29 @@ class _Runner:
             self.cache = _prefix_cache(model, prompts[0][: self.length])
             self.length = self.length if self.cache is not None else 0
 
-    def forward(self, prompts: list[list[int]]) -> tuple[torch.Tensor, Cache, torch.Tensor, torch.Tensor]:
-        """Run a batch; return the last position's float32 logits, the cache, the attention mask so far and each
-        row's next position."""
+    def inputs(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """A batch's own tokens (left-padded), its attention mask over the prefix and them, their positions, and the
+        cache argument (a fresh copy of the prefix cache per row, since a forward pass extends the cache it gets)."""
         p = self.length
         ids, own = _pad([prompt[p:] for prompt in prompts], self.pad_id, left=True)
         ids, own = ids.to(self.device), own.to(self.device)
         positions = (p + own.cumsum(-1) - 1).clamp(min=0)
         extra = {}
         if self.cache is not None:
-            cache = copy.deepcopy(self.cache)  # a forward pass extends the cache it is given
+            cache = copy.deepcopy(self.cache)
             cache.batch_repeat_interleave(len(prompts))
             extra = {self.cache_arg: cache}
             own = torch.cat([torch.ones((len(prompts), p), dtype=own.dtype, device=self.device), own], dim=1)
+        return ids, own, positions, extra
+
+    def forward(self, prompts: list[list[int]]) -> tuple[torch.Tensor, Cache, torch.Tensor, torch.Tensor]:
+        """Run a batch; return the last position's float32 logits, the cache, the attention mask so far and each
+        row's next position."""
+        ids, mask, positions, extra = self.inputs(prompts)
         out = self.model(
-            input_ids=ids, attention_mask=own, position_ids=positions, use_cache=True, logits_to_keep=1, **extra
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **extra
         )
-        return out.logits[:, -1].float(), _cache_of(out), own, positions[:, -1] + 1
+        return out.logits[:, -1].float(), _cache_of(out), mask, positions[:, -1] + 1
 
 
 def _batches(runner: _Runner, prompts: list[list[int]], batch_size: int) -> list[list[int]]:
@@ -155,11 +161,13 @@ def _batches(runner: _Runner, prompts: list[list[int]], batch_size: int) -> list
 
 
 class _CandidateTree:
-    """The candidates' distinct proper prefixes as a token trie, fed once per prompt after it.
+    """The candidates' distinct proper prefixes as a token trie, fed in the same forward pass as the prompts' own
+    tokens.
 
     A candidate's first token is scored from the prompt's last position; its token j from the trie node of its first
-    j tokens. All nodes go in one pass per batch row, each seeing its prompt and its own ancestors (a 4D mask), so the
-    prompt cache is not repeated per candidate, and candidates that share a start (tool calls) share those tokens.
+    j tokens. Each node sees its row's prompt and its own ancestors (a 4D mask), so a prompt's tokens run once for all
+    candidates, candidates that share a start (tool calls) share those tokens, and the model's weights are read once
+    per batch rather than once for the prompts and again for the candidates (on a CPU that read is most of a pass).
     """
 
     def __init__(self, candidates: list[list[int]], device: torch.device):
@@ -186,28 +194,46 @@ class _CandidateTree:
             (torch.tensor(col, dtype=torch.long, device=device) for col in zip(*pairs)) if pairs else (None,) * 3
         )
 
-    def scores(
-        self, runner: _Runner, first: torch.Tensor, cache: Cache, mask: torch.Tensor, next_position: torch.Tensor
-    ) -> torch.Tensor:
-        """Summed log-probabilities (b, k) of the candidates after each prompt; ``first`` holds the prompts' last
-        log-probabilities."""
-        total = first[:, self.first]
-        if self.n == 0:
-            return total
-        b = first.shape[0]
+    def _allowed(self, mask: torch.Tensor, width: int) -> torch.Tensor:
+        """Which keys each query sees, (b, width + n, prefix + width + n): a prompt token its prefix and its earlier
+        tokens (padding only itself), a trie node the whole prompt and its ancestors."""
+        b, device = mask.shape[0], mask.device
+        seen = mask.bool()
+        own_keys = seen[:, -width:]
+        causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+        prompt_rows = torch.cat(
+            [
+                seen[:, None, :-width].expand(b, width, -1),
+                (causal & own_keys[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device),
+                torch.zeros((b, width, self.n), dtype=torch.bool, device=device),
+            ],
+            dim=-1,
+        )
+        node_rows = torch.cat([seen[:, None, :].expand(b, self.n, -1), self.sees.expand(b, -1, -1)], dim=-1)
+        return torch.cat([prompt_rows, node_rows], dim=1)
+
+    def scores(self, runner: _Runner, prompts: list[list[int]]) -> torch.Tensor:
+        """Summed log-probabilities (b, k) of the candidates after each prompt, from one forward pass."""
+        ids, mask, positions, extra = runner.inputs(prompts)
+        b, width = ids.shape
         dtype = runner.model.get_input_embeddings().weight.dtype
-        allowed = torch.cat([mask.bool()[:, None, :].expand(b, self.n, -1), self.sees.expand(b, -1, -1)], dim=-1)
+        allowed = self._allowed(mask, width)
         additive = torch.zeros(allowed.shape, dtype=dtype, device=runner.device).masked_fill_(
             ~allowed, torch.finfo(dtype).min
         )
         out = runner.model(
-            input_ids=self.tokens.expand(b, -1),
+            input_ids=torch.cat([ids, self.tokens.expand(b, -1)], dim=1),
             attention_mask=additive[:, None],
-            position_ids=next_position[:, None] + self.depth,
-            **{runner.cache_arg: cache},
+            position_ids=torch.cat([positions, positions[:, -1:] + 1 + self.depth], dim=1),
+            logits_to_keep=self.n + 1,  # the prompt's last position, then every node
+            **extra,
         )
+        logits = out.logits.float()
+        total = torch.log_softmax(logits[:, 0], dim=-1)[:, self.first]
+        if self.n == 0:
+            return total
         picked = (
-            torch.log_softmax(out.logits[:, self.node].float(), dim=-1)
+            torch.log_softmax(logits[:, 1:][:, self.node], dim=-1)
             .gather(2, self.target.expand(b, -1)[..., None])
             .squeeze(-1)
         )
@@ -233,7 +259,8 @@ def label_log_likelihoods(
 
     Classification scores each label plus the end-of-turn token; tool selection scores each tool's call prefix.
     The prompt start shared by all texts (chat header, system prompt, shared worked examples) runs once; each batch
-    then runs only its own tokens, and its key/value cache is shared by all candidates.
+    then runs only its own tokens, with the candidates' tokens in the same pass (attention without 4D masks: in a
+    second pass, over the batch's cache repeated per candidate).
     ``shots``: one list of (text, target) pairs for every text, or one list per text. ``prefix``: the shared prompt
     start's cache computed once for this model (a service's), used where every prompt continues it.
     """
@@ -256,11 +283,11 @@ def label_log_likelihoods(
     batches = _batches(runner, prompts, batch_size)
     for rows in tqdm(batches, desc="scoring labels", disable=not progress, total=len(batches)):
         b = len(rows)
+        if tree is not None:
+            scores[rows] = tree.scores(runner, [prompts[i] for i in rows]).cpu().numpy()
+            continue
         logits, cache, mask, next_position = runner.forward([prompts[i] for i in rows])
         first = torch.log_softmax(logits, dim=-1)
-        if tree is not None:
-            scores[rows] = tree.scores(runner, first, cache, mask, next_position).cpu().numpy()
-            continue
         first = first.repeat_interleave(k, dim=0)  # one row per (prompt, candidate), each with its own cache copy
         cache.batch_repeat_interleave(k)
         ids2 = cand_ids.repeat(b, 1)

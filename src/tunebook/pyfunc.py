@@ -19,7 +19,7 @@ from tunebook.errors import DataError, ModelNotFoundError, TunebookError
 from tunebook.job import JobCard
 from tunebook.lineage import check_adapter_matches
 from tunebook.models import model_identity, resolve_base_model
-from tunebook.predict import load_trained, predict
+from tunebook.predict import load_for_serving, predict
 from tunebook.runfolder import RunFolder
 
 RELEASE_ARTIFACT = "release"  # the pyfunc's one artifact: a run folder holding only what answering needs
@@ -76,7 +76,7 @@ class Answerer:
         manifest = release.read_manifest()
         resolved = local_base_model(base_model)
         check_adapter_matches(manifest, self.card, model_identity(resolved))
-        self.model, self.tokenizer = load_trained(resolved, release.adapter_dir, manifest)
+        self.model, self.tokenizer = load_for_serving(resolved, release.adapter_dir, manifest)
         self.rule, self.other = tuned_decision(release)
         self.prefix = PromptPrefix(self.model, self.tokenizer, self.card)
         self.log = os.environ.get(inference_log.LOG_ENV) or None

@@ -335,8 +335,11 @@ class RunFolder:
         return self.results_file(step).is_file()
 
     def collect_summary(self, stopped: str | None, seconds: dict[str, float]) -> RunSummary:
-        """Every step's recorded results, with why the run stopped and each step's time; written to summary.json."""
+        """Every step's recorded results, with why the run stopped and each step's time (those of earlier calls on a
+        continued run kept); written to summary.json."""
         results = {s: self.read_results(s).model_dump() for s in STEPS if self.has_results(s)}
+        if self.summary.is_file():
+            seconds = {**self.read_summary().seconds_per_notebook, **seconds}
         summary = RunSummary(results=results, stopped=stopped, seconds_per_notebook=seconds)
         write_model(self.summary, summary)
         return summary
