@@ -21,6 +21,8 @@ else
   offline=(); echo "network: left on, PIP_NO_INDEX=1"
 fi
 export PIP_NO_INDEX=1 PIP_FIND_LINKS= PIP_CONFIG_FILE=/dev/null HF_HUB_OFFLINE=1 MLFLOW_TRACKING_URI=
+# a new laptop's empty cache: nothing converted or answered on this machine before may help
+export TUNEBOOK_CACHE="$work/cache"
 seconds() { date +%s.%N; }
 
 peak_of() {  # largest resident-memory sum (MB) of the process tree under pid $1, until it exits

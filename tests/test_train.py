@@ -558,6 +558,35 @@ def test_replay_features_supervise_the_base_answers_as_chat_and_as_plain_text(to
     assert len(replay.load_requests()) == 120
 
 
+def test_shipped_base_answers_are_used_without_running_the_model(tiny_model, tmp_path, monkeypatch):
+    from tunebook import replay
+
+    monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(replay, "SHIPPED_ANSWERS", tmp_path / "shipped")
+    name = replay._cache_file(models.model_identity(tiny_model)).name
+    shipped = [{"prompt": "Name a colour.", "answer": "Blue.", "ended": True}]
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / name).write_text(json.dumps(shipped[0]) + "\n")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the base model was loaded to answer a shipped request")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    assert replay.base_answers(tiny_model, ["Name a colour."]) == shipped
+    with pytest.raises(AssertionError, match="base model was loaded"):  # a request not shipped is answered here
+        replay.base_answers(tiny_model, ["Name a colour.", "Count to three."])
+
+
+def test_the_bundled_models_shipped_answers_cover_exactly_the_shipped_requests():
+    from tunebook import replay
+
+    files = sorted(replay.SHIPPED_ANSWERS.glob("*.jsonl"))
+    assert len(files) == 1  # the bundled model's (its name is checked against the model in test_real_model)
+    answers = [json.loads(line) for line in files[0].read_text(encoding="utf-8").splitlines()]
+    assert [a["prompt"] for a in answers] == replay.load_requests()
+    assert all(isinstance(a["answer"], str) and isinstance(a["ended"], bool) for a in answers)
+
+
 def test_grouped_batches_hold_one_group_each_and_every_example_once():
     groups = [0] * 23 + [1] * 9 + [2] * 6
     sampler = packing.SeededLengthGroupedSampler(
