@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     from tunebook.runfolder import STEPS, RunFolder
 
     typed = parse_assignments(args.param)
-    parameters = absolute_paths(given_parameters(args.config, args.param))
+    parameters = absolute_paths({**load_config(args.config), **typed})
     steps = NOTEBOOKS
     if args.steps:
         wanted = [s.strip() for s in args.steps.split(",")]

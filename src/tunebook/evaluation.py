@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tunebook import artifacts, baselines, decide, lineage, metrics, models, predict, regression, stats
@@ -119,7 +120,7 @@ def evaluate_run(run: RunFolder, tuned_model: TunedModel, settings: EvaluateSett
     02 saved, measured the same way."""
     card, splits = run.read_job_card(), run.read_splits()
     model, tokenizer = tuned_model.model, tuned_model.tokenizer
-    tuned, tuned_val, rule = predict.predict_with_rule(
+    tuned, tuned_val, rule, tuned_probs = predict.predict_with_rule(
         model,
         tokenizer,
         card,
@@ -157,7 +158,7 @@ def evaluate_run(run: RunFolder, tuned_model: TunedModel, settings: EvaluateSett
         usable={name: stats.valid_output_rate(card, frame) for name, frame in frames.items()},
         sliced={name: stats.slices(card, frame, settings.tag) for name, frame in frames.items()},
         flipped=stats.flips(card, frames["baseline"], tuned),
-        overfit=_overfitting(tuned_model, card, splits["train"], splits["test"], settings, tuned, rule),
+        overfit=_overfitting(tuned_model, card, splits["train"], splits["test"], settings, tuned, rule, tuned_probs),
         calibration=_calibration(card, tuned_val, tuned),
         general=_general_probe(tuned_model, settings.regression_max_increase),
     )
@@ -171,20 +172,24 @@ def _overfitting(
     settings: EvaluateSettings,
     tuned: pd.DataFrame,
     rule: decide.DecisionRule | None,
+    test_probs: np.ndarray | None,
 ) -> dict | None:
     """The adapter's own primary metric (no decision rule, no mixture) on a sample of training examples and on the
     test split, with a warning past the gap; None when TRAIN_SAMPLE is 0. A rule that mixes in the classical model
-    would compare a memorising classifier on its own training rows, or hide a memorising adapter behind it."""
+    would compare a memorising classifier on its own training rows, or hide a memorising adapter behind it. On test
+    the adapter's probabilities are already known: it is not run there again."""
     if settings.train_sample <= 0:
         return None
     sample = train.sample(min(settings.train_sample, len(train)), random_state=0)
-
-    def alone(frame: pd.DataFrame) -> pd.DataFrame:
-        model, tokenizer = tuned_model.model, tuned_model.tokenizer
-        budget = tuned_model.answer_budget
-        return predict.predict(model, tokenizer, card, frame, settings.eval_batch_size, max_new_tokens=budget)
-
-    return stats.overfitting(card, alone(sample), tuned if rule is None else alone(test), settings.overfit_gap)
+    model, tokenizer, budget = tuned_model.model, tuned_model.tokenizer, tuned_model.answer_budget
+    on_train = predict.predict(model, tokenizer, card, sample, settings.eval_batch_size, max_new_tokens=budget)
+    if rule is None:
+        on_test = tuned
+    else:
+        on_test = predict.answer_choices(
+            model, tokenizer, card, test, test_probs, batch_size=settings.eval_batch_size, max_new_tokens=budget
+        )
+    return stats.overfitting(card, on_train, on_test, settings.overfit_gap)
 
 
 def _calibration(card: JobCard, tuned_val: pd.DataFrame, tuned: pd.DataFrame) -> dict | None:

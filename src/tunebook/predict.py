@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -209,6 +210,16 @@ def predict(
     return result
 
 
+class RuledPredictions(NamedTuple):
+    """What ``predict_with_rule`` returns."""
+
+    test: pd.DataFrame
+    val: pd.DataFrame | None
+    rule: DecisionRule | None
+    test_probs: np.ndarray | None
+    """The model's own probabilities over the choices on the test split, before any rule (None without choices)."""
+
+
 def predict_with_rule(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -218,20 +229,17 @@ def predict_with_rule(
     batch_size: int = 8,
     progress: bool = True,
     max_new_tokens: int | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame | None, DecisionRule | None]:
+) -> RuledPredictions:
     """Test predictions through a decision rule fitted on the validation split (mixing in ``other_model`` when that
-    lowers the validation loss); returns (test predictions, validation predictions, rule). Validation predictions
-    come back for classification only (tool arguments there would be generated for nothing); task kinds without a
-    fixed set of answers have no rule: their test predictions come back alone."""
+    lowers the validation loss), with the validation predictions, the rule and the model's own test probabilities.
+    Validation predictions come back for classification only (tool arguments there would be generated for nothing);
+    task kinds without a fixed set of answers have no rule: their test predictions come back alone."""
     from tunebook.dataset import stratum
     from tunebook.decide import fit_rule
 
     if not card.choices:
-        return (
-            predict(model, tokenizer, card, splits["test"], batch_size, progress, max_new_tokens=max_new_tokens),
-            None,
-            None,
-        )
+        test = predict(model, tokenizer, card, splits["test"], batch_size, progress, max_new_tokens=max_new_tokens)
+        return RuledPredictions(test, None, None, None)
     frames, probs, others = {}, {}, {}
     for split in ("val", "test"):
         texts = splits[split]["text"].tolist()
@@ -253,4 +261,4 @@ def predict_with_rule(
             progress=progress,
             max_new_tokens=max_new_tokens,
         )
-    return frames["test"], frames.get("val"), rule
+    return RuledPredictions(frames["test"], frames.get("val"), rule, probs["test"])
