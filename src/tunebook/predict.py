@@ -60,24 +60,38 @@ def load_trained(
     return load_for_inference(base_model, adapter_dir, manifest.quantization, full=manifest.full_fine_tune)
 
 
+def merged_model(base_model: str, adapter_dir: str | Path, quantization: str = "none") -> PreTrainedModel:
+    """The adapter merged into a full-precision base holding the weights it was trained against: the original
+    weights for an unquantized base, the dequantized 4-/8-bit weights for a quantized one. (Merging into a 4-bit
+    base re-quantizes and drifts; merging into the original weights of a base the adapter saw quantized drifts too.)"""
+    from peft.utils.integrations import dequantize_bnb_weight, get_bnb_param_type
+
+    full = load_model(base_model, "none")
+    if quantization in ("nf4", "int8"):
+        quantized = dict(load_model(base_model, quantization).named_modules())
+        with torch.no_grad():
+            for name, module in full.named_modules():
+                source = quantized.get(name)
+                if isinstance(module, torch.nn.Linear) and source is not None and get_bnb_param_type(source.weight):
+                    weight = dequantize_bnb_weight(source.weight, getattr(source, "state", None))
+                    module.weight.copy_(weight.to(module.weight.dtype).reshape(module.weight.shape))
+        del quantized
+    return PeftModel.from_pretrained(full, str(adapter_dir)).merge_and_unload().eval()
+
+
 def load_for_serving(
     base_model: str, adapter_dir: str | Path, manifest: Manifest
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The trained model in ``adapter_dir`` for answering requests, in eval mode: on a float32 device a LoRA adapter
-    is merged into its base's weights (a 4-bit base dequantized first), else as ``load_trained`` loads it."""
+    on an unquantized or 4-bit base is served merged (``merged_model``), else as ``load_trained`` loads it."""
     if manifest.full_fine_tune or manifest.quantization == "int8" or compute_dtype() != torch.float32:
         # merged bfloat16 weights would be rounded, and bitsandbytes' 8-bit product runs in float16 (merged float32
         # scores moved by 2e-3 nats): those keep the model exactly as evaluated
         return load_trained(base_model, adapter_dir, manifest)
-    tokenizer = load_tokenizer(base_model)
-    model = load_model(base_model, manifest.quantization)
-    if getattr(model, "hf_quantizer", None) is not None:
-        # the 4-bit weights as the adapter was trained and evaluated on them: quantized once, then dequantized
-        model = model.dequantize(dtype=torch.float32)
-    adapter = PeftModel.from_pretrained(model, str(_checked(Path(adapter_dir), "adapter_config.json")))
     # W + BA summed once: the answers of the unmerged model (within 1e-4 nats) without a dequantization and two
     # extra products per layer on every request
-    return adapter.merge_and_unload().eval(), tokenizer
+    adapter_dir = _checked(Path(adapter_dir), "adapter_config.json")
+    return merged_model(base_model, adapter_dir, manifest.quantization), load_tokenizer(base_model)
 
 
 def _checked(folder: Path, marker: str) -> Path:

@@ -7,34 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunebook.artifacts import Manifest
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
-from tunebook.models import load_model
-from tunebook.predict import predict
-
-
-def merged_model(base_model: str, adapter_dir: str | Path, quantization: str = "none") -> PreTrainedModel:
-    """The adapter merged into a full-precision base holding the weights it was trained against: the original
-    weights for an unquantized base, the dequantized 4-/8-bit weights for a quantized one. (Merging into a 4-bit
-    base re-quantizes and drifts; merging into the original weights of a base the adapter saw quantized drifts too.)"""
-    from peft.utils.integrations import dequantize_bnb_weight, get_bnb_param_type
-
-    full = load_model(base_model, "none")
-    if quantization in ("nf4", "int8"):
-        quantized = dict(load_model(base_model, quantization).named_modules())
-        with torch.no_grad():
-            for name, module in full.named_modules():
-                source = quantized.get(name)
-                if isinstance(module, torch.nn.Linear) and source is not None and get_bnb_param_type(source.weight):
-                    weight = dequantize_bnb_weight(source.weight, getattr(source, "state", None))
-                    module.weight.copy_(weight.to(module.weight.dtype).reshape(module.weight.shape))
-        del quantized
-    return PeftModel.from_pretrained(full, str(adapter_dir)).merge_and_unload().eval()
+from tunebook.predict import merged_model, predict
 
 
 def merged_for_parity(base_model: str, adapter_dir: str | Path, manifest: Manifest) -> PreTrainedModel | None:
