@@ -12,6 +12,8 @@ WHEELHOUSE ?= wheelhouse
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 FROM_WHEELHOUSE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE),)
 BROWSER_STAMP := $(VENV)/.tunebook-browser
+# pytest-xdist workers for `make test` (tests of a costly shared fixture stay on one: tests/conftest.py); 0: none
+TEST_WORKERS ?= 2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup browser demo test test-slow lab clean-runs wheels
@@ -42,7 +44,7 @@ demo: setup
 test: setup browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

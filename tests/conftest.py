@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -41,6 +42,39 @@ def assert_same_choices(actual, expected, tolerance: float) -> None:
     top2 = np.sort(expected, axis=1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 2 * tolerance
     np.testing.assert_array_equal(actual.argmax(1)[clear], expected.argmax(1)[clear])
+
+
+# `make test` runs the suite in two pytest-xdist workers. The tests of a costly session fixture's files run on one
+# worker, which builds it once; every other test goes wherever a worker is free. (xdist's own `--dist loadgroup`
+# cannot group under pytest 9, which no longer lets a plugin rewrite a test's id.)
+SHARED_FIXTURE_FILES = {
+    "test_release.py": "released",
+    "test_serve.py": "released",
+    "test_monitor.py": "released",
+    "test_workbook.py": "finished_run",
+    "test_exercises.py": "finished_run",
+    "test_browser.py": "finished_run",  # also in order: 01 reviews what 00 wrote
+}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """One work unit per shared fixture (its files' tests, in order) and one per other test, largest units first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return SHARED_FIXTURE_FILES.get(Path(nodeid.split("::")[0]).name, nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Two workers on two cores: each gets its share of the cores, and so do the processes it starts."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
+        torch.set_num_threads(int(threads))
 
 
 ROOT = Path(__file__).resolve().parents[1]

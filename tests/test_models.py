@@ -39,3 +39,25 @@ def test_unknown_quantization_is_named():
 
     with pytest.raises(TunebookError, match="QUANTIZATION must be one of nf4, int8, none, got 'fp3'"):
         models.quantization_config("fp3")
+
+
+def _write_many(path: str, fill: str) -> None:
+    from pathlib import Path
+
+    for _ in range(200):
+        models.write_atomically(Path(path), fill * 200_000)
+
+
+def test_a_cache_file_written_by_two_processes_is_never_read_half_written(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "replay" / "answers.jsonl"
+    models.write_atomically(path, "a" * 200_000)
+    writers = [multiprocessing.Process(target=_write_many, args=(str(path), fill)) for fill in "ab"]
+    for writer in writers:
+        writer.start()
+    while any(w.is_alive() for w in writers):
+        text = path.read_text()
+        assert text in ("a" * 200_000, "b" * 200_000), f"read {len(text)} characters mid-write"
+    assert all(w.exitcode == 0 for w in writers)
+    assert [p.name for p in path.parent.iterdir()] == ["answers.jsonl"]  # no partial file left behind

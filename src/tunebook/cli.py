@@ -40,9 +40,9 @@ def load_config(path: str | None) -> dict:
     return data
 
 
-def given_parameters(config: str | None, assignments: list[str]) -> dict:
-    """The parameters a user gave: the config file's, overridden by each -p KEY=VALUE."""
-    return {**load_config(config), **parse_assignments(assignments)}
+def given_parameters(config: str | None, typed: dict) -> dict:
+    """The parameters a user gave: the config file's, overridden by the parsed -p KEY=VALUE assignments."""
+    return {**load_config(config), **typed}
 
 
 def absolute_paths(parameters: dict) -> dict:
@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     from tunebook.runfolder import STEPS, RunFolder
 
     typed = parse_assignments(args.param)
-    parameters = absolute_paths({**load_config(args.config), **typed})
+    parameters = absolute_paths(given_parameters(args.config, typed))
     steps = NOTEBOOKS
     if args.steps:
         wanted = [s.strip() for s in args.steps.split(",")]
@@ -110,8 +110,12 @@ def _step_parameters(step: str, args: argparse.Namespace) -> dict:
     """A step's parameters for running it alone on a run folder: its declared defaults, then --config, then -p."""
     from tunebook.pipeline import check_parameters, declared_parameters
 
-    declared = {k: p for k, p in declared_parameters().items() if step in p.notebooks and k != "RUN_DIR"}
-    user = given_parameters(args.config, args.param)
+    every = declared_parameters()
+    declared = {k: p for k, p in every.items() if step in p.notebooks and k != "RUN_DIR"}
+    # a config file may be a profile of the whole workbook (workshop/profile.yaml): what other notebooks take is
+    # theirs; a name no notebook declares, or a -p this step does not take, is still refused
+    config = {k: v for k, v in load_config(args.config).items() if k not in every or step in every[k].notebooks}
+    user = {**config, **parse_assignments(args.param)}
     given = absolute_paths(user)
     if "JOB_CARD" not in user:
         given.pop("JOB_CARD")  # the run folder already holds the job card; a JOB_CARD given here is refused below
@@ -375,7 +379,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
     from tunebook.workshop import build_checkpoint, profile_path, steps_before
 
     config = args.config or str(profile_path())
-    parameters = absolute_paths(given_parameters(config, args.param))
+    parameters = absolute_paths(given_parameters(config, parse_assignments(args.param)))
     done = steps_before(args.step)
     print(f"[tunebook] building {args.into}: {', '.join(done)} with {config}", flush=True)
     run_dir = build_checkpoint(args.step, args.into, parameters)

