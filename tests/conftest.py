@@ -57,6 +57,7 @@ SHARED_FIXTURE_FILES = {
 }
 
 
+@pytest.hookimpl(optionalhook=True)  # without pytest-xdist the suite still runs, in one process
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """One work unit per shared fixture (its files' tests, in order) and one per other test, largest units first."""
     from xdist.scheduler import LoadScopeScheduling

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,8 +73,6 @@ def convert_bundled(force: bool = False) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    import shutil
-
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # one per process: two may convert at once
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
