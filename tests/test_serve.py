@@ -1,6 +1,8 @@
 """`tunebook predict`: the released champion on a file of inputs, without a notebook."""
 
 import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunebook import cli, registry, serve
 from tunebook.errors import TunebookError
+from tunebook.runfolder import MODEL_ARTIFACT, RunFolder, manifest_path
 
 
 def test_predict_uses_the_champion_on_a_file_of_inputs(released, tiny_model, tmp_path, capsys, monkeypatch):
@@ -43,6 +46,36 @@ def test_predict_uses_the_champion_on_a_file_of_inputs(released, tiny_model, tmp
         == 0
     )
     assert {json.loads(line)["model_version"] for line in (tmp_path / "v2.jsonl").read_text().splitlines()} == {2}
+
+
+def test_a_release_reaches_the_cache_whole_even_with_three_fetches_at_once(released, tmp_path, monkeypatch):
+    """Server workers or `tunebook predict`s started together on an empty cache: none sees a half-fetched release."""
+    runs, _, _ = released
+    monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
+    store = registry.open_registry(workspace=runs)
+    final = RunFolder(tmp_path / "cache" / "released" / registry.champion(store, "support_triage").run_id)
+    half_seen = []
+    real = serve.download
+
+    def watched(*args, **kwargs):
+        complete = manifest_path(final.adapter_dir).is_file() and final.job_card.is_file()
+        half_seen.append(final.root.exists() and not complete)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serve, "download", watched)
+    with ThreadPoolExecutor(3) as pool:
+        fetched = list(pool.map(lambda _: serve.fetch_release(store, "support_triage"), range(3)))
+    assert half_seen and not any(half_seen)
+    assert {release.root for _, release in fetched} == {final.root}
+    assert [p.name for p in final.root.parent.iterdir()] == [final.root.name]  # no staging folder left behind
+    assert (final.root / MODEL_ARTIFACT / "MLmodel").is_file()
+    # A folder an older, interrupted fetch left is replaced, not trusted.
+    shutil.rmtree(final.root)
+    final.job_card.parent.mkdir(parents=True)
+    final.job_card.write_text("name: left by an interrupted fetch\n")
+    serve.fetch_release(store, "support_triage")
+    assert "support_triage" in final.job_card.read_text() and manifest_path(final.adapter_dir).is_file()
+    assert [p.name for p in final.root.parent.iterdir()] == [final.root.name]
 
 
 def test_predict_refuses_another_base_model_naming_both(released, tiny_model, tmp_path):

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,11 +78,19 @@ def convert_bundled(force: bool = False) -> Path:
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / "tunebook_source.json").write_text(json.dumps({"gguf": gguf.name, "package": BUNDLED_PACKAGE}))
-    if target.exists() and (force or not (target / "model.safetensors").is_file()):
-        shutil.rmtree(target, ignore_errors=True)
+    return move_into_place(partial, target, replace=force or not (target / "model.safetensors").is_file())
+
+
+def move_into_place(partial: Path, target: Path, replace: bool = False) -> Path:
+    """Rename a folder finished under a per-process name to ``target``, so no process ever sees it half-made; a copy
+    another process put there first is kept unless ``replace``."""
+    if replace and target.exists():
+        stale = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".stale", dir=target.parent))
+        target.rename(stale)  # onto an empty folder of its own: a rename, so readers never see it half-deleted
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         partial.rename(target)
-    except OSError:  # another process finished the same conversion first
+    except OSError:  # another process finished the same folder first
         shutil.rmtree(partial)
     return target
 

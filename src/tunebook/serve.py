@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ from tunebook.classical import ClassicalModel
 from tunebook.data import load_table
 from tunebook.decide import DecisionRule
 from tunebook.errors import TunebookError
-from tunebook.models import cache_dir
+from tunebook.models import cache_dir, move_into_place
 from tunebook.predict import save_predictions
 from tunebook.pyfunc import Answerer
 from tunebook.registry import Registry, champion, download, get_version
@@ -42,12 +43,34 @@ def fetch_release(registry: Registry, job: str, version: str | int | None = None
     else:
         chosen = get_version(registry, job, version)
     release = RunFolder(cache_dir() / "released" / chosen.run_id)
-    if not manifest_path(release.adapter_dir).is_file() or not release.job_card.is_file():
-        download(registry, chosen, release.relative(release.adapter_dir), release.root)
-        fetch_decision(registry, chosen, release.root)
-        # last: its presence marks a complete download
-        download(registry, chosen, release.relative(release.job_card), release.root)
+    if not _fetched(release, chosen):
+        # Into a folder of this call's own, then renamed: two processes serving on an empty cache (two server
+        # workers, two `tunebook predict`) never read a file the other is still writing.
+        release.root.parent.mkdir(parents=True, exist_ok=True)
+        staged = RunFolder(
+            Path(tempfile.mkdtemp(prefix=f"{release.root.name}.", suffix=".partial", dir=release.root.parent))
+        )
+        download(registry, chosen, staged.relative(staged.adapter_dir), staged.root)
+        fetch_decision(registry, chosen, staged.root)
+        download(registry, chosen, staged.relative(staged.job_card), staged.root)
+        if _is_pyfunc(chosen):
+            download(registry, chosen, MODEL_ARTIFACT, staged.root)
+        move_into_place(staged.root, release.root, replace=release.root.exists() and not _fetched(release, chosen))
     return str(chosen.version), release
+
+
+def _is_pyfunc(version) -> bool:
+    """Whether a registered version's source is the MLflow pyfunc model (versions before it point at the run)."""
+    return version.source.rstrip("/").endswith("/" + MODEL_ARTIFACT)
+
+
+def _fetched(release: RunFolder, version) -> bool:
+    """Whether a cached release folder holds all that serving ``version`` reads."""
+    return (
+        manifest_path(release.adapter_dir).is_file()
+        and release.job_card.is_file()
+        and (not _is_pyfunc(version) or (release.root / MODEL_ARTIFACT / "MLmodel").is_file())
+    )
 
 
 def load_released(
@@ -56,15 +79,11 @@ def load_released(
     """The champion (or ``version``) loaded to answer, through the MLflow pyfunc model it was registered as (a
     version released before tunebook registered one is loaded from its run folder the same way)."""
     number, release = fetch_release(registry, job, version)
-    model_folder = release.root / MODEL_ARTIFACT
-    chosen = get_version(registry, job, number)
-    if chosen.source.rstrip("/").endswith("/" + MODEL_ARTIFACT):
-        if not (model_folder / "MLmodel").is_file():
-            download(registry, chosen, MODEL_ARTIFACT, release.root)
+    if _is_pyfunc(get_version(registry, job, number)):
         import mlflow.pyfunc
 
         loaded = mlflow.pyfunc.load_model(
-            str(model_folder), model_config={"base_model": base_model} if base_model else None
+            str(release.root / MODEL_ARTIFACT), model_config={"base_model": base_model} if base_model else None
         )
         return loaded.unwrap_python_model().answerer
     return Answerer(release, job, number, base_model or "bundled")
