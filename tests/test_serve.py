@@ -76,6 +76,20 @@ def test_a_release_reaches_the_cache_whole_even_with_three_fetches_at_once(relea
     serve.fetch_release(store, "support_triage")
     assert "support_triage" in final.job_card.read_text() and manifest_path(final.adapter_dir).is_file()
     assert [p.name for p in final.root.parent.iterdir()] == [final.root.name]
+    # A fetch that fails half-way leaves nothing behind.
+    shutil.rmtree(final.root)
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError("the registry went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serve, "download", failing)
+    with pytest.raises(OSError, match="went away"):
+        serve.fetch_release(store, "support_triage")
+    assert list(final.root.parent.iterdir()) == []
 
 
 def test_predict_refuses_another_base_model_naming_both(released, tiny_model, tmp_path):

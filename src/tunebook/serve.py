@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import tempfile
+import os
+import shutil
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -46,15 +48,19 @@ def fetch_release(registry: Registry, job: str, version: str | int | None = None
     if not _fetched(release, chosen):
         # Into a folder of this call's own, then renamed: two processes serving on an empty cache (two server
         # workers, two `tunebook predict`) never read a file the other is still writing.
-        release.root.parent.mkdir(parents=True, exist_ok=True)
         staged = RunFolder(
-            Path(tempfile.mkdtemp(prefix=f"{release.root.name}.", suffix=".partial", dir=release.root.parent))
+            release.root.with_name(f"{release.root.name}.{os.getpid()}.{threading.get_ident()}.partial")
         )
-        download(registry, chosen, staged.relative(staged.adapter_dir), staged.root)
-        fetch_decision(registry, chosen, staged.root)
-        download(registry, chosen, staged.relative(staged.job_card), staged.root)
-        if _is_pyfunc(chosen):
-            download(registry, chosen, MODEL_ARTIFACT, staged.root)
+        shutil.rmtree(staged.root, ignore_errors=True)  # left by a process that died with this number
+        try:
+            download(registry, chosen, staged.relative(staged.adapter_dir), staged.root)
+            fetch_decision(registry, chosen, staged.root)
+            download(registry, chosen, staged.relative(staged.job_card), staged.root)
+            if _is_pyfunc(chosen):
+                download(registry, chosen, MODEL_ARTIFACT, staged.root)
+        except BaseException:
+            shutil.rmtree(staged.root, ignore_errors=True)
+            raise
         move_into_place(staged.root, release.root, replace=release.root.exists() and not _fetched(release, chosen))
     return str(chosen.version), release
 
