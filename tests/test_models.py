@@ -61,3 +61,13 @@ def test_a_cache_file_written_by_two_processes_is_never_read_half_written(tmp_pa
         assert text in ("a" * 200_000, "b" * 200_000), f"read {len(text)} characters mid-write"
     assert all(w.exitcode == 0 for w in writers)
     assert [p.name for p in path.parent.iterdir()] == ["answers.jsonl"]  # no partial file left behind
+
+
+def test_a_cache_file_written_by_two_threads_at_once_is_written_whole(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "replay" / "answers.jsonl"
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda fill: _write_many(str(path), fill), "ab"))  # each thread's own staging file
+    assert path.read_text() in ("a" * 200_000, "b" * 200_000)
+    assert [p.name for p in path.parent.iterdir()] == ["answers.jsonl"]

@@ -67,6 +67,24 @@ def test_in_distribution_traffic_raises_at_most_one_alert_in_twenty_resamples(tr
     assert sum(bool(f) for f in fired) <= 1, fired
 
 
+def test_delayed_labels_on_in_distribution_traffic_stay_quiet_and_a_real_drop_fires(triage):
+    card, reference, logs = triage
+    truth = monitor.checked_labels(card, pd.read_csv(TRAFFIC / "in_distribution_labels.csv", dtype=str))
+    fired = [
+        [r.signal for r in monitor.readings(card, reference, window, truth) if r.fired]
+        for window in _windows(logs["in_distribution"], size=40)  # ~25 labels each, as in 06's default batch
+    ]
+    assert sum(bool(f) for f in fired) <= 1, [f for f in fired if f]
+    window = logs["in_distribution"].copy()
+    labelled = window["id"].isin(truth["id"]).to_numpy()
+    wrong = {t: next(c for c in card.choices if c != t) for t in card.choices}
+    broken = labelled & (np.arange(len(window)) % 2 == 0)  # half the labelled answers made wrong
+    window.loc[broken, "answer"] = window.loc[broken, "id"].map(truth.set_index("id")["target"]).map(wrong)
+    readings = {r.signal: r for r in monitor.readings(card, reference, window, truth)}
+    assert readings["labelled_metric_p_value"].fired, readings["labelled_metric_p_value"]
+    assert readings["labelled_metric_p_value"].detail["correct_drop"] > 0.2
+
+
 def test_the_shifted_traffic_alerts_every_time_and_names_what_moved(triage):
     card, reference, logs = triage
     for window in _windows(logs["shifted"]):
@@ -102,10 +120,11 @@ def test_delayed_labels_give_the_metric_with_an_interval_and_the_must_never_chec
         r.signal: r
         for r in monitor.readings(card, reference, logs["in_distribution"], monitor.checked_labels(card, labels))
     }
-    drop = readings["labelled_metric_drop"].detail
+    drop = readings["labelled_metric_p_value"].detail
     assert drop["labelled"] == len(labels) and drop["metric"] == reference.metrics["primary"]
     assert drop["low"] <= drop["window"] <= drop["high"] and drop["release"] == reference.metrics[drop["metric"]]
-    assert readings["labelled_metric_drop"].value == pytest.approx(drop["release"] - drop["high"])
+    assert drop["drop"] == pytest.approx(drop["release"] - drop["window"])
+    assert readings["labelled_metric_p_value"].value == drop["p_value"] and 0 < drop["p_value"] <= 1
     joined = monitor.with_labels(card, monitor.window_frame(logs["in_distribution"], card, 500), labels)
     failures = sum(card.is_must_never(t, p) for t, p in zip(joined["target"], joined["prediction"]))
     assert readings["must_never_p_value"].detail["failures"] == failures

@@ -92,6 +92,7 @@ MonitorSignal = Literal[
     "confidence_p_value",
     "estimated_accuracy_drop",
     "labelled_metric_drop",
+    "labelled_metric_p_value",
     "must_never_p_value",
 ]
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,10 +40,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TUNEBOOK_CACHE", Path.home() / ".cache" / "tunebook"))
 
 
+def staging_path(target: Path) -> Path:
+    """Where this process and thread build ``target`` before it is renamed into place (never shared with another
+    writer: two server workers, two threads of one, or two torchrun ranks may build the same thing at once)."""
+    return target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
+
+
 def write_atomically(path: Path, text: str) -> None:
-    """Write a cache file so that another process (a second worker or torchrun rank) never reads it half-written."""
+    """Write a cache file so that another process or thread never reads it half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial = staging_path(path)
     partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
 
@@ -74,7 +81,7 @@ def convert_bundled(force: bool = False) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # one per process: two may convert at once
+    partial = staging_path(target)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / "tunebook_source.json").write_text(json.dumps({"gguf": gguf.name, "package": BUNDLED_PACKAGE}))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import threading
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +12,7 @@ from tunebook.classical import ClassicalModel
 from tunebook.data import load_table
 from tunebook.decide import DecisionRule
 from tunebook.errors import TunebookError
-from tunebook.models import cache_dir, move_into_place
+from tunebook.models import cache_dir, move_into_place, staging_path
 from tunebook.predict import save_predictions
 from tunebook.pyfunc import Answerer
 from tunebook.registry import Registry, champion, download, get_version
@@ -35,22 +33,30 @@ def fetch_decision(
 
 def fetch_release(registry: Registry, job: str, version: str | int | None = None) -> tuple[str, RunFolder]:
     """Download (once; cached by tracking run) the job card and adapter of the champion or of ``version``."""
-    if version is None:
-        chosen = champion(registry, job)
-        if chosen is None:
-            raise TunebookError(
-                f"job '{job}' has no champion in {registry.uri}: release one with 05_release first "
-                "(or point MLFLOW_TRACKING_URI / --tracking-uri at the registry that has it)."
-            )
-    else:
-        chosen = get_version(registry, job, version)
+    chosen = _chosen(registry, job, version)
+    return str(chosen.version), _fetch(registry, chosen)
+
+
+def _chosen(registry: Registry, job: str, version: str | int | None):
+    """The registered version asked for: ``version``, or the champion when None."""
+    if version is not None:
+        return get_version(registry, job, version)
+    chosen = champion(registry, job)
+    if chosen is None:
+        raise TunebookError(
+            f"job '{job}' has no champion in {registry.uri}: release one with 05_release first "
+            "(or point MLFLOW_TRACKING_URI / --tracking-uri at the registry that has it)."
+        )
+    return chosen
+
+
+def _fetch(registry: Registry, chosen) -> RunFolder:
+    """The cached folder of a registered version, downloaded whole first if it is not there."""
     release = RunFolder(cache_dir() / "released" / chosen.run_id)
     if not _fetched(release, chosen):
         # Into a folder of this call's own, then renamed: two processes serving on an empty cache (two server
         # workers, two `tunebook predict`) never read a file the other is still writing.
-        staged = RunFolder(
-            release.root.with_name(f"{release.root.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        )
+        staged = RunFolder(staging_path(release.root))
         shutil.rmtree(staged.root, ignore_errors=True)  # left by a process that died with this number
         try:
             download(registry, chosen, staged.relative(staged.adapter_dir), staged.root)
@@ -62,7 +68,7 @@ def fetch_release(registry: Registry, job: str, version: str | int | None = None
             shutil.rmtree(staged.root, ignore_errors=True)
             raise
         move_into_place(staged.root, release.root, replace=release.root.exists() and not _fetched(release, chosen))
-    return str(chosen.version), release
+    return release
 
 
 def _is_pyfunc(version) -> bool:
@@ -84,15 +90,16 @@ def load_released(
 ) -> Answerer:
     """The champion (or ``version``) loaded to answer, through the MLflow pyfunc model it was registered as (a
     version released before tunebook registered one is loaded from its run folder the same way)."""
-    number, release = fetch_release(registry, job, version)
-    if _is_pyfunc(get_version(registry, job, number)):
+    chosen = _chosen(registry, job, version)
+    release = _fetch(registry, chosen)
+    if _is_pyfunc(chosen):
         import mlflow.pyfunc
 
         loaded = mlflow.pyfunc.load_model(
             str(release.root / MODEL_ARTIFACT), model_config={"base_model": base_model} if base_model else None
         )
         return loaded.unwrap_python_model().answerer
-    return Answerer(release, job, number, base_model or "bundled")
+    return Answerer(release, job, str(chosen.version), base_model or "bundled")
 
 
 def predict_file(
