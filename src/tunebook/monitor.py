@@ -196,7 +196,8 @@ def measure(
 
 def _labelled(card: JobCard, reference: Reference, labelled: pd.DataFrame) -> dict:
     """Task metrics on the labelled part of the window against the release's test predictions: a bootstrap interval,
-    and a permutation test of the primary metric (does the window read lower than the test split would at its size?)."""
+    and a permutation test of the primary metric and the share right (does the window read lower than the test split
+    would at its size?)."""
     if len(labelled) < 2:
         return {
             name: (None, {"labelled": len(labelled)}, "too few labelled predictions in the window")
