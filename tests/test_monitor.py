@@ -293,3 +293,23 @@ def test_labelled_traffic_goes_back_to_the_data_and_01_compares_them(triage, tin
     assert difference.loc["text classifier AUC (0.5: alike)", "traffic"] > 0.7  # the smart-lock wave stands out
     assert difference.loc["share of escalate", "traffic"] > difference.loc["share of escalate", "training"] + 0.2
     assert cleaning.cleaning_policy(settings, {})["traffic"]["path"] == str(out)
+
+
+@pytest.mark.parametrize("name", ["order_extraction", "support_tools", "reply_drafting"])
+def test_delayed_labels_are_compared_with_the_release_for_every_task_kind(name):
+    card = job.load_job_card(EXAMPLE.parent / name / "job.yaml")
+    examples = data.load_examples(card)[0]
+    test = examples.iloc[::2].assign(prediction=lambda f: f["target"])
+    window = examples.iloc[1::2].head(60).reset_index(drop=True)
+    wrong = window.index % 2 == 0  # half the window answered with another example's answer
+    window["prediction"] = window["target"].where(~wrong, test["target"].iloc[0])
+    records = inference_log.log_records(card.name, "1", window[["id", "prediction"]], window["text"].tolist(), 5.0)
+    labels = pd.DataFrame(
+        {"id": window["id"], "label": [t if isinstance(t, str) else json.dumps(t) for t in window["target"]]}
+    )
+    log = pd.DataFrame([r.model_dump() for r in records])
+    readings = monitor.readings(card, monitor.reference_from(card, test), log, monitor.checked_labels(card, labels))
+    reading = next(r for r in readings if r.signal == "labelled_metric_p_value")
+    assert reading.value is not None and reading.detail["labelled"] == 60 and reading.detail["drop"] > 0
+    if card.task_kind != "drafting":  # a draft's rules hold whatever answer it copies
+        assert reading.fired, reading

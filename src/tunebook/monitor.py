@@ -52,7 +52,7 @@ def rules_for(card: JobCard) -> list[MonitorRule]:
 @dataclass
 class Reference:
     """What a release is watched against: its test texts, chosen answers and confidences, its metrics and accuracy,
-    and its test predictions (id, target and prediction) for the comparison with delayed labels."""
+    and its test predictions (id, text, target and prediction) for the comparison with delayed labels."""
 
     texts: pd.Series
     answers: pd.Series | None
@@ -73,7 +73,7 @@ def reference_from(card: JobCard, predictions: pd.DataFrame) -> Reference:
         confidence=None if confidence is None else confidence.reset_index(drop=True),
         metrics=evaluate(card, predictions),
         accuracy=float(np.mean(correct)),
-        predictions=predictions[["id", "target", "prediction"]].reset_index(drop=True),
+        predictions=predictions[["id", "text", "target", "prediction"]].reset_index(drop=True),
     )
 
 

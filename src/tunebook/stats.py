@@ -125,7 +125,7 @@ def permutation_drop(
 
     Two statistics are tested, Bonferroni-corrected: ``metric`` (sees a drop confined to a rare class) and the share
     of fully correct examples (per example, so it has far more power on a few dozen labels)."""
-    columns = ["id", "target", "prediction"]
+    columns = [c for c in ("id", "text", "target", "prediction") if c in before and c in after]  # drafting reads text
     pool = pd.concat([before[columns], after[columns]], ignore_index=True)
     n = len(before)
     correct = np.asarray(fully_correct(card, pool), dtype=float)
