@@ -768,14 +768,9 @@ def check_looser_p_values(answer: Any, run: RunFolder) -> Feedback:
     if readings:
         min_window = run.read_job_card().monitoring.min_window
         for r in readings:
-            if r.value is None or r.window < min_window:
-                continue
-            if r.signal in FIRES_BELOW:
-                before += r.value < r.threshold
-                after += r.value < max(r.threshold, LOOSER_P_VALUE)
-            else:
-                before += r.value > r.threshold
-                after += r.value > r.threshold
+            looser = r.signal in FIRES_BELOW and r.value is not None and r.window >= min_window
+            before += r.fired
+            after += r.fired or (looser and r.value < LOOSER_P_VALUE)
     truth = "more" if after >= before else "fewer"
     evidence = (
         f" Here {before} rule(s) fired at the card's thresholds; {after} would at {LOOSER_P_VALUE}."
