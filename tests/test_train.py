@@ -23,6 +23,7 @@ from tunebook import (
     predict,
     prompts,
     recipe,
+    release,
     runfolder,
     train,
 )
@@ -364,6 +365,9 @@ def test_a_served_adapter_is_merged_into_its_base_and_answers_as_evaluated(
         assert {p.dtype for p in served.parameters()} == {torch.float32}
     else:  # served as evaluated: an 8-bit product runs in float16, which merged weights would not reproduce
         assert isinstance(served, PeftModel)
+    merges = models.compute_dtype() == torch.float32 and quantization != "int8"
+    assert predict.serves_merged(result.manifest) == merges
+    assert release.served(evaluated, served, result.manifest) is (served if merges else evaluated)  # 05 times it
     a = decoding.label_log_likelihoods(evaluated, tokenizer, card, texts, progress=False)
     b = decoding.label_log_likelihoods(served, tokenizer, card, texts, progress=False)
     assert_same_choices(b, a, tol(1e-4, 0.15))

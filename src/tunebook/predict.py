@@ -79,14 +79,20 @@ def merged_model(base_model: str, adapter_dir: str | Path, quantization: str = "
     return PeftModel.from_pretrained(full, str(adapter_dir)).merge_and_unload().eval()
 
 
+def serves_merged(manifest: Manifest) -> bool:
+    """Whether a release serves its adapter merged into the weights: a LoRA adapter on an unquantized or 4-bit base,
+    on a float32 device."""
+    # merged bfloat16 weights would be rounded, and bitsandbytes' 8-bit product runs in float16 (merged float32
+    # scores moved by 2e-3 nats): those keep the model exactly as evaluated
+    return not (manifest.full_fine_tune or manifest.quantization == "int8" or compute_dtype() != torch.float32)
+
+
 def load_for_serving(
     base_model: str, adapter_dir: str | Path, manifest: Manifest
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The trained model in ``adapter_dir`` for answering requests, in eval mode: on a float32 device a LoRA adapter
-    on an unquantized or 4-bit base is served merged (``merged_model``), else as ``load_trained`` loads it."""
-    if manifest.full_fine_tune or manifest.quantization == "int8" or compute_dtype() != torch.float32:
-        # merged bfloat16 weights would be rounded, and bitsandbytes' 8-bit product runs in float16 (merged float32
-        # scores moved by 2e-3 nats): those keep the model exactly as evaluated
+    """The trained model in ``adapter_dir`` for answering requests, in eval mode: merged (``merged_model``) where
+    ``serves_merged``, else as ``load_trained`` loads it."""
+    if not serves_merged(manifest):
         return load_trained(base_model, adapter_dir, manifest)
     # W + BA summed once: the answers of the unmerged model (within 1e-4 nats) without a dequantization and two
     # extra products per layer on every request

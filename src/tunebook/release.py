@@ -13,12 +13,17 @@ from tunebook.artifacts import Manifest
 from tunebook.decoding import PromptPrefix
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
-from tunebook.predict import merged_model, predict
+from tunebook.predict import merged_model, predict, serves_merged
 
 
 def merged_for_parity(base_model: str, adapter_dir: str | Path, manifest: Manifest) -> PreTrainedModel | None:
     """The merged model a serving stack would deploy, or None for a full fine-tune (nothing to merge)."""
     return None if manifest.full_fine_tune else merged_model(base_model, adapter_dir, manifest.quantization)
+
+
+def served(model: PreTrainedModel, merged: PreTrainedModel | None, manifest: Manifest) -> PreTrainedModel:
+    """Of the adapter on its base and the merged copy, the one a release serves (``predict.load_for_serving``)."""
+    return merged if merged is not None and serves_merged(manifest) else model
 
 
 def parity(
