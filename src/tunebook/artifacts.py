@@ -72,6 +72,8 @@ class BaselineResults(Artifact):
     best_prompting: str
     verdict: str
     meets_targets: bool
+    judged_on: str = "test"  # the split the verdict judged the targets on (validation since systems ship)
+    chosen_because: str = ""
     variants: dict[str, VariantFigures]
 
 
@@ -116,6 +118,9 @@ class EvaluateResults(Artifact):
     mcnemar_prompting_p_value: float | None
     usable_output_rate: float | None
     general_regression: bool | None
+    system_kind: str = "adapter"
+    system_variant: str = "tuned"
+    mcnemar_trivial_p_value: float | None = None
 
 
 class ReleaseResults(Artifact):
@@ -131,6 +136,9 @@ class ReleaseResults(Artifact):
     failed_checks: list[str]
     version: str
     promoted: bool
+    system_kind: str = "adapter"  # what shipped (System.kind), its 02 variant or 'tuned', and why
+    system_variant: str = "tuned"
+    system_why: str = ""
     parity_agreement: float
     latency_p50_ms: float
     latency_p95_ms: float
@@ -142,6 +150,7 @@ class RunSummary(Artifact):
     results: dict[str, dict[str, Any]] = Field(default_factory=dict)
     stopped: str | None = None
     seconds_per_notebook: dict[str, float] = Field(default_factory=dict)
+    skipped: dict[str, str] = Field(default_factory=dict, description="steps this run skipped, and why")
 
 
 # ---- data
@@ -232,9 +241,54 @@ class Comparison(Artifact):
     calibration: dict[str, Any] | None
     regression_probe: dict[str, Any] | None
     slices: dict[str, Any]
+    system: dict[str, Any] | None = None  # what was evaluated (System), and how its answers agree with 02's
+    mcnemar_trivial: dict[str, Any] | None = None
 
 
 # ---- adapter
+
+
+SYSTEM_KINDS = ("trivial", "classical", "prompted", "retrieval", "adapter", "mixed")
+
+
+class System(Artifact):
+    """system/system.json: what a shippable system is made of, how it answers and what it needs at serving time.
+
+    The one description 04 evaluates, 05 releases and gates, and the served model, ``tunebook predict``, shadow and
+    06 load: the trivial answer, the classical model, the base model prompted (zero-shot or with fixed shots), the
+    base model with retrieved shots, or a trained adapter (alone or mixed with the classical model)."""
+
+    kind: str = Field(description="one of " + ", ".join(SYSTEM_KINDS))
+    variant: str = Field(description="the 02 variant it is, or 'tuned' for a trained model")
+    needs_language_model: bool
+    trained: bool
+    k_shots: int = Field(0, description="worked examples per prompt (fixed or retrieved)")
+    decision_rule: bool = Field(False, description="answers from a fixed set go through system/decision_rule.json")
+    answer_budget: int | None = Field(None, description="the longest answer in tokens it may generate")
+    base_model: dict[str, Any] | None = Field(None, description="name and sha256 of the base model it answers with")
+    trivial_answer: str | None = None
+    trivial_shares: dict[str, float] | None = Field(None, description="training share of each choice (trivial)")
+    why: str = Field("", description="why this system is the one that ships, in words")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in SYSTEM_KINDS:
+            raise ValueError(f"unknown system kind '{value}'; one of {', '.join(SYSTEM_KINDS)}")
+        return value
+
+    def describe(self) -> str:
+        """The system in a few words."""
+        words = {
+            "trivial": f"the trivial answer ({self.trivial_answer!r}), no model",
+            "classical": "the classical model (TF-IDF + logistic regression)"
+            + ("" if not self.needs_language_model else ", the base model writing each tool's arguments"),
+            "prompted": f"the base model prompted {self.variant}",
+            "retrieval": f"the base model prompted with its {self.k_shots} most similar training examples",
+            "adapter": "the trained model",
+            "mixed": "the trained model mixed with the classical model",
+        }[self.kind]
+        return words + (", through its decision rule fitted on validation" if self.decision_rule else "")
 
 
 class Manifest(Artifact):

@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunebook.artifacts import BaselineResults, VariantEntry, VariantFigures, Variants
-from tunebook.classical import ClassicalModel, Retriever, fit_classical
+from tunebook.artifacts import BaselineResults, System, VariantEntry, VariantFigures, Variants
+from tunebook.classical import ClassicalModel, Retriever, fit_classical, load_classical_file, save_classical
 from tunebook.dataset import stratum
 from tunebook.decide import DecisionRule, fit_rule
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 from tunebook.metrics import evaluate, headline
 from tunebook.runfolder import RunFolder
+from tunebook.system import write_shots
 from tunebook.tasks import task_of
 
 
@@ -37,6 +38,8 @@ class VariantRun:
     ms_per_example: float
     rule: DecisionRule | None = None
     notes: dict = field(default_factory=dict)
+    shots: list[tuple[str, str]] = field(default_factory=list)  # fixed worked examples, the same for every input
+    k_retrieved: int = 0  # worked examples retrieved per input from the train split (0: none)
 
 
 def choice_of(card: JobCard, target: str) -> str:
@@ -225,27 +228,33 @@ def run_variants(
     retriever = Retriever(train)
     nearest = lambda frame: retriever.shots(frame["text"].tolist(), k_shots)  # noqa: E731
     fixed = pick_shots(card, train, k_shots, seed=seed)
-    prompting = {"zero-shot": ("prompting", lambda frame: [])}
+    prompting = {"zero-shot": ("prompting", lambda frame: [], [], 0)}
     if fixed:
-        prompting[f"{len(fixed)}-shot"] = ("prompting", lambda frame: fixed)
+        prompting[f"{len(fixed)}-shot"] = ("prompting", lambda frame: fixed, fixed, 0)
     if k_shots > 0:
-        prompting[f"retrieval {k_shots}-shot"] = ("retrieval", nearest)
+        prompting[f"retrieval {k_shots}-shot"] = ("retrieval", nearest, [], k_shots)
     runs = [_trivial_variant(card, splits)]
-    runs += [_prompted_variant(name, kind, lm, splits, shots_for) for name, (kind, shots_for) in prompting.items()]
+    for name, (kind, shots_for, shots, retrieved) in prompting.items():
+        runs.append(_prompted_variant(name, kind, lm, splits, shots_for))
+        runs[-1].shots, runs[-1].k_retrieved = shots, retrieved
     if card.choices:
         # a chosen tool's arguments come from the language model, prompted with the input's nearest training examples
-        runs.append(
-            _classical_variant(lm, splits, seed, nearest if not task_of(card).choice_is_answer else lambda frame: [])
-        )
+        arguments = not task_of(card).choice_is_answer and k_shots > 0
+        runs.append(_classical_variant(lm, splits, seed, nearest if arguments else lambda frame: []))
+        runs[-1].k_retrieved = k_shots if arguments else 0
     return runs
 
 
 # --- choosing and reporting ------------------------------------------------------------------------------------------
 
 
-def best_variant(runs: list[VariantRun], card: JobCard) -> VariantRun:
-    """The variant with the best primary metric on the validation split (fewer must-never failures, then the
-    cheaper one, on ties). The test split plays no part in the choice."""
+SIMPLICITY = {"trivial": 0, "classical": 1, "prompting": 2, "retrieval": 3}  # fewer moving parts first
+SELECTION_ALPHA = 0.05
+SELECTION_RESAMPLES = 400
+
+
+def _top_variant(runs: list[VariantRun], card: JobCard) -> VariantRun:
+    """The variant with the best primary metric on validation (fewer must-never failures, then cheaper, on ties)."""
 
     def key(run: VariantRun) -> tuple:
         scores = evaluate(card, run.val)
@@ -254,9 +263,48 @@ def best_variant(runs: list[VariantRun], card: JobCard) -> VariantRun:
     return max(runs, key=key)
 
 
+def worse_beyond_noise(
+    card: JobCard, candidate: pd.DataFrame, top: pd.DataFrame, resamples: int = SELECTION_RESAMPLES, seed: int = 0
+) -> float:
+    """One-sided paired bootstrap p-value that ``candidate`` is worse than ``top`` on the primary metric: the share
+    of resamples of the same examples (drawn once for both) where the candidate does at least as well."""
+    primary = evaluate(card, top)["primary"]
+    rng = np.random.default_rng(seed)
+    n, ties = len(top), 0
+    for _ in range(resamples):
+        rows = rng.integers(0, n, n)
+        ties += evaluate(card, candidate.iloc[rows])[primary] >= evaluate(card, top.iloc[rows])[primary]
+    return (ties + 1) / (resamples + 1)
+
+
+def best_variant(runs: list[VariantRun], card: JobCard, alpha: float = SELECTION_ALPHA) -> VariantRun:
+    """The simplest variant that is not worse than the best one on validation beyond the validation split's noise
+    (a one-sided paired bootstrap at ``alpha``) and has no more must-never failures there; simplest means trivial,
+    then classical, then prompting with fewer worked examples, then retrieval. The test split plays no part.
+    The reason is recorded in the chosen run's notes."""
+    top = _top_variant(runs, card)
+    top_scores = evaluate(card, top.val)
+    primary = top_scores["primary"]
+    for run in sorted(runs, key=lambda r: (SIMPLICITY.get(r.kind, 9), len(r.shots) + r.k_retrieved)):
+        if run is top:
+            break
+        scores = evaluate(card, run.val)
+        if scores["must_never_failures"] > top_scores["must_never_failures"]:
+            continue
+        p_value = worse_beyond_noise(card, run.val, top.val)
+        if p_value >= alpha:
+            run.notes["chosen"] = (
+                f"simplest variant not worse than the best on validation ({top.name}, {primary} "
+                f"{top_scores[primary]:.3f}) beyond noise: {scores[primary]:.3f}, paired bootstrap p = {p_value:.2f}"
+            )
+            return run
+    top.notes["chosen"] = f"best {primary} on validation ({top_scores[primary]:.3f}); every simpler variant is worse"
+    return top
+
+
 def best_prompting(runs: list[VariantRun], card: JobCard) -> VariantRun:
     """The best prompting or retrieval-augmented variant on the validation split (what 04 also compares with)."""
-    return best_variant([r for r in runs if r.kind in ("prompting", "retrieval")], card)
+    return _top_variant([r for r in runs if r.kind in ("prompting", "retrieval")], card)
 
 
 def variant_table(card: JobCard, runs: list[VariantRun], resamples: int = 500, level: float = 0.95) -> pd.DataFrame:
@@ -281,6 +329,31 @@ def variant_table(card: JobCard, runs: list[VariantRun], resamples: int = 500, l
     return pd.DataFrame(rows).T
 
 
+def variant_system(card: JobCard, variant: VariantRun, base_model: dict | None, answer_budget: int | None) -> System:
+    """A variant as a system that can ship: what it is made of and what it needs to answer."""
+    kind = {"prompting": "prompted", "retrieval": "retrieval"}.get(variant.kind, variant.kind)
+    needs_lm = kind in ("prompted", "retrieval") or (kind == "classical" and not task_of(card).choice_is_answer)
+    trivial = variant.notes.get("answer") if kind == "trivial" else None
+    return System(
+        kind=kind,
+        variant=variant.name,
+        needs_language_model=needs_lm,
+        trained=False,
+        k_shots=len(variant.shots) or variant.k_retrieved,
+        decision_rule=variant.rule is not None,
+        answer_budget=answer_budget if needs_lm else None,
+        base_model=base_model if needs_lm else None,
+        trivial_answer=trivial,
+        trivial_shares=_shares(card, variant.test) if kind == "trivial" and card.choices else None,
+    )
+
+
+def _shares(card: JobCard, trivial: pd.DataFrame) -> dict[str, float]:
+    """The trivial answer's per-choice probabilities (each choice's training share), from its prediction frame."""
+    first = trivial.iloc[0] if len(trivial) else {}
+    return {c: float(first.get(f"p_{c}", 0.0)) for c in card.choices}
+
+
 def save_variants(
     run: RunFolder,
     card: JobCard,
@@ -288,19 +361,24 @@ def save_variants(
     best: VariantRun,
     prompting: VariantRun,
     table: pd.DataFrame,
+    base_model: dict | None = None,
+    answer_budget: int | None = None,
 ) -> Path:
-    """Write every variant's predictions and rule, the table, and the best and best-prompting variants' test
-    predictions and metrics into the run folder's baseline artifacts."""
-    import joblib
-
+    """Write every variant's predictions, rule, what it needs to answer (as a system that can ship), the table, and
+    the best and best-prompting variants' test predictions and metrics into the run folder's baseline artifacts."""
+    train = run.read_splits()["train"] if any(v.k_retrieved for v in variants) else None
     for variant in variants:
         run.write_predictions(variant.val, run.variant_predictions(variant.name, "val"))
         run.write_predictions(variant.test, run.variant_predictions(variant.name, "test"))
         if variant.rule is not None:
             run.write_rule(variant.rule, run.variant_rule(variant.name))
         if "model" in variant.notes:
-            # sklearn's own persistence; written and read by tunebook only
-            joblib.dump(variant.notes["model"], run.variant_model(variant.name))
+            save_classical(variant.notes["model"], run.variant_model(variant.name))
+        if variant.shots:
+            write_shots(variant.shots, run.variant_shots(variant.name))
+        elif variant.k_retrieved:  # the pool its worked examples are retrieved from
+            write_shots(list(zip(train["text"], train["target"])), run.variant_shots(variant.name))
+        run.write_system(variant_system(card, variant, base_model, answer_budget), run.variant_system(variant.name))
     for role, chosen in (("best", best), ("prompting", prompting)):
         run.write_predictions(chosen.test, run.baseline_predictions(role))
         run.write_scores(run.baseline_scores(role), evaluate(card, chosen.test), chosen.name)
@@ -329,23 +407,7 @@ def load_variant(run: RunFolder, name: str, split: str = "test") -> pd.DataFrame
 
 def load_classical(run: RunFolder) -> ClassicalModel | None:
     """The classical model 02 fitted, if the job has one."""
-    import joblib
-
-    return joblib.load(run.classical_model) if run.classical_model.is_file() else None
-
-
-def tuned_decision(run: RunFolder) -> tuple[DecisionRule | None, ClassicalModel | None]:
-    """The decision rule 04 fitted for the tuned model in a run folder (or a downloaded release, which has the same
-    layout), and the classical model it mixes in, if it does."""
-    if not run.tuned_rule.is_file():
-        return None, None
-    rule = run.read_rule(run.tuned_rule)
-    if rule.mix_weight <= 0:
-        return rule, None
-    model = load_classical(run)
-    if model is None:
-        raise TunebookError(f"{run.tuned_rule} mixes in the classical model, but {run.classical_model} is missing.")
-    return rule, model
+    return load_classical_file(run.classical_model) if run.classical_model.is_file() else None
 
 
 def recorded_results(
@@ -361,6 +423,8 @@ def recorded_results(
         best_prompting=prompting.name,
         verdict=verdict["text"],
         meets_targets=verdict["meets_targets"],
+        judged_on=verdict.get("judged_on", "validation"),
+        chosen_because=str(best.notes.get("chosen", "")),
         variants={
             name: VariantFigures(
                 val=row[f"val {primary}"], test=row[f"test {primary}"], ms_per_example=row["ms per example"]

@@ -84,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
         name = args.name or time.strftime("run-%Y%m%d-%H%M%S")
         run_dir, summary = run_workbook(parameters, args.runs_dir, name, steps)
     run = RunFolder(run_dir)
+    for step, reason in summary.skipped.items():
+        print(f"[tunebook] {step} was skipped: {reason}")
     if run.has_results(STEPS[5]):
         release = run.read_results(STEPS[5])
         print(f"[tunebook] {release.summary}")
@@ -92,7 +94,8 @@ def _run(args: argparse.Namespace) -> int:
             if release.promoted
             else f"gate failed ({', '.join(release.failed_checks)}); champion unchanged"
         )
-        print(f"[tunebook] registered as version {release.version}: {outcome}")
+        shipped = "the trained model" if release.system_kind in ("adapter", "mixed") else release.system_variant
+        print(f"[tunebook] registered {shipped} ({release.system_kind}) as version {release.version}: {outcome}")
         if run.has_results(STEPS[6]):
             watched = run.read_results(STEPS[6])
             verdict = f"ALERT ({', '.join(watched.fired)})" if watched.alert else "quiet"

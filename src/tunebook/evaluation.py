@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunebook import artifacts, baselines, decide, lineage, metrics, models, predict, regression, stats
+from tunebook import artifacts, baselines, decide, lineage, metrics, models, predict, regression, stats, system
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 from tunebook.pipeline import StepSettings
-from tunebook.runfolder import RunFolder
+from tunebook.runfolder import STEPS, RunFolder
+from tunebook.tasks import task_of
 
 
 @dataclass
@@ -61,6 +62,24 @@ def load_tuned(run: RunFolder, base_model: str = "bundled") -> TunedModel:
     return TunedModel(model, tokenizer, manifest, resolved, budget)
 
 
+def load_candidate(run: RunFolder, base_model: str = "bundled") -> TunedModel | system.LoadedSystem:
+    """What 04 evaluates: the model 03 trained, or, where this run did not train, the baseline 02 chose, made the
+    run's system (``system/``) and loaded to answer as it will be served."""
+    if run.trained_weights() is not None:
+        return load_tuned(run, base_model)
+    chosen = run.read_variants().best
+    system.adopt_variant(run, chosen, run.read_results(STEPS[2]).verdict)
+    return system.load_system(run, base_model)
+
+
+def describe_candidate(candidate: TunedModel | system.LoadedSystem) -> str:
+    """What is evaluated, in one line."""
+    if isinstance(candidate, system.LoadedSystem):
+        return f"no trained model in this run: evaluating the system 02 chose, {candidate.spec.describe()}"
+    manifest = candidate.manifest
+    return f"adapter trained on dataset {manifest.dataset_hash[:12]} · {manifest.method}"
+
+
 @dataclass
 class Evaluation:
     """Everything 04_evaluate measured; ``comparison()`` and ``results()`` are what it saves."""
@@ -81,7 +100,22 @@ class Evaluation:
     flipped: pd.DataFrame
     overfit: dict | None
     calibration: dict | None
-    general: dict
+    general: dict | None  # None where no weights were trained
+    system: artifacts.System | None = None  # the evaluated system when it is not a trained model
+    answer_budget: int | None = None
+    agreement_with_baseline_step: float | None = None
+    paired_trivial: dict | None = None
+
+    def labels(self) -> dict[str, str]:
+        """Each compared answer set's name as tables show it."""
+        tuned = "tuned" if self.system is None or self.system.trained else f"released system ({self.system.variant})"
+        found = {
+            "trivial": "trivial answer",
+            "prompting": f"prompting ({self.prompting_variant})",
+            "baseline": f"best baseline ({self.baseline_variant})",
+            "tuned": tuned,
+        }
+        return {name: label for name, label in found.items() if name in self.named_scores}
 
     def comparison(self) -> artifacts.Comparison:
         """evaluation/comparison.json."""
@@ -97,6 +131,10 @@ class Evaluation:
             calibration=self.calibration,
             regression_probe=self.general,
             slices=stats.as_records(self.sliced),
+            system=None
+            if self.system is None
+            else {**self.system.model_dump(), "agreement_with_02": self.agreement_with_baseline_step},
+            mcnemar_trivial=self.paired_trivial,
         )
 
     def results(self) -> artifacts.EvaluateResults:
@@ -111,24 +149,44 @@ class Evaluation:
             beats_baseline=paired["significant"] and paired["fixed"] > paired["broken"],
             mcnemar_prompting_p_value=self.paired_prompting["p_value"],
             usable_output_rate=self.usable["tuned"],
-            general_regression=self.general["regressed"],
+            general_regression=None if self.general is None else self.general["regressed"],
+            system_kind=self.system.kind if self.system is not None else "adapter",
+            system_variant=self.system.variant if self.system is not None else "tuned",
+            mcnemar_trivial_p_value=None if self.paired_trivial is None else self.paired_trivial["p_value"],
         )
 
 
-def evaluate_run(run: RunFolder, tuned_model: TunedModel, settings: EvaluateSettings) -> Evaluation:
-    """Score the tuned model on the test split (decision rule fitted on validation) and compare it with the baselines
-    02 saved, measured the same way."""
+def evaluate_run(
+    run: RunFolder, candidate: TunedModel | system.LoadedSystem, settings: EvaluateSettings
+) -> Evaluation:
+    """Score the candidate (a trained model, its decision rule fitted on validation here; or the system 02 chose,
+    with its rule fitted there) on the test split and compare it with the baselines 02 saved, measured the same way."""
     card, splits = run.read_job_card(), run.read_splits()
-    model, tokenizer = tuned_model.model, tuned_model.tokenizer
-    tuned, tuned_val, rule, tuned_probs = predict.predict_with_rule(
-        model,
-        tokenizer,
-        card,
-        splits,
-        baselines.load_classical(run),
-        settings.eval_batch_size,
-        max_new_tokens=tuned_model.answer_budget,
-    )
+    if isinstance(candidate, system.LoadedSystem):
+        tuned = candidate.answer(splits["test"], settings.eval_batch_size, progress=True)
+        tuned_val = (
+            candidate.answer(splits["val"], settings.eval_batch_size, progress=True)
+            if task_of(card).choice_is_answer
+            else None
+        )
+        rule, extra = candidate.rule, {"system": candidate.spec, "answer_budget": candidate.spec.answer_budget}
+        stored = run.read_predictions(run.variant_predictions(candidate.spec.variant, "test"))
+        extra["agreement_with_baseline_step"] = float(system.same_answers(stored, tuned).mean()) if len(tuned) else 1.0
+        overfit, general = None, None
+    else:
+        model, tokenizer = candidate.model, candidate.tokenizer
+        tuned, tuned_val, rule, tuned_probs = predict.predict_with_rule(
+            model,
+            tokenizer,
+            card,
+            splits,
+            baselines.load_classical(run),
+            settings.eval_batch_size,
+            max_new_tokens=candidate.answer_budget,
+        )
+        extra = {"answer_budget": candidate.answer_budget}
+        overfit = _overfitting(candidate, card, splits["train"], splits["test"], settings, tuned, rule, tuned_probs)
+        general = _general_probe(candidate, settings.regression_max_increase)
     scores = metrics.evaluate(card, tuned)
     stored = {name: run.read_scores(run.baseline_scores(name)) for name in ("prompting", "best")}
     frames = {
@@ -136,6 +194,8 @@ def evaluate_run(run: RunFolder, tuned_model: TunedModel, settings: EvaluateSett
         "baseline": run.read_predictions(run.baseline_predictions("best")),
         "tuned": tuned,
     }
+    trivial = run.variant_predictions("trivial", "test")
+    trivial_frame = run.read_predictions(trivial) if trivial.is_file() else None
     return Evaluation(
         tuned=tuned,
         tuned_val=tuned_val,
@@ -143,6 +203,7 @@ def evaluate_run(run: RunFolder, tuned_model: TunedModel, settings: EvaluateSett
         scores=scores,
         frames=frames,
         named_scores={
+            **({"trivial": metrics.evaluate(card, trivial_frame)} if trivial_frame is not None else {}),
             "prompting": stored["prompting"].as_dict(),
             "baseline": stored["best"].as_dict(),
             "tuned": scores,
@@ -158,9 +219,11 @@ def evaluate_run(run: RunFolder, tuned_model: TunedModel, settings: EvaluateSett
         usable={name: stats.valid_output_rate(card, frame) for name, frame in frames.items()},
         sliced={name: stats.slices(card, frame, settings.tag) for name, frame in frames.items()},
         flipped=stats.flips(card, frames["baseline"], tuned),
-        overfit=_overfitting(tuned_model, card, splits["train"], splits["test"], settings, tuned, rule, tuned_probs),
-        calibration=_calibration(card, tuned_val, tuned),
-        general=_general_probe(tuned_model, settings.regression_max_increase),
+        overfit=overfit,
+        calibration=_calibration(card, tuned_val, tuned) if tuned_val is not None else None,
+        general=general,
+        paired_trivial=stats.mcnemar(card, trivial_frame, tuned) if trivial_frame is not None else None,
+        **extra,
     )
 
 
@@ -212,9 +275,13 @@ def _general_probe(tuned_model: TunedModel, max_increase: float) -> dict:
 
 
 def save_evaluation(run: RunFolder, evaluation: Evaluation) -> None:
-    """Write the decision rule, the tuned predictions and scores, the comparison and the step's results."""
+    """Write the decision rule, the system it evaluated (for a trained model: made the run's system here), the
+    predictions and scores, the comparison and the step's results."""
     if evaluation.rule is not None:
         run.write_rule(evaluation.rule, run.tuned_rule)
+    if evaluation.system is None:
+        why = "trained by 03 and evaluated by 04 against the best cheap baseline"
+        evaluation.system = system.adopt_trained(run, evaluation.rule, evaluation.answer_budget, why)
     run.write_predictions(evaluation.tuned, run.tuned_predictions)
     run.write_scores(run.tuned_scores, evaluation.scores)
     run.write_comparison(evaluation.comparison())
@@ -229,6 +296,6 @@ def evaluate_run_folder(run_dir: str | Path, parameters: dict) -> Evaluation:
             f"{run.evaluation_dir} already holds an evaluation; it is never overwritten. Evaluate a copy of the run "
             "folder without its evaluation folder."
         )
-    evaluation = evaluate_run(run, load_tuned(run, settings.base_model), settings)
+    evaluation = evaluate_run(run, load_candidate(run, settings.base_model), settings)
     save_evaluation(run, evaluation)
     return evaluation

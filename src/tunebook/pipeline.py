@@ -17,6 +17,7 @@ from tunebook.runfolder import STEPS, RunFolder
 
 NOTEBOOKS = STEPS
 BASELINE_STEP = STEPS[2]
+TRAINING_STEP = STEPS[3]
 KERNEL_NAME = "tunebook"
 # Set by the runner for every notebook, never by the user.
 RUNNER_PARAMETERS = ("RUN_DIR",)
@@ -230,8 +231,15 @@ def run_workbook(
     run = RunFolder(run_dir)
     if progress:
         print(f"[tunebook] run folder: {run_dir}", flush=True)
-    timings = {}
+    timings, skipped, stopped = {}, {}, None
     for step in steps:
+        skip = training_skipped(run) if step == TRAINING_STEP else None
+        if skip:
+            skipped[step] = skip
+            write_skipped_notebook(folder / f"{step}.ipynb", run.notebook(step), skip)
+            if progress:
+                print(f"[tunebook] {step} skipped: {skip}", flush=True)
+            continue
         own = {
             **notebook_relative_defaults(declared, step, folder),
             **{k: v for k, v in parameters.items() if step in declared[k].notebooks},
@@ -265,24 +273,56 @@ def run_workbook(
             if progress:
                 print(f"[tunebook] {stopped}", flush=True)
             break
-    else:
-        stopped = None
-    return run_dir, run.collect_summary(stopped, timings)
+    return run_dir, run.collect_summary(stopped, timings, skipped)
 
 
 def stop_reason(run: RunFolder) -> str | None:
-    """Why the run ends after the baseline (None: it goes on to training). FORCE_TRAINING overrides either reason."""
+    """Why the run ends after the baseline (None: it goes on): only when no approach can be shown to work yet."""
+    first = run.read_results(NOTEBOOKS[0])
+    if first.approach == "not-yet" and not first.force_training:
+        return "the decision frame says no approach can be evaluated yet; stopped after the baseline"
+    return None
+
+
+def training_skipped(run: RunFolder) -> str | None:
+    """Why 03 does not train in this run (None: it trains): the decision frame recommends against fine-tuning, or
+    the best cheap baseline already meets the card's targets on validation. FORCE_TRAINING overrides either; the run
+    then goes on to evaluate and release the baseline, as it would an adapter."""
+    if not run.has_results(BASELINE_STEP):
+        return None
     first, baseline = run.read_results(NOTEBOOKS[0]), run.read_results(BASELINE_STEP)
     if first.force_training:
         return None
+    variant = f"the best cheap baseline ({baseline.variant})"
     if not first.proceed_to_training:
-        return "the decision frame recommends against fine-tuning; stopped after the baseline (FORCE_TRAINING=true overrides)"
+        return (
+            f"the decision frame recommends {first.approach}, not fine-tuning; {variant} is evaluated and released "
+            "instead (FORCE_TRAINING=true trains anyway)"
+        )
     if baseline.meets_targets:
         return (
-            f"the best cheap baseline ({baseline.variant}) already meets every target on the card, so fine-tuning is not "
-            "warranted; stopped after the baseline (FORCE_TRAINING=true overrides)"
+            f"{variant} already meets every target on the card on validation, so fine-tuning is not warranted; it is "
+            "evaluated and released instead (FORCE_TRAINING=true trains anyway, and the adapter must then beat it)"
         )
     return None
+
+
+def write_skipped_notebook(source: Path, output: Path, reason: str) -> Path:
+    """The step's notebook, unexecuted, with a first cell saying why this run skipped it and how to run it anyway."""
+    notebook = json.loads(source.read_text(encoding="utf-8"))
+    note = {
+        "cell_type": "markdown",
+        "metadata": {"tags": ["skipped"]},
+        "source": [
+            f"**Skipped in this run:** {reason}.\n\n",
+            "To train anyway, start a new run with `tunebook run -p FORCE_TRAINING=true` (or set it in 00's "
+            "parameters); the release gate then asks the adapter to beat the baseline it would replace. Running this "
+            "notebook by hand in JupyterLab trains in this run folder, and 04 then evaluates the adapter.",
+        ],
+    }
+    notebook["cells"].insert(0, note)
+    output.write_text(json.dumps(notebook, indent=1, ensure_ascii=False), encoding="utf-8")
+    return output
 
 
 def _attach_release_notebook(run: RunFolder, notebook: Path) -> None:

@@ -58,7 +58,9 @@ class Proof:
     best: baselines.VariantRun
     prompting: baselines.VariantRun
     scores: dict  # the best variant's test metrics
-    verdict: dict
+    verdict: dict  # judged on validation
+    base_identity: dict | None = None
+    answer_budget: int | None = None
 
 
 def prove_baseline(run: RunFolder, base: LoadedBase, settings: BaselineSettings) -> Proof:
@@ -77,13 +79,35 @@ def prove_baseline(run: RunFolder, base: LoadedBase, settings: BaselineSettings)
     table = baselines.variant_table(card, runs, settings.bootstrap_resamples)
     best = baselines.best_variant(runs, card)
     scores = metrics.evaluate(card, best.test)
-    verdict = metrics.baseline_verdict(card, scores, best.name)
-    return Proof(runs, table, best, baselines.best_prompting(runs, card), scores, verdict)
+    verdict = ship_verdict(card, best, scores, settings.bootstrap_resamples)
+    identity = models.model_identity(base.path)
+    prompting = baselines.best_prompting(runs, card)
+    return Proof(runs, table, best, prompting, scores, verdict, identity, base.answer_budget)
+
+
+def ship_verdict(card, best: baselines.VariantRun, test_scores: dict, resamples: int) -> dict:
+    """Whether the chosen variant already does the job, judged on validation (its 95% interval shown where a target
+    is met only by the estimate); the test figures are reported, not used."""
+    from tunebook.stats import bootstrap
+
+    val_scores = metrics.evaluate(card, best.val)
+    table = bootstrap(card, best.val, resamples) if len(best.val) else None
+    bands = {} if table is None else {key: (row["low"], row["high"]) for key, row in table.iterrows()}
+    return metrics.baseline_verdict(card, val_scores, best.name, bands, test_scores)
 
 
 def save_proof(run: RunFolder, proof: Proof) -> None:
     """Write every variant, the best and the best prompting one, and the step's results."""
-    baselines.save_variants(run, run.read_job_card(), proof.runs, proof.best, proof.prompting, proof.table)
+    baselines.save_variants(
+        run,
+        run.read_job_card(),
+        proof.runs,
+        proof.best,
+        proof.prompting,
+        proof.table,
+        proof.base_identity,
+        proof.answer_budget,
+    )
     run.write_results(
         "02_prove_the_baseline",
         baselines.recorded_results(proof.scores, proof.best, proof.prompting, proof.table, proof.verdict),

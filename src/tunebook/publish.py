@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from tunebook import pyfunc
@@ -16,14 +17,17 @@ from tunebook.artifacts import (
     ReleaseRecord,
     ReleaseResults,
     Scores,
+    System,
 )
 from tunebook.dataset import file_hash
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
+from tunebook.lineage import git_commit
 from tunebook.metrics import weak_spots
 from tunebook.registration import publish
 from tunebook.registry import Registry, find_version
 from tunebook.runfolder import MODEL_ARTIFACT, RunFolder
+from tunebook.system import read_system, system_files
 
 
 @dataclass
@@ -31,7 +35,7 @@ class Evidence:
     """Everything a release is judged and described by, read from the run folder and measured by 05."""
 
     run: RunFolder
-    manifest: Manifest
+    manifest: Manifest | None  # None for a system that trained nothing
     dataset: DatasetVersion
     baseline: Scores
     tuned: Scores
@@ -39,23 +43,43 @@ class Evidence:
     gate: Gate
     parity: dict
     latency: dict
+    system: System | None = None  # read from the run folder when not given
+
+    def __post_init__(self) -> None:
+        if self.system is None:
+            self.system = read_system(self.run)
 
 
-def lineage(run: RunFolder, card: JobCard, dataset: DatasetVersion, manifest: Manifest) -> Lineage:
-    """Where the result came from: job card, dataset version, base model, adapter and metric files, by hash."""
-    weights = run.trained_weights()
+def trained_manifest(run: RunFolder) -> Manifest | None:
+    """The trained model's manifest, or None where the run's system trained nothing."""
+    return run.read_manifest() if read_system(run).trained else None
+
+
+def system_hash(run: RunFolder) -> str:
+    """One sha256 over every file that defines the run's system (for a trained one, its weights included)."""
+    digest = hashlib.sha256()
+    for path in system_files(run):
+        digest.update(path.name.encode() + b"\0" + file_hash(path).encode())
+    return digest.hexdigest()
+
+
+def lineage(run: RunFolder, card: JobCard, dataset: DatasetVersion, manifest: Manifest | None) -> Lineage:
+    """Where the result came from: job card, dataset version, base model, system, adapter and metric files, by hash."""
+    weights = run.trained_weights() if manifest is not None else None
     files = {
         run.relative(path): file_hash(path) for path in (run.baseline_scores(), run.tuned_scores) if path.is_file()
     }
+    files.update({run.relative(path): file_hash(path) for path in system_files(run) if path != weights})
+    spec = read_system(run)
     return Lineage(
         job=card.name,
         job_card_sha256=card_hash(card),
         dataset_hash=dataset.hash,
         dataset_source=dataset.source,
-        base_model=manifest.base_model,
+        base_model=manifest.base_model if manifest is not None else (spec.base_model or {}),
         adapter_sha256=file_hash(weights) if weights else None,
-        training_config=manifest.config,
-        git_commit=manifest.git_commit,
+        training_config=manifest.config if manifest is not None else {},
+        git_commit=manifest.git_commit if manifest is not None else git_commit(),
         files=files,
     )
 
@@ -124,7 +148,8 @@ def model_card(card: JobCard, version: str, evidence: Evidence) -> str:
         e.manifest,
         e.dataset,
     )
-    rows, failures, config, paired = _metric_rows(e), _failure_modes(e), manifest.config, comparison.mcnemar
+    rows, failures, paired = _metric_rows(e), _failure_modes(e), comparison.mcnemar
+    base = manifest.base_model if manifest is not None else (e.system.base_model or {})
     checks = "\n".join(
         f"| {c.check} | {'pass' if c.passed else 'FAIL'}{'' if c.blocking else ' (not blocking)'} | {c.detail} |"
         for c in e.gate.checks
@@ -143,22 +168,20 @@ def model_card(card: JobCard, version: str, evidence: Evidence) -> str:
         "",
         f"- job card sha256 `{card_hash(card)[:16]}`; dataset version `{dataset.hash[:16]}` from `{dataset.source.path}`",
         "- splits: " + ", ".join(f"{name} {part.rows} rows" for name, part in dataset.splits.items()),
-        f"- base model `{manifest.base_model.get('name')}` (sha256 `{str(manifest.base_model.get('sha256'))[:16]}`)",
-        f"- run folder `{e.run.root.resolve()}`; git commit `{manifest.git_commit}`",
-        "",
-        "## Training",
-        "",
-        f"- method: {manifest.method}"
-        + (
-            ""
-            if manifest.full_fine_tune
-            else f", LoRA r {config['lora_r']}, alpha {config['lora_alpha']}, targets {config['target_modules']}"
+        *(
+            [f"- base model `{base.get('name')}` (sha256 `{str(base.get('sha256'))[:16]}`)"]
+            if base
+            else ["- no language model: it answers without one"]
         ),
-        f"- learning rate {config.get('learning_rate_used', config['learning_rate'])}, batch {config['batch_size']}, "
-        f"{manifest.steps} steps (best {manifest.best_step}), seed {config['seed']}",
-        f"- validation loss {manifest.val_loss_before:.3f} -> {manifest.val_loss_after:.3f}; "
-        f"{manifest.wall_time_s:.0f} s on {manifest.device}",
+        f"- run folder `{e.run.root.resolve()}`; git commit `{manifest.git_commit if manifest else git_commit()}`",
         "",
+        "## What ships",
+        "",
+        f"{e.system.describe()[0].upper()}{e.system.describe()[1:]} (system kind `{e.system.kind}`, variant "
+        f"`{e.system.variant}`).",
+        "",
+        *([e.system.why, ""] if e.system.why else []),
+        *(_training_lines(manifest) if manifest is not None else ["No weights were trained for this version.", ""]),
         f"## Test split ({tuned['n']} examples; 95% bootstrap intervals)",
         "",
         f"| metric | this version | best baseline ({baseline.get('variant', 'prompting')}) |",
@@ -181,7 +204,7 @@ def model_card(card: JobCard, version: str, evidence: Evidence) -> str:
         "",
         "## Serving",
         "",
-        f"- merged vs adapter-on-base: {e.parity['detail']}",
+        f"- served as evaluated: {e.parity['detail']}",
         f"- latency per example (one at a time, {e.latency['device']}): p50 {e.latency['p50_ms']:.0f} ms, "
         f"p95 {e.latency['p95_ms']:.0f} ms over {e.latency['n']} examples",
         "",
@@ -191,6 +214,26 @@ def model_card(card: JobCard, version: str, evidence: Evidence) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _training_lines(manifest: Manifest) -> list[str]:
+    """The model card's training section."""
+    config = manifest.config
+    return [
+        "## Training",
+        "",
+        f"- method: {manifest.method}"
+        + (
+            ""
+            if manifest.full_fine_tune
+            else f", LoRA r {config['lora_r']}, alpha {config['lora_alpha']}, targets {config['target_modules']}"
+        ),
+        f"- learning rate {config.get('learning_rate_used', config['learning_rate'])}, batch {config['batch_size']}, "
+        f"{manifest.steps} steps (best {manifest.best_step}), seed {config['seed']}",
+        f"- validation loss {manifest.val_loss_before:.3f} -> {manifest.val_loss_after:.3f}; "
+        f"{manifest.wall_time_s:.0f} s on {manifest.device}",
+        "",
+    ]
 
 
 def _metrics_to_log(e: Evidence) -> dict:
@@ -210,19 +253,24 @@ def _metrics_to_log(e: Evidence) -> dict:
     return logged
 
 
-def _tags(card: JobCard, e: Evidence, adapter_sha: str) -> dict[str, str]:
-    """What a registry version is searched and listed by: origin, hashes, recipe, gate, headline figures."""
+def _tags(card: JobCard, e: Evidence, adapter_sha: str | None, system_sha: str) -> dict[str, str]:
+    """What a registry version is searched and listed by: origin, hashes, system, recipe, gate, headline figures."""
     primary = e.tuned.primary
+    base = e.manifest.base_model if e.manifest is not None else (e.system.base_model or {})
     return {
         "run_dir": str(e.run.root.resolve()),
-        "adapter_sha256": adapter_sha,
+        "system_kind": e.system.kind,
+        "system_variant": e.system.variant,
+        "system_trained": str(e.system.trained).lower(),
+        "system_sha256": system_sha,
+        **({"adapter_sha256": adapter_sha} if adapter_sha else {}),
         "job_card_sha256": card_hash(card),
         "dataset_hash": e.dataset.hash,
         "test_split_sha256": e.dataset.splits["test"].hash,
-        "base_model": str(e.manifest.base_model.get("name")),
-        "base_sha256": str(e.manifest.base_model.get("sha256")),
-        "method": e.manifest.config["method"],
-        "quantization": e.manifest.quantization,
+        "base_model": str(base.get("name")),
+        "base_sha256": str(base.get("sha256")),
+        "method": e.manifest.config["method"] if e.manifest is not None else "none",
+        "quantization": e.manifest.quantization if e.manifest is not None else "none",
         "gate": "passed" if e.gate.passed else "failed",
         "gate_failed": ", ".join(e.gate.failed),
         "gate_reference": e.gate.reference,
@@ -239,30 +287,32 @@ def _tags(card: JobCard, e: Evidence, adapter_sha: str) -> dict[str, str]:
 def publish_run(
     registry: Registry, card: JobCard, evidence: Evidence, promote: bool = True, base_model: str = "bundled"
 ) -> Registered:
-    """Log the run folder to MLflow and register its model (an MLflow pyfunc model that loads the adapter on
-    ``base_model``) as the job's new `challenger` version, promoted to `champion` when the gate passed and
-    ``promote`` is set. Writes the gate and the registration; never overwrites."""
+    """Log the run folder to MLflow and register its system (an MLflow pyfunc model that answers with it, loading
+    a language model on ``base_model`` where it needs one) as the job's new `challenger` version, promoted to
+    `champion` when the gate passed and ``promote`` is set. Writes the gate and the registration; never overwrites."""
     e, run = evidence, evidence.run
     if run.registered.exists():
         raise TunebookError(f"{run.registered} exists: this run folder was already released. Start a new run.")
-    weights = run.trained_weights()
-    if weights is None:
+    weights = run.trained_weights() if e.system.trained else None
+    if e.system.trained and weights is None:
         raise TunebookError(f"no trained weights in {run.adapter_dir}: run 03_train_qlora first.")
-    adapter_sha = file_hash(weights)
-    existing = find_version(registry, card.name, "adapter_sha256", adapter_sha)
+    adapter_sha, system_sha = (file_hash(weights) if weights else None), system_hash(run)
+    key, value = ("adapter_sha256", adapter_sha) if adapter_sha else ("system_sha256", system_sha)
+    existing = find_version(registry, card.name, key, value)
     if existing is not None:
         raise TunebookError(
-            f"this adapter is already version {existing.version} of '{card.name}' in {registry.uri}; "
-            "a registry entry is never overwritten. Train a new adapter to release again."
+            f"this {'adapter' if adapter_sha else 'system'} is already version {existing.version} of '{card.name}' in "
+            f"{registry.uri}; a registry entry is never overwritten. Make a new run to release again."
         )
     run.write_gate(e.gate)
-    tags = _tags(card, e, adapter_sha)
+    tags = _tags(card, e, adapter_sha, system_sha)
     params = {
         "job": card.name,
         "task_kind": card.task_kind,
-        "base_model": e.manifest.base_model.get("name"),
+        "system": e.system.kind,
+        "base_model": (e.manifest.base_model if e.manifest is not None else (e.system.base_model or {})).get("name"),
         "dataset_hash": e.dataset.hash,
-        "train": e.manifest.config,
+        "train": e.manifest.config if e.manifest is not None else {},
     }
 
     def card_text(version: str) -> str:
@@ -313,6 +363,9 @@ def recorded_results(comparison: ReleaseComparison, evidence: Evidence, register
         failed_checks=e.gate.failed,
         version=registered.version,
         promoted=registered.promoted,
+        system_kind=e.system.kind,
+        system_variant=e.system.variant,
+        system_why=e.system.why,
         parity_agreement=e.parity["agreement"],
         latency_p50_ms=e.latency["p50_ms"],
         latency_p95_ms=e.latency["p95_ms"],

@@ -13,14 +13,10 @@ import mlflow.pyfunc
 import pandas as pd
 
 from tunebook import inference_log
-from tunebook.baselines import tuned_decision
-from tunebook.decoding import PromptPrefix
 from tunebook.errors import DataError, ModelNotFoundError, TunebookError
 from tunebook.job import JobCard
-from tunebook.lineage import check_adapter_matches
-from tunebook.models import model_identity, resolve_base_model
-from tunebook.predict import load_for_serving, predict
 from tunebook.runfolder import RunFolder
+from tunebook.system import json_answers, load_system, read_system
 
 RELEASE_ARTIFACT = "release"  # the pyfunc's one artifact: a run folder holding only what answering needs
 BASE_MODEL_ENV = "TUNEBOOK_BASE_MODEL"  # where the serving machine keeps the base model, if not as at release
@@ -29,6 +25,8 @@ BASE_MODEL_ENV = "TUNEBOOK_BASE_MODEL"  # where the serving machine keeps the ba
 def local_base_model(name_or_path: str) -> str:
     """The base model as a folder on this machine: bundled, a local folder, or a hub id already in the local cache
     (never downloaded: a service must not fetch weights behind its operator's back)."""
+    from tunebook.models import resolve_base_model  # deferred: torch loads only for a system with a language model
+
     resolved = resolve_base_model(name_or_path)
     if Path(resolved).is_dir():
         return resolved
@@ -67,37 +65,24 @@ def request_frame(frame: pd.DataFrame, card: JobCard, source: str = "the request
 
 
 class Answerer:
-    """A released version loaded to answer: its model on its checked base, its decision rule, the system prompt's
-    key/value cache, and where it logs what it answers."""
+    """A released version loaded to answer: its system (the trained model on its checked base, a prompted base model,
+    or the classical model, with its decision rule), and where it logs what it answers."""
 
-    def __init__(self, release: RunFolder, job: str, version: str, base_model: str, batch_size: int = 8):
+    def __init__(self, release: RunFolder, job: str, version: str, base_model: str | None, batch_size: int = 8):
         self.card = release.read_job_card()
         self.job, self.version, self.batch_size = job, str(version), batch_size
-        manifest = release.read_manifest()
-        resolved = local_base_model(base_model)
-        check_adapter_matches(manifest, self.card, model_identity(resolved))
-        self.model, self.tokenizer = load_for_serving(resolved, release.adapter_dir, manifest)
-        self.rule, self.other = tuned_decision(release)
-        self.prefix = PromptPrefix(self.model, self.tokenizer, self.card)
+        needs_model = read_system(release).needs_language_model
+        self.system = load_system(release, local_base_model(base_model or "bundled") if needs_model else None)
         self.log = os.environ.get(inference_log.LOG_ENV) or None
         self.keep_text = os.environ.get(inference_log.TEXT_ENV, "full")
 
     def answer(self, frame: pd.DataFrame, source: str = "the request", progress: bool = False) -> pd.DataFrame:
-        """One answer per row of ``frame``: id, model_version, prediction, and for fixed answers the confidence and
-        the probability of each; appended to the inference log when one is set."""
+        """One answer per row of ``frame``: id, model_version, prediction (a JSON object for extraction and tool
+        calls), and for fixed answers the confidence and the probability of each; appended to the inference log
+        when one is set."""
         examples = request_frame(frame, self.card, source)
         start = time.perf_counter()
-        result = predict(
-            self.model,
-            self.tokenizer,
-            self.card,
-            examples,
-            self.batch_size,
-            progress,
-            rule=self.rule,
-            other_model=self.other,
-            prefix=self.prefix,
-        )
+        result = self.system.answer(examples, self.batch_size, progress)
         latency_ms = (time.perf_counter() - start) * 1000 / max(1, len(examples))
         result = result.drop(columns=["target", "tags", "text"])
         result.insert(1, "model_version", int(self.version) if self.version.isdigit() else self.version)
@@ -106,6 +91,7 @@ class Answerer:
                 self.job, self.version, result, examples["text"].tolist(), latency_ms, self.keep_text
             )
             inference_log.append(self.log, records)
+        result["prediction"] = json_answers(self.card, result["prediction"])
         return result
 
 
@@ -122,26 +108,32 @@ class ReleasedModel(mlflow.pyfunc.PythonModel):
         self.answerer = Answerer(release, config["job"], config["version"], base_model, config.get("batch_size", 8))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        """Answer every row of the request (a ``text`` column, or the card's, and optionally an id column)."""
+        """Answer every row of the request (a ``text`` column, or the card's, and optionally an id column); a bad
+        request raises MLflow's own error for bad input, which its server answers with HTTP 400 and no stack trace."""
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
-        return self.answerer.answer(model_input)
+        try:
+            return self.answerer.answer(model_input)
+        except DataError as error:
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def save_model(run: RunFolder, destination: str | Path, job: str, version: str, base_model: str) -> Path:
-    """Write ``run``'s released model as an MLflow pyfunc model folder at ``destination``: the job card, the trained
-    weights and manifest, the decision rule and the classical model it mixes in; nothing else of the run."""
+    """Write ``run``'s released model as an MLflow pyfunc model folder at ``destination``: the job card, the system
+    (its description, decision rule, classical model and worked examples) and, for a trained system, its weights and
+    manifest; nothing else of the run."""
     destination = Path(destination)
     if destination.exists():
         raise TunebookError(f"{destination} exists; an MLflow model folder is written once. Choose another folder.")
     staging = RunFolder(Path(tempfile.mkdtemp()) / RELEASE_ARTIFACT)
     try:
-        shutil.copytree(run.adapter_dir, staging.adapter_dir, ignore=shutil.ignore_patterns("checkpoint-*"))
-        for path in (run.job_card, run.tuned_rule, run.classical_model):
-            if path.is_file():
-                target = staging.root / run.relative(path)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
+        shutil.copytree(run.system_dir, staging.system_dir)
+        if read_system(run).trained:
+            shutil.copytree(run.adapter_dir, staging.adapter_dir, ignore=shutil.ignore_patterns("checkpoint*"))
+        shutil.copy2(run.job_card, staging.job_card)
         mlflow.pyfunc.save_model(
             str(destination),
             python_model=ReleasedModel(),
@@ -168,6 +160,7 @@ def _requirements() -> list[str]:
         "peft",
         "bitsandbytes",
         "scikit-learn",
+        "skops",
         "pandas",
         "pydantic",
     )

@@ -79,3 +79,63 @@ def latency(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: Jo
         "p95_ms": float(np.percentile(times, 95)),
         "device": str(next(model.parameters()).device),
     }
+
+
+def system_parity(loaded, evaluated: pd.DataFrame, examples: pd.DataFrame, batch_size: int = 8) -> dict:
+    """Does the system as served (``LoadedSystem``) answer ``examples`` as 04 scored them (``evaluated``)?"""
+    from tunebook.system import same_answers
+
+    served_answers = loaded.answer(examples, batch_size)
+    expected = evaluated.set_index("id").loc[served_answers["id"]].reset_index()
+    same = same_answers(served_answers, expected)
+    differing = served_answers.loc[~same, "id"].astype(str).tolist()
+    return {
+        "applicable": True,
+        "n": len(examples),
+        "agreement": float(same.mean()) if len(same) else 1.0,
+        "differing": differing,
+        "detail": f"no weights to merge: the served system re-answered {len(examples)} test examples, "
+        f"{len(differing)} differ from 04's answers" + (f" ({', '.join(differing[:10])})" if differing else ""),
+    }
+
+
+def system_latency(loaded, examples: pd.DataFrame) -> dict:
+    """Per-example time of a loaded system as a service answers (one example at a time, after one warm-up call):
+    p50 and p95 in milliseconds."""
+    if not len(examples):
+        raise TunebookError("latency needs at least one example; LATENCY_EXAMPLES must be positive.")
+    loaded.answer(examples.iloc[:1], 1)
+    times = []
+    for i in range(len(examples)):
+        start = time.perf_counter()
+        loaded.answer(examples.iloc[i : i + 1], 1)
+        times.append((time.perf_counter() - start) * 1000)
+    device = "cpu" if loaded.model is None else str(next(loaded.model.parameters()).device)
+    return {
+        "n": len(times),
+        "p50_ms": float(np.percentile(times, 50)),
+        "p95_ms": float(np.percentile(times, 95)),
+        "device": device,
+    }
+
+
+def serving_checks(
+    run, base_model: str, parity_examples: int, latency_examples: int, batch_size: int = 8
+) -> tuple[dict, dict]:
+    """05's checks of what ships, for any system: does the served form answer as 04 evaluated it (for an adapter:
+    merged against adapter-on-base), and how fast does it answer one request at a time."""
+    from tunebook.predict import load_trained
+    from tunebook.system import load_system, read_system
+
+    card, test = run.read_job_card(), run.read_splits()["test"]
+    if not read_system(run).trained:
+        loaded = load_system(run, base_model)
+        evaluated = run.read_predictions(run.tuned_predictions)
+        checked = system_parity(loaded, evaluated, test.head(parity_examples), batch_size)
+        return checked, system_latency(loaded, test.head(latency_examples))
+    manifest = run.read_manifest()
+    model, tokenizer = load_trained(base_model, run.adapter_dir, manifest)
+    merged = merged_for_parity(base_model, run.adapter_dir, manifest)
+    checked = parity(model, merged, tokenizer, card, test.head(parity_examples), batch_size)
+    speed = latency(served(model, merged, manifest), tokenizer, card, test.head(latency_examples))
+    return checked, speed

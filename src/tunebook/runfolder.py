@@ -30,6 +30,7 @@ from tunebook.artifacts import (
     ReleaseResults,
     RunSummary,
     Scores,
+    System,
     TrainResults,
     Variants,
     read_model,
@@ -211,7 +212,15 @@ class RunFolder:
         return self.variant_dir(name) / "decision_rule.json"
 
     def variant_model(self, name: str) -> Path:
-        return self.variant_dir(name) / "model.joblib"
+        return self.variant_dir(name) / "model.skops"
+
+    def variant_shots(self, name: str) -> Path:
+        """The worked examples a variant was prompted with: its fixed shots, or the pool it retrieves from."""
+        return self.variant_dir(name) / "shots.jsonl"
+
+    def variant_system(self, name: str) -> Path:
+        """The variant as a system that can ship (``System``)."""
+        return self.variant_dir(name) / "system.json"
 
     @property
     def classical_model(self) -> Path:
@@ -264,6 +273,28 @@ class RunFolder:
         return self.evaluation_dir / "decision_rule.json"
 
     @property
+    def system_dir(self) -> Path:
+        """The system 04 evaluated and 05 releases: its description and what answering needs besides a model."""
+        return self.root / "system"
+
+    @property
+    def system_file(self) -> Path:
+        return self.system_dir / "system.json"
+
+    @property
+    def system_rule(self) -> Path:
+        return self.system_dir / "decision_rule.json"
+
+    @property
+    def system_classical(self) -> Path:
+        return self.system_dir / "classical.skops"
+
+    @property
+    def system_shots(self) -> Path:
+        """The worked examples a prompted system uses: its fixed shots, or the training pool it retrieves from."""
+        return self.system_dir / "shots.jsonl"
+
+    @property
     def release_dir(self) -> Path:
         return self.root / "release"
 
@@ -294,7 +325,8 @@ class RunFolder:
 
     def released_files(self) -> list[tuple[str, Path]]:
         """What a release logs to the registry, as (folder in the registry, local path): the run folder's layout."""
-        folders = [(self.relative(p), p) for p in (self.adapter_dir, self.evaluation_dir, self.baseline_dir)]
+        kept = (self.adapter_dir, self.system_dir, self.evaluation_dir, self.baseline_dir)
+        folders = [(self.relative(p), p) for p in kept if p.is_dir()]
         files = [self.gate, self.job_card, self.dataset_version, self.data_card]
         placed = [("" if p.parent == self.root else self.relative(p.parent), p) for p in files]
         return folders + placed + [(NOTEBOOKS, p) for p in self.notebooks()]
@@ -334,13 +366,18 @@ class RunFolder:
     def has_results(self, step: str) -> bool:
         return self.results_file(step).is_file()
 
-    def collect_summary(self, stopped: str | None, seconds: dict[str, float]) -> RunSummary:
+    def collect_summary(
+        self, stopped: str | None, seconds: dict[str, float], skipped: dict[str, str] | None = None
+    ) -> RunSummary:
         """Every step's recorded results, with why the run stopped and each step's time (those of earlier calls on a
         continued run kept); written to summary.json."""
         results = {s: self.read_results(s).model_dump() for s in STEPS if self.has_results(s)}
+        skipped = dict(skipped or {})
         if self.summary.is_file():
-            seconds = {**self.read_summary().seconds_per_notebook, **seconds}
-        summary = RunSummary(results=results, stopped=stopped, seconds_per_notebook=seconds)
+            earlier = self.read_summary()
+            seconds = {**earlier.seconds_per_notebook, **seconds}
+            skipped = {**earlier.skipped, **skipped}
+        summary = RunSummary(results=results, stopped=stopped, seconds_per_notebook=seconds, skipped=skipped)
         write_model(self.summary, summary)
         return summary
 
@@ -406,6 +443,12 @@ class RunFolder:
 
     def trained_weights(self) -> Path | None:
         return trained_weights(self.adapter_dir)
+
+    def write_system(self, system: System, path: Path | None = None) -> Path:
+        return write_model(path or self.system_file, system)
+
+    def read_system(self, path: Path | None = None) -> System:
+        return read_model(path or self.system_file, System, STEPS[4])
 
     def write_comparison(self, comparison: Comparison) -> Path:
         return write_model(self.comparison, comparison)

@@ -7,32 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebook.baselines import tuned_decision
-from tunebook.classical import ClassicalModel
+from tunebook.cache import cache_dir, move_into_place, staging_path
 from tunebook.data import load_table
-from tunebook.decide import DecisionRule
 from tunebook.errors import TunebookError
-from tunebook.models import cache_dir, move_into_place, staging_path
-from tunebook.predict import save_predictions
 from tunebook.pyfunc import Answerer
 from tunebook.registry import Registry, champion, download, get_version
 from tunebook.runfolder import MODEL_ARTIFACT, RunFolder, manifest_path
 
 
-def fetch_decision(
-    registry: Registry, version, folder: str | Path
-) -> tuple[DecisionRule | None, ClassicalModel | None]:
-    """Download a released version's decision rule (and the classical model it mixes in, if any) into ``folder``."""
-    release = RunFolder(Path(folder))
-    download(registry, version, release.relative(release.evaluation_dir), folder)
-    if release.tuned_rule.is_file() and release.read_rule(release.tuned_rule).mix_weight > 0:
-        # MLflow keeps only the file name, so it goes into its folder
-        download(registry, version, release.relative(release.classical_model), release.classical_model.parent)
-    return tuned_decision(release)
-
-
 def fetch_release(registry: Registry, job: str, version: str | int | None = None) -> tuple[str, RunFolder]:
-    """Download (once; cached by tracking run) the job card and adapter of the champion or of ``version``."""
+    """Download (once; cached by tracking run) the job card, evaluation and model of the champion or ``version``."""
     chosen = _chosen(registry, job, version)
     return str(chosen.version), _fetch(registry, chosen)
 
@@ -59,11 +43,12 @@ def _fetch(registry: Registry, chosen) -> RunFolder:
         staged = RunFolder(staging_path(release.root))
         shutil.rmtree(staged.root, ignore_errors=True)  # left by a process that died with this number
         try:
-            download(registry, chosen, staged.relative(staged.adapter_dir), staged.root)
-            fetch_decision(registry, chosen, staged.root)
+            download(registry, chosen, staged.relative(staged.evaluation_dir), staged.root)
             download(registry, chosen, staged.relative(staged.job_card), staged.root)
             if _is_pyfunc(chosen):
                 download(registry, chosen, MODEL_ARTIFACT, staged.root)
+            else:  # released before the pyfunc model: the adapter folder is what answers
+                download(registry, chosen, staged.relative(staged.adapter_dir), staged.root)
         except BaseException:
             shutil.rmtree(staged.root, ignore_errors=True)
             raise
@@ -78,11 +63,12 @@ def _is_pyfunc(version) -> bool:
 
 def _fetched(release: RunFolder, version) -> bool:
     """Whether a cached release folder holds all that serving ``version`` reads."""
-    return (
-        manifest_path(release.adapter_dir).is_file()
-        and release.job_card.is_file()
-        and (not _is_pyfunc(version) or (release.root / MODEL_ARTIFACT / "MLmodel").is_file())
+    answers = (
+        (release.root / MODEL_ARTIFACT / "MLmodel").is_file()
+        if _is_pyfunc(version)
+        else manifest_path(release.adapter_dir).is_file()
     )
+    return answers and release.job_card.is_file() and release.tuned_predictions.is_file()
 
 
 def load_released(
@@ -99,7 +85,7 @@ def load_released(
             str(release.root / MODEL_ARTIFACT), model_config={"base_model": base_model} if base_model else None
         )
         return loaded.unwrap_python_model().answerer
-    return Answerer(release, job, str(chosen.version), base_model or "bundled")
+    return Answerer(release, job, str(chosen.version), base_model)
 
 
 def predict_file(
@@ -119,6 +105,8 @@ def predict_file(
     answerer = load_released(registry, job, version, base_model)
     answerer.batch_size = batch_size
     result = answerer.answer(load_table(inputs), source=str(inputs), progress=progress)
+    from tunebook.predict import save_predictions  # deferred: a classical release answers without torch
+
     save_predictions(result, output)
     return result
 
