@@ -51,6 +51,7 @@ SHARED_FIXTURE_FILES = {
     "test_release.py": "released",
     "test_serve.py": "released",
     "test_monitor.py": "released",
+    "test_systems.py": "systems",
     "test_workbook.py": "finished_run",
     "test_exercises.py": "finished_run",
     "test_browser.py": "finished_run",  # also in order: 01 reviews what 00 wrote

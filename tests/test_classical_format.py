@@ -1,29 +1,22 @@
-"""The classical model is stored with skops and loaded only when the file holds nothing that could run code."""
+"""The classical model is stored as arrays in tunebook's own .npz format and loaded without unpickling anything:
+a pickle, a joblib file or an array that only a pickle could hold is refused, and its code never runs."""
 
 from __future__ import annotations
 
 import json
 import pathlib
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
-import skops.io
 from conftest import write_job
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer
 
-from tunebook.classical import (
-    TRUSTED_TYPES,
-    ClassicalModel,
-    classical_sidecar,
-    fit_classical,
-    load_classical_file,
-    save_classical,
-)
+from tunebook.classical import ClassicalModel, fit_classical, load_classical_file, save_classical
 from tunebook.errors import TunebookError
 from tunebook.job import load_job_card
 
@@ -47,7 +40,17 @@ TICKETS = {
         "how do I close my account for good",
     ],
 }
-UNSEEN = ["refund my card please", "where is my parcel", "reset my password", "something else entirely"]
+# Words and character n-grams the model never saw, an empty text, and text outside ASCII.
+UNSEEN = [
+    "refund my card please",
+    "where is my parcel",
+    "reset my password",
+    "something else entirely",
+    "zxqv wibble frobnicate",
+    "",
+    "mon colis n'est pas arrivé — où est-il ?",
+]
+REFUSED = "re-run 02_prove_the_baseline (or release the run folder again) with this tunebook"
 
 
 def train_frame(single_escalate: bool = False) -> pd.DataFrame:
@@ -84,106 +87,117 @@ class Tampered:
         return pathlib.Path.touch, (self.marker,)
 
 
-class Marks:
-    """An object that creates a file when skops would build it (skops calls __setstate__)."""
+class Payload:
+    """An object that creates a file when it is unpickled (from inside an object array of an .npz)."""
 
     def __init__(self, marker: str):
         self.marker = marker
 
-    def __setstate__(self, state: dict) -> None:
-        pathlib.Path(state["marker"]).touch()
-        self.__dict__.update(state)
+    def __reduce__(self):
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
 
 
-def leave_marker(x):
-    return x
-
-
-def test_round_trip_gives_identical_probabilities(model, tmp_path):
-    path = save_classical(model, tmp_path / "deep" / "model.skops")
-    assert path == tmp_path / "deep" / "model.skops" and path.is_file()
-    assert classical_sidecar(path) == tmp_path / "deep" / "model.json"
-    assert skops.io.get_untrusted_types(file=path) == []
-    loaded = load_classical_file(path)
-    np.testing.assert_array_equal(loaded.predict_proba(UNSEEN), model.predict_proba(UNSEEN))
-    assert loaded.choices == model.choices and loaded.cv == model.cv
-
-
-def test_the_trusted_types_are_those_of_a_fitted_model(model, tmp_path):
-    path = save_classical(model, tmp_path / "model.skops")
-
-    def types(node) -> set[str]:
-        if isinstance(node, dict):
-            own = {f"{node['__module__']}.{node['__class__']}"} if "__class__" in node else set()
-            return own.union(*(types(v) for v in node.values()))
-        return set().union(*(types(v) for v in node)) if isinstance(node, list) else set()
-
-    assert types(json.loads(zipfile.ZipFile(path).read("schema.json"))) == set(TRUSTED_TYPES)
-
-
-def test_save_wants_a_skops_suffix(model, tmp_path):
-    with pytest.raises(ValueError, match=r"\.skops"):
-        save_classical(model, tmp_path / "model.joblib")
-
-
-def test_a_tampered_pickle_is_refused_without_running(model, tmp_path):
-    path = save_classical(model, tmp_path / "model.skops")
-    marker = tmp_path / "ran"
-    path.write_bytes(pickle.dumps(Tampered(marker)))
-    with pytest.raises(TunebookError, match="not a skops file") as caught:
-        load_classical_file(path)
-    assert str(path) in str(caught.value) and "pickle" in str(caught.value)
-    assert not marker.exists()
-    pickle.loads(path.read_bytes())  # the control: unpickling it does run code
-    assert marker.exists()
-
-
-@pytest.mark.parametrize("kind", ["function", "object"])
-def test_a_skops_file_with_an_untrusted_type_is_refused(model, tmp_path, kind):
-    path = save_classical(model, tmp_path / "model.skops")
-    marker = tmp_path / "ran"
-    if kind == "function":
-        bad = FunctionTransformer(leave_marker)
-        name = f"{leave_marker.__module__}.leave_marker"
-    else:
-        bad = Marks(str(marker))
-        name = f"{Marks.__module__}.Marks"
-    features, classifier = model.pipeline.steps
-    skops.io.dump(Pipeline([features, ("hook", bad), classifier]), path)
-    with pytest.raises(TunebookError, match="refused") as caught:
-        load_classical_file(path)
-    assert str(path) in str(caught.value) and name in str(caught.value) and "run code" in str(caught.value)
-    assert not marker.exists()
-    if kind == "object":  # the control: trusting the type would run its code
-        skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
-        assert marker.exists()
-
-
-def test_an_old_joblib_file_is_refused_with_the_fix(model, tmp_path):
-    path = tmp_path / "model.joblib"
-    joblib.dump(model, path)
+def refusal(path: pathlib.Path) -> str:
+    """The message of the TunebookError that loading ``path`` raises."""
     with pytest.raises(TunebookError) as caught:
         load_classical_file(path)
     message = str(caught.value)
-    assert str(path) in message and "joblib" in message and "unpickling can run code" in message
-    assert "re-run 02_prove_the_baseline (or release the run folder again) with this tunebook" in message
+    assert str(path) in message
+    return message
 
 
-def test_random_bytes_and_a_zip_without_a_schema_are_not_skops_files(tmp_path):
-    noise = tmp_path / "noise.skops"
+def test_round_trip_gives_identical_probabilities(model, tmp_path):
+    path = save_classical(model, tmp_path / "deep" / "model.npz")
+    assert path == tmp_path / "deep" / "model.npz" and path.is_file()
+    assert list(tmp_path.rglob("*")) == [tmp_path / "deep", path]  # one file, no sidecar
+    loaded = load_classical_file(path)
+    np.testing.assert_array_equal(loaded.predict_proba(UNSEEN), model.predict_proba(UNSEEN))
+    texts = train_frame()["text"].tolist()
+    np.testing.assert_array_equal(loaded.predict_proba(texts), model.predict_proba(texts))
+    assert loaded.choices == model.choices and loaded.cv == model.cv
+    assert list(loaded.pipeline.classes_) == list(model.pipeline.classes_)
+
+
+def test_the_file_holds_arrays_and_no_object(model, tmp_path):
+    path = save_classical(model, tmp_path / "model.npz")
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    assert all(array.dtype != object for array in arrays.values())
+    meta = json.loads(str(arrays["meta"]))
+    assert meta["format"] == "tunebook-classical" and meta["choices"] == model.choices and meta["cv"] == model.cv
+
+
+def test_a_tampered_pickle_is_refused_without_running(model, tmp_path):
+    path = save_classical(model, tmp_path / "model.npz")
+    marker = tmp_path / "ran"
+    path.write_bytes(pickle.dumps(Tampered(marker)))
+    message = refusal(path)
+    assert "may be a pickle" in message and "can run code" in message and REFUSED in message
+    assert not marker.exists()
+    pickle.loads(path.read_bytes())  # the control: unpickling the same bytes does run code
+    assert marker.exists()
+
+
+def test_an_npz_with_an_object_array_is_refused_without_running(tmp_path):
+    path, marker = tmp_path / "model.npz", tmp_path / "ran"
+    payload = np.empty(1, dtype=object)
+    payload[0] = Payload(str(marker))
+    meta = np.array(json.dumps({"format": "tunebook-classical", "version": 1}))
+    with path.open("wb") as handle:
+        np.savez(handle, coef=payload, meta=meta)
+    with np.load(path, allow_pickle=False) as stored, pytest.raises(ValueError):
+        stored["coef"]  # what the loader meets: numpy refuses the array, and says so
+    message = refusal(path)
+    assert "not a classical model stored by tunebook" in message and REFUSED in message
+    assert not marker.exists()
+    with np.load(path, allow_pickle=True) as stored:  # the control: allowing pickles would run its code
+        stored["coef"]
+    assert marker.exists()
+
+
+def test_an_old_joblib_file_is_refused_with_the_fix(model, tmp_path):
+    path = tmp_path / "model.npz"
+    joblib.dump(model, path)
+    message = refusal(path)
+    assert "joblib" in message and "can run code" in message and REFUSED in message
+
+
+def test_random_bytes_and_another_format_are_refused(model, tmp_path):
+    noise = tmp_path / "noise.npz"
     noise.write_bytes(np.random.default_rng(0).bytes(256))
-    empty = tmp_path / "empty.skops"
-    with zipfile.ZipFile(empty, "w") as archive:
+    assert "not a classical model stored by tunebook" in refusal(noise)
+
+    other = tmp_path / "other.npz"
+    with np.load(save_classical(model, tmp_path / "model.npz"), allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, "format": "someone-elses-classical"}))
+    np.savez_compressed(other, **arrays)
+    message = refusal(other)
+    assert "not in this tunebook's classical format" in message and "someone-elses-classical" in message
+
+    plain = tmp_path / "plain.zip"  # a zip that is no .npz at all
+    with zipfile.ZipFile(plain, "w") as archive:
         archive.writestr("other.txt", "hello")
-    for path in (noise, empty):
-        with pytest.raises(TunebookError, match="not a skops file"):
-            load_classical_file(path)
+    assert "not a classical model stored by tunebook" in refusal(plain)
 
 
-def test_a_missing_model_or_sidecar_is_named(model, tmp_path):
-    with pytest.raises(TunebookError, match="no classical model"):
-        load_classical_file(tmp_path / "absent.skops")
-    path = save_classical(model, tmp_path / "model.skops")
-    classical_sidecar(path).unlink()
-    with pytest.raises(TunebookError, match="model.json is missing"):
+def test_a_missing_model_is_named(tmp_path):
+    path = tmp_path / "absent.npz"
+    with pytest.raises(TunebookError, match="no classical model") as caught:
         load_classical_file(path)
+    assert str(path) in str(caught.value)
+
+
+def test_the_file_is_small_and_loads_without_skops_or_torch(model, tmp_path):
+    path = save_classical(model, tmp_path / "model.npz")
+    assert path.stat().st_size < 300 * 1024
+    code = (
+        "import sys\n"
+        "from tunebook.classical import load_classical_file\n"
+        f"load_classical_file({str(path)!r})\n"
+        "print(sorted(name for name in ('torch', 'skops') if name in sys.modules))\n"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "[]"

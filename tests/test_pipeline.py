@@ -95,7 +95,7 @@ def test_other_task_kinds_run_the_whole_workbook(example, tiny_model, tmp_path):
         {"classical"} if example == "support_tools" else set()
     )
     assert set(recorded["variants"]) == expected
-    assert recorded["verdict"].startswith("The best cheap baseline")
+    assert recorded["verdict"].startswith("On validation, the best cheap baseline")
     assert baseline["variant"] == recorded["variant"]
     assert summary.results["05_release"]["primary"] == primary
     assert run.trained_weights() is not None
@@ -103,18 +103,25 @@ def test_other_task_kinds_run_the_whole_workbook(example, tiny_model, tmp_path):
     assert watched.logged == 0 and not watched.alert and watched.report == "" and not run.inference_log.exists()
 
 
-def test_run_stops_after_the_baseline_when_the_frame_says_prompting(tiny_model, tmp_path):
+def test_when_the_frame_says_prompting_training_is_skipped_and_the_baseline_ships(tiny_model, tmp_path):
     card = write_job(tmp_path / "job", per_label=3)
     data = yaml.safe_load(card.read_text())
     data["decision"]["prompting_solves_most"] = True
     card.write_text(yaml.safe_dump(data))
     run_dir, summary = pipeline.run_workbook(
-        {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "K_SHOTS": 0}, tmp_path, "p", progress=False
+        {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "K_SHOTS": 0, "BOOTSTRAP_RESAMPLES": 100}, tmp_path, "p"
     )
     assert summary.results["00_define_the_job"]["approach"] == "prompting"
-    assert "stopped after the baseline" in summary.stopped
+    assert summary.stopped is None and "recommends prompting, not fine-tuning" in summary.skipped["03_train_qlora"]
     run = RunFolder(run_dir)
-    assert run.notebook("02_prove_the_baseline").is_file() and not run.notebook("03_train_qlora").exists()
+    skipped = json.loads(run.notebook("03_train_qlora").read_text())["cells"][0]
+    assert "Skipped in this run" in "".join(skipped["source"]) and "FORCE_TRAINING=true" in "".join(skipped["source"])
+    assert not run.adapter_dir.exists() and "03_train_qlora" not in summary.results
+    chosen = summary.results["02_prove_the_baseline"]["variant"]
+    released = summary.results["05_release"]
+    assert released["system_variant"] == chosen == run.read_system().variant and not run.read_system().trained
+    assert summary.results["04_evaluate"]["general_regression"] is None
+    assert "06_monitor" in summary.results
 
 
 def test_review_decisions_replay_headless_with_the_same_hash(tmp_path, tiny_model):

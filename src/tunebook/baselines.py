@@ -40,6 +40,7 @@ class VariantRun:
     notes: dict = field(default_factory=dict)
     shots: list[tuple[str, str]] = field(default_factory=list)  # fixed worked examples, the same for every input
     k_retrieved: int = 0  # worked examples retrieved per input from the train split (0: none)
+    pool: list[tuple[str, str]] = field(default_factory=list)  # what they are retrieved from
 
 
 def choice_of(card: JobCard, target: str) -> str:
@@ -234,14 +235,15 @@ def run_variants(
     if k_shots > 0:
         prompting[f"retrieval {k_shots}-shot"] = ("retrieval", nearest, [], k_shots)
     runs = [_trivial_variant(card, splits)]
+    pool = list(zip(train["text"], train["target"]))
     for name, (kind, shots_for, shots, retrieved) in prompting.items():
         runs.append(_prompted_variant(name, kind, lm, splits, shots_for))
-        runs[-1].shots, runs[-1].k_retrieved = shots, retrieved
+        runs[-1].shots, runs[-1].k_retrieved, runs[-1].pool = shots, retrieved, pool if retrieved else []
     if card.choices:
         # a chosen tool's arguments come from the language model, prompted with the input's nearest training examples
         arguments = not task_of(card).choice_is_answer and k_shots > 0
         runs.append(_classical_variant(lm, splits, seed, nearest if arguments else lambda frame: []))
-        runs[-1].k_retrieved = k_shots if arguments else 0
+        runs[-1].k_retrieved, runs[-1].pool = (k_shots, pool) if arguments else (0, [])
     return runs
 
 
@@ -366,7 +368,6 @@ def save_variants(
 ) -> Path:
     """Write every variant's predictions, rule, what it needs to answer (as a system that can ship), the table, and
     the best and best-prompting variants' test predictions and metrics into the run folder's baseline artifacts."""
-    train = run.read_splits()["train"] if any(v.k_retrieved for v in variants) else None
     for variant in variants:
         run.write_predictions(variant.val, run.variant_predictions(variant.name, "val"))
         run.write_predictions(variant.test, run.variant_predictions(variant.name, "test"))
@@ -376,8 +377,8 @@ def save_variants(
             save_classical(variant.notes["model"], run.variant_model(variant.name))
         if variant.shots:
             write_shots(variant.shots, run.variant_shots(variant.name))
-        elif variant.k_retrieved:  # the pool its worked examples are retrieved from
-            write_shots(list(zip(train["text"], train["target"])), run.variant_shots(variant.name))
+        elif variant.pool:  # the train split its worked examples are retrieved from
+            write_shots(variant.pool, run.variant_shots(variant.name))
         run.write_system(variant_system(card, variant, base_model, answer_budget), run.variant_system(variant.name))
     for role, chosen in (("best", best), ("prompting", prompting)):
         run.write_predictions(chosen.test, run.baseline_predictions(role))

@@ -1,6 +1,6 @@
 """The scikit-learn models behind the cheap baselines, fitted on the train split only: the retriever of each input's
-nearest training examples (TF-IDF cosine) and the classical classifier over a fixed set of answers, stored with
-skops (never a pickle: loading a registry's version must not run code)."""
+nearest training examples (TF-IDF cosine) and the classical classifier over a fixed set of answers, stored as arrays
+(never a pickle: loading a registry's version must not run code)."""
 
 from __future__ import annotations
 
@@ -107,89 +107,90 @@ def fit_classical(card: JobCard, train: pd.DataFrame, seed: int = 0) -> Classica
 
 
 # --- storage ---------------------------------------------------------------------------------------------------------
+#
+# A fitted classical model is a vocabulary and a few arrays: they are stored as a numpy .npz file read with
+# allow_pickle=False (no object arrays, so no code runs when a registry's version is loaded) and rebuilt into the
+# same scikit-learn objects. skops would also refuse code, but importing it walks every scikit-learn estimator and
+# imports torch on the way: 1.5 s, and 0.3-0.6 s more per load, against milliseconds here
+# (benchmarks/classical_format.py).
 
-# Every type a fitted classical model's skops file holds (whichever branch of fit_classical fitted it), read from the
-# file's schema. skops 0.16 trusts all of them by default, so get_untrusted_types reports none; listing them keeps such
-# a file loadable should a later skops trust less by default, and nothing else is ever trusted.
-TRUSTED_TYPES = (
-    "builtins.dict",
-    "builtins.list",
-    "builtins.str",
-    "builtins.tuple",
-    "numpy.float64",
-    "numpy.ndarray",
-    "sklearn.feature_extraction.text.TfidfTransformer",
-    "sklearn.feature_extraction.text.TfidfVectorizer",
-    "sklearn.linear_model._logistic.LogisticRegression",
-    "sklearn.pipeline.FeatureUnion",
-    "sklearn.pipeline.Pipeline",
-)
-
-# What a file that is not a skops file raises when skops opens it (a pickle is no zip; a zip may lack the schema).
-_NOT_SKOPS = (zipfile.BadZipFile, KeyError, ValueError, TypeError, NotImplementedError)
+FORMAT = "tunebook-classical"
+FORMAT_VERSION = 1
+_VECTORIZER_SETTINGS = ("analyzer", "ngram_range", "sublinear_tf")
+_MODEL_SETTINGS = ("C", "class_weight", "max_iter", "random_state")
 
 
-def classical_sidecar(path: str | Path) -> Path:
-    """The JSON file next to a stored classical model that holds its choices and cross-validation figures."""
-    return Path(path).with_suffix(".json")
+def _refusal(path: Path, why: str) -> TunebookError:
+    return TunebookError(
+        f"{path} {why}. tunebook loads a classical model only from its own format (arrays, never a pickle: loading "
+        "a pickled or joblib model can run code, and unpickling one from a shared registry would run someone "
+        "else's code); re-run 02_prove_the_baseline (or release the run folder again) with this tunebook, which "
+        "stores it that way."
+    )
+
+
+def _vectorizers(model: ClassicalModel) -> list[TfidfVectorizer]:
+    union = model.pipeline.named_steps["features"]
+    found = [transformer for _, transformer in union.transformer_list]
+    reference = [transformer for _, transformer in _text_features().transformer_list]
+    for fitted, fresh in zip(found, reference):
+        own = {k: v for k, v in fitted.get_params().items() if k not in _VECTORIZER_SETTINGS}
+        if own != {k: v for k, v in fresh.get_params().items() if k not in _VECTORIZER_SETTINGS}:
+            raise TunebookError("this classical model's text features differ from tunebook's; it cannot be stored.")
+    return found
 
 
 def save_classical(model: ClassicalModel, path: str | Path) -> Path:
-    """Store the classical model at ``path`` (a ``.skops`` file) and its choices and cv beside it; return the path."""
-    import skops.io  # deferred: importing skops costs about 1.5 s (it imports every scikit-learn estimator)
-
+    """Store the classical model at ``path`` (an ``.npz`` file of arrays and its settings as JSON); return the path."""
     path = Path(path)
-    if path.suffix != ".skops":
-        raise ValueError(f"a classical model is stored in a .skops file, not {path.name}")
+    vectorizers, regression = _vectorizers(model), model.pipeline.named_steps["model"]
+    arrays: dict[str, np.ndarray] = {}
+    for i, vectorizer in enumerate(vectorizers):
+        terms = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
+        arrays[f"terms_{i}"] = np.array(terms, dtype=str)
+        arrays[f"idf_{i}"] = np.asarray(vectorizer.idf_, dtype=np.float64)
+    arrays["coef"], arrays["intercept"] = regression.coef_, regression.intercept_
+    arrays["classes"] = np.array(regression.classes_, dtype=str)
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "choices": list(model.choices),
+        "cv": model.cv,
+        "features": [{k: vectorizer.get_params()[k] for k in _VECTORIZER_SETTINGS} for vectorizer in vectorizers],
+        "model": {k: regression.get_params()[k] for k in _MODEL_SETTINGS},
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
-    # deflated: the vocabularies go into the file's JSON schema (16 MB for the bundled example's tickets; 0.7 MB so)
-    skops.io.dump(model.pipeline, path, compression=zipfile.ZIP_DEFLATED)
-    sidecar = {"choices": list(model.choices), "cv": model.cv}
-    classical_sidecar(path).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    with path.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)
     return path
 
 
-def _refused(path: Path, unexpected: list[str]) -> TunebookError:
-    """The error for a skops file that holds types a classical model never contains."""
-    return TunebookError(
-        f"{path} was refused: it holds types a classical model never contains ({', '.join(unexpected)}), and loading "
-        "it could run code. Re-run 02_prove_the_baseline (or release the run folder again) with this tunebook to "
-        "store a clean one."
-    )
-
-
 def load_classical_file(path: str | Path) -> ClassicalModel:
-    """Load a classical model that save_classical stored, refusing any file whose loading could run code."""
-    import skops.io  # deferred: importing skops costs about 1.5 s (it imports every scikit-learn estimator)
-    from skops.io.exceptions import UntrustedTypesFoundException
-
+    """Load a classical model that ``save_classical`` stored; anything else (a pickle, a joblib file, an array
+    that only a pickle could hold) is refused without being run."""
     path = Path(path)
     if not path.is_file():
         raise TunebookError(f"no classical model at {path}.")
-    not_skops = TunebookError(
-        f"{path} is not a skops file. tunebook no longer loads pickled (joblib) classical models, because unpickling "
-        "can run code; re-run 02_prove_the_baseline (or release the run folder again) with this tunebook, which "
-        "stores it with skops."
-    )
-    if not zipfile.is_zipfile(path) or "schema.json" not in zipfile.ZipFile(path).namelist():
-        raise not_skops  # a skops file is a zip with a schema; a pickle is not, and is never opened as one
-    sidecar = classical_sidecar(path)
-    if not sidecar.is_file():
-        raise TunebookError(
-            f"{sidecar} is missing: it holds the choices and cross-validation figures of the classical model {path}, "
-            "which save_classical writes together. Re-run 02_prove_the_baseline (or release the run folder again)."
-        )
+    if not zipfile.is_zipfile(path):  # an .npz is a zip; a pickle or joblib file is not, and is never opened as one
+        raise _refusal(path, "is not a classical model stored by tunebook (it may be a pickle)")
     try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        choices, cv = list(meta["choices"]), dict(meta["cv"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise TunebookError(f"{sidecar} is not the choices and cv of a classical model: {error}") from error
-    try:  # skops checks every type in the file's schema before it builds anything (a second pass would cost 0.3 s)
-        pipeline = skops.io.load(path, trusted=list(TRUSTED_TYPES))
-    except UntrustedTypesFoundException as error:
-        raise _refused(path, sorted(set(skops.io.get_untrusted_types(file=path)) - set(TRUSTED_TYPES))) from error
-    except _NOT_SKOPS as error:
-        raise not_skops from error
-    if not isinstance(pipeline, Pipeline):
-        raise TunebookError(f"{path} holds a {type(pipeline).__name__}, not a classical model's pipeline.")
-    return ClassicalModel(pipeline, choices, cv)
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
+        raise _refusal(path, f"is not a classical model stored by tunebook ({error})") from None
+    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        raise _refusal(path, f"is not in this tunebook's classical format (found {meta.get('format')!r})")
+    vectorizers = []
+    for i, settings in enumerate(meta["features"]):
+        vectorizer = TfidfVectorizer(**{**settings, "ngram_range": tuple(settings["ngram_range"])})
+        vectorizer.vocabulary_ = {term: j for j, term in enumerate(arrays[f"terms_{i}"].tolist())}
+        vectorizer.idf_ = arrays[f"idf_{i}"]
+        vectorizers.append(vectorizer)
+    regression = LogisticRegression(**meta["model"])
+    regression.coef_, regression.intercept_ = arrays["coef"], arrays["intercept"]
+    regression.classes_ = arrays["classes"].astype(object)
+    regression.n_features_in_ = regression.coef_.shape[1]
+    pipeline = Pipeline([("features", make_union(*vectorizers)), ("model", regression)])
+    return ClassicalModel(pipeline, list(meta["choices"]), dict(meta["cv"]))

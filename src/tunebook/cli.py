@@ -174,6 +174,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release(args: argparse.Namespace) -> int:
+    from tunebook.releasing import release_run_folder
+    from tunebook.runfolder import STEPS
+
+    result = release_run_folder(args.run_dir, _step_parameters(STEPS[5], args))
+    outcome = "promoted to champion" if result.promoted else f"gate failed ({', '.join(result.failed_checks)})"
+    print(f"[tunebook] {result.summary}")
+    print(
+        f"[tunebook] registered {result.system_variant} ({result.system_kind}) as version {result.version}: {outcome}"
+    )
+    return 0
+
+
 def _prepare_model(args: argparse.Namespace) -> int:
     from tunebook.models import resolve_base_model
 
@@ -197,6 +210,28 @@ def _predict(args: argparse.Namespace) -> int:
         f"[tunebook] {len(result)} predictions by '{args.job}' version {result['model_version'].iloc[0] if len(result) else '-'}: {args.output}"
     )
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Replace this process with ``mlflow models serve`` on the job's champion (or version), with this environment's
+    programs on PATH (MLflow starts uvicorn by name) and the registry and base model it was given."""
+    from tunebook.pyfunc import BASE_MODEL_ENV
+    from tunebook.registry import champion, get_version
+
+    store = _store(args)
+    chosen = get_version(store, args.job, args.version) if args.version else champion(store, args.job)
+    if chosen is None:
+        raise TunebookError(f"job '{args.job}' has no champion in {store.uri}: release one with 05_release first.")
+    uri = f"models:/{args.job}/{chosen.version}" if args.version else f"models:/{args.job}@champion"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if args.base_model:
+        env[BASE_MODEL_ENV] = args.base_model
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]
+    command += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    print(f"[tunebook] serving {uri} (version {chosen.version}) on http://{args.host}:{args.port}", flush=True)
+    os.execve(sys.executable, command, env)
+    return 0  # not reached: the server replaces this process
 
 
 def _versions(args: argparse.Namespace) -> int:
@@ -296,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("clean", "01_clean_the_data", _clean, "audit, clean, split and version the data of a run folder after 00"),
         ("baseline", "02_prove_the_baseline", _baseline, "run the cheap alternatives of a run folder after 01"),
         ("train", "03_train_qlora", _train, "train on a run folder prepared by 00 and 01"),
-        ("evaluate", "04_evaluate", _evaluate, "evaluate the adapter of a run folder against its baselines"),
+        ("evaluate", "04_evaluate", _evaluate, "evaluate the system of a run folder against its baselines"),
+        ("release", "05_release", _release, "gate, register and promote the system a run folder evaluated"),
     ):
         command = sub.add_parser(name, help=f"{what} (what {step} does)")
         command.add_argument("run_dir", help="the run folder")
@@ -328,6 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--batch-size", type=int, default=8, help="examples per forward pass")
     serve.set_defaults(func=_predict)
+    serving = sub.add_parser("serve", help="serve a job's champion over HTTP (mlflow models serve, set up for it)")
+    _registry_arguments(serving)
+    serving.add_argument("--version", help="a registered version instead of the champion")
+    serving.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serving.add_argument("--port", type=int, default=5001, help="port to listen on (default: 5001)")
+    serving.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
+    serving.add_argument(
+        "--base-model", default="", help="where this machine keeps the base model, if the system needs one"
+    )
+    serving.set_defaults(func=_serve)
     listing = sub.add_parser("versions", help="list a job's registered versions, aliases and gate verdicts")
     _registry_arguments(listing)
     listing.set_defaults(func=_versions)

@@ -66,6 +66,26 @@ class DecisionRule(BaseModel):
             )
 
 
+def decided_frame(
+    card: JobCard, examples, probs: np.ndarray, rule: DecisionRule | None = None, other: np.ndarray | None = None
+) -> tuple:
+    """A prediction frame from probabilities over the card's choices, through ``rule`` (or the most likely choice):
+    the examples' id, text, target and tags, the chosen answer as prediction, its confidence and one probability
+    per choice; with the chosen answers and the probabilities they were chosen from."""
+    if rule is not None:
+        chosen, probs = rule.decide(card, probs, other)
+    else:
+        chosen = np.array(card.choices)[np.asarray(probs).argmax(axis=1)]
+    probs = np.asarray(probs, dtype=float)
+    result = examples[["id", "text", "target", "tags"]].reset_index(drop=True).copy()
+    index = [card.choices.index(c) for c in chosen]
+    result["confidence"] = np.round(probs[np.arange(len(index)), index], 6) if len(index) else []
+    result["prediction"] = chosen
+    for j, name in enumerate(card.choices):
+        result[f"p_{name}"] = np.round(probs[:, j], 6)
+    return result, chosen, probs
+
+
 def cost_matrix(card: JobCard) -> np.ndarray:
     """Cost of answering column j when the truth is row i, from the card's ``error_costs`` (0 on the diagonal)."""
     return np.array([[card.error_cost(t, p) for p in card.choices] for t in card.choices], dtype=float)

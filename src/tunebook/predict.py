@@ -15,7 +15,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunebook.artifacts import Manifest
-from tunebook.decide import DecisionRule
+from tunebook.decide import DecisionRule, decided_frame
 from tunebook.decoding import PromptPrefix, Shots, generate, label_log_likelihoods
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
@@ -155,16 +155,8 @@ def answer_choices(
     """Predictions from probabilities over the card's choices: through ``rule`` (mixing in the second model's
     probabilities ``other`` if it was fitted so) or, without one, the most likely choice; for tool selection the
     arguments are then generated after the chosen tool."""
-    if rule is not None:
-        chosen, probs = rule.decide(card, probs, other)
-    else:
-        chosen = np.array(card.choices)[np.asarray(probs).argmax(axis=1)]
-    result = examples[["id", "text", "target", "tags"]].reset_index(drop=True).copy()
-    index = [card.choices.index(c) for c in chosen]
-    result["confidence"] = np.round(probs[np.arange(len(index)), index], 6) if len(index) else []
-    if task_of(card).choice_is_answer:
-        result["prediction"] = chosen
-    else:
+    result, chosen, probs = decided_frame(card, examples, probs, rule, other)
+    if not task_of(card).choice_is_answer:
         budget = max_new_tokens or task_of(card).max_new_tokens
         texts = examples["text"].tolist()
         result["prediction"] = generate(
@@ -179,8 +171,6 @@ def answer_choices(
             shots,
             prefix,
         )
-    for j, name in enumerate(card.choices):
-        result[f"p_{name}"] = np.round(probs[:, j], 6)
     return result
 
 

@@ -18,7 +18,7 @@ from tunebook.job import JobCard
 from tunebook.runfolder import RunFolder
 from tunebook.system import json_answers, load_system, read_system
 
-RELEASE_ARTIFACT = "release"  # the pyfunc's one artifact: a run folder holding only what answering needs
+RELEASE_ARTIFACT = "release"  # the pyfunc's data: a run folder holding only what answering needs
 BASE_MODEL_ENV = "TUNEBOOK_BASE_MODEL"  # where the serving machine keeps the base model, if not as at release
 
 
@@ -95,19 +95,22 @@ class Answerer:
         return result
 
 
-class ReleasedModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc flavour of a released version. Its model config names the job, the version and the base model
-    it was released with; ``model_config={"base_model": ...}`` at load, or ``TUNEBOOK_BASE_MODEL``, points at the
-    base model on another machine, whose weights must hash the same."""
+class ReleasedModel:
+    """The pyfunc flavour of a released version, built by MLflow through ``_load_pyfunc`` of this installed module
+    (the version holds data only: no pickle, no code). Its model config names the job, the version and the base
+    model it was released with; ``model_config={"base_model": ...}`` at load, or ``TUNEBOOK_BASE_MODEL``, points at
+    the base model on another machine, whose weights must hash the same."""
 
-    def load_context(self, context) -> None:
-        config = context.model_config or {}
+    def __init__(self, release: RunFolder, config: dict):
         # a base model named at load time, else this machine's setting, else the one the version was released with
         base_model = config.get("base_model") or os.environ.get(BASE_MODEL_ENV) or config.get("released_base_model")
-        release = RunFolder(Path(context.artifacts[RELEASE_ARTIFACT]))
         self.answerer = Answerer(release, config["job"], config["version"], base_model, config.get("batch_size", 8))
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def get_raw_model(self) -> Answerer:
+        """What ``PyFuncModel.get_raw_model()`` returns: the ``Answerer``."""
+        return self.answerer
+
+    def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """Answer every row of the request (a ``text`` column, or the card's, and optionally an id column); a bad
         request raises MLflow's own error for bad input, which its server answers with HTTP 400 and no stack trace."""
         if not isinstance(model_input, pd.DataFrame):
@@ -119,6 +122,27 @@ class ReleasedModel(mlflow.pyfunc.PythonModel):
             from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ReleasedModel:
+    """MLflow's entry point for the ``loader_module`` flavour: the released version whose data is ``data_path``."""
+    return ReleasedModel(RunFolder(Path(data_path)), model_config or {})
+
+
+def refuse_pickled(model_folder: Path, version: str) -> None:
+    """Refuse an MLflow model folder whose pyfunc flavour is a pickled python model (releases before this tunebook):
+    loading it would run code taken from the registry."""
+    import yaml
+
+    meta = yaml.safe_load((model_folder / "MLmodel").read_text(encoding="utf-8")) or {}
+    flavour = (meta.get("flavors") or {}).get("python_function") or {}
+    if flavour.get("loader_module") != __name__:
+        raise TunebookError(
+            f"version {version} in {model_folder} was released by an older tunebook as a pickled MLflow python model "
+            "(and a pickled classical model where it mixes one in); loading it would run code taken from the "
+            "registry, so tunebook refuses it. Release its run folder again with this tunebook (04_evaluate and "
+            "05_release on a copy of the run folder), which stores data only."
+        )
 
 
 def save_model(run: RunFolder, destination: str | Path, job: str, version: str, base_model: str) -> Path:
@@ -136,8 +160,8 @@ def save_model(run: RunFolder, destination: str | Path, job: str, version: str, 
         shutil.copy2(run.job_card, staging.job_card)
         mlflow.pyfunc.save_model(
             str(destination),
-            python_model=ReleasedModel(),
-            artifacts={RELEASE_ARTIFACT: str(staging.root)},
+            loader_module=__name__,  # MLflow imports this installed module to load it: the version is data only
+            data_path=str(staging.root),
             # "base_model" is empty: a key MLflow lets a loader set (model_config={"base_model": ...})
             model_config={"job": job, "version": str(version), "released_base_model": base_model, "base_model": ""},
             pip_requirements=_requirements(),
@@ -160,7 +184,6 @@ def _requirements() -> list[str]:
         "peft",
         "bitsandbytes",
         "scikit-learn",
-        "skops",
         "pandas",
         "pydantic",
     )

@@ -212,7 +212,7 @@ class RunFolder:
         return self.variant_dir(name) / "decision_rule.json"
 
     def variant_model(self, name: str) -> Path:
-        return self.variant_dir(name) / "model.skops"
+        return self.variant_dir(name) / "model.npz"
 
     def variant_shots(self, name: str) -> Path:
         """The worked examples a variant was prompted with: its fixed shots, or the pool it retrieves from."""
@@ -287,7 +287,7 @@ class RunFolder:
 
     @property
     def system_classical(self) -> Path:
-        return self.system_dir / "classical.skops"
+        return self.system_dir / "classical.npz"
 
     @property
     def system_shots(self) -> Path:

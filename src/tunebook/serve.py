@@ -81,10 +81,13 @@ def load_released(
     if _is_pyfunc(chosen):
         import mlflow.pyfunc
 
+        from tunebook.pyfunc import refuse_pickled
+
+        refuse_pickled(release.root / MODEL_ARTIFACT, str(chosen.version))
         loaded = mlflow.pyfunc.load_model(
             str(release.root / MODEL_ARTIFACT), model_config={"base_model": base_model} if base_model else None
         )
-        return loaded.unwrap_python_model().answerer
+        return loaded.get_raw_model()
     return Answerer(release, job, str(chosen.version), base_model)
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from tunebook.artifacts import System
 from tunebook.classical import ClassicalModel, Retriever, load_classical_file, save_classical
-from tunebook.decide import DecisionRule
+from tunebook.decide import DecisionRule, decided_frame
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 from tunebook.runfolder import RunFolder, manifest_path, trained_weights
@@ -137,7 +137,7 @@ class LoadedSystem:
         self.spec = read_system(folder)
         self.rule = self._rule()
         self.classical = self._classical()
-        self.shots = read_shots(folder.system_shots) if self.spec.kind in ("prompted", "retrieval") else []
+        self.shots = read_shots(folder.system_shots) if self.spec.kind == "prompted" and self.spec.k_shots else []
         self.retriever = None
         if self.spec.kind == "retrieval" or (self.spec.kind == "classical" and self.spec.needs_language_model):
             pool = read_shots(folder.system_shots)
@@ -159,7 +159,7 @@ class LoadedSystem:
             return load_classical_file(self.folder.system_classical)
         raise TunebookError(
             f"{self.folder.system_classical} is missing: this version's classical model was stored another way (a "
-            "release made before tunebook stored it with skops keeps it as a pickle, which loading would run as "
+            "release made before tunebook stored it as arrays keeps it as a pickle, which loading would run as "
             "code, so tunebook refuses it). Release the run folder again with this tunebook: re-run 04_evaluate and "
             "05_release on a copy of the run folder."
         )
@@ -196,10 +196,12 @@ class LoadedSystem:
         fixed set the confidence and one probability per choice."""
         if self.spec.kind == "trivial":
             return self._trivial(examples)
+        card, texts = self.card, examples["text"].tolist()
+        if self.spec.kind == "classical" and task_of(card).choice_is_answer:  # no language model, no torch
+            return decided_frame(card, examples, self.classical.predict_proba(texts), self.rule)[0]
         from tunebook import predict  # deferred: see the module docstring
 
-        card, texts, shots = self.card, examples["text"].tolist(), self._shots_for(examples["text"].tolist())
-        budget = self.spec.answer_budget
+        shots, budget = self._shots_for(texts), self.spec.answer_budget
         if card.choices:
             if self.spec.kind == "classical":
                 probs = self.classical.predict_proba(texts)
