@@ -201,3 +201,11 @@ def test_the_file_is_small_and_loads_without_skops_or_torch(model, tmp_path):
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("meta", [[1], {"format": "tunebook-classical", "version": 1}])
+def test_an_incomplete_stored_model_is_refused_not_crashed(meta, tmp_path):
+    path = tmp_path / "model.npz"
+    np.savez(path, meta=np.array(json.dumps(meta)))
+    with pytest.raises(TunebookError, match="model.npz is not"):
+        load_classical_file(path)

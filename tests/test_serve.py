@@ -199,8 +199,42 @@ def test_a_released_version_is_an_mlflow_pyfunc_model_that_answers_like_tunebook
     one = model.predict(pd.DataFrame({"text": [tickets["text"][0]]}))  # one request, one row, no id: row number
     assert one["id"].tolist() == ["1"] and one["prediction"][0] == expected["prediction"][0]
     assert one["confidence"][0] == pytest.approx(expected["confidence"][0], abs=tol(1e-5, 1e-3))
-    with pytest.raises(TunebookError, match="no 'text' column"):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="no 'text' column") as bad:
         model.predict(pd.DataFrame({"body": ["hello"]}))
+    assert bad.value.get_http_status_code() == 400
+
+
+def test_a_trained_model_mixed_with_the_classical_one_is_served_as_04_answers(released, tiny_model, tmp_path):
+    """The mixed system: a copy of the good run whose decision rule mixes in the classical model, answered by its
+    served form (the MLflow model folder, loaded through MLflow) exactly as 04's code path answers it."""
+    import mlflow.pyfunc
+
+    from tunebook import baselines, decide, evaluation, predict, pyfunc, system
+
+    _, (good_dir, _), _ = released
+    run = RunFolder(tmp_path / "mixed")
+    shutil.copytree(good_dir, run.root)
+    val, test = run.read_splits()["val"], run.read_splits()["test"]
+    tuned = evaluation.load_tuned(run, tiny_model)
+    classical = baselines.load_classical(run)
+    card, texts = run.read_job_card(), val["text"].tolist()
+    probs = predict.choose(tuned.model, tuned.tokenizer, card, texts, 8, False)[1]
+    truth = [baselines.choice_of(card, t) for t in val["target"]]
+    rule = decide.fit_rule(card, probs, truth, classical.predict_proba(texts), "classical")
+    rule = rule.model_copy(update={"mix_weight": 0.5, "mix_with": "classical"})  # mixed whatever the fit chose
+    as_evaluated = predict.predict(
+        tuned.model, tuned.tokenizer, card, test, 8, False, rule=rule, other_model=classical
+    )
+    spec = system.adopt_trained(run, rule, tuned.answer_budget, "test: a mixed system")
+    assert spec.kind == "mixed" and run.system_classical.is_file()
+    folder = pyfunc.save_model(run, tmp_path / "model", "support_triage", "7", tiny_model)
+    pyfunc.refuse_pickled(folder, "7")
+    served = mlflow.pyfunc.load_model(str(folder)).predict(test[["id", "text"]])
+    assert served["prediction"].tolist() == as_evaluated["prediction"].tolist()
+    assert served["confidence"].to_numpy() == pytest.approx(as_evaluated["confidence"].to_numpy(), abs=tol(1e-5, 1e-3))
+    assert not list(folder.rglob("*.pkl")) and not list(folder.rglob("*.joblib"))
 
 
 def test_the_prompt_prefix_cache_gives_the_answers_of_a_full_pass(small_job, tiny_model):

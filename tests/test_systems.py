@@ -235,3 +235,21 @@ def test_tunebook_serve_answers_over_http_and_bad_requests_get_a_400_without_a_s
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
+
+
+def test_an_extraction_answer_is_served_as_a_json_object(tmp_path):
+    from conftest import write_job
+
+    from tunebook.artifacts import System
+    from tunebook.job import load_job_card
+    from tunebook.pyfunc import Answerer
+
+    card = load_job_card(write_job(tmp_path / "job", per_label=2, example="order_extraction"))
+    run = RunFolder(tmp_path / "release")
+    run.write_job_card(card)
+    answer = '{"order_id": null, "quantity": 1}'
+    spec = System(kind="trivial", variant="trivial", needs_language_model=False, trained=False, trivial_answer=answer)
+    run.write_system(spec)
+    answered = Answerer(run, card.name, "3", None).answer(pd.DataFrame({"text": ["two mugs please", "hello"]}))
+    assert answered["prediction"].tolist() == [{"order_id": None, "quantity": 1}] * 2
+    assert answered["model_version"].tolist() == [3, 3]

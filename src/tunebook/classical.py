@@ -180,8 +180,17 @@ def load_classical_file(path: str | Path) -> ClassicalModel:
         meta = json.loads(str(arrays.pop("meta")))
     except (ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
         raise _refusal(path, f"is not a classical model stored by tunebook ({error})") from None
-    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-        raise _refusal(path, f"is not in this tunebook's classical format (found {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        found = f"{meta.get('format')!r} version {meta.get('version')!r}" if isinstance(meta, dict) else "no settings"
+        raise _refusal(path, f"is not in this tunebook's classical format (found {found})")
+    try:
+        return _rebuild(meta, arrays)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        raise _refusal(path, f"is not a complete classical model ({type(error).__name__}: {error})") from None
+
+
+def _rebuild(meta: dict, arrays: dict[str, np.ndarray]) -> ClassicalModel:
+    """The scikit-learn objects a stored classical model's settings and arrays describe."""
     vectorizers = []
     for i, settings in enumerate(meta["features"]):
         vectorizer = TfidfVectorizer(**{**settings, "ngram_range": tuple(settings["ngram_range"])})

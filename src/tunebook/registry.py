@@ -139,6 +139,7 @@ def versions(registry: Registry, job: str) -> pd.DataFrame:
             {
                 "version": int(mv.version),
                 "aliases": ", ".join(sorted(held.get(str(mv.version), []))),
+                "system": tags.get(TAG + "system_kind", "adapter"),  # versions before systems were all adapters
                 "gate": tags.get(TAG + "gate", ""),
                 "failed_checks": tags.get(TAG + "gate_failed", ""),
                 "primary": tags.get(TAG + "primary", ""),
@@ -148,7 +149,18 @@ def versions(registry: Registry, job: str) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(
-        rows, columns=["version", "aliases", "gate", "failed_checks", "primary", "value", "run_folder", "registered"]
+        rows,
+        columns=[
+            "version",
+            "aliases",
+            "system",
+            "gate",
+            "failed_checks",
+            "primary",
+            "value",
+            "run_folder",
+            "registered",
+        ],
     ).set_index("version")
 
 
