@@ -193,7 +193,12 @@ def model_card(card: JobCard, version: str, evidence: Evidence) -> str:
             if comparison.decision_rule
             else []
         ),
-        *([paired["verdict"], ""] if paired else []),
+        *([paired["verdict"], ""] if paired and baseline.get("variant") != e.system.variant else []),
+        *(
+            [f"Against the trivial answer: {comparison.mcnemar_trivial['verdict']}", ""]
+            if comparison.mcnemar_trivial
+            else []
+        ),
         "## Release gate",
         "",
         e.gate.verdict,
