@@ -57,6 +57,23 @@ def test_the_gate_passes_an_adapter_no_worse_than_the_reference(card):
     }
 
 
+def test_a_trained_model_replaces_an_untrained_champion_only_when_better_beyond_chance(card):
+    truth = ["billing"] * 20 + ["technical"] * 20
+    shipped = frame(truth, ["billing"] * 30 + ["technical"] * 10)  # 30 of 40 right
+    same = gating.gate(
+        card, shipped, shipped, "champion v1", regression=CALM, parity_result=MATCHING, must_improve=True
+    )
+    assert not same.passed and same.failed == ["beats_shipped_baseline"]
+    assert "could be chance" in next(c for c in same.checks if c.check == "beats_shipped_baseline").detail
+    better = gating.gate(
+        card, frame(truth, truth), shipped, "champion v1", regression=CALM, parity_result=MATCHING, must_improve=True
+    )
+    assert better.passed  # fixed 10, broke 0: exact McNemar p = 0.002
+    untrained = gating.gate(card, shipped, shipped, "v1", regression=None, parity_result=MATCHING, trained=False)
+    probe = next(c for c in untrained.checks if c.check == "general_regression")
+    assert untrained.passed and probe.passed and "trains no weights" in probe.detail
+
+
 def test_the_gate_names_every_failing_check(card):
     truth = ["billing"] * 12 + ["escalate"] * 6
     reference = frame(truth, truth)

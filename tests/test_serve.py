@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunebook import cli, registry, serve
 from tunebook.errors import TunebookError
-from tunebook.runfolder import MODEL_ARTIFACT, RunFolder, manifest_path
+from tunebook.runfolder import MODEL_ARTIFACT, RunFolder
 
 
 def test_predict_uses_the_champion_on_a_file_of_inputs(released, tiny_model, tmp_path, capsys, monkeypatch):
@@ -58,7 +58,7 @@ def test_a_release_reaches_the_cache_whole_even_with_three_fetches_at_once(relea
     real = serve.download
 
     def watched(*args, **kwargs):
-        complete = manifest_path(final.adapter_dir).is_file() and final.job_card.is_file()
+        complete = (final.root / MODEL_ARTIFACT / "MLmodel").is_file() and final.job_card.is_file()
         half_seen.append(final.root.exists() and not complete)
         return real(*args, **kwargs)
 
@@ -74,7 +74,7 @@ def test_a_release_reaches_the_cache_whole_even_with_three_fetches_at_once(relea
     final.job_card.parent.mkdir(parents=True)
     final.job_card.write_text("name: left by an interrupted fetch\n")
     serve.fetch_release(store, "support_triage")
-    assert "support_triage" in final.job_card.read_text() and manifest_path(final.adapter_dir).is_file()
+    assert "support_triage" in final.job_card.read_text() and (final.root / MODEL_ARTIFACT / "MLmodel").is_file()
     assert [p.name for p in final.root.parent.iterdir()] == [final.root.name]
     # A fetch that fails half-way leaves nothing behind.
     shutil.rmtree(final.root)

@@ -166,8 +166,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from tunebook.runfolder import STEPS
 
     result = evaluate_run_folder(args.run_dir, _step_parameters(STEPS[4], args)).results()
+    evaluated = "tuned" if result.system_kind in ("adapter", "mixed") else f"{result.system_variant} (no training)"
     print(
-        f"[tunebook] tuned {result.primary} {result.metrics[result.primary]:.3f}; against the best baseline "
+        f"[tunebook] {evaluated} {result.primary} {result.metrics[result.primary]:.3f}; against the best baseline "
         f"({result.baseline_variant}): {'better' if result.beats_baseline else 'not shown better'}, "
         f"McNemar p = {result.mcnemar_p_value}"
     )

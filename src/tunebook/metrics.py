@@ -121,7 +121,8 @@ def baseline_verdict(
         text = (
             f"On validation, the best cheap baseline ({variant}) meets every target on the card: fine-tuning is not "
             f"warranted. Ship {variant}: 04 evaluates it, 05 releases it and 06 watches it; train only if something "
-            "the card does not measure demands it (FORCE_TRAINING=true), and then the adapter must beat it."
+            "the card does not measure demands it (FORCE_TRAINING=true); once it is the champion, an adapter must beat it "
+            "beyond chance to replace it."
         )
         if close:
             text += (

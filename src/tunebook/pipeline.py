@@ -302,7 +302,8 @@ def training_skipped(run: RunFolder) -> str | None:
     if baseline.meets_targets:
         return (
             f"{variant} already meets every target on the card on validation, so fine-tuning is not warranted; it is "
-            "evaluated and released instead (FORCE_TRAINING=true trains anyway, and the adapter must then beat it)"
+            "evaluated and released instead (FORCE_TRAINING=true trains anyway; once this baseline is the champion, an "
+            "adapter must beat it beyond chance to replace it)"
         )
     return None
 
