@@ -17,7 +17,7 @@ from tunebook.predict import read_predictions
 from tunebook.registry import TAG, Registry, champion, download
 from tunebook.runfolder import RunFolder
 from tunebook.serve import load_released
-from tunebook.stats import part_drops
+from tunebook.stats import mcnemar, part_drops
 
 
 def compare(card: JobCard, baseline_scores: Scores, tuned_scores: Scores, name: str = "tuned") -> ReleaseComparison:
@@ -158,8 +158,6 @@ def _untrained_check() -> GateCheck:
 
 
 def _improvement_check(card: JobCard, reference: pd.DataFrame, challenger: pd.DataFrame, alpha: float) -> GateCheck:
-    from tunebook.stats import mcnemar
-
     paired = mcnemar(card, reference, challenger, alpha)
     return GateCheck(
         check="beats_shipped_baseline",

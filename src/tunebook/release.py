@@ -13,7 +13,10 @@ from tunebook.artifacts import Manifest
 from tunebook.decoding import PromptPrefix
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
-from tunebook.predict import merged_model, predict, serves_merged
+from tunebook.lineage import check_adapter_matches
+from tunebook.models import model_identity
+from tunebook.predict import load_trained, merged_model, predict, serves_merged
+from tunebook.system import load_system, read_system, same_answers
 
 
 def merged_for_parity(base_model: str, adapter_dir: str | Path, manifest: Manifest) -> PreTrainedModel | None:
@@ -83,8 +86,6 @@ def latency(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: Jo
 
 def system_parity(loaded, evaluated: pd.DataFrame, examples: pd.DataFrame, batch_size: int = 8) -> dict:
     """Does the system as served (``LoadedSystem``) answer ``examples`` as 04 scored them (``evaluated``)?"""
-    from tunebook.system import same_answers
-
     served_answers = loaded.answer(examples, batch_size)
     expected = evaluated.set_index("id").loc[served_answers["id"]].reset_index()
     same = same_answers(served_answers, expected)
@@ -124,9 +125,6 @@ def serving_checks(
 ) -> tuple[dict, dict]:
     """05's checks of what ships, for any system: does the served form answer as 04 evaluated it (for an adapter:
     merged against adapter-on-base), and how fast does it answer one request at a time."""
-    from tunebook.predict import load_trained
-    from tunebook.system import load_system, read_system
-
     card, test = run.read_job_card(), run.read_splits()["test"]
     if not read_system(run).trained:
         loaded = load_system(run, base_model)
@@ -134,6 +132,7 @@ def serving_checks(
         checked = system_parity(loaded, evaluated, test.head(parity_examples), batch_size)
         return checked, system_latency(loaded, test.head(latency_examples))
     manifest = run.read_manifest()
+    check_adapter_matches(manifest, card, model_identity(base_model))
     model, tokenizer = load_trained(base_model, run.adapter_dir, manifest)
     merged = merged_for_parity(base_model, run.adapter_dir, manifest)
     checked = parity(model, merged, tokenizer, card, test.head(parity_examples), batch_size)

@@ -10,7 +10,7 @@ import pandas as pd
 from tunebook.cache import cache_dir, move_into_place, staging_path
 from tunebook.data import load_table
 from tunebook.errors import TunebookError
-from tunebook.pyfunc import Answerer
+from tunebook.pyfunc import Answerer, refuse_pickled
 from tunebook.registry import Registry, champion, download, get_version
 from tunebook.runfolder import MODEL_ARTIFACT, RunFolder, manifest_path
 
@@ -80,8 +80,6 @@ def load_released(
     release = _fetch(registry, chosen)
     if _is_pyfunc(chosen):
         import mlflow.pyfunc
-
-        from tunebook.pyfunc import refuse_pickled
 
         refuse_pickled(release.root / MODEL_ARTIFACT, str(chosen.version))
         loaded = mlflow.pyfunc.load_model(
