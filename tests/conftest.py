@@ -79,6 +79,32 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(int(threads))
 
 
+def free_port() -> int:
+    """A local port nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_serving(server, url: str, seconds: float) -> None:
+    """Wait until the server process answers ``url``/ping; fail with its output if it dies or takes too long."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()[-3000:]
+        time.sleep(0.5)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "support_triage"
 TRAFFIC = EXAMPLE / "traffic"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 
 from tunebook.job import load_job_card
 
@@ -36,12 +36,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 RUN_ALL_SECONDS = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _prepare(workspace: Path, notebook: str, parameters: dict) -> None:
@@ -66,7 +60,7 @@ def lab(tmp_path_factory, tiny_model):
     (workspace / "notebooks").mkdir()
     shutil.copy(ROOT / "notebooks" / "00_define_the_job.ipynb", workspace / "notebooks")
     _prepare(workspace, "01_clean_the_data.ipynb", {"BASE_MODEL": tiny_model})
-    port = _free_port()
+    port = free_port()
     settings = tmp_path_factory.mktemp("lab-settings")
     # every cell attached to the page, so that the test reads the prompts and outputs of cells out of view
     tracker = settings / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import pytest
 import torch
-from conftest import keyword_tickets, tol
+from conftest import free_port, keyword_tickets, tol, wait_until_serving
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunebook import cli, registry, serve
@@ -253,21 +253,12 @@ def test_the_prompt_prefix_cache_gives_the_answers_of_a_full_pass(small_job, tin
     assert not prefix.covers(other, [prefix.tokens + [1]])  # a cache belongs to the model that computed it
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_over_http_like_tunebook_predict_and_logs_every_answer(
     released, tiny_model, tmp_path, monkeypatch
 ):
     import os
     import subprocess
     import sys
-    import time
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
@@ -281,7 +272,7 @@ def test_mlflow_models_serve_answers_over_http_like_tunebook_predict_and_logs_ev
     expected = serve.predict_file(
         store, "support_triage", tmp_path / "tickets.csv", tmp_path / "out.jsonl", tiny_model, progress=False
     )
-    port, log = _free_port(), tmp_path / "served" / "log.jsonl"
+    port, log = free_port(), tmp_path / "served" / "log.jsonl"
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # mlflow execs uvicorn
@@ -301,16 +292,7 @@ def test_mlflow_models_serve_answers_over_http_like_tunebook_predict_and_logs_ev
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()[-3000:]
-            time.sleep(1)
+        wait_until_serving(server, url, 240)
 
         def post(rows: list[dict]) -> list[dict]:
             body = json.dumps({"dataframe_records": rows}).encode()

@@ -10,14 +10,13 @@ import pickle
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import keyword_job
+from conftest import free_port, keyword_job, wait_until_serving
 
 from tunebook import evaluation, pipeline, registration, registry, releasing, serve
 from tunebook.errors import TunebookError
@@ -171,26 +170,17 @@ def test_json_answers_come_back_as_objects_and_others_as_they_are():
     assert json_answers(triage, pd.Series(["billing"])).tolist() == ["billing"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_tunebook_serve_answers_over_http_and_bad_requests_get_a_400_without_a_stack_trace(
     systems, tmp_path, monkeypatch
 ):
     runs, store, releases = systems
     evaluated = releases["classical"][2]
-    port = _free_port()
+    port = free_port()
     # the README's command, as written: the console script of this environment, no PATH set up by hand
     command = [str(Path(sys.executable).parent / "tunebook"), "serve", "--job", JOB, "--runs-dir", str(runs)]
     monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = "/usr/bin:/bin"  # uvicorn is not on it: `tunebook serve` must find it itself
-    started = time.monotonic()
     server = subprocess.Popen(
         [*command, "--port", str(port)],
         env=env,
@@ -211,15 +201,7 @@ def test_tunebook_serve_answers_over_http_and_bad_requests_get_a_400_without_a_s
             return error.code, json.loads(error.read())
 
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.monotonic() - started < 120, server.stdout.read().decode()[-3000:]
-            time.sleep(0.5)
+        wait_until_serving(server, url, 120)
         status, good = post({"dataframe_records": evaluated[["id", "text"]].to_dict("records")})
         assert status == 200 and [p["prediction"] for p in good["predictions"]] == evaluated["prediction"].tolist()
         rows = [{"id": "a", "text": "my invoice is wrong"}, {"id": "b", "text": "  "}]
