@@ -170,8 +170,10 @@ def evaluate_run(
             else None
         )
         rule, extra = candidate.rule, {"system": candidate.spec, "answer_budget": candidate.spec.answer_budget}
-        stored = run.read_predictions(run.variant_predictions(candidate.spec.variant, "test"))
-        extra["agreement_with_baseline_step"] = float(system.same_answers(stored, tuned).mean()) if len(tuned) else 1.0
+        from_02 = run.read_predictions(run.variant_predictions(candidate.spec.variant, "test"))
+        extra["agreement_with_baseline_step"] = (
+            float(system.same_answers(from_02, tuned).mean()) if len(tuned) else 1.0
+        )
         overfit, general = None, None
     else:
         model, tokenizer = candidate.model, candidate.tokenizer
