@@ -76,7 +76,7 @@ def lineage(run: RunFolder, card: JobCard, dataset: DatasetVersion, manifest: Ma
         job_card_sha256=card_hash(card),
         dataset_hash=dataset.hash,
         dataset_source=dataset.source,
-        base_model=manifest.base_model if manifest is not None else (spec.base_model or {}),
+        base_model=spec.base_model or {},
         adapter_sha256=file_hash(weights) if weights else None,
         training_config=manifest.config if manifest is not None else {},
         git_commit=manifest.git_commit if manifest is not None else git_commit(),
@@ -149,7 +149,7 @@ def model_card(card: JobCard, version: str, evidence: Evidence) -> str:
         e.dataset,
     )
     rows, failures, paired = _metric_rows(e), _failure_modes(e), comparison.mcnemar
-    base = manifest.base_model if manifest is not None else (e.system.base_model or {})
+    base = e.system.base_model or {}
     checks = "\n".join(
         f"| {c.check} | {'pass' if c.passed else 'FAIL'}{'' if c.blocking else ' (not blocking)'} | {c.detail} |"
         for c in e.gate.checks
@@ -261,7 +261,7 @@ def _metrics_to_log(e: Evidence) -> dict:
 def _tags(card: JobCard, e: Evidence, adapter_sha: str | None, system_sha: str) -> dict[str, str]:
     """What a registry version is searched and listed by: origin, hashes, system, recipe, gate, headline figures."""
     primary = e.tuned.primary
-    base = e.manifest.base_model if e.manifest is not None else (e.system.base_model or {})
+    base = e.system.base_model or {}
     return {
         "run_dir": str(e.run.root.resolve()),
         "system_kind": e.system.kind,
@@ -315,7 +315,7 @@ def publish_run(
         "job": card.name,
         "task_kind": card.task_kind,
         "system": e.system.kind,
-        "base_model": (e.manifest.base_model if e.manifest is not None else (e.system.base_model or {})).get("name"),
+        "base_model": (e.system.base_model or {}).get("name"),
         "dataset_hash": e.dataset.hash,
         "train": e.manifest.config if e.manifest is not None else {},
     }

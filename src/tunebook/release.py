@@ -67,20 +67,29 @@ def parity(
 def latency(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: JobCard, examples: pd.DataFrame) -> dict:
     """Per-example inference time as a service answers (one example at a time, the system prompt's cache computed
     once beforehand, one warm-up call): p50 and p95 in milliseconds."""
+    prefix = PromptPrefix(model, tokenizer, card)
+    return _one_at_a_time(
+        lambda one: predict(model, tokenizer, card, one, batch_size=1, progress=False, prefix=prefix),
+        examples,
+        str(next(model.parameters()).device),
+    )
+
+
+def _one_at_a_time(answer, examples: pd.DataFrame, device: str) -> dict:
+    """p50 and p95 milliseconds of ``answer`` called on one example at a time, after one warm-up call."""
     if not len(examples):
         raise TunebookError("latency needs at least one example; LATENCY_EXAMPLES must be positive.")
-    prefix = PromptPrefix(model, tokenizer, card)
-    predict(model, tokenizer, card, examples.iloc[:1], batch_size=1, progress=False, prefix=prefix)
+    answer(examples.iloc[:1])
     times = []
     for i in range(len(examples)):
         start = time.perf_counter()
-        predict(model, tokenizer, card, examples.iloc[i : i + 1], batch_size=1, progress=False, prefix=prefix)
+        answer(examples.iloc[i : i + 1])
         times.append((time.perf_counter() - start) * 1000)
     return {
         "n": len(times),
         "p50_ms": float(np.percentile(times, 50)),
         "p95_ms": float(np.percentile(times, 95)),
-        "device": str(next(model.parameters()).device),
+        "device": device,
     }
 
 
@@ -103,21 +112,8 @@ def system_parity(loaded, evaluated: pd.DataFrame, examples: pd.DataFrame, batch
 def system_latency(loaded, examples: pd.DataFrame) -> dict:
     """Per-example time of a loaded system as a service answers (one example at a time, after one warm-up call):
     p50 and p95 in milliseconds."""
-    if not len(examples):
-        raise TunebookError("latency needs at least one example; LATENCY_EXAMPLES must be positive.")
-    loaded.answer(examples.iloc[:1], 1)
-    times = []
-    for i in range(len(examples)):
-        start = time.perf_counter()
-        loaded.answer(examples.iloc[i : i + 1], 1)
-        times.append((time.perf_counter() - start) * 1000)
     device = "cpu" if loaded.model is None else str(next(loaded.model.parameters()).device)
-    return {
-        "n": len(times),
-        "p50_ms": float(np.percentile(times, 50)),
-        "p95_ms": float(np.percentile(times, 95)),
-        "device": device,
-    }
+    return _one_at_a_time(lambda one: loaded.answer(one, 1), examples, device)
 
 
 def serving_checks(

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tunebook.artifacts import System
-from tunebook.classical import ClassicalModel, Retriever, load_classical_file, save_classical
+from tunebook.classical import ClassicalModel, Retriever, load_classical_file
 from tunebook.decide import DecisionRule, decided_frame
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
@@ -63,11 +63,10 @@ def adopt_variant(run: RunFolder, name: str, why: str) -> System:
     for found, target in (
         (run.variant_rule(name), run.system_rule),
         (run.variant_shots(name), run.system_shots),
+        (run.variant_model(name), run.system_classical),
     ):
         if found.is_file():
             shutil.copy2(found, target)
-    if spec.kind == "classical":
-        save_classical(load_classical_file(run.variant_model(name)), run.system_classical)
     run.write_system(spec)
     return spec
 
@@ -91,7 +90,7 @@ def adopt_trained(run: RunFolder, rule: DecisionRule | None, answer_budget: int,
     if rule is not None:
         run.write_rule(rule, run.system_rule)
     if mixed:
-        save_classical(load_classical_file(run.classical_model), run.system_classical)
+        shutil.copy2(run.classical_model, run.system_classical)
     run.write_system(spec)
     return spec
 
