@@ -176,6 +176,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
+    # deferred, as in every command here: each imports only what it runs, so `tunebook --help` starts at once
     from tunebook.releasing import release_run_folder
     from tunebook.runfolder import STEPS
 
@@ -216,6 +217,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     """Replace this process with ``mlflow models serve`` on the job's champion (or version), with this environment's
     programs on PATH (MLflow starts uvicorn by name) and the registry and base model it was given."""
+    # deferred, as in every command here: each imports only what it runs
     from tunebook.pyfunc import BASE_MODEL_ENV
     from tunebook.registry import champion, get_version
 

@@ -13,6 +13,7 @@ from tunebook import baselines, metrics, models, predict
 from tunebook.errors import TunebookError
 from tunebook.pipeline import StepSettings
 from tunebook.runfolder import RunFolder
+from tunebook.stats import bootstrap
 
 
 @dataclass
@@ -88,8 +89,6 @@ def prove_baseline(run: RunFolder, base: LoadedBase, settings: BaselineSettings)
 def ship_verdict(card, best: baselines.VariantRun, test_scores: dict, resamples: int) -> dict:
     """Whether the chosen variant already does the job, judged on validation (its 95% interval shown where a target
     is met only by the estimate); the test figures are reported, not used."""
-    from tunebook.stats import bootstrap
-
     val_scores = metrics.evaluate(card, best.val)
     table = bootstrap(card, best.val, resamples) if len(best.val) else None
     bands = {} if table is None else {key: (row["low"], row["high"]) for key, row in table.iterrows()}

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from tunebook import inference_log
 from tunebook.errors import DataError, ModelNotFoundError, TunebookError
@@ -118,9 +121,6 @@ class ReleasedModel:
         try:
             return self.answerer.answer(model_input)
         except DataError as error:
-            from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
 
 
@@ -132,8 +132,6 @@ def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ReleasedMo
 def refuse_pickled(model_folder: Path, version: str) -> None:
     """Refuse an MLflow model folder whose pyfunc flavour is a pickled python model (releases before this tunebook):
     loading it would run code taken from the registry."""
-    import yaml
-
     meta = yaml.safe_load((model_folder / "MLmodel").read_text(encoding="utf-8")) or {}
     flavour = (meta.get("flavors") or {}).get("python_function") or {}
     if flavour.get("loader_module") != __name__:
