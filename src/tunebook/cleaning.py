@@ -9,8 +9,10 @@ from pathlib import Path
 import pandas as pd
 
 from tunebook import artifacts, audit, data, dataset, feedback, models
-from tunebook.errors import TunebookError
+from tunebook.errors import DataError, TunebookError
 from tunebook.job import JobCard
+from tunebook.knowledge import Knowledge, check_fits, read_knowledge
+from tunebook.knowledge.passages import save_knowledge
 from tunebook.pipeline import StepSettings
 from tunebook.runfolder import RunFolder
 
@@ -60,6 +62,42 @@ class Audited:
     removed: list
     keep: set
     found: audit.Audit
+    knowledge: Knowledge | None = None  # the card's documents as passages (knowledge jobs)
+    fresh_knowledge: Knowledge | None = None  # their later version, for the freshness test
+
+
+def read_knowledge_of(card: JobCard, tokenizer, max_length: int) -> tuple[Knowledge | None, Knowledge | None]:
+    """The card's documents (and their later version) as checked passages: ``k`` of the longest must fit half of
+    ``max_length`` tokens, leaving the rest of the prompt and the answer room."""
+    spec = card.knowledge
+    if spec is None:
+        return None, None
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    read = []
+    for folder in (spec.documents, spec.fresh_documents):
+        if folder is None:
+            read.append(None)
+            continue
+        knowledge = read_knowledge(folder, spec.passage_words)
+        check_fits(knowledge, count, max_length // 2, spec.k)
+        read.append(knowledge)
+    return read[0], read[1]
+
+
+def check_sources(examples: pd.DataFrame, knowledge: Knowledge, source: str) -> None:
+    """Stop when an example names a source article the documents do not have."""
+    known = set(knowledge.articles)
+    unknown = [
+        (row.row, row.id, [a for a in row.sources if a not in known])
+        for row in examples.itertuples()
+        if any(a not in known for a in row.sources)
+    ]
+    if unknown:
+        listed = "; ".join(f"row {r} (id {i}): {ids}" for r, i, ids in unknown[:10])
+        raise DataError(
+            f"{source}: {len(unknown)} example(s) name source articles that are not in {knowledge.folder}: {listed}. "
+            "Fix the ids (an article's id is its front matter id or file name) or add the articles."
+        )
 
 
 def read_and_audit(run: RunFolder, settings: CleanSettings) -> Audited:
@@ -85,6 +123,9 @@ def read_and_audit(run: RunFolder, settings: CleanSettings) -> Audited:
     keep = {i for i, d in decisions.items() if d["action"] == "keep"}
     clean, removed = data.clean(decided, invalid, keep=keep)
     tokenizer = models.load_tokenizer(models.resolve_base_model(settings.base_model))
+    knowledge, fresh = read_knowledge_of(card, tokenizer, settings.max_length)
+    if knowledge is not None:
+        check_sources(examples, knowledge, card.data.path)
     found = audit.run_audit(
         card,
         clean,
@@ -95,7 +136,19 @@ def read_and_audit(run: RunFolder, settings: CleanSettings) -> Audited:
         settings.max_length,
     )
     return Audited(
-        card, examples, invalid, skipped, decisions, frozen, difference, clean, decided_report + removed, keep, found
+        card,
+        examples,
+        invalid,
+        skipped,
+        decisions,
+        frozen,
+        difference,
+        clean,
+        decided_report + removed,
+        keep,
+        found,
+        knowledge,
+        fresh,
     )
 
 
@@ -149,6 +202,13 @@ def split_and_version(run: RunFolder, audited: Audited, settings: CleanSettings)
         counts_before=len(audited.examples),
         test_source=settings.test_file or None,
     )
+    for knowledge, folder, field in (
+        (audited.knowledge, run.knowledge_dir, "knowledge"),
+        (audited.fresh_knowledge, run.fresh_knowledge_dir, "fresh_knowledge"),
+    ):
+        if knowledge is not None:
+            save_knowledge(knowledge, folder)
+            setattr(version, field, knowledge_record(knowledge))
     run.write_dataset(splits, version, removed)
     review = audit.needs_review(found, audited.decisions)
     data_card = audit.write_data_card(
@@ -157,6 +217,17 @@ def split_and_version(run: RunFolder, audited: Audited, settings: CleanSettings)
     cleaned = Cleaned(splits, version, removed, near_removed, test_findings, leaked, cross_split, review, data_card)
     run.write_results("01_clean_the_data", recorded_results(audited, cleaned))
     return cleaned
+
+
+def knowledge_record(knowledge: Knowledge) -> artifacts.KnowledgeVersion:
+    """What the dataset version records of one version of the documents."""
+    return artifacts.KnowledgeVersion(
+        version=knowledge.version,
+        folder=knowledge.folder,
+        articles=len(knowledge.articles),
+        passages=len(knowledge.passages),
+        passage_words=knowledge.passage_words,
+    )
 
 
 def cleaning_policy(settings: CleanSettings, decisions: dict) -> dict:

@@ -14,6 +14,11 @@ from tunebook.job import JobCard
 from tunebook.outputs import canonical, target_problems
 
 COLUMNS = ["id", "text", "target", "tags"]
+# a knowledge job's examples also carry the article ids each answer rests on, its key facts, and those facts under
+# a later version of the documents
+KNOWLEDGE_COLUMNS = ["sources", "facts", "fresh_facts"]
+# what retrieval adds to an input: the passages' ids, the text the model is shown, the best passage's score
+CONTEXT_COLUMNS = ["retrieved", "context", "top_score"]
 SPLITS = ("train", "val", "test")
 
 
@@ -137,6 +142,9 @@ def to_examples(
             "tags": frame[spec.tags_column].astype(str).values if spec.tags_column in columns else "",
         }
     )
+    if card.knowledge is not None:
+        for name, values in knowledge_columns(frame, card, source).items():
+            examples[name] = values
     repeated = examples["id"][examples["id"].duplicated()].unique().tolist()
     if repeated:
         raise DataError(
@@ -202,6 +210,60 @@ def load_second_file(
             "decisions and reports refer to rows by id, so they must be unique across both files. Rename them in one file."
         )
     return frozen, invalid
+
+
+def example_columns(frame: pd.DataFrame) -> list[str]:
+    """The example columns ``frame`` holds: id, text, target, tags, then any knowledge columns."""
+    return COLUMNS + [c for c in KNOWLEDGE_COLUMNS if c in frame]
+
+
+def answer_frame(examples: pd.DataFrame) -> pd.DataFrame:
+    """A fresh frame for answers to ``examples``: their example columns and any retrieved context, in row order."""
+    carried = example_columns(examples) + [c for c in CONTEXT_COLUMNS if c in examples]
+    return examples[carried].reset_index(drop=True).copy()
+
+
+def _text_list(value: object, where: str, what: str, comma_separated: bool) -> list[str]:
+    """A list of strings from a cell: a list, a JSON list, a comma-separated string (sources) or empty."""
+    if isinstance(value, list):
+        items = value
+    elif not str(value).strip():
+        items = []
+    elif str(value).lstrip().startswith("["):
+        try:
+            items = json.loads(str(value))
+        except json.JSONDecodeError:
+            raise DataError(f"{where}: {what} is not a JSON list ({str(value)[:60]!r}).") from None
+    elif comma_separated:
+        items = str(value).split(",")
+    else:
+        items = [value]
+    if not all(isinstance(item, str) for item in items):
+        raise DataError(f"{where}: {what} must be a list of strings, got {value!r}.")
+    return [item.strip() for item in items if item.strip()]
+
+
+def knowledge_columns(frame: pd.DataFrame, card: JobCard, source: str) -> dict[str, list[list[str]]]:
+    """The knowledge columns of a knowledge job's file, as lists: the source column is required, the fact columns
+    are read when the card names them and the file has them."""
+    spec, columns = card.knowledge, list(frame.columns)
+    if spec.source_column not in columns:
+        raise DataError(
+            f"{source}: no column '{spec.source_column}' (knowledge.source_column in the job card)"
+            f"{closest(spec.source_column, columns)}: each example names the article id(s) its answer rests on "
+            "('' when no article holds it), which is how retrieval is measured. Columns in the file: "
+            f"{columns}."
+        )
+    wanted = {"sources": spec.source_column, "facts": spec.facts_column, "fresh_facts": spec.fresh_facts_column}
+    found = {}
+    for name, column in wanted.items():
+        if column is None or column not in columns:
+            continue
+        found[name] = [
+            _text_list(value, f"{source}, row {row} ({column})", column, comma_separated=name == "sources")
+            for row, value in enumerate(frame[column].tolist(), start=1)
+        ]
+    return found
 
 
 def normalise(text: str) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tunebook.artifacts import DatasetVersion, SourceFile, SplitVersion
-from tunebook.data import COLUMNS, SPLITS
+from tunebook.data import SPLITS, example_columns
 from tunebook.errors import DataError
 from tunebook.job import JobCard
 
@@ -96,7 +96,7 @@ def split_with_frozen_test(
 def frame_hash(frame: pd.DataFrame) -> str:
     """Content hash of the example columns, in order."""
     digest = hashlib.sha256()
-    for record in frame[COLUMNS].to_dict(orient="records"):
+    for record in frame[example_columns(frame)].to_dict(orient="records"):
         digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()
@@ -145,7 +145,7 @@ def save_splits(splits: dict[str, pd.DataFrame], paths: dict[str, Path]) -> None
     """Write each split as JSONL (with its source row numbers) to its path."""
     for name, frame in splits.items():
         paths[name].parent.mkdir(parents=True, exist_ok=True)
-        frame[["row", *COLUMNS]].to_json(paths[name], orient="records", lines=True, force_ascii=False)
+        frame[["row", *example_columns(frame)]].to_json(paths[name], orient="records", lines=True, force_ascii=False)
 
 
 def load_splits(paths: dict[str, Path]) -> dict[str, pd.DataFrame]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
+from tunebook.data import answer_frame
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 
@@ -77,7 +78,7 @@ def decided_frame(
     else:
         chosen = np.array(card.choices)[np.asarray(probs).argmax(axis=1)]
     probs = np.asarray(probs, dtype=float)
-    result = examples[["id", "text", "target", "tags"]].reset_index(drop=True).copy()
+    result = answer_frame(examples)
     index = [card.choices.index(c) for c in chosen]
     result["confidence"] = np.round(probs[np.arange(len(index)), index], 6) if len(index) else []
     result["prediction"] = chosen

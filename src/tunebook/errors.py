@@ -32,3 +32,7 @@ def closest(name: str, options: Iterable[str]) -> str:
     """Return a ' (did you mean ...?)' hint for the closest option, or ''."""
     match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class KnowledgeError(TunebookError):
+    """The documents named in the job card's ``knowledge`` section cannot be used as given."""

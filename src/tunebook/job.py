@@ -113,6 +113,36 @@ class Monitoring(_Strict):
     min_window: int = Field(default=30, ge=5, description="fewer logged predictions than this raise no alert")
 
 
+RETRIEVER_CHOICES = ("auto", "bm25", "dense", "hybrid")
+
+
+class KnowledgeSpec(_Strict):
+    """The documents the answers must follow (a help centre, a policy, a price list), read at runtime.
+
+    Each file of ``documents`` (Markdown, plain text or HTML) is one article; its id comes from its front matter
+    (``id:``) or its file name. Articles are split into passages of at most ``passage_words`` words at paragraph
+    and sentence boundaries; ``k`` passages go into each prompt.
+    """
+
+    documents: str = Field(min_length=1, description="Folder of articles, relative to the card's folder.")
+    fresh_documents: str | None = Field(
+        default=None, description="A later version of the same documents, for the freshness test."
+    )
+    passage_words: int = Field(default=120, ge=20, le=1000)
+    retriever: Literal["auto", "bm25", "dense", "hybrid"] = Field(
+        default="auto", description="auto: the best on the validation split by recall@k, then MRR."
+    )
+    k: int = Field(default=3, ge=1, le=20, description="Passages in each prompt.")
+    source_column: str = Field(default="source", description="Data column: the article id(s) each answer rests on.")
+    facts_column: str | None = Field(default="facts", description="Data column: key facts a right answer states.")
+    fresh_facts_column: str | None = Field(
+        default=None, description="Data column: the same key facts under fresh_documents ([] when removed)."
+    )
+    abstain_phrase: str = Field(
+        min_length=1, description="What an answer says when the passages do not hold the answer (hand over)."
+    )
+
+
 class Targets(_Strict):
     """Success targets the tuned model must meet."""
 
@@ -126,6 +156,10 @@ class Targets(_Strict):
     argument_exact_match: float | None = Field(default=None, ge=0, le=1)
     max_invalid_call_rate: float | None = Field(default=None, ge=0, le=1)
     rule_pass_rate: float | None = Field(default=None, ge=0, le=1)
+    fact_accuracy: float | None = Field(default=None, ge=0, le=1)
+    groundedness: float | None = Field(default=None, ge=0, le=1)
+    citation_validity: float | None = Field(default=None, ge=0, le=1)
+    abstention: float | None = Field(default=None, ge=0, le=1)
     must_never_failures: int = Field(default=0, ge=0)
 
 
@@ -162,6 +196,7 @@ class JobCard(_Strict):
     targets: Targets = Field(default_factory=Targets)
     decision: DecisionAnswers
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    knowledge: KnowledgeSpec | None = Field(default=None, description="Documents retrieved into each prompt.")
 
     @model_validator(mode="after")
     def _check_kind(self) -> JobCard:
@@ -368,10 +403,17 @@ def load_job_card(path: str | Path) -> JobCard:
     if isinstance(data, dict):
         data = _inline_files(data, path)
     card = parse_job_card(data, str(path))
-    data_path = Path(card.data.path)
-    if not data_path.is_absolute():
-        card.data.path = str((path.parent / data_path).resolve())
+    card.data.path = _beside(path, card.data.path)
+    if card.knowledge is not None:
+        card.knowledge.documents = _beside(path, card.knowledge.documents)
+        if card.knowledge.fresh_documents:
+            card.knowledge.fresh_documents = _beside(path, card.knowledge.fresh_documents)
     return card
+
+
+def _beside(card_path: Path, path: str) -> str:
+    """``path`` resolved against the card's folder unless it is absolute."""
+    return path if Path(path).is_absolute() else str((card_path.parent / path).resolve())
 
 
 def save_job_card(card: JobCard, path: str | Path) -> Path:

@@ -47,6 +47,10 @@ _TARGETS = {
     "argument_exact_match": ("argument_exact_match", True),
     "max_invalid_call_rate": ("invalid_call_rate", False),
     "rule_pass_rate": ("rule_pass_rate", True),
+    "fact_accuracy": ("fact_accuracy", True),
+    "groundedness": ("groundedness", True),
+    "citation_validity": ("citation_validity", True),
+    "abstention": ("abstention", True),
 }
 
 

@@ -15,10 +15,12 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunebook.artifacts import Manifest
+from tunebook.data import answer_frame
 from tunebook.decide import DecisionRule, decided_frame
 from tunebook.decoding import PromptPrefix, Shots, generate, label_log_likelihoods
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
+from tunebook.knowledge.render import model_inputs
 from tunebook.models import compute_dtype, load_model, load_tokenizer
 from tunebook.prompts import encode_target, tool_prefix
 from tunebook.tasks import task_of
@@ -158,7 +160,7 @@ def answer_choices(
     result, chosen, probs = decided_frame(card, examples, probs, rule, other)
     if not task_of(card).choice_is_answer:
         budget = max_new_tokens or task_of(card).max_new_tokens
-        texts = examples["text"].tolist()
+        texts = model_inputs(examples)
         result["prediction"] = generate(
             model,
             tokenizer,
@@ -196,10 +198,11 @@ def predict(
     ``other_model`` (anything with ``predict_proba(texts)``, e.g. the classical model) when the rule mixes one in.
     ``prefix``: the shared prompt start's cache, computed once for this model (``decoding.PromptPrefix``).
     """
-    texts = examples["text"].tolist()
+    texts = model_inputs(examples)
     if card.choices:
         probs = choose(model, tokenizer, card, texts, batch_size, progress, shots, prefix)[1]
-        other = other_model.predict_proba(texts) if rule is not None and rule.mix_weight > 0 else None
+        raw = examples["text"].tolist()
+        other = other_model.predict_proba(raw) if rule is not None and rule.mix_weight > 0 else None
         return answer_choices(
             model,
             tokenizer,
@@ -214,7 +217,7 @@ def predict(
             max_new_tokens=max_new_tokens,
             prefix=prefix,
         )
-    result = examples[["id", "text", "target", "tags"]].reset_index(drop=True).copy()
+    result = answer_frame(examples)
     budget = max_new_tokens or task_of(card).max_new_tokens
     result["prediction"] = generate(model, tokenizer, card, texts, None, batch_size, budget, progress, shots, prefix)
     return result
@@ -253,7 +256,7 @@ def predict_with_rule(
     frames, probs, others = {}, {}, {}
     for split in ("val", "test"):
         texts = splits[split]["text"].tolist()
-        probs[split] = choose(model, tokenizer, card, texts, batch_size, progress)[1]
+        probs[split] = choose(model, tokenizer, card, model_inputs(splits[split]), batch_size, progress)[1]
         others[split] = other_model.predict_proba(texts) if other_model is not None else None
     truth = [stratum(card, t) for t in splits["val"]["target"]]
     rule = fit_rule(card, probs["val"], truth, others["val"], "classical" if other_model is not None else None)

@@ -3,6 +3,7 @@ baseline to beat, and the verdict says whether fine-tuning is warranted."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ import pandas as pd
 
 from tunebook import baselines, metrics, models, predict
 from tunebook.errors import TunebookError
+from tunebook.knowledge.context import KnowledgeIndex
+from tunebook.knowledge.measure import choose_retriever, compare_retrievers
+from tunebook.knowledge.passages import load_knowledge
 from tunebook.pipeline import StepSettings
 from tunebook.runfolder import RunFolder
 from tunebook.stats import bootstrap
@@ -62,11 +66,49 @@ class Proof:
     verdict: dict  # judged on validation
     base_identity: dict | None = None
     answer_budget: int | None = None
+    retrieval: Retrieval | None = None
+
+
+@dataclass
+class Retrieval:
+    """How each retriever found the validation questions' source articles, the one chosen, and its index."""
+
+    table: pd.DataFrame
+    chosen: str
+    why: str
+    index: KnowledgeIndex
+
+    def record(self) -> dict:
+        """The comparison as the step's results and ``retrieval.json`` keep it."""
+        return {
+            "chosen": self.chosen,
+            "why": self.why,
+            "k": self.index.k,
+            "knowledge_version": self.index.knowledge.version,
+            "table": json.loads(self.table.to_json(orient="index")),
+        }
+
+
+def choose_retrieval(run: RunFolder, card, splits: dict[str, pd.DataFrame]) -> Retrieval | None:
+    """For a knowledge job: every available retriever scored on the validation split (recall@k, MRR of each
+    question's source article), the card's choice or, for ``auto``, the best; None for a job without documents."""
+    spec = card.knowledge
+    if spec is None:
+        return None
+    knowledge = load_knowledge(run.knowledge_dir)
+    names = None if spec.retriever == "auto" else [spec.retriever]
+    table, fitted = compare_retrievers(knowledge, splits["val"], spec.k, names)
+    if spec.retriever == "auto":
+        chosen, why = choose_retriever(table, spec.k)
+    else:
+        chosen, why = spec.retriever, "named by the job card (knowledge.retriever)"
+    return Retrieval(table, chosen, why, KnowledgeIndex(knowledge, fitted[chosen], spec.k))
 
 
 def prove_baseline(run: RunFolder, base: LoadedBase, settings: BaselineSettings) -> Proof:
     """Run every cheap variant on validation and test, choose the best on validation, and judge it on test."""
     card, splits = run.read_job_card(), run.read_splits()
+    retrieval = choose_retrieval(run, card, splits)
     runs = baselines.run_variants(
         base.model,
         base.tokenizer,
@@ -76,14 +118,33 @@ def prove_baseline(run: RunFolder, base: LoadedBase, settings: BaselineSettings)
         settings.seed,
         settings.eval_batch_size,
         base.answer_budget,
+        index=retrieval.index if retrieval else None,
     )
     table = baselines.variant_table(card, runs, settings.bootstrap_resamples)
     best = baselines.best_variant(runs, card)
     scores = metrics.evaluate(card, best.test)
     verdict = ship_verdict(card, best, scores, settings.bootstrap_resamples)
+    if retrieval is not None:
+        verdict["text"] += "\n" + layers(card, best, retrieval)
     identity = models.model_identity(base.path)
     prompting = baselines.best_prompting(runs, card)
-    return Proof(runs, table, best, prompting, scores, verdict, identity, base.answer_budget)
+    return Proof(runs, table, best, prompting, scores, verdict, identity, base.answer_budget, retrieval)
+
+
+def layers(card, best: baselines.VariantRun, retrieval: Retrieval) -> str:
+    """Which layer carries what, in plain words, for a job answered from documents."""
+    facts = (
+        f"the documents carry the facts ({retrieval.index.k} passages per question, found by {retrieval.chosen}: "
+        f"{retrieval.why})"
+        if best.kind == "rag"
+        else "this baseline answers without the documents, so facts it states come from the model's weights, "
+        "which do not change when the documents do"
+    )
+    return f"Layers: {facts}; the prompt carries the task's instructions and rules at runtime" + (
+        "; a tuned adapter, if trained, carries only the habit (answering from passages, in the job's tone)."
+        if card.decision.repeats_enough and card.decision.examples_collectable
+        else "."
+    )
 
 
 def ship_verdict(card, best: baselines.VariantRun, test_scores: dict, resamples: int) -> dict:
@@ -107,10 +168,11 @@ def save_proof(run: RunFolder, proof: Proof) -> None:
         proof.base_identity,
         proof.answer_budget,
     )
-    run.write_results(
-        "02_prove_the_baseline",
-        baselines.recorded_results(proof.scores, proof.best, proof.prompting, proof.table, proof.verdict),
-    )
+    results = baselines.recorded_results(proof.scores, proof.best, proof.prompting, proof.table, proof.verdict)
+    if proof.retrieval is not None:
+        results.retrieval = proof.retrieval.record()
+        run.retrieval_report.write_text(json.dumps(results.retrieval, indent=2) + "\n", encoding="utf-8")
+    run.write_results("02_prove_the_baseline", results)
 
 
 def prove_run_folder(run_dir: str | Path, parameters: dict) -> Proof:

@@ -194,6 +194,26 @@ class RunFolder:
         return self.data_dir / f"{split}.jsonl"
 
     @property
+    def knowledge_dir(self) -> Path:
+        """01's passages of the card's documents, with their version."""
+        return self.data_dir / "knowledge"
+
+    @property
+    def fresh_knowledge_dir(self) -> Path:
+        """01's passages of the card's later documents (the freshness test), with their version."""
+        return self.data_dir / "knowledge_fresh"
+
+    @property
+    def retrieval_report(self) -> Path:
+        """02's comparison of the retrievers on validation, and the one chosen."""
+        return self.baseline_dir / "retrieval.json"
+
+    @property
+    def knowledge_index(self) -> Path:
+        """The retrieval index 02 chose on validation, over 01's passages."""
+        return self.baseline_dir / "knowledge"
+
+    @property
     def baseline_dir(self) -> Path:
         return self.root / "baseline"
 
@@ -288,6 +308,11 @@ class RunFolder:
     @property
     def system_classical(self) -> Path:
         return self.system_dir / "classical.npz"
+
+    @property
+    def system_knowledge(self) -> Path:
+        """The retrieval index a system answers from (its passages, version, retriever and k)."""
+        return self.system_dir / "knowledge"
 
     @property
     def system_shots(self) -> Path:

@@ -22,14 +22,13 @@ import pandas as pd
 
 from tunebook.artifacts import System
 from tunebook.classical import ClassicalModel, Retriever, load_classical_file
+from tunebook.data import answer_frame
 from tunebook.decide import DecisionRule, decided_frame
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
+from tunebook.knowledge.render import model_inputs
 from tunebook.runfolder import RunFolder, manifest_path, trained_weights
 from tunebook.tasks import task_of
-
-PREDICTION_COLUMNS = ("id", "text", "target", "tags")
-
 
 # --- writing a system's folder ----------------------------------------------------------------------------------------
 
@@ -67,6 +66,8 @@ def adopt_variant(run: RunFolder, name: str, why: str) -> System:
     ):
         if found.is_file():
             shutil.copy2(found, target)
+    if spec.knowledge:
+        shutil.copytree(run.knowledge_index, run.system_knowledge)
     run.write_system(spec)
     return spec
 
@@ -141,6 +142,12 @@ class LoadedSystem:
         if self.spec.kind == "retrieval" or (self.spec.kind == "classical" and self.spec.needs_language_model):
             pool = read_shots(folder.system_shots)
             self.retriever = Retriever(pd.DataFrame(pool, columns=["text", "target"]))
+        self.index = None
+        if self.spec.knowledge:
+            # deferred: the retrievers' libraries load only for a system that answers from documents
+            from tunebook.knowledge.context import load_index
+
+            self.index = load_index(folder.system_knowledge)
         self.model = self.tokenizer = self.prefix = None
         if self.spec.needs_language_model:
             self._load_language_model(base_model, serving)
@@ -195,6 +202,8 @@ class LoadedSystem:
         fixed set the confidence and one probability per choice."""
         if self.spec.kind == "trivial":
             return self._trivial(examples)
+        if self.index is not None:
+            examples = self.index.attach(examples)
         card, texts = self.card, examples["text"].tolist()
         if self.spec.kind == "classical" and task_of(card).choice_is_answer:  # no language model, no torch
             return decided_frame(card, examples, self.classical.predict_proba(texts), self.rule)[0]
@@ -205,8 +214,9 @@ class LoadedSystem:
             if self.spec.kind == "classical":
                 probs = self.classical.predict_proba(texts)
             else:
+                inputs = model_inputs(examples)
                 probs = predict.choose(
-                    self.model, self.tokenizer, card, texts, batch_size, progress, shots, self.prefix
+                    self.model, self.tokenizer, card, inputs, batch_size, progress, shots, self.prefix
                 )[1]
             other = self.classical.predict_proba(texts) if self.spec.kind == "mixed" else None
             return predict.answer_choices(
@@ -228,7 +238,7 @@ class LoadedSystem:
         )
 
     def _trivial(self, examples: pd.DataFrame) -> pd.DataFrame:
-        frame = examples[list(PREDICTION_COLUMNS)].reset_index(drop=True).copy()
+        frame = answer_frame(examples)
         frame["prediction"] = self.spec.trivial_answer
         if self.card.choices:
             shares = self.spec.trivial_shares or {}

@@ -11,6 +11,7 @@ from tunebook.tasks.base import TaskKind
 from tunebook.tasks.classification import Classification
 from tunebook.tasks.drafting import Drafting
 from tunebook.tasks.extraction import Extraction
+from tunebook.tasks.grounded import Grounded
 from tunebook.tasks.tool_selection import ToolSelection
 
 KINDS: dict[str, TaskKind] = {
@@ -19,8 +20,13 @@ KINDS: dict[str, TaskKind] = {
 
 
 def task_of(card: JobCard) -> TaskKind:
-    """The task kind object of a job card."""
-    return KINDS[card.task_kind]
+    """The task kind object of a job card (answered from retrieved documents when the card has a knowledge
+    section)."""
+    kind = KINDS[card.task_kind]
+    return _GROUNDED.setdefault(kind.name, Grounded(kind)) if card.knowledge is not None else kind
+
+
+_GROUNDED: dict[str, Grounded] = {}
 
 
 __all__ = ["KINDS", "TaskKind", "task_of"]
