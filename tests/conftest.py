@@ -158,6 +158,9 @@ def write_job(
     for extra in ("output_schema_file", "tools_file"):
         if extra in card:
             shutil.copy(source / card[extra], folder / card[extra])
+    for documents in ("documents", "fresh_documents"):
+        if card.get("knowledge", {}).get(documents):
+            shutil.copytree(source / card["knowledge"][documents], folder / card["knowledge"][documents])
     if data_name.endswith(".csv"):
         if rows is None:
             frame = pd.read_csv(source / data_name, dtype=str, keep_default_na=False)

@@ -44,7 +44,10 @@ def test_markdown_text_and_html_are_read_as_articles_with_stable_ids(tmp_path):
     assert sorted(articles) == ["areas", "express-delivery", "password", "returns-window"]
     assert articles["areas"].title == "Where we deliver"
     assert articles["password"].title == "Resetting your password"
-    assert articles["password"].text == "Tap Forgot password on the sign-in screen.\n\nThe reset link expires after 24 hours."
+    assert (
+        articles["password"].text
+        == "Tap Forgot password on the sign-in screen.\n\nThe reset link expires after 24 hours."
+    )
     assert articles["returns-window"].title == "Returning an order" and "---" not in articles["returns-window"].text
 
 
@@ -107,7 +110,9 @@ def test_a_passage_too_long_for_the_context_names_its_file(tmp_path):
     from tunebook.knowledge import check_fits
 
     knowledge = read_knowledge(write_docs(tmp_path / "docs"))
-    with pytest.raises(KnowledgeError, match=r"returns-window\.md: passage returns-window has 180 tokens.*knowledge\.k"):
+    with pytest.raises(
+        KnowledgeError, match=r"returns-window\.md: passage returns-window has 180 tokens.*knowledge\.k"
+    ):
         check_fits(knowledge, lambda text: len(text.split()) * 10, limit=100, k=1)
     check_fits(knowledge, lambda text: len(text.split()), limit=100, k=3)
 
@@ -186,17 +191,41 @@ def test_facts_groundedness_citations_and_abstention_are_checked_by_program(grou
     frame = answers(
         [
             # right fact, grounded, cites a passage it was given
-            {"text": "express price?", "prediction": "It costs €6.95 [express-delivery].", "facts": ["€6.95"],
-             "sources": ["express-delivery"], "retrieved": ["express-delivery"], "context": context},
+            {
+                "text": "express price?",
+                "prediction": "It costs €6.95 [express-delivery].",
+                "facts": ["€6.95"],
+                "sources": ["express-delivery"],
+                "retrieved": ["express-delivery"],
+                "context": context,
+            },
             # wrong fact, invented: ungrounded, and cites a passage it was not given
-            {"text": "express price?", "prediction": "It costs €9.95 [returns-window].", "facts": ["€6.95"],
-             "sources": ["express-delivery"], "retrieved": ["express-delivery"], "context": context},
+            {
+                "text": "express price?",
+                "prediction": "It costs €9.95 [returns-window].",
+                "facts": ["€6.95"],
+                "sources": ["express-delivery"],
+                "retrieved": ["express-delivery"],
+                "context": context,
+            },
             # no answer in any document: handed over
-            {"text": "furniture?", "prediction": "I've passed your question to a colleague.", "facts": [],
-             "sources": [], "retrieved": ["areas"], "context": "[areas] Where we deliver\nBelgium."},
+            {
+                "text": "furniture?",
+                "prediction": "I've passed your question to a colleague.",
+                "facts": [],
+                "sources": [],
+                "retrieved": ["areas"],
+                "context": "[areas] Where we deliver\nBelgium.",
+            },
             # no answer, but the model invents one
-            {"text": "bitcoin?", "prediction": "Yes, bitcoin works in Ghent Store.", "facts": [], "sources": [],
-             "retrieved": [], "context": ""},
+            {
+                "text": "bitcoin?",
+                "prediction": "Yes, bitcoin works in Ghent Store.",
+                "facts": [],
+                "sources": [],
+                "retrieved": [],
+                "context": "",
+            },
         ]
     )
     scores = knowledge_metrics(grounded_card, frame)
@@ -205,7 +234,9 @@ def test_facts_groundedness_citations_and_abstention_are_checked_by_program(grou
     assert scores["knowledge_accuracy"] == pytest.approx(0.5)
     assert scores["citation_validity"] == pytest.approx(0.5)
     assert scores["groundedness"] == pytest.approx(1 / 3)  # €6.95 found; €9.95 and Ghent Store not
-    assert claims("Hi Ann,\n\nOrders before 15:00 ship to Luxembourg in 2 working days.\n\nParcelly Support", grounded_card) == [
+    assert claims(
+        "Hi Ann,\n\nOrders before 15:00 ship to Luxembourg in 2 working days.\n\nParcelly Support", grounded_card
+    ) == [
         "15:00",
         "2 working days",
         "Luxembourg",
@@ -215,8 +246,20 @@ def test_facts_groundedness_citations_and_abstention_are_checked_by_program(grou
 def test_freshness_counts_stale_facts_current_facts_and_hand_overs_on_removed_articles(grounded_card):
     frame = answers(
         [
-            {"text": "a", "prediction": "Within 30 days.", "facts": ["30 days"], "fresh_facts": ["14 days"], "sources": ["r"]},
-            {"text": "b", "prediction": "Within 14 days.", "facts": ["30 days"], "fresh_facts": ["14 days"], "sources": ["r"]},
+            {
+                "text": "a",
+                "prediction": "Within 30 days.",
+                "facts": ["30 days"],
+                "fresh_facts": ["14 days"],
+                "sources": ["r"],
+            },
+            {
+                "text": "b",
+                "prediction": "Within 14 days.",
+                "facts": ["30 days"],
+                "fresh_facts": ["14 days"],
+                "sources": ["r"],
+            },
             {"text": "c", "prediction": "€6.95.", "facts": ["€6.95"], "fresh_facts": ["€6.95"], "sources": ["e"]},
             {"text": "d", "prediction": "Next day.", "facts": ["next day"], "fresh_facts": [], "sources": ["gone"]},
         ]

@@ -258,6 +258,7 @@ class Comparison(Artifact):
     slices: dict[str, Any]
     system: dict[str, Any] | None = None  # what was evaluated (System), and how its answers agree with 02's
     mcnemar_trivial: dict[str, Any] | None = None
+    freshness: dict[str, Any] | None = None  # knowledge jobs: each answer set on the later documents
 
 
 # ---- adapter

@@ -4,6 +4,7 @@ abstention threshold chosen on validation; saved to the run folder for the relea
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ class Evaluation:
     answer_budget: int | None = None
     agreement_with_baseline_step: float | None = None
     paired_trivial: dict | None = None
+    freshness: pd.DataFrame | None = None  # knowledge jobs: every answer set asked again after the documents changed
 
     def labels(self) -> dict[str, str]:
         """Each compared answer set's name as tables show it."""
@@ -135,6 +137,7 @@ class Evaluation:
             if self.system is None
             else {**self.system.model_dump(), "agreement_with_02": self.agreement_with_baseline_step},
             mcnemar_trivial=self.paired_trivial,
+            freshness=None if self.freshness is None else json.loads(self.freshness.to_json(orient="index")),
         )
 
     def results(self) -> artifacts.EvaluateResults:
@@ -225,8 +228,81 @@ def evaluate_run(
         calibration=_calibration(card, tuned_val, tuned) if tuned_val is not None else None,
         general=general,
         paired_trivial=stats.mcnemar(card, trivial_frame, tuned) if trivial_frame is not None else None,
+        freshness=freshness_test(
+            run,
+            {
+                "prompting": (stored["prompting"].variant, frames["prompting"]),
+                "baseline": (stored["best"].variant, frames["baseline"]),
+                "tuned": (extra["system"].variant if "system" in extra else "tuned", tuned),
+            },
+            candidate,
+            settings,
+        ),
         **extra,
     )
+
+
+def freshness_test(
+    run: RunFolder,
+    frames: dict[str, tuple[str, pd.DataFrame]],
+    candidate: TunedModel | system.LoadedSystem,
+    settings: EvaluateSettings,
+) -> pd.DataFrame | None:
+    """For a job with a later version of its documents: each answer set asked the same test questions again with
+    nothing retrained. Answers given from passages are given again from the later documents (the same retriever
+    refitted, the same k); answers given without documents cannot change, and are scored against the later facts
+    as they are. Per answer set: the stale-fact rate, fresh-fact accuracy and hand-overs where the article was
+    removed, beside the fact accuracy on the documents it was evaluated with. ``frames``: each answer set's name, as
+    (the variant or system it came from, its test answers). None without later documents."""
+    card = run.read_job_card()
+    if card.knowledge is None or not run.fresh_knowledge_dir.is_dir():
+        return None
+    # deferred: the knowledge layer loads its retrievers only for a job with documents
+    from tunebook.knowledge.context import KnowledgeIndex, load_index
+    from tunebook.knowledge.grounding import freshness
+    from tunebook.knowledge.passages import load_knowledge
+
+    fresh = load_knowledge(run.fresh_knowledge_dir)
+    test = run.read_splits()["test"]
+    is_candidate = isinstance(candidate, system.LoadedSystem) and candidate.index is not None
+    asked_again: dict[str, pd.DataFrame] = {}
+
+    def again(variant: str) -> pd.DataFrame:
+        """The answer set ``variant`` asked again from the later documents."""
+        if variant in asked_again:
+            return asked_again[variant]
+        if is_candidate and variant == candidate.spec.variant:
+            asked_again[variant] = candidate.with_knowledge(fresh).answer(test, settings.eval_batch_size)
+            return asked_again[variant]
+        # 02's variant answering from passages: the base model with the same retriever refitted on the later documents
+        index = load_index(run.knowledge_index)
+        updated = KnowledgeIndex(fresh, type(index.retriever)().fit(fresh.passages), index.k)
+        spec = run.read_system(run.variant_system(variant))
+        if isinstance(candidate, system.LoadedSystem) and not candidate.spec.trained and candidate.model is not None:
+            base, tokenizer = candidate.model, candidate.tokenizer
+        else:
+            path = (
+                candidate.base_model
+                if isinstance(candidate, TunedModel)
+                else models.resolve_base_model(settings.base_model)
+            )
+            base, tokenizer = predict.load_for_inference(path)
+        asked_again[variant] = predict.predict(
+            base, tokenizer, card, updated.attach(test), settings.eval_batch_size, max_new_tokens=spec.answer_budget
+        )
+        return asked_again[variant]
+
+    rows = {}
+    for name, (variant, frame) in frames.items():
+        from_passages = "retrieved" in frame
+        later = again(variant) if from_passages else frame
+        figures = freshness(card, later)
+        rows[name] = {
+            "answers from": "passages" if from_passages else "weights only",
+            "fact accuracy (documents evaluated)": round(metrics.evaluate(card, frame).get("fact_accuracy", 0.0), 4),
+            **{key: round(value, 4) if isinstance(value, float) else value for key, value in figures.items()},
+        }
+    return pd.DataFrame(rows).T
 
 
 def _overfitting(

@@ -12,6 +12,7 @@ them.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -236,6 +237,21 @@ class LoadedSystem:
         return predict.predict(
             self.model, self.tokenizer, card, examples, batch_size, progress, shots, budget, prefix=self.prefix
         )
+
+    def with_knowledge(self, knowledge) -> LoadedSystem:
+        """This system answering from another version of its documents (the same retriever refitted, the same k,
+        nothing retrained): how a knowledge update is tested and released."""
+        if self.index is None:
+            raise TunebookError("this system answers without documents: a knowledge version changes nothing in it.")
+        # deferred: see __init__
+        from tunebook.knowledge.context import build_index
+
+        updated = copy.copy(self)
+        updated.index = build_index(knowledge, self.index.name, self.index.k)
+        updated.spec = self.spec.model_copy(
+            update={"knowledge": {**self.spec.knowledge, "version": knowledge.version}}
+        )
+        return updated
 
     def _trivial(self, examples: pd.DataFrame) -> pd.DataFrame:
         frame = answer_frame(examples)

@@ -1,0 +1,98 @@
+"""The help-centre example through the workbook on the tiny model: 01 reads and versions the documents, 02 measures
+the retrievers on validation and answers from retrieved passages, and that RAG system is evaluated, asked again
+after the documents change (the freshness test) and answers with the passages it used."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import EXAMPLE, write_job
+
+from tunebook import evaluation, pipeline, system
+from tunebook.approach import decide_approach
+from tunebook.errors import KnowledgeError
+from tunebook.job import load_job_card
+from tunebook.knowledge.passages import load_knowledge
+from tunebook.runfolder import RunFolder
+
+HELP_CENTRE = EXAMPLE.parent / "help_centre"
+
+
+def test_the_help_centre_card_asks_for_the_hybrid_stack():
+    decision = decide_approach(load_job_card(HELP_CENTRE / "job.yaml"))
+    assert decision.approach == "hybrid"
+
+
+@pytest.fixture(scope="module")
+def rag_run(tmp_path_factory, tiny_model):
+    """The help-centre example (a few questions) after 00, 01 and 02."""
+    root = tmp_path_factory.mktemp("help_centre")
+    card = write_job(root / "job", per_label=5, example="help_centre")
+    run_dir, _ = pipeline.run_workbook(
+        {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "BOOTSTRAP_RESAMPLES": 50, "K_SHOTS": 1},
+        root / "runs",
+        "rag",
+        steps=pipeline.NOTEBOOKS[:3],
+        progress=False,
+    )
+    return RunFolder(run_dir)
+
+
+def test_01_versions_both_document_sets_and_02_measures_retrieval_on_validation(rag_run):
+    version = rag_run.read_dataset_version()
+    knowledge, fresh = load_knowledge(rag_run.knowledge_dir), load_knowledge(rag_run.fresh_knowledge_dir)
+    assert version.knowledge.version == knowledge.version and version.fresh_knowledge.version == fresh.version
+    assert knowledge.version != fresh.version
+    assert version.knowledge.articles == len(knowledge.articles) > 50
+    results = rag_run.read_results("02_prove_the_baseline")
+    table = results.retrieval["table"]
+    assert results.retrieval["chosen"] in table and "bm25" in table
+    assert all(0 <= row["recall@3"] <= 1 and 0 <= row["mrr"] <= 1 for row in table.values())
+    assert "rag" in results.variants  # the base model answering from retrieved passages
+    assert "Layers:" in results.verdict
+
+
+def test_the_rag_system_answers_with_the_passages_it_used_and_takes_a_new_knowledge_version(rag_run, tiny_model):
+    system.adopt_variant(rag_run, "rag", "chosen for this test")
+    loaded = system.load_system(rag_run, tiny_model)
+    assert (
+        loaded.spec.kind == "rag" and loaded.spec.knowledge["version"] == load_knowledge(rag_run.knowledge_dir).version
+    )
+    test = rag_run.read_splits()["test"]
+    answers = loaded.answer(test)
+    assert all(isinstance(ids, list) and len(ids) <= 3 for ids in answers["retrieved"])
+    assert answers["context"].str.len().gt(0).any()
+    fresh = load_knowledge(rag_run.fresh_knowledge_dir)
+    updated = loaded.with_knowledge(fresh)
+    assert updated.spec.knowledge["version"] == fresh.version and loaded.spec.knowledge["version"] != fresh.version
+    later = updated.answer(test)
+    removed = set(load_knowledge(rag_run.knowledge_dir).articles) - set(fresh.articles)
+    assert not any(i.split("#")[0] in removed for ids in later["retrieved"] for i in ids)
+
+    evaluated = evaluation.evaluate_run(
+        rag_run, loaded, evaluation.EvaluateSettings(bootstrap_resamples=50, train_sample=0)
+    )
+    assert {"knowledge_accuracy", "fact_accuracy", "groundedness", "citation_validity", "abstention"} <= set(
+        evaluated.scores
+    )
+    table = evaluated.freshness
+    assert table is not None and set(table.index) == {"prompting", "baseline", "tuned"}
+    assert table.loc["tuned", "answers from"] == "passages"
+    assert {"stale_fact_rate", "fresh_fact_accuracy", "removed_abstention"} <= set(table.columns)
+
+
+def test_a_card_whose_documents_folder_is_empty_stops_in_01_before_anything_is_written(tmp_path, tiny_model):
+    card = write_job(tmp_path / "job", per_label=2, example="help_centre")
+    empty = tmp_path / "job" / "docs" / "v1"
+    for path in sorted(empty.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    with pytest.raises(Exception) as error:
+        pipeline.run_workbook(
+            {"JOB_CARD": str(card), "BASE_MODEL": tiny_model},
+            tmp_path / "runs",
+            "empty",
+            steps=pipeline.NOTEBOOKS[:2],
+            progress=False,
+        )
+    assert "no documents" in str(error.value) or isinstance(error.value, KnowledgeError)
+    run = RunFolder(tmp_path / "runs" / "empty")
+    assert not run.dataset_version.exists() and not run.knowledge_dir.exists()
