@@ -48,7 +48,9 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--retrievers", default="bm25,dense,hybrid", help="comma-separated names to measure")
     args = parser.parse_args()
+    wanted = args.retrievers.split(",")
     corpus = passages(args.passages)
     questions = pd.read_json(ROOT / "examples" / "help_centre" / "questions.jsonl", lines=True)["text"]
     queries = [q for q in questions.astype(str) if q.strip()][: args.queries]
@@ -56,6 +58,8 @@ def main() -> None:
     print(f"{len(corpus)} passages (mean {words:.0f} words), {len(queries)} queries one at a time, k={args.k}")
     rows = []
     for name, cls in sorted(RETRIEVERS.items(), key=lambda item: item[1].simplicity):
+        if name not in wanted:
+            continue
         if cls.available():
             print(f"{name}: skipped ({cls.available()})")
             continue
@@ -80,6 +84,7 @@ def main() -> None:
                 "target p50 ms": query_target,
             }
         )
+        print(rows[-1], flush=True)
     print(pd.DataFrame(rows).to_string(index=False))
 
 

@@ -96,3 +96,51 @@ def test_a_card_whose_documents_folder_is_empty_stops_in_01_before_anything_is_w
     assert "no documents" in str(error.value) or isinstance(error.value, KnowledgeError)
     run = RunFolder(tmp_path / "runs" / "empty")
     assert not run.dataset_version.exists() and not run.knowledge_dir.exists()
+
+
+def test_hybrid_training_quotes_passages_and_04_compares_it_with_the_document_blind_adapter(
+    rag_run, tiny_model, tmp_path
+):
+    import shutil
+
+    from tunebook import train
+    from tunebook.knowledge.raft import raft_frame
+    from tunebook.prompts import render_text
+
+    run = RunFolder(tmp_path / "run")
+    shutil.copytree(rag_run.root, run.root)
+    shutil.rmtree(run.system_dir, ignore_errors=True)
+    result = train.train_run_folder(
+        run.root, {"BASE_MODEL": tiny_model, "MAX_STEPS": 2, "QUANTIZATION": "none", "GENERAL_MIX": 0.0}
+    )
+    knowledge = load_knowledge(run.knowledge_dir)
+    assert result.manifest.knowledge_version == knowledge.version
+    assert result.blind is not None and result.blind.manifest.knowledge_version is None
+    assert result.blind.adapter_dir == run.blind_adapter_dir
+
+    card, splits = run.read_job_card(), run.read_splits()
+    index = train.training_index(run, card)
+    raft = raft_frame(card, splits["train"], index)
+    answerable = raft[raft["sources"].map(len) > 0]
+    shown, hidden = answerable[answerable["source_shown"]], answerable[~answerable["source_shown"]]
+    assert all(any(i.split("#")[0] in row.sources for i in row.retrieved) for row in shown.itertuples())
+    assert not any(i.split("#")[0] in row.sources for row in hidden.itertuples() for i in row.retrieved)
+    assert all(card.knowledge.abstain_phrase in target for target in hidden["target"])
+    tokenizer = __import__("tunebook.models", fromlist=["x"]).load_tokenizer(tiny_model)
+    first = shown.iloc[0]
+    assert "Passages:\n[" in render_text(tokenizer, card, f"Passages:\n{first.context}\n\nMessage:\n{first.text}")
+
+    evaluated = evaluation.evaluate_run(
+        run,
+        evaluation.load_candidate(run, tiny_model),
+        evaluation.EvaluateSettings(bootstrap_resamples=50, train_sample=0, base_model=tiny_model),
+    )
+    assert "retrieved" in evaluated.tuned and "blind" in evaluated.named_scores
+    assert evaluated.labels()["blind"] == "tuned, document-blind"
+    assert evaluated.paired_blind is not None
+    table = evaluated.freshness
+    assert table.loc["blind", "answers from"] == "weights only" and table.loc["tuned", "answers from"] == "passages"
+    evaluation.save_evaluation(run, evaluated)
+    spec = run.read_system()
+    assert spec.trained and spec.knowledge["version"] == knowledge.version
+    assert (run.system_knowledge / "index.json").is_file()

@@ -259,6 +259,7 @@ class Comparison(Artifact):
     system: dict[str, Any] | None = None  # what was evaluated (System), and how its answers agree with 02's
     mcnemar_trivial: dict[str, Any] | None = None
     freshness: dict[str, Any] | None = None  # knowledge jobs: each answer set on the later documents
+    mcnemar_blind: dict[str, Any] | None = None  # hybrid jobs: with passages against the document-blind adapter
 
 
 # ---- adapter
@@ -343,6 +344,7 @@ class Manifest(Artifact):
     attention: str = "sdpa"
     peak_memory_mb: float
     peak_gpu_memory_mb: float | None = None
+    knowledge_version: str | None = None  # hybrid: the documents its training prompts quoted (none: document-blind)
     device: str
     processes: int
     versions: dict[str, str]

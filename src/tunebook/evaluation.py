@@ -16,7 +16,7 @@ from tunebook import artifacts, baselines, decide, lineage, metrics, models, pre
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard
 from tunebook.pipeline import StepSettings
-from tunebook.runfolder import STEPS, RunFolder
+from tunebook.runfolder import STEPS, RunFolder, manifest_path, read_manifest
 from tunebook.tasks import task_of
 
 
@@ -107,6 +107,7 @@ class Evaluation:
     agreement_with_baseline_step: float | None = None
     paired_trivial: dict | None = None
     freshness: pd.DataFrame | None = None  # knowledge jobs: every answer set asked again after the documents changed
+    paired_blind: dict | None = None  # hybrid jobs: the tuned model with passages against the document-blind one
 
     def labels(self) -> dict[str, str]:
         """Each compared answer set's name as tables show it."""
@@ -115,7 +116,8 @@ class Evaluation:
             "trivial": "trivial answer",
             "prompting": f"prompting ({self.prompting_variant})",
             "baseline": f"best baseline ({self.baseline_variant})",
-            "tuned": tuned,
+            "tuned": tuned + (" with passages" if "blind" in self.named_scores else ""),
+            "blind": "tuned, document-blind",
         }
         return {name: label for name, label in found.items() if name in self.named_scores}
 
@@ -137,6 +139,7 @@ class Evaluation:
             if self.system is None
             else {**self.system.model_dump(), "agreement_with_02": self.agreement_with_baseline_step},
             mcnemar_trivial=self.paired_trivial,
+            mcnemar_blind=self.paired_blind,
             freshness=None if self.freshness is None else json.loads(self.freshness.to_json(orient="index")),
         )
 
@@ -180,17 +183,20 @@ def evaluate_run(
         overfit, general = None, None
     else:
         model, tokenizer = candidate.model, candidate.tokenizer
+        answered = _with_passages(run, candidate, splits)
         tuned, tuned_val, rule, tuned_probs = predict.predict_with_rule(
             model,
             tokenizer,
             card,
-            splits,
+            answered,
             baselines.load_classical(run),
             settings.eval_batch_size,
             max_new_tokens=candidate.answer_budget,
         )
         extra = {"answer_budget": candidate.answer_budget}
-        overfit = _overfitting(candidate, card, splits["train"], splits["test"], settings, tuned, rule, tuned_probs)
+        overfit = _overfitting(
+            candidate, card, answered["train"], answered["test"], settings, tuned, rule, tuned_probs
+        )
         general = _general_probe(candidate, settings.regression_max_increase)
     scores = metrics.evaluate(card, tuned)
     stored = {name: run.read_scores(run.baseline_scores(name)) for name in ("prompting", "best")}
@@ -199,6 +205,9 @@ def evaluate_run(
         "baseline": run.read_predictions(run.baseline_predictions("best")),
         "tuned": tuned,
     }
+    blind = _blind_answers(run, candidate, splits["test"], settings)
+    if blind is not None:
+        frames["blind"] = blind
     trivial = run.variant_predictions("trivial", "test")
     trivial_frame = run.read_predictions(trivial) if trivial.is_file() else None
     return Evaluation(
@@ -212,6 +221,7 @@ def evaluate_run(
             "prompting": stored["prompting"].as_dict(),
             "baseline": stored["best"].as_dict(),
             "tuned": scores,
+            **({"blind": metrics.evaluate(card, blind)} if blind is not None else {}),
         },
         baseline_variant=stored["best"].variant,
         prompting_variant=stored["prompting"].variant,
@@ -228,15 +238,18 @@ def evaluate_run(
         calibration=_calibration(card, tuned_val, tuned) if tuned_val is not None else None,
         general=general,
         paired_trivial=stats.mcnemar(card, trivial_frame, tuned) if trivial_frame is not None else None,
+        paired_blind=stats.mcnemar(card, blind, tuned) if blind is not None else None,
         freshness=freshness_test(
             run,
             {
                 "prompting": (stored["prompting"].variant, frames["prompting"]),
                 "baseline": (stored["best"].variant, frames["baseline"]),
                 "tuned": (extra["system"].variant if "system" in extra else "tuned", tuned),
+                **({"blind": ("blind", blind)} if blind is not None else {}),
             },
             candidate,
             settings,
+            rule,
         ),
         **extra,
     )
@@ -247,6 +260,7 @@ def freshness_test(
     frames: dict[str, tuple[str, pd.DataFrame]],
     candidate: TunedModel | system.LoadedSystem,
     settings: EvaluateSettings,
+    rule: decide.DecisionRule | None = None,
 ) -> pd.DataFrame | None:
     """For a job with a later version of its documents: each answer set asked the same test questions again with
     nothing retrained. Answers given from passages are given again from the later documents (the same retriever
@@ -274,9 +288,21 @@ def freshness_test(
         if is_candidate and variant == candidate.spec.variant:
             asked_again[variant] = candidate.with_knowledge(fresh).answer(test, settings.eval_batch_size)
             return asked_again[variant]
-        # 02's variant answering from passages: the base model with the same retriever refitted on the later documents
         index = load_index(run.knowledge_index)
         updated = KnowledgeIndex(fresh, type(index.retriever)().fit(fresh.passages), index.k)
+        if isinstance(candidate, TunedModel) and variant == "tuned":  # the hybrid adapter, nothing retrained
+            asked_again[variant] = predict.predict(
+                candidate.model,
+                candidate.tokenizer,
+                card,
+                updated.attach(test),
+                settings.eval_batch_size,
+                max_new_tokens=candidate.answer_budget,
+                rule=rule,
+                other_model=baselines.load_classical(run) if rule is not None and rule.mix_weight else None,
+            )
+            return asked_again[variant]
+        # 02's variant answering from passages: the base model with the same retriever refitted on the later documents
         spec = run.read_system(run.variant_system(variant))
         if isinstance(candidate, system.LoadedSystem) and not candidate.spec.trained and candidate.model is not None:
             base, tokenizer = candidate.model, candidate.tokenizer
@@ -303,6 +329,31 @@ def freshness_test(
             **{key: round(value, 4) if isinstance(value, float) else value for key, value in figures.items()},
         }
     return pd.DataFrame(rows).T
+
+
+def _with_passages(run: RunFolder, candidate: TunedModel, splits: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The splits with retrieved passages where the adapter was trained with them (as it will answer), else as given."""
+    if not candidate.manifest.knowledge_version:
+        return splits
+    # deferred: the knowledge layer loads its retrievers only for a job with documents
+    from tunebook.knowledge.context import load_index
+
+    index = load_index(run.knowledge_index)
+    return {name: index.attach(frame) for name, frame in splits.items()}
+
+
+def _blind_answers(
+    run: RunFolder, candidate: TunedModel | system.LoadedSystem, test: pd.DataFrame, settings: EvaluateSettings
+) -> pd.DataFrame | None:
+    """Hybrid jobs: the document-blind adapter's test answers (no passages), or None where 03 trained none."""
+    if isinstance(candidate, system.LoadedSystem) or not manifest_path(run.blind_adapter_dir).is_file():
+        return None
+    model, tokenizer = predict.load_trained(
+        candidate.base_model, run.blind_adapter_dir, read_manifest(run.blind_adapter_dir)
+    )
+    return predict.predict(
+        model, tokenizer, run.read_job_card(), test, settings.eval_batch_size, max_new_tokens=candidate.answer_budget
+    )
 
 
 def _overfitting(

@@ -38,6 +38,9 @@ class LoggedPrediction(BaseModel):
     decision: str | None = None  # "most likely", or "routed" where the card's costs chose a guarded answer
     probabilities: dict[str, float] | None = None
     latency_ms: float
+    knowledge_version: str | None = None  # the documents a system answering from them was released with
+    retrieved: list[str] | None = None  # the passages it was given, best first
+    top_score: float | None = None  # the retriever's score of the best one
 
 
 def text_hash(text: str) -> str:
@@ -46,10 +49,17 @@ def text_hash(text: str) -> str:
 
 
 def log_records(
-    job: str, version: str, answers: pd.DataFrame, texts: list[str], latency_ms: float, keep_text: str = "full"
+    job: str,
+    version: str,
+    answers: pd.DataFrame,
+    texts: list[str],
+    latency_ms: float,
+    keep_text: str = "full",
+    knowledge_version: str | None = None,
 ) -> list[LoggedPrediction]:
     """The log lines for one batch of answers (columns id, prediction, and confidence and p_* where the task has
-    them), each with the batch's latency per example."""
+    them, retrieved and top_score where the system answers from documents), each with the batch's latency per
+    example."""
     if keep_text not in TEXT_MODES:
         raise DataError(f"{TEXT_ENV} must be one of {', '.join(TEXT_MODES)}, got '{keep_text}'.")
     stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -74,6 +84,9 @@ def log_records(
                 else ("most likely" if row["prediction"] == most_likely else "routed"),
                 probabilities=probabilities,
                 latency_ms=round(latency_ms, 3),
+                knowledge_version=knowledge_version,
+                retrieved=list(row["retrieved"]) if "retrieved" in row else None,
+                top_score=float(row["top_score"]) if "top_score" in row else None,
             )
         )
     return records

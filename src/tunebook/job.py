@@ -94,6 +94,9 @@ MonitorSignal = Literal[
     "labelled_metric_drop",
     "labelled_metric_p_value",
     "must_never_p_value",
+    "top_score_p_value",
+    "no_passage_increase",
+    "knowledge_mismatch",
 ]
 
 

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
+from scipy.stats import mannwhitneyu
 
 from tunebook import drift
-from tunebook.errors import DataError, closest
+from tunebook.errors import DataError, KnowledgeError, closest
 from tunebook.job import JobCard, MonitorRule
+from tunebook.knowledge import read_knowledge
 from tunebook.metrics import evaluate
 from tunebook.stats import bootstrap, fully_correct, permutation_drop
 
@@ -27,8 +29,12 @@ DEFAULT_RULES = (
     MonitorRule(signal="estimated_accuracy_drop", threshold=0.10),
     MonitorRule(signal="labelled_metric_p_value", threshold=0.01),
     MonitorRule(signal="must_never_p_value", threshold=0.01),
+    MonitorRule(signal="top_score_p_value", threshold=0.001),
+    MonitorRule(signal="no_passage_increase", threshold=0.10),
+    MonitorRule(signal="knowledge_mismatch", threshold=0.5),
 )
 FIRES_BELOW = {
+    "top_score_p_value",
     "length_p_value",
     "prediction_p_value",
     "confidence_p_value",
@@ -60,6 +66,7 @@ class Reference:
     metrics: dict
     accuracy: float
     predictions: pd.DataFrame
+    top_scores: pd.Series | None = None  # systems answering from documents: the best passage's score per question
 
 
 def reference_from(card: JobCard, predictions: pd.DataFrame) -> Reference:
@@ -74,6 +81,9 @@ def reference_from(card: JobCard, predictions: pd.DataFrame) -> Reference:
         metrics=evaluate(card, predictions),
         accuracy=float(np.mean(correct)),
         predictions=predictions[["id", "text", "target", "prediction"]].reset_index(drop=True),
+        top_scores=predictions["top_score"].astype(float).reset_index(drop=True)
+        if "top_score" in predictions
+        else None,
     )
 
 
@@ -96,6 +106,9 @@ def window_frame(log: pd.DataFrame, card: JobCard, size: int) -> pd.DataFrame:
     frame = pd.DataFrame(
         {"id": rows["id"].astype(str), "text": rows["text"], "text_length": rows["text_length"]}
     ).assign(prediction=rows["answer"], confidence=rows["confidence"], model_version=rows["model_version"])
+    for column in ("top_score", "knowledge_version"):
+        if column in rows:
+            frame[column] = rows[column].to_numpy()
     if card.choices and rows["probabilities"].notna().all() and len(rows):
         probabilities = pd.DataFrame(rows["probabilities"].tolist())
         for choice in card.choices:
@@ -189,9 +202,49 @@ def measure(
         )
         detail = {"reference_accuracy": reference.accuracy, "estimated_accuracy": estimate}
         out["estimated_accuracy_drop"] = (reference.accuracy - estimate, detail, "")
+    if reference.top_scores is not None and "top_score" in window and window["top_score"].notna().all():
+        out.update(retrieval_health(reference.top_scores, window["top_score"].astype(float)))
+    if card.knowledge is not None and "knowledge_version" in window and window["knowledge_version"].notna().any():
+        out["knowledge_mismatch"] = knowledge_on_disk(card, window["knowledge_version"].dropna().iloc[-1])
     if truth is not None:
         out.update(_labelled(card, reference, _joined(window, truth)))
     return out
+
+
+def retrieval_health(reference: pd.Series, window: pd.Series) -> dict[str, tuple[float | None, dict, str]]:
+    """Whether retrieval still finds what it found on the test split: a Mann-Whitney test of the best passage's
+    score (lower in the window), and the rise in the share of questions whose best passage scores under the test
+    split's 5th percentile (questions the documents do not cover)."""
+    floor = float(np.quantile(reference, 0.05))
+    p_value = (
+        float(mannwhitneyu(window, reference, alternative="less").pvalue) if len(window) and len(reference) else 1.0
+    )
+    share_before, share_now = float((reference < floor).mean()), float((window < floor).mean())
+    detail = {
+        "reference_median": float(reference.median()),
+        "window_median": float(window.median()),
+        "floor": floor,
+        "share_under_floor_reference": share_before,
+        "share_under_floor_window": share_now,
+    }
+    return {
+        "top_score_p_value": (p_value, detail, ""),
+        "no_passage_increase": (share_now - share_before, detail, ""),
+    }
+
+
+def knowledge_on_disk(card: JobCard, released: str) -> tuple[float, dict, str]:
+    """1.0 when the documents the card names no longer hash to the knowledge version the release answers from (the
+    served answers rest on documents that changed since), 0.0 when they match."""
+    try:
+        current = read_knowledge(card.knowledge.documents, card.knowledge.passage_words).version
+    except KnowledgeError as error:
+        return 1.0, {"released": released, "on_disk": None}, f"the documents cannot be read: {error}"
+    changed = current != released
+    note = (
+        "the documents changed since this version was released: release the new knowledge version" if changed else ""
+    )
+    return float(changed), {"released": released, "on_disk": current, "folder": card.knowledge.documents}, note
 
 
 def _labelled(card: JobCard, reference: Reference, labelled: pd.DataFrame) -> dict:

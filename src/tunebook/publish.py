@@ -181,6 +181,7 @@ def model_card(card: JobCard, version: str, evidence: Evidence) -> str:
         f"`{e.system.variant}`).",
         "",
         *([e.system.why, ""] if e.system.why else []),
+        *(_knowledge_lines(e.system.knowledge, e.dataset) if e.system.knowledge else []),
         *(_training_lines(manifest) if manifest is not None else ["No weights were trained for this version.", ""]),
         f"## Test split ({tuned['n']} examples; 95% bootstrap intervals)",
         "",
@@ -258,6 +259,19 @@ def _metrics_to_log(e: Evidence) -> dict:
     return logged
 
 
+def _knowledge_lines(knowledge: dict, dataset) -> list[str]:
+    """The model card's lines on the documents a system answers from."""
+    lines = [
+        f"It answers from documents: knowledge version `{knowledge['version']}` ({knowledge['k']} passages per "
+        f"question, retrieved by {knowledge['retriever']}). A new version of the documents is released without "
+        "retraining (`tunebook release --knowledge DIR`).",
+        "",
+    ]
+    if dataset.knowledge is not None:
+        lines[0] += f" Read from `{dataset.knowledge.folder}`: {dataset.knowledge.articles} articles."
+    return lines
+
+
 def _tags(card: JobCard, e: Evidence, adapter_sha: str | None, system_sha: str) -> dict[str, str]:
     """What a registry version is searched and listed by: origin, hashes, system, recipe, gate, headline figures."""
     primary = e.tuned.primary
@@ -272,6 +286,11 @@ def _tags(card: JobCard, e: Evidence, adapter_sha: str | None, system_sha: str) 
         "job_card_sha256": card_hash(card),
         "dataset_hash": e.dataset.hash,
         "test_split_sha256": e.dataset.splits["test"].hash,
+        **(
+            {"knowledge_version": e.system.knowledge["version"], "retriever": e.system.knowledge["retriever"]}
+            if e.system.knowledge
+            else {}
+        ),
         "base_model": str(base.get("name")),
         "base_sha256": str(base.get("sha256")),
         "method": e.manifest.config["method"] if e.manifest is not None else "none",

@@ -81,17 +81,20 @@ class Answerer:
 
     def answer(self, frame: pd.DataFrame, source: str = "the request", progress: bool = False) -> pd.DataFrame:
         """One answer per row of ``frame``: id, model_version, prediction (a JSON object for extraction and tool
-        calls), and for fixed answers the confidence and the probability of each; appended to the inference log
-        when one is set."""
+        calls), for fixed answers the confidence and the probability of each, and for a system answering from
+        documents the ids of the passages it was given and the best one's score; appended to the inference log when
+        one is set."""
         examples = request_frame(frame, self.card, source)
         start = time.perf_counter()
         result = self.system.answer(examples, self.batch_size, progress)
         latency_ms = (time.perf_counter() - start) * 1000 / max(1, len(examples))
-        result = result.drop(columns=["target", "tags", "text"])
+        # the passages' ids stay in the answer (what it rests on); their text does not
+        result = result.drop(columns=[c for c in ("target", "tags", "text", "context") if c in result])
         result.insert(1, "model_version", int(self.version) if self.version.isdigit() else self.version)
         if self.log:
+            knowledge = (self.system.spec.knowledge or {}).get("version")
             records = inference_log.log_records(
-                self.job, self.version, result, examples["text"].tolist(), latency_ms, self.keep_text
+                self.job, self.version, result, examples["text"].tolist(), latency_ms, self.keep_text, knowledge
             )
             inference_log.append(self.log, records)
         result["prediction"] = json_answers(self.card, result["prediction"])

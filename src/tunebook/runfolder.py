@@ -259,6 +259,11 @@ class RunFolder:
         return self.root / "adapter"
 
     @property
+    def blind_adapter_dir(self) -> Path:
+        """Hybrid jobs: the adapter trained on the same examples without passages, the comparison 04 shows."""
+        return self.root / "adapter_blind"
+
+    @property
     def checkpoints(self) -> Path:
         return self.adapter_dir / CHECKPOINTS
 

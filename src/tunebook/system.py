@@ -78,6 +78,15 @@ def adopt_trained(run: RunFolder, rule: DecisionRule | None, answer_budget: int,
     run's system."""
     manifest = run.read_manifest()
     mixed = rule is not None and rule.mix_weight > 0
+    knowledge = None
+    if manifest.knowledge_version:  # trained with passages in its prompts: it answers with them too
+        knowledge = json.loads((run.knowledge_index / "index.json").read_text(encoding="utf-8"))
+        knowledge = {"version": knowledge["version"], "retriever": knowledge["retriever"], "k": knowledge["k"]}
+        if knowledge["version"] != manifest.knowledge_version:
+            raise TunebookError(
+                f"{run.knowledge_index} holds knowledge {knowledge['version'][:12]}, but the adapter was trained with "
+                f"{manifest.knowledge_version[:12]}: re-run 02 and 03 in one run folder."
+            )
     spec = System(
         kind="mixed" if mixed else "adapter",
         variant="tuned",
@@ -86,9 +95,12 @@ def adopt_trained(run: RunFolder, rule: DecisionRule | None, answer_budget: int,
         decision_rule=rule is not None,
         answer_budget=answer_budget,
         base_model=manifest.base_model,
+        knowledge=knowledge,
         why=why,
     )
     _fresh(run.system_dir)
+    if knowledge:
+        shutil.copytree(run.knowledge_index, run.system_knowledge)
     if rule is not None:
         run.write_rule(rule, run.system_rule)
     if mixed:

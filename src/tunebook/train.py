@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +24,8 @@ from tunebook.artifacts import Manifest, TrainResults, write_model
 from tunebook.callbacks import LiveLossCurve
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
+from tunebook.knowledge.raft import raft_frame
+from tunebook.knowledge.render import model_inputs
 from tunebook.lineage import environment
 from tunebook.models import (
     compile_decoder_layers,
@@ -48,6 +50,7 @@ class TrainResult:
     val_loss_before: float
     val_loss_after: float
     manifest: Manifest
+    blind: TrainResult | None = None  # hybrid jobs: the document-blind adapter trained on the same examples
 
 
 def build_features(
@@ -55,8 +58,8 @@ def build_features(
 ) -> list[dict]:
     """Tokenized training features for every row of a split; every example must keep at least one supervised token."""
     features, too_long = [], []
-    for row in frame.itertuples():
-        prompt, answer = encode_parts(tokenizer, card, row.text, row.target)
+    for row, text in zip(frame.itertuples(), model_inputs(frame)):  # the text after its passages, where it has them
+        prompt, answer = encode_parts(tokenizer, card, text, row.target)
         if len(prompt) >= max_length:
             too_long.append((row.id, len(prompt) + len(answer)))
         else:
@@ -301,6 +304,7 @@ def train_adapter(
     resume: bool = True,
     callbacks: list[TrainerCallback] = (),
     keep_checkpoints: bool = False,
+    knowledge_version: str | None = None,
 ) -> TrainResult:
     """Train an adapter (or the full model) on the train split, keep the checkpoint with the best validation loss,
     and save it with its manifest in ``out_dir``.
@@ -342,6 +346,7 @@ def train_adapter(
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train_examples": job_examples,
         "general_examples": len(train_features) - job_examples,
+        "knowledge_version": knowledge_version,
         "val_examples": len(val_features),
         "answers_cut": supervision_summary(tokenizer, train_features[:job_examples])["answers_cut"],
     }
@@ -392,13 +397,49 @@ def train_run_folder(run_dir: str | Path, parameters: dict, callbacks: list[Trai
     base_model = resolve_base_model(parameters.get("BASE_MODEL", "bundled"))
     config = config_from_parameters(parameters)
     dataset_hash = run.read_dataset_version().hash
-    return train_adapter(
+    if card.knowledge is None:
+        return train_adapter(
+            card,
+            splits,
+            base_model,
+            config,
+            run.adapter_dir,
+            dataset_hash,
+            resume=parameters.get("RESUME", True),
+            callbacks=callbacks,
+        )
+    # the hybrid stack: the adapter trained with passages in its prompts; the document-blind one, on the same
+    # examples, is what 04 compares it with
+    index = training_index(run, card)
+    blind = train_adapter(
+        card, splits, base_model, config, run.blind_adapter_dir, dataset_hash, parameters.get("RESUME", True)
+    )
+    with_passages = {
+        "train": raft_frame(card, splits["train"], index, seed=config.seed),
+        "val": index.attach(splits["val"]),
+    }
+    hybrid = train_adapter(
         card,
-        splits,
+        {**splits, **with_passages},
         base_model,
         config,
         run.adapter_dir,
         dataset_hash,
         resume=parameters.get("RESUME", True),
         callbacks=callbacks,
+        knowledge_version=index.knowledge.version,
     )
+    return replace(hybrid, blind=blind)
+
+
+def training_index(run: RunFolder, card: JobCard):
+    """The retrieval index hybrid training quotes from: the one 02 chose on validation, else BM25 over 01's passages."""
+    # deferred: the retrievers' libraries load only for a job with documents
+    from tunebook.knowledge.context import KnowledgeIndex, load_index
+    from tunebook.knowledge.passages import load_knowledge
+    from tunebook.knowledge.retrievers import BM25
+
+    if run.knowledge_index.is_dir():
+        return load_index(run.knowledge_index)
+    knowledge = load_knowledge(run.knowledge_dir)
+    return KnowledgeIndex(knowledge, BM25().fit(knowledge.passages), card.knowledge.k)
