@@ -283,3 +283,61 @@ def test_examples_must_name_articles_the_documents_have(grounded_card, tmp_path)
         check_sources(examples, read_knowledge(grounded_card.knowledge.documents), "q.jsonl")
     with pytest.raises(DataError, match="no column 'source'"):
         to_examples(raw.drop(columns="source"), grounded_card, "q.jsonl")
+
+
+@pytest.mark.parametrize("example", ["support_tools", "order_extraction"])
+def test_tool_selection_and_extraction_answer_from_passages_on_the_tiny_model(example, tiny_model, tmp_path):
+    import yaml
+    from conftest import write_job
+
+    from tunebook import predict
+    from tunebook.data import load_examples
+    from tunebook.metrics import evaluate
+    from tunebook.models import load_tokenizer
+    from tunebook.prompts import render_text
+
+    policy = {
+        "refunds.md": "---\nid: refund-policy\ntitle: Who may be refunded\n---\nRefunds are allowed within 30 days "
+        "of delivery; after that, hand the request to a person.",
+        "catalogue.md": "---\nid: catalogue\ntitle: Products\n---\nWe sell the Snack Box (SB-1) and the Family Box "
+        "(FB-2).",
+    }
+    card_path = write_job(tmp_path / "job", per_label=1, example=example)
+    write_docs(tmp_path / "job" / "policy", policy)
+    card_data = yaml.safe_load(card_path.read_text())
+    card_data["knowledge"] = {"documents": "policy", "k": 1, "abstain_phrase": "hand the request to a person"}
+    card_path.write_text(yaml.safe_dump(card_data))
+    rows = pd.read_json(tmp_path / "job" / card_data["data"]["path"], lines=True, dtype={"id": str})
+    rows["source"] = ["refund-policy" if i % 2 else "" for i in range(len(rows))]
+    rows.to_json(tmp_path / "job" / card_data["data"]["path"], orient="records", lines=True)
+    card = load_job_card(card_path)
+    examples, _ = load_examples(card)
+    index = build_index(read_knowledge(card.knowledge.documents), "bm25", card.knowledge.k)
+    frame = index.attach(examples.head(4))
+    tokenizer = load_tokenizer(tiny_model)
+    shown = render_text(tokenizer, card, model_inputs(frame)[0])
+    assert "cite the passage you use" in shown and "hand the request to a person" in shown
+    model, tokenizer = predict.load_for_inference(tiny_model)
+    answers = predict.predict(model, tokenizer, card, frame, batch_size=4, progress=False, max_new_tokens=8)
+    assert answers["retrieved"].tolist() == frame["retrieved"].tolist()
+    scores = evaluate(card, answers)
+    assert scores["primary"] == "knowledge_accuracy" and 0 <= scores["knowledge_accuracy"] <= 1
+    assert {"fact_accuracy", "groundedness", "citation_validity", "abstention"} <= set(scores)
+
+
+def test_06_sees_retrieval_weaken_and_documents_change_after_the_release(grounded_card, tmp_path):
+    from tunebook.monitor import knowledge_on_disk, retrieval_health
+
+    rng = np.random.default_rng(0)
+    reference = pd.Series(rng.normal(10, 1, 200))
+    same = retrieval_health(reference, pd.Series(rng.normal(10, 1, 100)))
+    weaker = retrieval_health(reference, pd.Series(np.r_[rng.normal(10, 1, 60), rng.normal(4, 1, 40)]))
+    assert same["top_score_p_value"][0] > 0.01 and weaker["top_score_p_value"][0] < 0.001
+    assert same["no_passage_increase"][0] < 0.05 and weaker["no_passage_increase"][0] > 0.3
+    released = read_knowledge(grounded_card.knowledge.documents).version
+    assert knowledge_on_disk(grounded_card, released)[0] == 0.0
+    (Path(grounded_card.knowledge.documents) / "delivery" / "express.md").write_text(
+        ARTICLES["delivery/express.md"].replace("6.95", "7.95")
+    )
+    changed, detail, note = knowledge_on_disk(grounded_card, released)
+    assert changed == 1.0 and detail["on_disk"] != released and "release the new knowledge version" in note

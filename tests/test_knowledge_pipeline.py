@@ -144,3 +144,54 @@ def test_hybrid_training_quotes_passages_and_04_compares_it_with_the_document_bl
     spec = run.read_system()
     assert spec.trained and spec.knowledge["version"] == knowledge.version
     assert (run.system_knowledge / "index.json").is_file()
+
+
+def test_a_new_knowledge_version_is_a_release_of_its_own_and_can_be_rolled_back(rag_run, tiny_model, tmp_path):
+    import shutil
+
+    from tunebook import cli, registration, registry
+    from tunebook.releasing import release_run_folder
+
+    run = RunFolder(tmp_path / "runs" / "first")
+    shutil.copytree(rag_run.root, run.root)
+    system.adopt_variant(run, "rag", "answers from the help centre")
+    settings = evaluation.EvaluateSettings(bootstrap_resamples=50, train_sample=0, base_model=tiny_model)
+    evaluation.save_evaluation(run, evaluation.evaluate_run(run, system.load_system(run, tiny_model), settings))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parameters = {"BASE_MODEL": tiny_model, "TRACKING_URI": uri, "PARITY_EXAMPLES": 4, "LATENCY_EXAMPLES": 2}
+    first = release_run_folder(run.root, parameters)
+    assert first.version == "1"
+    store = registry.open_registry(uri)
+    if not first.promoted:  # on the tiny model the trivial answer can beat it: make it the champion to replace
+        registration.promote(store, "help_centre", 1, force=True, reason="the champion a knowledge update replaces")
+
+    v2 = load_knowledge(rag_run.fresh_knowledge_dir)
+    into = tmp_path / "runs" / "second"
+    code = cli.main(
+        [
+            "release",
+            str(run.root),
+            "--knowledge",
+            v2.folder,
+            "--into",
+            str(into),
+            *[f"-p={k}={v}" for k, v in parameters.items()],
+        ]
+    )
+    assert code == 0
+    second = RunFolder(into)
+    assert second.read_system().knowledge["version"] == v2.version
+    assert second.read_dataset_version().previous_knowledge.version == load_knowledge(run.knowledge_dir).version
+    test = second.read_splits()["test"]
+    assert test["facts"].tolist() == test["fresh_facts"].tolist()  # judged on the later documents' facts
+    versions = registry.versions(store, "help_centre")
+    assert versions.index.tolist() == [1, 2]
+    assert versions["knowledge"].tolist() == [load_knowledge(run.knowledge_dir).version[:12], v2.version[:12]]
+    released = store.client.get_model_version(registry.model_name("help_centre"), "2").tags
+    assert released[registry.TAG + "knowledge_version"] == v2.version
+    assert released[registry.TAG + "system_kind"] == "rag"
+    if not second.read_results("05_release").promoted:
+        registration.promote(store, "help_centre", 2, force=True, reason="rolled back next")
+    assert str(registry.champion(store, "help_centre").version) == "2"
+    assert registration.rollback(store, "help_centre")["champion"] == "1"
+    assert str(registry.champion(store, "help_centre").version) == "1"

@@ -201,6 +201,7 @@ class DatasetVersion(Artifact):
     test_source: SourceFile | None = None
     knowledge: KnowledgeVersion | None = None
     fresh_knowledge: KnowledgeVersion | None = None
+    previous_knowledge: KnowledgeVersion | None = None  # a knowledge update: the documents the release replaced
 
 
 # ---- baselines and evaluation

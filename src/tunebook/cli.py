@@ -180,7 +180,15 @@ def _release(args: argparse.Namespace) -> int:
     from tunebook.releasing import release_run_folder
     from tunebook.runfolder import STEPS
 
-    result = release_run_folder(args.run_dir, _step_parameters(STEPS[5], args))
+    parameters = _step_parameters(STEPS[5], args)
+    if getattr(args, "knowledge", None):
+        from tunebook.releasing import release_knowledge
+
+        into = args.into or f"{Path(args.run_dir).resolve()}-knowledge-{time.strftime('%Y%m%d-%H%M%S')}"
+        result = release_knowledge(args.run_dir, args.knowledge, into, parameters)
+        print(f"[tunebook] knowledge update written to {into}")
+    else:
+        result = release_run_folder(args.run_dir, parameters)
     outcome = "promoted to champion" if result.promoted else f"gate failed ({', '.join(result.failed_checks)})"
     print(f"[tunebook] {result.summary}")
     print(
@@ -344,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
             "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help=f"a {step} parameter (repeatable)"
         )
         command.set_defaults(func=function)
+        if name == "release":
+            command.add_argument(
+                "--knowledge",
+                metavar="DIR",
+                help="release RUN_DIR's system answering from these documents instead (nothing retrained)",
+            )
+            command.add_argument(
+                "--into", metavar="NEW_RUN_DIR", help="with --knowledge: the new run folder (default: beside RUN_DIR)"
+            )
     joining = sub.add_parser(
         "checkpoint", help="a new run folder as it stands before a notebook (the workshop profile), to join there"
     )

@@ -111,6 +111,11 @@ def file_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def combined_hash(split_hashes: dict[str, str]) -> str:
+    """The dataset version's hash: SHA-256 over the splits' hashes by name."""
+    return hashlib.sha256(json.dumps(split_hashes, sort_keys=True).encode()).hexdigest()
+
+
 def dataset_version(
     splits: dict[str, pd.DataFrame],
     source: str | Path,
@@ -124,7 +129,7 @@ def dataset_version(
     on its own, since none of its rows came from that file.
     """
     split_hashes = {name: frame_hash(frame) for name, frame in splits.items()}
-    combined = hashlib.sha256(json.dumps(split_hashes, sort_keys=True).encode()).hexdigest()
+    combined = combined_hash(split_hashes)
     from_source = [name for name in splits if not (test_source and name == "test")]
     return DatasetVersion(
         hash=combined,

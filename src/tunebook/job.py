@@ -430,9 +430,17 @@ def save_job_card(card: JobCard, path: str | Path) -> Path:
 
 
 def card_hash(card: JobCard) -> str:
-    """Content hash of what the card asks of a model (independent of YAML formatting; alert rules are left out:
-    retuning how a release is watched does not make its adapter another job's)."""
-    blob = json.dumps(card.model_dump(mode="json", exclude={"monitoring"}), sort_keys=True).encode()
+    """Content hash of what the card asks of a model (independent of YAML formatting; alert rules and the documents'
+    folders are left out: retuning how a release is watched, or updating its documents, does not make its adapter
+    another job's)."""
+    fields = card.model_dump(mode="json", exclude={"monitoring"})
+    if fields["knowledge"] is None:
+        del fields["knowledge"]  # cards from before the knowledge layer keep their hash
+    else:  # where the documents are read from is not what the job asks: a knowledge update keeps the job
+        fields["knowledge"] = {
+            k: v for k, v in fields["knowledge"].items() if k not in ("documents", "fresh_documents")
+        }
+    blob = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
 

@@ -140,6 +140,7 @@ def versions(registry: Registry, job: str) -> pd.DataFrame:
                 "version": int(mv.version),
                 "aliases": ", ".join(sorted(held.get(str(mv.version), []))),
                 "system": tags.get(TAG + "system_kind", "adapter"),  # versions before systems were all adapters
+                "knowledge": tags.get(TAG + "knowledge_version", "")[:12],
                 "gate": tags.get(TAG + "gate", ""),
                 "failed_checks": tags.get(TAG + "gate_failed", ""),
                 "primary": tags.get(TAG + "primary", ""),
@@ -154,6 +155,7 @@ def versions(registry: Registry, job: str) -> pd.DataFrame:
             "version",
             "aliases",
             "system",
+            "knowledge",
             "gate",
             "failed_checks",
             "primary",

@@ -3,6 +3,8 @@ the best baseline), registered with its model card and promoted if the gate pass
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +77,123 @@ def release_run_folder(run_dir: str | Path, parameters: dict) -> ReleaseResults:
     results = publish.recorded_results(against, evidence, registered)
     run.write_results(STEPS[5], results)
     return results
+
+
+def knowledge_update(
+    run_dir: str | Path, documents: str | Path, into: str | Path, base_model: str = "bundled"
+) -> RunFolder:
+    """A new run folder ``into`` holding the released run's system (nothing retrained) answering from
+    ``documents``: their passages checked and indexed by the same retriever with the same k. When the documents
+    are the job's later version (knowledge.fresh_documents), the test questions are judged on their later facts (a
+    question whose article was removed now expects the hand-over); otherwise on the facts as written, and the
+    system's description says so."""
+    # deferred: the retrievers' libraries load only for a knowledge update
+    from tunebook import cleaning, dataset
+    from tunebook.knowledge import check_fits, read_knowledge
+    from tunebook.knowledge.context import build_index
+    from tunebook.knowledge.passages import load_knowledge, save_knowledge
+
+    source, target = RunFolder(Path(run_dir)), RunFolder(Path(into))
+    card = source.read_job_card()
+    if card.knowledge is None or not source.knowledge_index.is_dir():
+        raise TunebookError(
+            f"{source.root}: this job answers without documents (no knowledge section): nothing to update."
+        )
+    if target.root.exists():
+        raise TunebookError(f"{target.root} exists; a knowledge update is written to a new run folder.")
+    index_meta = source.read_system().knowledge or source.read_system(source.variant_system("rag")).knowledge
+    previous = load_knowledge(source.knowledge_dir)
+    limit = source.read_manifest().config["max_length"] if source.trained_weights() is not None else 2048
+    knowledge = read_knowledge(documents, card.knowledge.passage_words)
+    tokenizer = models.load_tokenizer(models.resolve_base_model(base_model))
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    check_fits(knowledge, count, limit // 2, index_meta["k"])
+    if knowledge.version == previous.version:
+        raise TunebookError(f"{documents} holds the same passages (knowledge {previous.version[:12]}) as the release.")
+    target.root.mkdir(parents=True)
+    # what the system is made of and was measured on; not 04's evaluation, 05's release or the executed notebooks
+    for found in (source.adapter_dir, source.blind_adapter_dir, source.baseline_dir, source.data_dir, source.decision):
+        placed = target.root / source.relative(found)
+        if found.is_dir():
+            shutil.copytree(found, placed, ignore=shutil.ignore_patterns("checkpoint*"))
+        elif found.is_file():
+            shutil.copy2(found, placed)
+    for step in STEPS[:3]:
+        if source.results_file(step).is_file():
+            target.results_file(step).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source.results_file(step), target.results_file(step))
+    shutil.rmtree(target.knowledge_dir)
+    save_knowledge(knowledge, target.knowledge_dir)
+    shutil.rmtree(target.knowledge_index)
+    index = build_index(knowledge, index_meta["retriever"], index_meta["k"]).save(target.knowledge_index)
+    shutil.copytree(source.system_dir, target.system_dir)  # the released system, answering from the new index
+    shutil.rmtree(target.system_knowledge)
+    shutil.copytree(index, target.system_knowledge)
+    spec = target.read_system()
+    target.write_system(spec.model_copy(update={"knowledge": {**spec.knowledge, "version": knowledge.version}}))
+    for variant in target.read_variants().variants:
+        path = target.variant_system(variant)
+        spec = target.read_system(path) if path.is_file() else None
+        if spec is not None and spec.knowledge:
+            target.write_system(
+                spec.model_copy(update={"knowledge": {**spec.knowledge, "version": knowledge.version}}), path
+            )
+    fresh = source.read_dataset_version().fresh_knowledge
+    later_facts = fresh is not None and fresh.version == knowledge.version
+    splits = target.read_splits()
+    if later_facts:
+        test = splits["test"].copy()
+        removed = [bool(old) and not new for old, new in zip(test["facts"], test["fresh_facts"])]
+        test["sources"] = [[] if gone else s for s, gone in zip(test["sources"], removed)]
+        test["facts"] = test["fresh_facts"]
+        splits["test"] = test
+    version = target.read_dataset_version()
+    split_hashes = {name: dataset.frame_hash(frame) for name, frame in splits.items()}
+    version = version.model_copy(
+        update={
+            "hash": dataset.combined_hash(split_hashes),
+            "splits": {
+                name: part.model_copy(update={"hash": split_hashes[name]}) for name, part in version.splits.items()
+            },
+            "knowledge": cleaning.knowledge_record(knowledge),
+            "fresh_knowledge": None,
+            "previous_knowledge": version.knowledge,
+        }
+    )
+    target.write_dataset(splits, version, json.loads(source.cleaning_report.read_text(encoding="utf-8")))
+    # the release now answers from these documents: 06 checks that they stay as released
+    card.knowledge.documents, card.knowledge.fresh_documents = str(Path(documents).resolve()), None
+    target.write_job_card(card)
+    note = (
+        f"knowledge update from {previous.version[:12]} to {knowledge.version[:12]} ({documents}), nothing retrained; "
+        + (
+            "judged on the test questions' facts under the new documents"
+            if later_facts
+            else "the test questions' facts are as written for the earlier documents: check the figures that depend on them"
+        )
+    )
+    target.knowledge_update.write_text(
+        json.dumps(
+            {"from": previous.version, "to": knowledge.version, "documents": str(documents), "note": note}, indent=2
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    return target
+
+
+def release_knowledge(
+    run_dir: str | Path, documents: str | Path, into: str | Path, parameters: dict
+) -> ReleaseResults:
+    """A new knowledge version as a release: the released run's system answering from ``documents`` (nothing
+    retrained), evaluated on the test questions, gated against the champion and registered (``knowledge_update``)."""
+    from tunebook import evaluation, system  # deferred: evaluation imports the model stack
+
+    base_model = parameters.get("BASE_MODEL", "bundled")
+    target = knowledge_update(run_dir, documents, into, base_model)
+    settings = evaluation.EvaluateSettings(base_model=base_model, train_sample=0)
+    trained = target.read_system().trained
+    candidate = evaluation.load_tuned(target, base_model) if trained else system.load_system(target, base_model)
+    result = evaluation.evaluate_run(target, candidate, settings)
+    evaluation.save_evaluation(target, result)
+    return release_run_folder(target.root, parameters)

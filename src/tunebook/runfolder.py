@@ -209,6 +209,11 @@ class RunFolder:
         return self.baseline_dir / "retrieval.json"
 
     @property
+    def knowledge_update(self) -> Path:
+        """A knowledge update's record: the documents' version before and after, and how it was judged."""
+        return self.root / "knowledge_update.json"
+
+    @property
     def knowledge_index(self) -> Path:
         """The retrieval index 02 chose on validation, over 01's passages."""
         return self.baseline_dir / "knowledge"
