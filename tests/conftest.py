@@ -55,6 +55,7 @@ SHARED_FIXTURE_FILES = {
     "test_workbook.py": "finished_run",
     "test_exercises.py": "finished_run",
     "test_browser.py": "finished_run",  # also in order: 01 reviews what 00 wrote
+    "test_knowledge_pipeline.py": "rag_run",
 }
 
 
