@@ -24,8 +24,11 @@ from tunebook.artifacts import Manifest, TrainResults, write_model
 from tunebook.callbacks import LiveLossCurve
 from tunebook.errors import TunebookError
 from tunebook.job import JobCard, card_hash
+from tunebook.knowledge.context import KnowledgeIndex, load_index
+from tunebook.knowledge.passages import load_knowledge
 from tunebook.knowledge.raft import raft_frame
 from tunebook.knowledge.render import model_inputs
+from tunebook.knowledge.retrievers import BM25
 from tunebook.lineage import environment
 from tunebook.models import (
     compile_decoder_layers,
@@ -397,48 +400,29 @@ def train_run_folder(run_dir: str | Path, parameters: dict, callbacks: list[Trai
     base_model = resolve_base_model(parameters.get("BASE_MODEL", "bundled"))
     config = config_from_parameters(parameters)
     dataset_hash = run.read_dataset_version().hash
+    resume = parameters.get("RESUME", True)
+
+    def fit(parts: dict[str, pd.DataFrame], out_dir: Path, **extra) -> TrainResult:
+        return train_adapter(card, parts, base_model, config, out_dir, dataset_hash, resume=resume, **extra)
+
     if card.knowledge is None:
-        return train_adapter(
-            card,
-            splits,
-            base_model,
-            config,
-            run.adapter_dir,
-            dataset_hash,
-            resume=parameters.get("RESUME", True),
-            callbacks=callbacks,
-        )
+        return fit(splits, run.adapter_dir, callbacks=callbacks)
     # the hybrid stack: the adapter trained with passages in its prompts; the document-blind one, on the same
     # examples, is what 04 compares it with
     index = training_index(run, card)
-    blind = train_adapter(
-        card, splits, base_model, config, run.blind_adapter_dir, dataset_hash, parameters.get("RESUME", True)
-    )
+    blind = fit(splits, run.blind_adapter_dir)
     with_passages = {
         "train": raft_frame(card, splits["train"], index, seed=config.seed),
         "val": index.attach(splits["val"]),
     }
-    hybrid = train_adapter(
-        card,
-        {**splits, **with_passages},
-        base_model,
-        config,
-        run.adapter_dir,
-        dataset_hash,
-        resume=parameters.get("RESUME", True),
-        callbacks=callbacks,
-        knowledge_version=index.knowledge.version,
+    hybrid = fit(
+        {**splits, **with_passages}, run.adapter_dir, callbacks=callbacks, knowledge_version=index.knowledge.version
     )
     return replace(hybrid, blind=blind)
 
 
-def training_index(run: RunFolder, card: JobCard):
+def training_index(run: RunFolder, card: JobCard) -> KnowledgeIndex:
     """The retrieval index hybrid training quotes from: the one 02 chose on validation, else BM25 over 01's passages."""
-    # deferred: the retrievers' libraries load only for a job with documents
-    from tunebook.knowledge.context import KnowledgeIndex, load_index
-    from tunebook.knowledge.passages import load_knowledge
-    from tunebook.knowledge.retrievers import BM25
-
     if run.knowledge_index.is_dir():
         return load_index(run.knowledge_index)
     knowledge = load_knowledge(run.knowledge_dir)
