@@ -3,9 +3,14 @@ seeded length-grouped order of examples, and the Trainer that uses all three."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from functools import partial
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel, Trainer
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from tunebook.prompts import IGNORE_INDEX
@@ -43,8 +48,36 @@ class CompletionCollator:
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         """Collate ``features`` (dicts of input_ids, attention_mask, labels)."""
-        p = shared_prefix_length(features) if self.share_prefix else 0
-        return self.packed(features, p) if p > 0 else self.padded(features)
+        parts = self.layout(features)
+        if parts is None:
+            return self.padded(features)
+        return self.packed(*parts[0]) if len(parts) == 1 else self.packed_parts(parts)
+
+    def layout(self, features: list[dict]) -> list[tuple[list[dict], int]] | None:
+        """How ``features`` go into one packed row: (examples, shared prefix length) per part, or None for padding.
+
+        One part when the whole batch shares a prompt prefix. A batch mixing groups (the sampler's last batch of an
+        epoch gathers the groups' incomplete ones, e.g. job examples and general replay examples) holds one part per
+        group, each with its own prefix once: padded, it would repeat the job's system prompt in every row (on the
+        tool example 8 rows of 1,027 tokens against a packed row of about 1,500, and 22 GB of memory against 4).
+        """
+        if not self.share_prefix:
+            return None
+        p = shared_prefix_length(features)
+        if p > 0:
+            return [(features, p)]
+        groups: dict = {}
+        for f in features:
+            groups.setdefault(f.get("group", 0), []).append(f)
+        parts = [(members, shared_prefix_length(members)) for members in groups.values()]
+        return parts if any(p > 0 for _, p in parts) else None
+
+    def row_tokens(self, features: list[dict]) -> int:
+        """Tokens the batch of ``features`` puts through the model (the packed row's length, or rows x width)."""
+        parts = self.layout(features)
+        if parts is None:
+            return len(features) * max(len(f["input_ids"]) for f in features)
+        return sum(p + sum(len(f["input_ids"]) - p for f in members) for members, p in parts)
 
     def padded(self, features: list[dict]) -> dict[str, torch.Tensor]:
         """Right-padded rows, one per example."""
@@ -80,18 +113,44 @@ class CompletionCollator:
             "labels": row(targets),
         }
 
+    @classmethod
+    def packed_parts(cls, parts: list[tuple[list[dict], int]]) -> dict[str, torch.Tensor]:
+        """One row for several parts, each its prefix once and then its examples' own tokens (``packed``, repeated).
+
+        Examples are numbered 1, 2, ... across the row; the prefixes are segments 0, -1, -2, ... and each example
+        attends to the last prefix before it (``prefix_anchor``). Parts without a shared prefix come first, so that
+        no prefix precedes their examples.
+        """
+        rows, examples, prefixes = [], 0, 0
+        for members, p in sorted(parts, key=lambda part: part[1] > 0):
+            row = cls.packed(members, p)
+            segments = row["segments"]
+            row["segments"] = torch.where(segments == 0, -prefixes, segments + examples)
+            rows.append(row)
+            examples, prefixes = examples + len(members), prefixes + (p > 0)
+        return {key: torch.cat([row[key] for row in rows], dim=1) for key in rows[0]}
+
 
 PACKING_ATTENTION = ("sdpa", "eager", "flex_attention")  # attention implementations that take a packed row's structure
 
 
-def segment_mask(segments: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """4D attention mask for a packed row: causal, and each example sees only the prefix (segment 0) and itself.
+def prefix_anchor(seg: torch.Tensor) -> torch.Tensor:
+    """For each token of a packed row (``seg``, its segments), the prefix segment its example may attend to: the last
+    prefix segment (0, -1, ...) at or before it; a token with no prefix before it gets its own segment."""
+    where = torch.arange(len(seg), device=seg.device)
+    last = torch.where(seg <= 0, where, -1).cummax(0).values
+    return torch.where(last >= 0, seg[last.clamp(min=0)], seg)
 
-    Boolean (True = may attend) for SDPA; with ``dtype``, additive (0 or the dtype's minimum) for eager attention.
+
+def segment_mask(segments: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """4D attention mask for a packed row: causal, and each example sees only its prefix (segment 0, or the last
+    prefix segment before it when the row holds several) and itself.
+
+    Boolean (True = may attend); with ``dtype``, additive (0 or the dtype's minimum), as eager attention takes it.
     """
     seg = segments[0]
     allowed = torch.ones(len(seg), len(seg), dtype=torch.bool, device=seg.device).tril()
-    allowed &= (seg[:, None] == seg[None, :]) | (seg[None, :] == 0)
+    allowed &= (seg[:, None] == seg[None, :]) | (seg[None, :] == prefix_anchor(seg)[:, None])
     if dtype is None:
         return allowed[None, None]
     return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)[
@@ -102,9 +161,10 @@ def segment_mask(segments: torch.Tensor, dtype: torch.dtype | None = None) -> to
 def prefix_or_own(segments: torch.Tensor):
     """The packed row's structure as a FlexAttention mask function: causal, and the prefix or the query's own example."""
     seg = segments[0]
+    anchor = prefix_anchor(seg)
 
     def allowed(batch, head, query, key):
-        return (key <= query) & ((seg[query] == seg[key]) | (seg[key] == 0))
+        return (key <= query) & ((seg[query] == seg[key]) | (seg[key] == anchor[query]))
 
     return allowed
 
@@ -119,35 +179,114 @@ def segment_block_mask(segments: torch.Tensor):
 
 
 def packed_attention_mask(model: PreTrainedModel, segments: torch.Tensor):
-    """The packed row's attention mask in the form the model's attention implementation takes."""
+    """The packed row's attention mask in the form the model's attention implementation takes.
+
+    SDPA on a CPU gets the additive float32 form: given a boolean mask, PyTorch's CPU kernel converts it to a float
+    copy in every layer and keeps each copy for the backward pass (30 layers x T x T x 4 bytes: 330 MB for a
+    1,700-token row of the tool example); the additive mask is one tensor that every layer shares. (On a GPU the
+    computation runs in bfloat16 under autocast, so the boolean form stays.)
+    """
     implementation = model.config._attn_implementation
     if implementation == "flex_attention":
         return segment_block_mask(segments)
-    return segment_mask(segments, model.get_input_embeddings().weight.dtype if implementation == "eager" else None)
+    if implementation == "eager":
+        return segment_mask(segments, model.get_input_embeddings().weight.dtype)
+    return segment_mask(segments, torch.float32 if segments.device.type == "cpu" else None)
 
 
-def completion_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+# Host memory a training step may take beyond the loaded model on a CPU, in MB: a longer row has some of its decoder
+# layers recomputed in the backward pass instead of keeping their activations (``layers_to_checkpoint``). 2 GB keeps
+# every row of the bundled examples at default settings unchanged but the tool example's (~1,700 tokens).
+ACTIVATION_BUDGET_MB = 2048
+# A step's peak memory beyond the model, per decoder layer, in units of the activations the layer keeps for backward
+# (``activation_bytes_per_token``), measured with SmolLM2-135M on a CPU (glibc's allocator, 2 threads): a layer
+# that keeps them costs about 2.1 (the activations and the allocator's free but unreturned memory), a recomputed
+# layer about 0.9 (its part of the allocator's retention, its input and the recompute's transient activations).
+KEPT_LAYER_COST, RECOMPUTED_LAYER_COST = 2.1, 0.9
+
+
+def activation_bytes_per_token(model: PreTrainedModel) -> int:
+    """Bytes one decoder layer keeps for the backward pass per token of the row, for a Llama-style layer computing in
+    float32 with LoRA on every linear layer: the MLP's four intermediate vectors, the attention's query, key, value
+    (grouped-query heads repeated) and output, and four hidden-size vectors (normalised inputs, residuals)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = config.hidden_size
+    heads = config.num_attention_heads * (getattr(config, "head_dim", None) or hidden // config.num_attention_heads)
+    return 4 * (4 * (getattr(config, "intermediate_size", None) or 4 * hidden) + 4 * heads + 4 * hidden)
+
+
+def step_memory_mb(model: PreTrainedModel, tokens: int, recomputed: int = 0) -> float:
+    """Estimated peak memory of one training step beyond the loaded model, in MB, for a row of ``tokens`` tokens with
+    ``recomputed`` of the decoder's layers checkpointed (see KEPT_LAYER_COST)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = base.config.get_text_config().num_hidden_layers
+    recomputed = min(recomputed, layers)
+    per_layer = tokens * activation_bytes_per_token(base) / 2**20
+    return per_layer * (KEPT_LAYER_COST * (layers - recomputed) + RECOMPUTED_LAYER_COST * recomputed)
+
+
+def layers_to_checkpoint(model: PreTrainedModel, tokens: int, budget_mb: float | None = ACTIVATION_BUDGET_MB) -> int:
+    """How many decoder layers a row of ``tokens`` tokens must recompute in the backward pass for the step to stay
+    within ``budget_mb`` (0 when it fits as is or there is no budget; every layer when even that is over)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = base.config.get_text_config().num_hidden_layers
+    if budget_mb is None or step_memory_mb(base, tokens) <= budget_mb:
+        return 0
+    return next((k for k in range(1, layers + 1) if step_memory_mb(base, tokens, k) <= budget_mb), layers)
+
+
+@contextmanager
+def checkpointed(layers, count: int):
+    """Within the block, the first ``count`` of the decoder ``layers`` keep only their input for the backward pass
+    and recompute the rest there (non-reentrant activation checkpointing: the same values, about one forward pass
+    of those layers more time). Layers already checkpointed (the model's own setting) stay as they are."""
+    changed = []
+    for layer in list(layers)[:count]:
+        if isinstance(layer, GradientCheckpointingLayer) and not layer.gradient_checkpointing:
+            changed.append((layer, dict(layer.__dict__)))
+            layer.gradient_checkpointing = True
+            layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for layer, before in changed:
+            for name in ("gradient_checkpointing", "_gradient_checkpointing_func"):
+                if name in before:
+                    setattr(layer, name, before[name])
+                else:
+                    delattr(layer, name)
+
+
+def completion_loss(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], activation_budget_mb: float | None = None
+) -> torch.Tensor:
     """Mean cross-entropy over the supervised tokens of a ``CompletionCollator`` batch.
 
     In the packed layout the shared prompt prefix (usually most of each example) runs once for the whole batch and
     there is no padding; the vocabulary projection runs only where there is a loss. Equal to the plain padded
     full-sequence loss up to float rounding (tested). The batch may sit on any device; it is moved to the model's.
+    With ``activation_budget_mb``, a training step on a CPU whose row would take more memory than that recomputes
+    some decoder layers in the backward pass (``layers_to_checkpoint``; same loss and gradients).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
     where = base.get_input_embeddings().weight.device
     batch = {k: v.to(where, non_blocking=True) for k, v in batch.items()}
-    if "segments" in batch:
-        mask = packed_attention_mask(base, batch["segments"])
-        hidden = decoder(
-            input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False
-        ).last_hidden_state
-        targets = batch["labels"]
-    else:
-        hidden = decoder(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).last_hidden_state[:, :-1]
-        targets = batch["labels"][:, 1:]
+    recompute = 0
+    if activation_budget_mb is not None and where.type == "cpu" and model.training and torch.is_grad_enabled():
+        recompute = layers_to_checkpoint(base, batch["input_ids"].numel(), activation_budget_mb)
+    with checkpointed(getattr(decoder, "layers", ()), recompute):
+        if "segments" in batch:
+            mask = packed_attention_mask(base, batch["segments"])
+            hidden = decoder(
+                input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False
+            ).last_hidden_state
+            targets = batch["labels"]
+        else:
+            # Right-padded rows under the causal mask: no real token attends to a later pad, so the padding mask
+            # changes nothing the loss reads, and without it no layer builds a rows x T x T mask.
+            hidden = decoder(input_ids=batch["input_ids"], use_cache=False).last_hidden_state[:, :-1]
+            targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     logits = base.get_output_embeddings()(hidden[keep]).float()
     return F.cross_entropy(logits, targets[keep])
@@ -174,7 +313,8 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
         if len(set(self.groups)) == 1:
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
         # Several groups (job examples, general replay examples): each batch holds one group, so it shares one prompt
-        # prefix and stays packed; batches of all groups are shuffled together, the incomplete ones go last.
+        # prefix and stays packed; batches of all groups are shuffled together, the incomplete ones go last (where
+        # the DataLoader joins them into one batch of several groups: CompletionCollator packs it group by group).
         full, partial = [], []
         for group in sorted(set(self.groups)):
             members = [i for i, g in enumerate(self.groups) if g == group]
@@ -190,10 +330,28 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
         return iter([i for chunk in shuffled + partial for i in chunk])
 
 
+def longest_row(
+    collator: CompletionCollator, features: list[dict], batch_size: int, seed: int, epochs: int = 1
+) -> int:
+    """Tokens of the longest row that training on ``features`` puts through the model in its first ``epochs`` epochs:
+    the batches ``SeededLengthGroupedSampler`` forms, laid out by ``collator``."""
+    lengths, groups = [len(f["input_ids"]) for f in features], [f.get("group", 0) for f in features]
+    sampler = SeededLengthGroupedSampler(batch_size, lengths, seed, groups)
+    longest = 0
+    for epoch in range(max(1, epochs)):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        for start in range(0, len(order), batch_size):
+            longest = max(longest, collator.row_tokens([features[i] for i in order[start : start + batch_size]]))
+    return longest
+
+
 class CompletionOnlyTrainer(Trainer):
-    """Trainer whose loss covers only the answer tokens (see ``completion_loss``)."""
+    """Trainer whose loss covers only the answer tokens (see ``completion_loss``), within ``activation_budget_mb`` of
+    host memory per step on a CPU."""
 
     loss_is_scaled_for_ga = False
+    activation_budget_mb: float | None = ACTIVATION_BUDGET_MB
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -212,5 +370,5 @@ class CompletionOnlyTrainer(Trainer):
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
             ).loss
         else:
-            loss = completion_loss(model, inputs)
+            loss = completion_loss(model, inputs, self.activation_budget_mb)
         return (loss, {"loss": loss}) if return_outputs else loss

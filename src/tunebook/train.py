@@ -38,7 +38,14 @@ from tunebook.models import (
     lora_config,
     model_identity,
 )
-from tunebook.packing import PACKING_ATTENTION, CompletionCollator, CompletionOnlyTrainer
+from tunebook.packing import (
+    PACKING_ATTENTION,
+    CompletionCollator,
+    CompletionOnlyTrainer,
+    layers_to_checkpoint,
+    longest_row,
+    step_memory_mb,
+)
 from tunebook.prompts import IGNORE_INDEX, encode_parts, end_of_turn_id, features_from
 from tunebook.recipe import TrainConfig, config_from_parameters
 from tunebook.runfolder import CHECKPOINTS, RUN_STATE, RunFolder, manifest_path
@@ -138,6 +145,44 @@ def _out_of_memory(config: TrainConfig, features: list[dict], checkpoints: Path)
         f"(longest training example: {max(len(f['input_ids']) for f in features)} tokens). Set BATCH_SIZE to "
         f"{max(1, config.batch_size // 2)}, lower MAX_LENGTH, or use METHOD='lora' with QUANTIZATION='nf4'; checkpoints saved so far "
         f"are in {checkpoints} and a rerun with the same settings resumes from them."
+    )
+
+
+def _free_memory_mb() -> float:
+    """Memory this machine can still give the process, in MB."""
+    import psutil  # deferred: only CPU training asks
+
+    return psutil.virtual_memory().available / 2**20
+
+
+def _check_memory(trainer: CompletionOnlyTrainer, config: TrainConfig, features: list[dict], total_steps: int) -> None:
+    """Refuse, before the first step, a training on a CPU whose longest batch would not fit in the memory this machine
+    has free, even with its decoder layers recomputed in the backward pass, and name the BATCH_SIZE (or MAX_LENGTH)
+    that fits. The estimate is ``packing.step_memory_mb`` of the longest packed row the planned batches make."""
+    model = trainer.model
+    if trainer.args.world_size > 1 or next(model.parameters()).device.type != "cpu":
+        return
+    free = _free_memory_mb()
+    epochs = min(3, -(-total_steps // max(1, -(-len(features) // config.batch_size))))
+
+    def need(batch_size: int) -> tuple[int, float]:
+        tokens = longest_row(trainer.data_collator, features, batch_size, config.seed, epochs)
+        return tokens, step_memory_mb(model, tokens, layers_to_checkpoint(model, tokens, trainer.activation_budget_mb))
+
+    tokens, needed = need(config.batch_size)
+    if needed <= free:
+        return
+    fits = next((b for b in range(config.batch_size - 1, 0, -1) if need(b)[1] <= free), None)
+    if fits is not None:
+        advice = f"Set BATCH_SIZE to {fits} (longest row {need(fits)[0]} tokens, about {need(fits)[1]:,.0f} MB)"
+    else:
+        per_token = step_memory_mb(model, 1, layers_to_checkpoint(model, 10**9, trainer.activation_budget_mb))
+        advice = f"Even one example per step does not fit: set BATCH_SIZE=1 and MAX_LENGTH={int(free / per_token)}"
+    raise TunebookError(
+        f"not enough memory to train with BATCH_SIZE={config.batch_size} and MAX_LENGTH={config.max_length}: the "
+        f"longest batch packs into a row of {tokens} tokens, and a training step on it needs about {needed:,.0f} MB "
+        f"beyond the loaded model, while this machine has {free:,.0f} MB free. {advice}, or free memory (other "
+        "notebooks, processes) and rerun."
     )
 
 
@@ -338,6 +383,7 @@ def train_adapter(
         ),
         callbacks=[*extra, *callbacks],
     )
+    _check_memory(trainer, config, train_features, total_steps)
     try:
         val_before, val_after, wall = _fit(trainer, state, key, checkpoints, callbacks)
     except Exception as error:  # noqa: BLE001 - only out-of-memory is translated, everything else is re-raised
