@@ -3,6 +3,7 @@ measurement, and the checks of facts, grounding, citations and abstention."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -106,15 +107,19 @@ def test_a_file_that_is_not_utf8_or_cannot_be_read_is_named(tmp_path, monkeypatc
         read_documents(folder)
 
 
-def test_a_passage_too_long_for_the_context_names_its_file(tmp_path):
+def test_a_passage_too_long_for_the_context_names_its_file(tmp_path, tokenizer):
     from tunebook.knowledge import check_fits
+    from tunebook.knowledge.passages import load_knowledge, save_knowledge
 
     knowledge = read_knowledge(write_docs(tmp_path / "docs"))
-    with pytest.raises(
-        KnowledgeError, match=r"returns-window\.md: passage returns-window has 180 tokens.*knowledge\.k"
-    ):
-        check_fits(knowledge, lambda text: len(text.split()) * 10, limit=100, k=1)
-    check_fits(knowledge, lambda text: len(text.split()), limit=100, k=3)
+    sizes = [(len(tokenizer(p.text, add_special_tokens=False)["input_ids"]), p) for p in knowledge.passages]
+    size, longest = max(sizes, key=lambda pair: pair[0])
+    named = rf"{re.escape(longest.path)}: passage {longest.id} has {size} tokens.*half of MAX_LENGTH"
+    with pytest.raises(KnowledgeError, match=named):
+        check_fits(knowledge, tokenizer, 2 * size - 2, k=1)
+    checked = check_fits(knowledge, tokenizer, 2048, k=3)
+    assert knowledge.max_length is None and checked.max_length == 2048 and checked.version == knowledge.version
+    assert load_knowledge(save_knowledge(checked, tmp_path / "saved")).max_length == 2048
 
 
 def test_bm25_finds_the_source_and_a_saved_index_answers_the_same(tmp_path):
@@ -341,3 +346,21 @@ def test_06_sees_retrieval_weaken_and_documents_change_after_the_release(grounde
     )
     changed, detail, note = knowledge_on_disk(grounded_card, released)
     assert changed == 1.0 and detail["on_disk"] != released and "release the new knowledge version" in note
+
+
+def test_the_prompt_prefix_cache_stays_shared_when_passages_are_in_the_prompt(grounded_card, tiny_model):
+    from tunebook import decoding, predict
+    from tunebook.prompts import build_messages, encode_prompt
+
+    index = build_index(read_knowledge(grounded_card.knowledge.documents), "bm25", k=2)
+    questions = ["How long do I have to return my order?", "What does express delivery cost?"]
+    texts = model_inputs(index.attach(pd.DataFrame({"text": questions})))
+    assert all(text.count("[") >= 2 for text in texts)  # the passages are in the user message
+    model, tokenizer = predict.load_for_inference(tiny_model)
+    prefix = decoding.PromptPrefix(model, tokenizer, grounded_card)
+    prompts = [encode_prompt(tokenizer, build_messages(grounded_card, text)) for text in texts]
+    assert prefix.covers(model, prompts)  # the system prompt is computed once for every prompt with passages
+    assert " ".join(grounded_card.description.split()[:8]) in " ".join(tokenizer.decode(prefix.tokens).split())
+    plain = decoding.generate(model, tokenizer, grounded_card, texts, None, 2, 6, False)
+    cached = decoding.generate(model, tokenizer, grounded_card, texts, None, 2, 6, False, prefix=prefix)
+    assert cached == plain

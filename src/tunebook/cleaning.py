@@ -72,15 +72,10 @@ def read_knowledge_of(card: JobCard, tokenizer, max_length: int) -> tuple[Knowle
     spec = card.knowledge
     if spec is None:
         return None, None
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    read = []
-    for folder in (spec.documents, spec.fresh_documents):
-        if folder is None:
-            read.append(None)
-            continue
-        knowledge = read_knowledge(folder, spec.passage_words)
-        check_fits(knowledge, count, max_length // 2, spec.k)
-        read.append(knowledge)
+    read = [
+        check_fits(read_knowledge(folder, spec.passage_words), tokenizer, max_length, spec.k) if folder else None
+        for folder in (spec.documents, spec.fresh_documents)
+    ]
     return read[0], read[1]
 
 

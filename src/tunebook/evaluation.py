@@ -272,7 +272,7 @@ def freshness_test(
     if card.knowledge is None or not run.fresh_knowledge_dir.is_dir():
         return None
     # deferred: the knowledge layer loads its retrievers only for a job with documents
-    from tunebook.knowledge.context import KnowledgeIndex, load_index
+    from tunebook.knowledge.context import build_index, load_index
     from tunebook.knowledge.grounding import freshness
     from tunebook.knowledge.passages import load_knowledge
 
@@ -280,16 +280,16 @@ def freshness_test(
     test = run.read_splits()["test"]
     is_candidate = isinstance(candidate, system.LoadedSystem) and candidate.index is not None
     asked_again: dict[str, pd.DataFrame] = {}
+    released = load_index(run.knowledge_index)
+    updated = build_index(fresh, released.name, released.k)  # the same retriever and k over the later documents
 
     def again(variant: str) -> pd.DataFrame:
         """The answer set ``variant`` asked again from the later documents."""
         if variant in asked_again:
             return asked_again[variant]
         if is_candidate and variant == candidate.spec.variant:
-            asked_again[variant] = candidate.with_knowledge(fresh).answer(test, settings.eval_batch_size)
+            asked_again[variant] = candidate.with_knowledge(fresh, updated).answer(test, settings.eval_batch_size)
             return asked_again[variant]
-        index = load_index(run.knowledge_index)
-        updated = KnowledgeIndex(fresh, type(index.retriever)().fit(fresh.passages), index.k)
         if isinstance(candidate, TunedModel) and variant == "tuned":  # the hybrid adapter, nothing retrained
             asked_again[variant] = predict.predict(
                 candidate.model,

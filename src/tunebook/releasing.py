@@ -103,11 +103,13 @@ def knowledge_update(
         raise TunebookError(f"{target.root} exists; a knowledge update is written to a new run folder.")
     index_meta = source.read_system().knowledge or source.read_system(source.variant_system("rag")).knowledge
     previous = load_knowledge(source.knowledge_dir)
-    limit = source.read_manifest().config["max_length"] if source.trained_weights() is not None else 2048
-    knowledge = read_knowledge(documents, card.knowledge.passage_words)
+    # the prompt length the system was trained with, else the one 01 checked the released passages against
+    trained = source.trained_weights() is not None
+    max_length = source.read_manifest().config["max_length"] if trained else previous.max_length
     tokenizer = models.load_tokenizer(models.resolve_base_model(base_model))
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    check_fits(knowledge, count, limit // 2, index_meta["k"])
+    knowledge = check_fits(
+        read_knowledge(documents, card.knowledge.passage_words), tokenizer, max_length or 2048, index_meta["k"]
+    )
     if knowledge.version == previous.version:
         raise TunebookError(f"{documents} holds the same passages (knowledge {previous.version[:12]}) as the release.")
     target.root.mkdir(parents=True)

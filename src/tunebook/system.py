@@ -250,16 +250,16 @@ class LoadedSystem:
             self.model, self.tokenizer, card, examples, batch_size, progress, shots, budget, prefix=self.prefix
         )
 
-    def with_knowledge(self, knowledge) -> LoadedSystem:
+    def with_knowledge(self, knowledge, index=None) -> LoadedSystem:
         """This system answering from another version of its documents (the same retriever refitted, the same k,
-        nothing retrained): how a knowledge update is tested and released."""
+        nothing retrained): how a knowledge update is tested and released. ``index``: that refit, if already built."""
         if self.index is None:
             raise TunebookError("this system answers without documents: a knowledge version changes nothing in it.")
         # deferred: see __init__
         from tunebook.knowledge.context import build_index
 
         updated = copy.copy(self)
-        updated.index = build_index(knowledge, self.index.name, self.index.k)
+        updated.index = index if index is not None else build_index(knowledge, self.index.name, self.index.k)
         updated.spec = self.spec.model_copy(
             update={"knowledge": {**self.spec.knowledge, "version": knowledge.version}}
         )

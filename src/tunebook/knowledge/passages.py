@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tunebook.errors import KnowledgeError
@@ -34,15 +34,12 @@ class Knowledge:
     version: str
     folder: str
     passage_words: int
+    max_length: int | None = None  # the prompt length in tokens its passages were checked to fit (check_fits)
 
     @property
     def articles(self) -> list[str]:
         """The article ids, in order."""
         return list(dict.fromkeys(p.article for p in self.passages))
-
-    def by_id(self) -> dict[str, Passage]:
-        """Passages by id."""
-        return {p.id: p for p in self.passages}
 
 
 def _pieces(paragraph: str, limit: int) -> list[str]:
@@ -90,18 +87,23 @@ def read_knowledge(folder: str | Path, passage_words: int = 120) -> Knowledge:
     return Knowledge(passages, knowledge_version(passages), str(folder), passage_words)
 
 
-def check_fits(knowledge: Knowledge, count_tokens, limit: int, k: int) -> None:
-    """Stop when ``k`` of the longest passages cannot fit ``limit`` tokens (the model's context less the rest of
-    the prompt and the answer), naming the file of the longest one."""
-    sizes = sorted(((count_tokens(p.text), p) for p in knowledge.passages), key=lambda x: -x[0])
+def check_fits(knowledge: Knowledge, tokenizer, max_length: int, k: int) -> Knowledge:
+    """The knowledge, marked as checked for ``max_length``; stops when ``k`` of its longest passages take more than
+    half of those tokens (the other half is the rest of the prompt and the answer), naming the longest one's file."""
+    limit = max_length // 2
+    count = [
+        len(ids) for ids in tokenizer([p.text for p in knowledge.passages], add_special_tokens=False)["input_ids"]
+    ]
+    sizes = sorted(zip(count, knowledge.passages), key=lambda x: -x[0])
     total = sum(size for size, _ in sizes[:k])
     if total > limit:
         size, longest = sizes[0]
         raise KnowledgeError(
             f"{Path(knowledge.folder) / longest.path}: passage {longest.id} has {size} tokens, and {k} passages this "
-            f"long ({total} tokens) do not fit the {limit} tokens the prompt has for them. Lower knowledge.passage_words "
-            "or knowledge.k in the job card, or split the article."
+            f"long ({total} tokens) do not fit the {limit} tokens the prompt has for them (half of MAX_LENGTH "
+            f"{max_length}). Lower knowledge.passage_words or knowledge.k in the job card, or split the article."
         )
+    return replace(knowledge, max_length=max_length)
 
 
 def save_knowledge(knowledge: Knowledge, folder: Path) -> Path:
@@ -110,7 +112,12 @@ def save_knowledge(knowledge: Knowledge, folder: Path) -> Path:
     with (folder / "passages.jsonl").open("w", encoding="utf-8") as handle:
         for p in knowledge.passages:
             handle.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
-    meta = {"version": knowledge.version, "folder": knowledge.folder, "passage_words": knowledge.passage_words}
+    meta = {
+        "version": knowledge.version,
+        "folder": knowledge.folder,
+        "passage_words": knowledge.passage_words,
+        "max_length": knowledge.max_length,
+    }
     (folder / "knowledge.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return folder
 
@@ -125,4 +132,4 @@ def load_knowledge(folder: Path) -> Knowledge:
     passages = [Passage(**json.loads(line)) for line in lines if line.strip()]
     if knowledge_version(passages) != meta["version"]:
         raise KnowledgeError(f"{passages_file} was changed after it was written (its hash is not {meta['version']}).")
-    return Knowledge(passages, meta["version"], meta["folder"], meta["passage_words"])
+    return Knowledge(passages, meta["version"], meta["folder"], meta["passage_words"], meta.get("max_length"))

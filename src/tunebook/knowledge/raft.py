@@ -27,9 +27,9 @@ def _greeting_name(card: JobCard, target: str) -> str | None:
     return None
 
 
-def handover_target(card: JobCard, target: str, examples: list[str]) -> str:
-    """The job's hand-over answer in place of ``target``: one of the training hand-overs (``examples``); for drafting,
-    with ``target``'s greeting and the name in it."""
+def handover_target(card: JobCard, target: str, examples: list[str], rng: np.random.Generator) -> str:
+    """The job's hand-over answer in place of ``target``: one of the training hand-overs (``examples``, drawn with
+    ``rng``); for drafting, one whose greeting fits, with ``target``'s greeting and the name in it."""
     if not examples:
         raise KnowledgeError(
             "training with passages left out needs hand-over answers to learn from: the train split has no example "
@@ -37,10 +37,10 @@ def handover_target(card: JobCard, target: str, examples: list[str]) -> str:
             "article answers, with their hand-over reply, to the data."
         )
     if card.task_kind != "drafting":
-        return examples[0]
+        return examples[rng.integers(len(examples))]
     name = _greeting_name(card, target)
     fitting = [e for e in examples if (_greeting_name(card, e) == "there") == (name == "there")] or examples
-    template = fitting[len(target) % len(fitting)]  # a fixed choice: the same data gives the same training set
+    template = fitting[rng.integers(len(fitting))]
     first_line, rest = template.split("\n", 1) if "\n" in template else (template, "")
     own_first = target.split("\n", 1)[0]
     template_name = _greeting_name(card, template)
@@ -76,7 +76,7 @@ def raft_frame(
             chosen = distractors[:k]
         contexts.append(render_passages([passages[i] for i in chosen]))
         retrieved.append([passages[i].id for i in chosen])
-        targets.append(row.target if show or not sources else handover_target(card, row.target, handovers))
+        targets.append(row.target if show or not sources else handover_target(card, row.target, handovers, rng))
         shown.append(show)
     result = frame.copy()
     result["context"], result["retrieved"], result["target"], result["source_shown"] = (
