@@ -4,12 +4,14 @@ after the documents change (the freshness test) and answers with the passages it
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import EXAMPLE, write_job
 
 from tunebook import evaluation, pipeline, system
 from tunebook.approach import decide_approach
-from tunebook.errors import KnowledgeError
+from tunebook.errors import KnowledgeError, TunebookError
 from tunebook.job import load_job_card
 from tunebook.knowledge.passages import load_knowledge
 from tunebook.runfolder import RunFolder
@@ -195,3 +197,60 @@ def test_a_new_knowledge_version_is_a_release_of_its_own_and_can_be_rolled_back(
     assert str(registry.champion(store, "help_centre").version) == "2"
     assert registration.rollback(store, "help_centre")["champion"] == "1"
     assert str(registry.champion(store, "help_centre").version) == "1"
+
+
+def _spoil(docs, case: str) -> None:
+    """Plant one fault of the job card's knowledge checks in a copy of the help centre."""
+    article = docs / "account" / "creating-an-account.md"
+    if case == "duplicate id":
+        (docs / "account" / "copy.md").write_text(article.read_text(encoding="utf-8"), encoding="utf-8")
+    elif case == "no text":
+        (docs / "account" / "blank.md").write_text("---\nid: blank\ntitle: Blank\n---\n\n", encoding="utf-8")
+    elif case == "not utf-8":
+        (docs / "account" / "latin.txt").write_bytes("Caf\xe9 opening hours.".encode("latin-1"))
+    elif case == "unknown source":
+        questions = docs.parent.parent / "questions.jsonl"
+        rows = questions.read_text(encoding="utf-8").splitlines()
+        first = json.loads(rows[0])
+        rows[0] = json.dumps({**first, "source": "no-such-article"})
+        questions.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("case", "named", "message"),
+    [
+        ("duplicate id", "copy.md", "is also the id of"),
+        ("no text", "blank.md", "has no text"),
+        ("not utf-8", "latin.txt", "UTF-8"),
+        ("passage too long", ".", "do not fit"),
+        ("unknown source", "questions.jsonl", "no-such-article"),
+    ],
+)
+def test_bad_documents_stop_01_with_the_file_named_and_nothing_written(tmp_path, tiny_model, case, named, message):
+    from tunebook import approach, artifacts, cleaning, job
+
+    card_path = write_job(tmp_path / "job", per_label=4, example="help_centre")
+    _spoil(card_path.parent / "docs" / "v1", case)
+    run = RunFolder(tmp_path / "run")
+    run.root.mkdir()
+    card = job.load_job_card(card_path)
+    run.write_job_card(card)
+    run.write_decision(approach.decide_approach(card))
+    run.write_results(
+        "00_define_the_job",
+        artifacts.JobResults(
+            job=card.name,
+            task_kind=card.task_kind,
+            job_card_sha256=job.card_hash(card),
+            approach="hybrid",
+            proceed_to_training=True,
+            forced=False,
+            force_training=False,
+        ),
+    )
+    written = sorted(p for p in run.root.rglob("*"))
+    parameters = {"BASE_MODEL": tiny_model, "MAX_LENGTH": 64 if case == "passage too long" else 2048}
+    with pytest.raises(TunebookError, match=message) as error:
+        cleaning.clean_run_folder(run.root, parameters)
+    assert named in str(error.value)
+    assert sorted(p for p in run.root.rglob("*")) == written  # no dataset version, passages or report
