@@ -148,8 +148,24 @@ def test_dense_retrieval_finds_a_paraphrase_and_its_weights_are_checked(tmp_path
     index = build_index(knowledge, "dense", k=1)
     frame = index.attach(pd.DataFrame({"text": ["I forgot my login secret, what now?"]}))
     assert frame["retrieved"][0] == ["password"]
-    vectors = np.load(index.save(tmp_path / "index") / "dense.npy")
+    saved = index.save(tmp_path / "index")
+    vectors = np.load(saved / "dense.npy")
     assert vectors.shape == (4, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_dense_index_embeds_queries_in_the_precision_it_was_built_with(tmp_path):
+    import json
+
+    from tunebook.knowledge.retrievers.dense import default_dtype, embed
+
+    knowledge = read_knowledge(write_docs(tmp_path / "docs"))
+    saved = build_index(knowledge, "dense", k=1).save(tmp_path / "index")
+    meta = json.loads((saved / "dense.json").read_text())
+    assert meta["dtype"] == default_dtype() and load_index(saved).retriever.dtype == meta["dtype"]
+    (saved / "dense.json").write_text(json.dumps({"model_sha256": meta["model_sha256"]}))  # written before the choice
+    assert load_index(saved).retriever.dtype == "float32"
+    texts = [p.text for p in knowledge.passages]
+    assert (embed(texts, dtype="float32") * embed(texts, dtype="bfloat16")).sum(1).min() > 0.999
 
 
 def test_retrievers_are_compared_on_recall_and_mrr_and_the_best_is_chosen(tmp_path):
