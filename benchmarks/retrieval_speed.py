@@ -6,7 +6,8 @@ Run:  .venv/bin/python benchmarks/retrieval_speed.py [--passages 10000] [--queri
 The passages are the help-centre example's (examples/help_centre/docs/v1) repeated with a number in each title and a
 shuffled order of sentences, so their lengths (60-160 words) are those of real help articles. The queries are the
 example's questions. Each retriever is fitted once (wall time) and asked every query one at a time (the serving case):
-the median and 95th percentile per query. Dense and hybrid rows need the packaged embedding model.
+the median and 95th percentile per query. Dense and hybrid rows need the packaged embedding model; the dense model's
+weights are what tunebook picks for this CPU (bfloat16 where it multiplies them natively) unless --dense-dtype says.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--retrievers", default="bm25,dense,hybrid", help="comma-separated names to measure")
+    parser.add_argument(
+        "--dense-dtype",
+        default="",
+        help="the dense model's weights: float32 | bfloat16 (default: what tunebook picks)",
+    )
     args = parser.parse_args()
     wanted = args.retrievers.split(",")
     corpus = passages(args.passages)
@@ -63,8 +69,11 @@ def main() -> None:
         if cls.available():
             print(f"{name}: skipped ({cls.available()})")
             continue
+        retriever = cls()
+        if name == "dense" and args.dense_dtype:
+            retriever.dtype = args.dense_dtype
         started = time.perf_counter()
-        retriever = cls().fit(corpus)
+        retriever = retriever.fit(corpus)
         indexed = time.perf_counter() - started
         retriever.search(queries[:1], args.k)  # warm: the first call loads what it needs
         times = []
@@ -77,6 +86,8 @@ def main() -> None:
         rows.append(
             {
                 "retriever": name,
+                "weights": getattr(retriever, "dtype", None)
+                or next((p.dtype for p in getattr(retriever, "parts", []) if hasattr(p, "dtype")), "-"),
                 "index s": round(indexed, 2),
                 "target index s": index_target,
                 "query p50 ms": round(statistics.median(times), 2),
