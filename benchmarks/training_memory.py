@@ -12,6 +12,8 @@ activation budget, backward, an AdamW step. The steps measured: the batch with t
 the batch mixing the most groups (where the groups' incomplete batches meet), then the epoch's first batches, up to
 --steps in all; or the batches --batches names (indices in the first epoch's order), to compare runs on the same
 batches.
+An example may also be a knowledge job's run folder after 02 (e.g. the help-centre example's): its steps are the
+hybrid adapter's, with the retrieved passages in each prompt as 03 trains it.
 --budget overrides packing.ACTIVATION_BUDGET_MB (0: no budget, every layer keeps its activations).
 --packing-from REV measures tunebook.packing as it was at a git revision (e.g. the commit before this change) on
 the same batches. Its peak on the tool example's mixed batch reached 22 GB on a 24 GB machine: with less free, name
@@ -66,13 +68,23 @@ def measure(example: str, steps: int, budget: float | None, revision: str | None
     from tunebook.recipe import TrainConfig
 
     packing = load_packing(revision)
-    card = job.load_job_card(ROOT / "examples" / example / "job.yaml")
-    kept, _ = data.clean(*data.load_examples(card))
-    splits = dataset.split(kept, card)
+    if Path(example).is_dir():  # a knowledge job's run folder after 02: the hybrid adapter's prompts, as 03 makes them
+        from tunebook.knowledge.raft import raft_frame
+        from tunebook.runfolder import RunFolder
+
+        run = RunFolder(Path(example))
+        card, splits = run.read_job_card(), run.read_splits()
+        index = train.training_index(run, card)
+        splits = {"train": raft_frame(card, splits["train"], index), "val": index.attach(splits["val"])}
+    else:
+        card = job.load_job_card(ROOT / "examples" / example / "job.yaml")
+        kept, _ = data.clean(*data.load_examples(card))
+        splits = dataset.split(kept, card)
     base_model = models.resolve_base_model("bundled")
     tokenizer = models.load_tokenizer(base_model)
     config = TrainConfig()
     features, _, _ = train._features(tokenizer, card, splits, base_model, config)
+    model = train.prepare_model(base_model, config).train()
     lengths, groups = [len(f["input_ids"]) for f in features], [f.get("group", 0) for f in features]
     sampler = packing.SeededLengthGroupedSampler(config.batch_size, lengths, config.seed, groups)
     order = list(sampler)
@@ -80,33 +92,40 @@ def measure(example: str, steps: int, budget: float | None, revision: str | None
         [features[i] for i in order[start : start + config.batch_size]]
         for start in range(0, len(order), config.batch_size)
     ]
-    collate = packing.CompletionCollator(tokenizer.pad_token_id)
-    collated = [collate(b) for b in batches]
-    longest = max(range(len(collated)), key=lambda i: collated[i]["input_ids"].numel())
+    # the layout 03 picks (packed or padded, by cost), where this revision of packing chooses
+    costed = {"pair_cost": packing.pair_cost(model)} if hasattr(packing, "pair_cost") else {}
+    collate = packing.CompletionCollator(tokenizer.pad_token_id, **costed)
+    # the examples per forward pass 03 plans (the rest of each batch accumulated), where this revision plans them
+    micro, planned = (
+        train.memory_plan(model, collate, features, config) if revision is None else (len(batches[0]), None)
+    )
+    collated = [[collate(b[i : i + micro]) for i in range(0, len(b), micro)] for b in batches]
+    longest = max(range(len(collated)), key=lambda i: max(c["input_ids"].numel() for c in collated[i]))
     mixed = max(range(len(batches)), key=lambda i: (len({f.get("group", 0) for f in batches[i]}), i))
     chosen = list(dict.fromkeys([longest, mixed, *range(len(collated))]))[:steps]
     if picked:
         chosen = [int(i) for i in picked.split(",")]
 
-    model = train.prepare_model(base_model, config).train()
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.effective_learning_rate
     )
     if budget is None:
-        budget = getattr(packing, "ACTIVATION_BUDGET_MB", None)
+        budget = planned or getattr(packing, "ACTIVATION_BUDGET_MB", None)
     takes_budget = "activation_budget_mb" in inspect.signature(packing.completion_loss).parameters
     loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = []
     for index in chosen:
-        batch = collated[index]
+        passes = collated[index]
+        batch = max(passes, key=lambda c: c["input_ids"].numel())
         tokens = batch["input_ids"].numel()
         started = time.perf_counter()
-        loss = (
-            packing.completion_loss(model, batch, budget or None)
-            if takes_budget
-            else packing.completion_loss(model, batch)
-        )
-        loss.backward()
+        for part in passes:
+            loss = (
+                packing.completion_loss(model, part, budget or None)
+                if takes_budget
+                else packing.completion_loss(model, part)
+            )
+            (loss / len(passes)).backward()
         optimizer.step()
         optimizer.zero_grad()
         seconds = time.perf_counter() - started
@@ -116,6 +135,7 @@ def measure(example: str, steps: int, budget: float | None, revision: str | None
                 "batch": index,
                 "layout": "packed" if "segments" in batch else "padded",
                 "shape": list(batch["input_ids"].shape),
+                "passes": len(passes),
                 "tokens": tokens,
                 "recomputed_layers": recomputed,
                 "seconds": round(seconds, 2),
@@ -125,12 +145,13 @@ def measure(example: str, steps: int, budget: float | None, revision: str | None
         print(f"  {example} {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     total = sum(r["seconds"] for r in rows)
     return {
-        "example": example,
+        "example": Path(example).name,
         "packing": revision or "working tree",
         "budget_mb": budget or None,
         "features": len(features),
         "batches_per_epoch": len(batches),
-        "longest_row": collated[longest]["input_ids"].numel(),
+        "longest_row": max(c["input_ids"].numel() for c in collated[longest]),
+        "examples_per_pass": micro,
         "loaded_mb": round(loaded_mb),
         "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "steps": len(rows),
@@ -215,11 +236,14 @@ def main() -> None:
             f"{r['steps_per_s']:>9.3f}{1 / r['steps_per_s']:>8.1f}  {REFERENCE.get(r['example'], '')}"
         )
     print()
-    print("per step (tokens: the row's length, or rows x width; recomputed: decoder layers checkpointed):")
+    print(
+        "per step (passes: forward passes accumulated; the longest pass's layout and shape; tokens: its row's length,"
+        " or rows x width; recomputed: decoder layers checkpointed):"
+    )
     for r in results:
         for s in r["steps_detail"]:
             print(
-                f"  {r['example']:<16} batch {s['batch']:>3} {s['layout']:<7}{str(s['shape']):<11} tokens "
+                f"  {r['example']:<16} batch {s['batch']:>3} {s.get('passes', 1)} x {s['layout']:<7}{str(s['shape']):<11} tokens "
                 f"{s['tokens']:>5}  recomputed {s['recomputed_layers']:>2}  {s['seconds']:>6.2f} s  peak so far "
                 f"{s['peak_mb']} MB"
             )

@@ -201,7 +201,7 @@ def test_a_row_over_the_budget_recomputes_layers_with_the_same_loss_and_gradient
         assert packing.completion_loss(model, batch, 1e-6).item() == pytest.approx(kept, abs=1e-6)
 
 
-def test_training_that_cannot_fit_says_so_before_it_starts_with_the_batch_size_that_fits(
+def test_a_batch_that_does_not_fit_is_split_into_accumulated_passes_and_one_that_never_fits_stops_first(
     tool_job, tiny_model, tokenizer, tmp_path, monkeypatch
 ):
     card, kept = tool_job
@@ -213,15 +213,62 @@ def test_training_that_cannot_fit_says_so_before_it_starts_with_the_batch_size_t
     model = model_for(tiny_model)
     collator = packing.CompletionCollator(tokenizer.pad_token_id)
 
-    def need(batch_size):
-        return packing.step_memory_mb(model, packing.longest_row(collator, features, batch_size, config.seed))
+    layers = model.config.num_hidden_layers
 
-    assert need(1) < need(3) < need(6)
-    free = (need(3) + need(4)) / 2 if need(3) < need(4) else need(3)
-    monkeypatch.setattr(train, "_free_memory_mb", lambda: free)
-    monkeypatch.setattr(train, "_fit", lambda *args: pytest.fail("training started"))
+    def need(micro, recomputed=0):
+        tokens = packing.longest_row(collator, features, 6, config.seed, 1, micro)
+        return packing.step_memory_mb(model, tokens, recomputed)
+
+    assert need(3, layers) < need(6, layers)
+    budget = (need(3, layers) + need(6, layers)) / 2  # 6 per pass does not fit even with every layer recomputed
+    started = []
+
+    class Started(Exception):
+        pass
+
+    def fit(trainer, *args):
+        started.append(trainer.args)
+        raise Started
+
+    monkeypatch.setattr(train, "_fit", fit)
+    monkeypatch.setattr(train, "_free_memory_mb", lambda: budget)
+    with pytest.raises(Started):
+        train.train_adapter(card, splits, tiny_model, config, tmp_path / "fits", "h")
+    args, micro = started[-1], started[-1].per_device_train_batch_size
+    assert micro < 6 and micro * args.gradient_accumulation_steps == 6  # still 6 examples per optimiser step
+    tokens = packing.longest_row(collator, features, 6, config.seed, 1, micro)
+    assert packing.step_memory_mb(model, tokens, packing.layers_to_checkpoint(model, tokens, budget)) <= budget
+    monkeypatch.setattr(train, "_free_memory_mb", lambda: need(1, layers) / 2)  # not even one, all recomputed
     with pytest.raises(TunebookError, match="not enough memory") as refused:
         train.train_adapter(card, splits, tiny_model, config, tmp_path / "adapter", "h")
-    fits = int(re.search(r"Set BATCH_SIZE to (\d+)", str(refused.value)).group(1))
-    assert 1 <= fits < 6 and need(fits) <= free < need(fits + 1)
-    assert not [path for path in (tmp_path / "adapter").rglob("*") if path.is_file()]
+    suggested = int(re.search(r"Set MAX_LENGTH=(\d+)", str(refused.value)).group(1))
+    assert 0 < suggested < max(len(f["input_ids"]) for f in features)
+    assert len(started) == 1 and not [path for path in (tmp_path / "adapter").rglob("*") if path.is_file()]
+
+
+def _features(prefix: int, own: list[int]) -> list[dict]:
+    """Examples that share ``prefix`` prompt tokens, each followed by ``own`` tokens of its own (half answer)."""
+    made = []
+    for n, length in enumerate(own):
+        ids = list(range(1, prefix + 1)) + [1000 + n] * length
+        labels = [IGNORE_INDEX] * (prefix + length // 2) + ids[prefix + length // 2 :]
+        made.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return made
+
+
+def test_long_examples_behind_a_short_shared_prefix_are_padded_where_packing_would_cost_more(tiny_model):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    config._attn_implementation = "sdpa"
+    cost = packing.pair_cost(type("Model", (), {"config": config})())
+    assert cost > 0
+    collate = packing.CompletionCollator(0, pair_cost=cost)
+    passages = _features(20, [int(2 / cost)] * 8)  # retrieved passages: each prompt long, the system prompt short
+    catalogue = _features(int(2 / cost), [40] * 8)  # a tool catalogue: the shared prompt long, each example short
+    assert collate.layout(passages) is None and "segments" not in collate(passages)
+    assert collate.layout(catalogue) is not None and "segments" in collate(catalogue)
+    assert packing.CompletionCollator(0).layout(passages) is not None  # without a pair cost: packed, as before
+    assert collate.cost(passages, None) < collate.cost(passages, [(passages, 20)])
+    config._attn_implementation = "flex_attention"  # skips masked blocks: packing always pays
+    assert packing.pair_cost(type("Model", (), {"config": config})()) == 0.0

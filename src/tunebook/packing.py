@@ -39,12 +39,14 @@ class CompletionCollator:
     then each example's remaining tokens, no padding; ``segments`` numbers the examples (0 = the shared prefix) so
     each attends only to the prefix and to itself, ``position_ids`` restart after the prefix for every example, and
     ``labels`` holds the next-token target of every position (-100 where there is no loss).
-    Padded (otherwise): the usual right-padded rows with ``attention_mask`` and unshifted ``labels``.
+    Padded (otherwise, or where that costs less: ``cost``): the usual right-padded rows with ``attention_mask`` and
+    unshifted ``labels``.
     """
 
-    def __init__(self, pad_token_id: int, share_prefix: bool = True):
+    def __init__(self, pad_token_id: int, share_prefix: bool = True, pair_cost: float = 0.0):
         self.pad_token_id = pad_token_id
         self.share_prefix = share_prefix
+        self.pair_cost = pair_cost  # attention's cost per (query, key) pair of a row, in tokens' cost (pair_cost)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         """Collate ``features`` (dicts of input_ids, attention_mask, labels)."""
@@ -54,7 +56,8 @@ class CompletionCollator:
         return self.packed(*parts[0]) if len(parts) == 1 else self.packed_parts(parts)
 
     def layout(self, features: list[dict]) -> list[tuple[list[dict], int]] | None:
-        """How ``features`` go into one packed row: (examples, shared prefix length) per part, or None for padding.
+        """How ``features`` go into one packed row: (examples, shared prefix length) per part, or None for padding
+        (no shared prefix, or padding costs less: ``cost``).
 
         One part when the whole batch shares a prompt prefix. A batch mixing groups (the sampler's last batch of an
         epoch gathers the groups' incomplete ones, e.g. job examples and general replay examples) holds one part per
@@ -65,12 +68,28 @@ class CompletionCollator:
             return None
         p = shared_prefix_length(features)
         if p > 0:
-            return [(features, p)]
-        groups: dict = {}
-        for f in features:
-            groups.setdefault(f.get("group", 0), []).append(f)
-        parts = [(members, shared_prefix_length(members)) for members in groups.values()]
-        return parts if any(p > 0 for _, p in parts) else None
+            parts = [(features, p)]
+        else:
+            groups: dict = {}
+            for f in features:
+                groups.setdefault(f.get("group", 0), []).append(f)
+            parts = [(members, shared_prefix_length(members)) for members in groups.values()]
+            if not any(p > 0 for _, p in parts):
+                return None
+        return parts if self.cost(features, parts) <= self.cost(features, None) else None
+
+    def cost(self, features: list[dict], parts: list[tuple[list[dict], int]] | None) -> float:
+        """A step's compute in tokens' worth: the tokens through the model, and ``pair_cost`` per attention pair.
+
+        The packed row attends over all of its length (the mask only hides pairs), so packing examples that share a
+        short prefix and are long themselves (retrieved passages in each prompt) costs more than padding them: on the
+        help-centre example, 8 rows of about 660 tokens cost about 6,400 tokens' worth padded, 14,800 packed.
+        """
+        if parts is None:
+            width = max(len(f["input_ids"]) for f in features)
+            return len(features) * (width + self.pair_cost * width**2)
+        tokens = sum(p + sum(len(f["input_ids"]) - p for f in members) for members, p in parts)
+        return tokens + self.pair_cost * tokens**2
 
     def row_tokens(self, features: list[dict]) -> int:
         """Tokens the batch of ``features`` puts through the model (the packed row's length, or rows x width)."""
@@ -129,6 +148,23 @@ class CompletionCollator:
             rows.append(row)
             examples, prefixes = examples + len(members), prefixes + (p > 0)
         return {key: torch.cat([row[key] for row in rows], dim=1) for key in rows[0]}
+
+
+def pair_cost(model: PreTrainedModel) -> float:
+    """Attention's compute per (query, key) pair relative to a token's pass through a decoder layer's weights, for
+    SDPA or eager attention (which compute every pair of a row); 0 for FlexAttention, which skips masked blocks.
+    From the config of a Llama-style layer (query, key, value and output projections, a gated MLP)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base.config._attn_implementation == "flex_attention":
+        return 0.0
+    config = base.config.get_text_config()
+    hidden = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    weights = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + 3 * hidden * intermediate
+    return 2 * heads * head_dim / weights  # scores and weighted values: 4 FLOPs per pair and width, 2 per weight
 
 
 PACKING_ATTENTION = ("sdpa", "eager", "flex_attention")  # attention implementations that take a packed row's structure
@@ -331,18 +367,24 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 def longest_row(
-    collator: CompletionCollator, features: list[dict], batch_size: int, seed: int, epochs: int = 1
+    collator: CompletionCollator,
+    features: list[dict],
+    batch_size: int,
+    seed: int,
+    epochs: int = 1,
+    micro: int | None = None,
 ) -> int:
     """Tokens of the longest row that training on ``features`` puts through the model in its first ``epochs`` epochs:
-    the batches ``SeededLengthGroupedSampler`` forms, laid out by ``collator``."""
+    the batches ``SeededLengthGroupedSampler`` forms, split into forward passes of ``micro`` examples (gradient
+    accumulation; default: the whole batch), laid out by ``collator``."""
     lengths, groups = [len(f["input_ids"]) for f in features], [f.get("group", 0) for f in features]
     sampler = SeededLengthGroupedSampler(batch_size, lengths, seed, groups)
-    longest = 0
+    step, longest = micro or batch_size, 0
     for epoch in range(max(1, epochs)):
         sampler.set_epoch(epoch)
         order = list(sampler)
-        for start in range(0, len(order), batch_size):
-            longest = max(longest, collator.row_tokens([features[i] for i in order[start : start + batch_size]]))
+        for start in range(0, len(order), step):
+            longest = max(longest, collator.row_tokens([features[i] for i in order[start : start + step]]))
     return longest
 
 

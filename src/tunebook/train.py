@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -39,11 +41,13 @@ from tunebook.models import (
     model_identity,
 )
 from tunebook.packing import (
+    ACTIVATION_BUDGET_MB,
     PACKING_ATTENTION,
     CompletionCollator,
     CompletionOnlyTrainer,
     layers_to_checkpoint,
     longest_row,
+    pair_cost,
     step_memory_mb,
 )
 from tunebook.prompts import IGNORE_INDEX, encode_parts, end_of_turn_id, features_from
@@ -155,34 +159,50 @@ def _free_memory_mb() -> float:
     return psutil.virtual_memory().available / 2**20
 
 
-def _check_memory(trainer: CompletionOnlyTrainer, config: TrainConfig, features: list[dict], total_steps: int) -> None:
-    """Refuse, before the first step, a training on a CPU whose longest batch would not fit in the memory this machine
-    has free, even with its decoder layers recomputed in the backward pass, and name the BATCH_SIZE (or MAX_LENGTH)
-    that fits. The estimate is ``packing.step_memory_mb`` of the longest packed row the planned batches make."""
-    model = trainer.model
-    if trainer.args.world_size > 1 or next(model.parameters()).device.type != "cpu":
-        return
+def memory_plan(
+    model: PreTrainedModel, collator: CompletionCollator, features: list[dict], config: TrainConfig
+) -> tuple[int, float | None]:
+    """Examples per forward pass and the activation budget of a step in MB (``packing.completion_loss``).
+
+    BATCH_SIZE and no budget off a CPU. On a CPU the budget is ``packing.ACTIVATION_BUDGET_MB``, or the memory free
+    if less, and the examples per pass the largest divisor of BATCH_SIZE whose longest row fits it (decoder layers
+    recomputed as needed); the rest of each batch is accumulated, so the optimiser steps and the batch they average
+    over stay the recipe's. Refuses, before the first step, a training whose longest example alone does not fit,
+    naming the MAX_LENGTH that does.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or next(model.parameters()).device.type != "cpu":
+        return config.batch_size, None
     free = _free_memory_mb()
-    epochs = min(3, -(-total_steps // max(1, -(-len(features) // config.batch_size))))
+    budget = min(ACTIVATION_BUDGET_MB, free)
+    steps_per_epoch = max(1, -(-len(features) // config.batch_size))
+    planned = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.epochs)
+    epochs = min(3, -(-planned // steps_per_epoch))
 
-    def need(batch_size: int) -> tuple[int, float]:
-        tokens = longest_row(trainer.data_collator, features, batch_size, config.seed, epochs)
-        return tokens, step_memory_mb(model, tokens, layers_to_checkpoint(model, tokens, trainer.activation_budget_mb))
+    layers = (model.get_base_model() if hasattr(model, "get_base_model") else model).config.get_text_config()
+    layers = layers.num_hidden_layers
 
-    tokens, needed = need(config.batch_size)
+    def need(size: int) -> tuple[int, float, float]:
+        """The longest row's tokens, its step's memory, and the batch's relative time in passes of ``size``."""
+        tokens = longest_row(collator, features, config.batch_size, config.seed, epochs, micro=size)
+        recomputed = layers_to_checkpoint(model, tokens, budget)
+        # a recomputed layer runs its forward pass twice: about a third more of its time
+        time = config.batch_size / size * tokens * (1 + recomputed / layers / 3)
+        return tokens, step_memory_mb(model, tokens, recomputed), time
+
+    sizes = [d for d in range(config.batch_size, 0, -1) if config.batch_size % d == 0]
+    fitting = [(need(size)[2], size) for size in sizes if need(size)[1] <= budget]
+    if fitting:
+        return min(fitting)[1], budget  # the quickest: one pass with a shared prefix, or shorter rows kept whole
+    tokens, needed, _ = need(1)
     if needed <= free:
-        return
-    fits = next((b for b in range(config.batch_size - 1, 0, -1) if need(b)[1] <= free), None)
-    if fits is not None:
-        advice = f"Set BATCH_SIZE to {fits} (longest row {need(fits)[0]} tokens, about {need(fits)[1]:,.0f} MB)"
-    else:
-        per_token = step_memory_mb(model, 1, layers_to_checkpoint(model, 10**9, trainer.activation_budget_mb))
-        advice = f"Even one example per step does not fit: set BATCH_SIZE=1 and MAX_LENGTH={int(free / per_token)}"
+        return 1, budget
+    per_token = step_memory_mb(model, 1, layers_to_checkpoint(model, 10**9, budget))
     raise TunebookError(
-        f"not enough memory to train with BATCH_SIZE={config.batch_size} and MAX_LENGTH={config.max_length}: the "
-        f"longest batch packs into a row of {tokens} tokens, and a training step on it needs about {needed:,.0f} MB "
-        f"beyond the loaded model, while this machine has {free:,.0f} MB free. {advice}, or free memory (other "
-        "notebooks, processes) and rerun."
+        f"not enough memory to train with MAX_LENGTH={config.max_length}: the longest example alone is a row of "
+        f"{tokens} tokens, and a training step on it needs about {needed:,.0f} MB beyond the loaded model, while this "
+        f"machine has {free:,.0f} MB free. Set MAX_LENGTH={int(free / per_token)} (or, for a job with documents, lower "
+        "knowledge.k or knowledge.passage_words in the job card), or free memory (other notebooks, processes) and "
+        "rerun."
     )
 
 
@@ -244,9 +264,12 @@ def _features(
     return train_features, val_features, job_examples
 
 
-def _training_arguments(config: TrainConfig, checkpoints: Path, examples: int) -> tuple[TrainingArguments, int]:
-    """transformers' arguments for this recipe (validation and a checkpoint every ``eval_steps``; best kept), and the
-    planned number of optimiser steps."""
+def _training_arguments(
+    config: TrainConfig, checkpoints: Path, examples: int, micro: int | None = None
+) -> tuple[TrainingArguments, int]:
+    """transformers' arguments for this recipe (validation and a checkpoint every ``eval_steps``; best kept; ``micro``
+    examples per forward pass, the batch's rest accumulated), and the planned number of optimiser steps."""
+    micro = micro or config.batch_size
     steps_per_epoch = max(1, -(-examples // config.batch_size))
     total_steps = config.max_steps if config.max_steps > 0 else max(1, round(steps_per_epoch * config.epochs))
     # EVAL_STEPS past the last step would leave no validation pass and no checkpoint to keep: validate at the end
@@ -256,7 +279,8 @@ def _training_arguments(config: TrainConfig, checkpoints: Path, examples: int) -
     on_gpu = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(checkpoints),
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=config.batch_size // micro,
         per_device_eval_batch_size=config.batch_size,
         learning_rate=config.effective_learning_rate,
         num_train_epochs=config.epochs,
@@ -370,20 +394,24 @@ def train_adapter(
     key = _run_key(card, base_model, config, dataset_hash)
     state = _resume_state(checkpoints, key, resume)
     model = prepare_model(base_model, config)
-    args, total_steps = _training_arguments(config, checkpoints, len(train_features))
+    collator = CompletionCollator(
+        tokenizer.pad_token_id,
+        share_prefix=int(os.environ.get("WORLD_SIZE", "1")) == 1
+        and model.config._attn_implementation in PACKING_ATTENTION,
+        pair_cost=pair_cost(model),
+    )
+    micro, budget = memory_plan(model, collator, train_features, config)
+    args, total_steps = _training_arguments(config, checkpoints, len(train_features), micro)
     extra = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience > 0 else []
     trainer = CompletionOnlyTrainer(
         model=model,
         args=args,
         train_dataset=train_features,
         eval_dataset=val_features,
-        data_collator=CompletionCollator(
-            tokenizer.pad_token_id,
-            share_prefix=args.world_size == 1 and model.config._attn_implementation in PACKING_ATTENTION,
-        ),
+        data_collator=collator,
         callbacks=[*extra, *callbacks],
     )
-    _check_memory(trainer, config, train_features, total_steps)
+    trainer.activation_budget_mb = budget
     try:
         val_before, val_after, wall = _fit(trainer, state, key, checkpoints, callbacks)
     except Exception as error:  # noqa: BLE001 - only out-of-memory is translated, everything else is re-raised
