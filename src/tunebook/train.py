@@ -165,10 +165,10 @@ def memory_plan(
     """Examples per forward pass and the activation budget of a step in MB (``packing.completion_loss``).
 
     BATCH_SIZE and no budget off a CPU. On a CPU the budget is ``packing.ACTIVATION_BUDGET_MB``, or the memory free
-    if less, and the examples per pass the largest divisor of BATCH_SIZE whose longest row fits it (decoder layers
-    recomputed as needed); the rest of each batch is accumulated, so the optimiser steps and the batch they average
-    over stay the recipe's. Refuses, before the first step, a training whose longest example alone does not fit,
-    naming the MAX_LENGTH that does.
+    if less, and the examples per pass the divisor of BATCH_SIZE whose longest row fits it (decoder layers recomputed
+    as needed) in the least estimated time; the rest of each batch is accumulated, so the optimiser steps and the
+    batch they average over stay the recipe's. Refuses, before the first step, a training whose longest example alone
+    does not fit, naming the MAX_LENGTH that does.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or next(model.parameters()).device.type != "cpu":
         return config.batch_size, None
@@ -177,23 +177,22 @@ def memory_plan(
     steps_per_epoch = max(1, -(-len(features) // config.batch_size))
     planned = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.epochs)
     epochs = min(3, -(-planned // steps_per_epoch))
-
-    layers = (model.get_base_model() if hasattr(model, "get_base_model") else model).config.get_text_config()
-    layers = layers.num_hidden_layers
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = base.config.get_text_config().num_hidden_layers
 
     def need(size: int) -> tuple[int, float, float]:
         """The longest row's tokens, its step's memory, and the batch's relative time in passes of ``size``."""
         tokens = longest_row(collator, features, config.batch_size, config.seed, epochs, micro=size)
         recomputed = layers_to_checkpoint(model, tokens, budget)
         # a recomputed layer runs its forward pass twice: about a third more of its time
-        time = config.batch_size / size * tokens * (1 + recomputed / layers / 3)
-        return tokens, step_memory_mb(model, tokens, recomputed), time
+        cost = config.batch_size / size * tokens * (1 + recomputed / layers / 3)
+        return tokens, step_memory_mb(model, tokens, recomputed), cost
 
-    sizes = [d for d in range(config.batch_size, 0, -1) if config.batch_size % d == 0]
-    fitting = [(need(size)[2], size) for size in sizes if need(size)[1] <= budget]
+    planned_sizes = {size: need(size) for size in range(config.batch_size, 0, -1) if config.batch_size % size == 0}
+    fitting = [(cost, -size) for size, (_, needed, cost) in planned_sizes.items() if needed <= budget]
     if fitting:
-        return min(fitting)[1], budget  # the quickest: one pass with a shared prefix, or shorter rows kept whole
-    tokens, needed, _ = need(1)
+        return -min(fitting)[1], budget  # the quickest: one pass with a shared prefix, or shorter rows kept whole
+    tokens, needed, _ = planned_sizes[1]
     if needed <= free:
         return 1, budget
     per_token = step_memory_mb(model, 1, layers_to_checkpoint(model, 10**9, budget))
