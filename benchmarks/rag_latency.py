@@ -70,7 +70,7 @@ def main() -> None:
         ("document-blind adapter", run.blind_adapter_dir, None),
         ("hybrid adapter + passages", run.adapter_dir, index),
     ):
-        if folder.is_dir():
+        if (folder / "adapter_config.json").is_file():  # trained (a folder of checkpoints alone is not)
             arms.append((label, folder, arm_index, None))
     rows = {}
     for label, folder, arm_index, budget in arms:
