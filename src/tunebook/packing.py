@@ -32,6 +32,18 @@ def shared_prefix_length(features: list[dict], minimum: int = MIN_SHARED_PREFIX)
     return length if length >= minimum else 0
 
 
+def packed_tokens(parts: list[tuple[list[dict], int]]) -> int:
+    """Length of the packed row for ``parts`` (see ``CompletionCollator.layout``): each prefix once, then each
+    example's own tokens."""
+    return sum(p + sum(len(f["input_ids"]) - p for f in members) for members, p in parts)
+
+
+def text_config(model: PreTrainedModel):
+    """The decoder's config of ``model``, under its PEFT wrapper if it has one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config.get_text_config()
+
+
 class CompletionCollator:
     """Turns training features into a batch, in one of two layouts.
 
@@ -88,7 +100,7 @@ class CompletionCollator:
         if parts is None:
             width = max(len(f["input_ids"]) for f in features)
             return len(features) * (width + self.pair_cost * width**2)
-        tokens = sum(p + sum(len(f["input_ids"]) - p for f in members) for members, p in parts)
+        tokens = packed_tokens(parts)
         return tokens + self.pair_cost * tokens**2
 
     def row_tokens(self, features: list[dict]) -> int:
@@ -96,7 +108,7 @@ class CompletionCollator:
         parts = self.layout(features)
         if parts is None:
             return len(features) * max(len(f["input_ids"]) for f in features)
-        return sum(p + sum(len(f["input_ids"]) - p for f in members) for members, p in parts)
+        return packed_tokens(parts)
 
     def padded(self, features: list[dict]) -> dict[str, torch.Tensor]:
         """Right-padded rows, one per example."""
@@ -154,10 +166,9 @@ def pair_cost(model: PreTrainedModel) -> float:
     """Attention's compute per (query, key) pair relative to a token's pass through a decoder layer's weights, for
     SDPA or eager attention (which compute every pair of a row); 0 for FlexAttention, which skips masked blocks.
     From the config of a Llama-style layer (query, key, value and output projections, a gated MLP)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if base.config._attn_implementation == "flex_attention":
+    config = text_config(model)
+    if config._attn_implementation == "flex_attention":
         return 0.0
-    config = base.config.get_text_config()
     hidden = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     heads = config.num_attention_heads
@@ -245,7 +256,7 @@ def activation_bytes_per_token(model: PreTrainedModel) -> int:
     """Bytes one decoder layer keeps for the backward pass per token of the row, for a Llama-style layer computing in
     float32 with LoRA on every linear layer: the MLP's four intermediate vectors, the attention's query, key, value
     (grouped-query heads repeated) and output, and four hidden-size vectors (normalised inputs, residuals)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     hidden = config.hidden_size
     heads = config.num_attention_heads * (getattr(config, "head_dim", None) or hidden // config.num_attention_heads)
     return 4 * (4 * (getattr(config, "intermediate_size", None) or 4 * hidden) + 4 * heads + 4 * hidden)
@@ -254,21 +265,19 @@ def activation_bytes_per_token(model: PreTrainedModel) -> int:
 def step_memory_mb(model: PreTrainedModel, tokens: int, recomputed: int = 0) -> float:
     """Estimated peak memory of one training step beyond the loaded model, in MB, for a row of ``tokens`` tokens with
     ``recomputed`` of the decoder's layers checkpointed (see KEPT_LAYER_COST)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = base.config.get_text_config().num_hidden_layers
+    layers = text_config(model).num_hidden_layers
     recomputed = min(recomputed, layers)
-    per_layer = tokens * activation_bytes_per_token(base) / 2**20
+    per_layer = tokens * activation_bytes_per_token(model) / 2**20
     return per_layer * (KEPT_LAYER_COST * (layers - recomputed) + RECOMPUTED_LAYER_COST * recomputed)
 
 
 def layers_to_checkpoint(model: PreTrainedModel, tokens: int, budget_mb: float | None = ACTIVATION_BUDGET_MB) -> int:
     """How many decoder layers a row of ``tokens`` tokens must recompute in the backward pass for the step to stay
     within ``budget_mb`` (0 when it fits as is or there is no budget; every layer when even that is over)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = base.config.get_text_config().num_hidden_layers
-    if budget_mb is None or step_memory_mb(base, tokens) <= budget_mb:
+    layers = text_config(model).num_hidden_layers
+    if budget_mb is None or step_memory_mb(model, tokens) <= budget_mb:
         return 0
-    return next((k for k in range(1, layers + 1) if step_memory_mb(base, tokens, k) <= budget_mb), layers)
+    return next((k for k in range(1, layers + 1) if step_memory_mb(model, tokens, k) <= budget_mb), layers)
 
 
 @contextmanager

@@ -49,6 +49,7 @@ from tunebook.packing import (
     longest_row,
     pair_cost,
     step_memory_mb,
+    text_config,
 )
 from tunebook.prompts import IGNORE_INDEX, encode_parts, end_of_turn_id, features_from
 from tunebook.recipe import TrainConfig, config_from_parameters
@@ -177,8 +178,7 @@ def memory_plan(
     steps_per_epoch = max(1, -(-len(features) // config.batch_size))
     planned = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.epochs)
     epochs = min(3, -(-planned // steps_per_epoch))
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = base.config.get_text_config().num_hidden_layers
+    layers = text_config(model).num_hidden_layers
 
     def need(size: int) -> tuple[int, float, float]:
         """The longest row's tokens, its step's memory, and the batch's relative time in passes of ``size``."""
