@@ -19,7 +19,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook import audit, data, job, models, neardup  # noqa: E402
+from tunebook.card import schema as job  # noqa: E402
+from tunebook.clean import audit  # noqa: E402
+from tunebook.data import examples as data  # noqa: E402
+from tunebook.data import neardup  # noqa: E402
+from tunebook.modeling import models  # noqa: E402
 
 
 def synthetic(card: job.JobCard, n: int, seed: int = 0) -> pd.DataFrame:

@@ -21,8 +21,9 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook import job, stats  # noqa: E402
-from tunebook.tasks.base import label_figures  # noqa: E402
+from tunebook.card import schema as job  # noqa: E402
+from tunebook.card.tasks.base import label_figures  # noqa: E402
+from tunebook.scoring import stats  # noqa: E402
 
 
 def with_scikit_learn(labels: list[str], y_true: list[str], y_pred: list[str]) -> None:

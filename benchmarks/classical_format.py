@@ -8,7 +8,7 @@ Fits the classical model on the bundled support-triage tickets (every valid row)
 each format the size on disk, the median time of ``--loads`` loads in this (warm) process, and whether predict_proba
 on every ticket is identical to the in-memory model's. The tunebook load is ``load_classical_file`` (the checks, then
 the rebuild of the scikit-learn objects from the arrays). A cold figure follows for joblib and the tunebook format:
-the median wall time of ``--cold`` fresh ``python -c`` processes that import tunebook.classical and load the file,
+the median wall time of ``--cold`` fresh ``python -c`` processes that import tunebook.modeling.classical and load the file,
 which is what a served or released model pays on start (interpreter start, imports and load together). The skops
 row is a plain ``skops.io.dump`` of the pipeline, loaded trusting the types it holds (the file was written here).
 """
@@ -28,13 +28,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook import data, job  # noqa: E402
-from tunebook.classical import ClassicalModel, fit_classical, load_classical_file, save_classical  # noqa: E402
+from tunebook.card import schema as job  # noqa: E402
+from tunebook.data import examples as data  # noqa: E402
+from tunebook.modeling.classical import ClassicalModel, fit_classical, load_classical_file, save_classical  # noqa: E402
 
 COLD_LOADS = {
-    "joblib (pickle)": "import joblib, tunebook.classical; joblib.load({path!r})",
-    "tunebook .npz": "from tunebook.classical import load_classical_file; load_classical_file({path!r})",
-    "skops.io.load": "import skops.io, tunebook.classical; "
+    "joblib (pickle)": "import joblib, tunebook.modeling.classical; joblib.load({path!r})",
+    "tunebook .npz": "from tunebook.modeling.classical import load_classical_file; load_classical_file({path!r})",
+    "skops.io.load": "import skops.io, tunebook.modeling.classical; "
     "skops.io.load({path!r}, trusted=skops.io.get_untrusted_types(file={path!r}))",
 }
 
@@ -120,7 +121,7 @@ def main() -> None:
         print(f"{name:22}{size / 1024:>12.1f}{1000 * seconds:>30.1f}{same:>26}{cold:>26}")
     if skops is None:
         print("skops is not installed: no skops row")
-    print(f"cold: a fresh `python -c` that imports tunebook.classical and loads the file; files in {folder}")
+    print(f"cold: a fresh `python -c` that imports tunebook.modeling.classical and loads the file; files in {folder}")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ from scipy.stats import binomtest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook import drift, inference_log, monitor  # noqa: E402
-from tunebook.data import load_table  # noqa: E402
-from tunebook.runfolder import RunFolder  # noqa: E402
-from tunebook.stats import fully_correct  # noqa: E402
+from tunebook.core.runfolder import RunFolder  # noqa: E402
+from tunebook.data.examples import load_table  # noqa: E402
+from tunebook.monitor import signals as monitor  # noqa: E402
+from tunebook.scoring import drift  # noqa: E402
+from tunebook.scoring.stats import fully_correct  # noqa: E402
+from tunebook.serving import inference_log  # noqa: E402
 
 
 def estimate_and_truth(card, reference, window, truth) -> tuple[float, float, int, int]:

@@ -21,7 +21,15 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook import classical, data, dataset, inference_log, job, monitor, predict  # noqa: E402
+from tunebook.card import schema as job  # noqa: E402
+from tunebook.data import examples as data  # noqa: E402
+from tunebook.data import splits as dataset  # noqa: E402
+from tunebook.modeling import (  # noqa: E402
+    classical,  # noqa: E402
+    predict,
+)
+from tunebook.monitor import signals as monitor  # noqa: E402
+from tunebook.serving import inference_log  # noqa: E402
 
 
 def write_log(path: Path, card: job.JobCard, n: int, seed: int = 0) -> None:

@@ -24,10 +24,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook import decoding, models, predict  # noqa: E402
+from tunebook.core.runfolder import RunFolder, read_manifest  # noqa: E402
 from tunebook.knowledge.context import load_index  # noqa: E402
-from tunebook.prompts import encode_target  # noqa: E402
-from tunebook.runfolder import RunFolder, read_manifest  # noqa: E402
+from tunebook.modeling import (  # noqa: E402
+    decoding,  # noqa: E402
+    models,
+    predict,
+)
+from tunebook.modeling.prompts import encode_target  # noqa: E402
 
 
 def timed(model, tokenizer, card, frame, index, budget: int) -> dict:

@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tunebook.dataset import file_hash
-from tunebook.runfolder import RunFolder
+from tunebook.core.runfolder import RunFolder
+from tunebook.core.tables import file_hash
 
 
 def figures(run: RunFolder) -> dict[str, object]:

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook.runfolder import RunFolder  # noqa: E402
+from tunebook.core.runfolder import RunFolder  # noqa: E402
 
 
 def free_port() -> int:

@@ -23,8 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook import data, decoding, job, models, predict  # noqa: E402
-from tunebook.runfolder import RunFolder  # noqa: E402
+from tunebook.card import schema as job  # noqa: E402
+from tunebook.core.runfolder import RunFolder  # noqa: E402
+from tunebook.data import examples as data  # noqa: E402
+from tunebook.modeling import decoding, models, predict  # noqa: E402
 
 
 def timed(model, tokenizer, card, frame, batch: int, prefix) -> tuple[list[float], list[str]]:

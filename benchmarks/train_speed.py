@@ -46,7 +46,17 @@ from transformers import TrainerCallback
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunebook import callbacks, data, dataset, job, lineage, models, packing, prompts, recipe, train  # noqa: E402
+from tunebook.card import schema as job  # noqa: E402
+from tunebook.core import lineage  # noqa: E402
+from tunebook.data import examples as data  # noqa: E402
+from tunebook.data import splits as dataset  # noqa: E402
+from tunebook.modeling import models, prompts  # noqa: E402
+from tunebook.train import (  # noqa: E402
+    callbacks,  # noqa: E402
+    packing,
+    recipe,
+)
+from tunebook.train import step as train  # noqa: E402
 
 BATCH = 8
 WARMUP_STEPS = 3

@@ -15,7 +15,7 @@ batches.
 An example may also be a knowledge job's run folder after 02 (e.g. the help-centre example's): its steps are the
 hybrid adapter's, with the retrieved passages in each prompt as 03 trains it.
 --budget overrides packing.ACTIVATION_BUDGET_MB (0: no budget, every layer keeps its activations).
---packing-from REV measures tunebook.packing as it was at a git revision (e.g. the commit before this change) on
+--packing-from REV measures tunebook.train.packing as it was at a git revision (e.g. the commit before this change) on
 the same batches. Its peak on the tool example's mixed batch reached 22 GB on a 24 GB machine: with less free, name
 --batches without it.
 --train MAX_STEPS runs 03's training itself instead (train.train_adapter with the recipe's defaults and MAX_STEPS;
@@ -44,9 +44,9 @@ REFERENCE = {"support_triage": "3.6-3.8 GB", "support_tools": "22.2 GB"}
 
 
 def load_packing(revision: str | None):
-    """tunebook.packing as it is, or as it was at a git revision."""
+    """tunebook.train.packing as it is, or as it was at a git revision."""
     if revision is None:
-        from tunebook import packing
+        from tunebook.train import packing
 
         return packing
     source = subprocess.run(
@@ -64,13 +64,17 @@ def measure(example: str, steps: int, budget: float | None, revision: str | None
     """Train ``steps`` steps of ``example`` in this process; its peak memory and step times."""
     import torch
 
-    from tunebook import data, dataset, job, models, train
-    from tunebook.recipe import TrainConfig
+    from tunebook.card import schema as job
+    from tunebook.data import examples as data
+    from tunebook.data import splits as dataset
+    from tunebook.modeling import models
+    from tunebook.train import step as train
+    from tunebook.train.recipe import TrainConfig
 
     packing = load_packing(revision)
     if Path(example).is_dir():  # a knowledge job's run folder after 02: the hybrid adapter's prompts, as 03 makes them
-        from tunebook.knowledge.raft import raft_frame
-        from tunebook.runfolder import RunFolder
+        from tunebook.core.runfolder import RunFolder
+        from tunebook.train.raft import raft_frame
 
         run = RunFolder(Path(example))
         card, splits = run.read_job_card(), run.read_splits()
@@ -162,8 +166,12 @@ def measure(example: str, steps: int, budget: float | None, revision: str | None
 
 def run_training(example: str, max_steps: int) -> dict:
     """03's training of ``example`` in this process (a throwaway adapter folder); what its manifest records."""
-    from tunebook import data, dataset, job, models, train
-    from tunebook.recipe import TrainConfig
+    from tunebook.card import schema as job
+    from tunebook.data import examples as data
+    from tunebook.data import splits as dataset
+    from tunebook.modeling import models
+    from tunebook.train import step as train
+    from tunebook.train.recipe import TrainConfig
 
     card = job.load_job_card(ROOT / "examples" / example / "job.yaml")
     kept, _ = data.clean(*data.load_examples(card))

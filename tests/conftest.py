@@ -12,7 +12,7 @@ import torch
 import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from tunebook.models import bundled_gguf, compute_dtype
+from tunebook.modeling.models import bundled_gguf, compute_dtype
 
 # Models compute in float32 on a CPU and in bfloat16 on a GPU (8 significant bits instead of 24): comparisons of
 # scores, losses and gradients take their tolerance from that, and stay tight on a CPU.
@@ -139,7 +139,7 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model):
     """The real SmolLM2 tokenizer, as saved with the tiny model."""
-    from tunebook.models import load_tokenizer
+    from tunebook.modeling.models import load_tokenizer
 
     return load_tokenizer(tiny_model)
 
@@ -266,7 +266,7 @@ RELEASE_PARAMETERS = {  # a full fine-tune of the tiny model learns the keyword 
 def released(tmp_path_factory, tiny_model):
     """Two releases of the support-triage job into one registry: a good adapter, then one trained on shuffled labels,
     both evaluated on the same frozen test file. Returns (runs folder, good run, shuffled run)."""
-    from tunebook import pipeline
+    from tunebook.workbook import runner as pipeline
 
     root = tmp_path_factory.mktemp("release")
     good_card, test = keyword_job(root / "good")
@@ -285,7 +285,8 @@ def finished_run(tmp_path_factory, tiny_model):
     way a learner catching up runs them: ``tunebook checkpoint 01``, then each notebook alone in its own call from the
     folder the steps before it left (what the checkpoint before that notebook restores). Returns (run folder, summary).
     """
-    from tunebook import pipeline, workshop
+    from tunebook.workbook import runner as pipeline
+    from tunebook.workbook import workshop
 
     root = tmp_path_factory.mktemp("workbook")
     card = write_job(root / "job", per_label=5)

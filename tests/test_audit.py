@@ -5,7 +5,11 @@ import pandas as pd
 import pytest
 from conftest import EXAMPLE
 
-from tunebook import audit, data, dataset, job, neardup
+from tunebook.card import schema as job
+from tunebook.clean import audit
+from tunebook.data import examples as data
+from tunebook.data import neardup
+from tunebook.data import splits as dataset
 from tunebook.errors import DataError
 
 
@@ -199,7 +203,7 @@ def test_review_items_cover_every_finding(card, clean):
 
 
 def test_batched_token_counts_match_the_training_encoding(card, clean, tokenizer):
-    from tunebook.prompts import encode_parts, features_from
+    from tunebook.modeling.prompts import encode_parts, features_from
 
     sample = clean.head(20)
     lengths = audit.token_lengths(tokenizer, card, sample, max_length=4096)

@@ -8,8 +8,13 @@ import pandas as pd
 import pytest
 from conftest import ROOT, keyword_job, write_job
 
-from tunebook import baselines, classical, data, job, metrics, pipeline, predict
-from tunebook.runfolder import RunFolder
+from tunebook.baseline import variants as baselines
+from tunebook.card import schema as job
+from tunebook.core.runfolder import RunFolder
+from tunebook.data import examples as data
+from tunebook.modeling import classical, predict
+from tunebook.scoring import metrics
+from tunebook.workbook import runner as pipeline
 
 
 def frame(rows):
@@ -135,7 +140,7 @@ def test_every_variant_runs_on_the_tiny_model(example, tiny_model, tmp_path):
     if (
         card.task_kind == "tool_selection"
     ):  # the classical model picks the tool; the language model writes its arguments
-        from tunebook.prompts import tool_prefix
+        from tunebook.modeling.prompts import tool_prefix
 
         starts = [
             next((t for t in card.choices if p.startswith(tool_prefix(t))), None) for p in runs[-1].test["prediction"]

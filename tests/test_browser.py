@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import free_port
 
-from tunebook.job import load_job_card
+from tunebook.card.schema import load_job_card
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("TUNEBOOK_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -261,7 +261,7 @@ def test_04_runs_on_a_trained_run_and_the_mistake_browser_pages_through_the_flip
     _run_all(page)
     assert evaluation.exists()
 
-    from tunebook.runfolder import RunFolder
+    from tunebook.core.runfolder import RunFolder
 
     mcnemar = RunFolder(run_dir).read_comparison().mcnemar
     flipped = mcnemar["fixed"] + mcnemar["broken"]

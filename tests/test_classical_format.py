@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from conftest import write_job
 
-from tunebook.classical import ClassicalModel, fit_classical, load_classical_file, save_classical
+from tunebook.card.schema import load_job_card
 from tunebook.errors import TunebookError
-from tunebook.job import load_job_card
+from tunebook.modeling.classical import ClassicalModel, fit_classical, load_classical_file, save_classical
 
 TICKETS = {
     "billing": [
@@ -194,7 +194,7 @@ def test_the_file_is_small_and_loads_without_skops_or_torch(model, tmp_path):
     assert path.stat().st_size < 300 * 1024
     code = (
         "import sys\n"
-        "from tunebook.classical import load_classical_file\n"
+        "from tunebook.modeling.classical import load_classical_file\n"
         f"load_classical_file({str(path)!r})\n"
         "print(sorted(name for name in ('torch', 'skops') if name in sys.modules))\n"
     )

@@ -7,9 +7,12 @@ import pytest
 import yaml
 from conftest import EXAMPLE, write_job
 
-from tunebook import data, dataset, job
+from tunebook.card import schema as job
+from tunebook.core import tables
+from tunebook.core.runfolder import RunFolder
+from tunebook.data import examples as data
+from tunebook.data import splits as dataset
 from tunebook.errors import DataError
-from tunebook.runfolder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +128,9 @@ def test_split_is_stratified_disjoint_and_deterministic(card):
     test_share = splits["test"]["target"].value_counts() / kept["target"].value_counts()
     assert test_share.between(0.15, 0.25).all()
     again = dataset.split(kept, card, seed=0)
-    assert all(dataset.frame_hash(splits[n]) == dataset.frame_hash(again[n]) for n in data.SPLITS)
+    assert all(tables.frame_hash(splits[n]) == tables.frame_hash(again[n]) for n in tables.SPLITS)
     other = dataset.split(kept, card, seed=1)
-    assert dataset.frame_hash(other["test"]) != dataset.frame_hash(splits["test"])
+    assert tables.frame_hash(other["test"]) != tables.frame_hash(splits["test"])
 
 
 def test_too_rare_label_cannot_be_split(card):
@@ -152,10 +155,10 @@ def test_dataset_version_round_trip(card, tmp_path):
     run = RunFolder(tmp_path)
     run.write_dataset(splits, version, report)
     reloaded = run.read_splits()
-    assert {n: dataset.frame_hash(f) for n, f in reloaded.items()} == {n: v.hash for n, v in version.splits.items()}
+    assert {n: tables.frame_hash(f) for n, f in reloaded.items()} == {n: v.hash for n, v in version.splits.items()}
     assert run.read_dataset_version() == version
     assert version.rows_after == len(kept)
-    assert version.source.sha256 == dataset.file_hash(card.data.path)
+    assert version.source.sha256 == tables.file_hash(card.data.path)
 
 
 PLANTED = {  # from each example's DIRT.md

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from conftest import EXAMPLE
 
-from tunebook import decide, job
+from tunebook.card import schema as job
+from tunebook.modeling import decision_rule as decide
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tunebook import exercises
+from tunebook.core.runfolder import RunFolder
 from tunebook.errors import TunebookError
-from tunebook.pipeline import NOTEBOOKS
-from tunebook.runfolder import RunFolder
+from tunebook.workbook import exercises
+from tunebook.workbook.runner import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -146,7 +146,7 @@ def test_every_notebook_has_two_to_four_exercises_each_with_a_question_a_solutio
     for exercise in EXERCISES:
         assert exercise.names == (exercise.answer,), f"{exercise}: the check takes the answer its solution assigns"
         assert exercise.answer.startswith(f"answer_{exercise.notebook[:2]}_")
-        assert callable(getattr(exercises, exercise.check, None)), f"{exercise.check} is not in tunebook.exercises"
+        assert callable(getattr(exercises, exercise.check, None)), f"{exercise.check} is not in tunebook.workbook.exercises"
 
 
 def test_every_check_is_used_once_and_every_answer_has_a_wrong_value():
@@ -184,7 +184,7 @@ def test_feedback_reads_right_or_not_yet():
 def test_the_learner_notebooks_in_the_repository_are_current():
     stale = exercises.learner_notebooks_out_of_date(NOTEBOOK_DIR, LEARNER_DIR)
     assert stale == [], (
-        f"learner notebooks out of date: {', '.join(stale)}. Run `python -m tunebook.exercises` and commit "
+        f"learner notebooks out of date: {', '.join(stale)}. Run `python -m tunebook.workbook.exercises` and commit "
         f"{LEARNER_DIR.relative_to(ROOT)}/."
     )
 

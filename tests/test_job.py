@@ -4,7 +4,8 @@ import pytest
 import yaml
 from conftest import EXAMPLE
 
-from tunebook import approach, job
+from tunebook.card import schema as job
+from tunebook.define import approach
 from tunebook.errors import JobCardError, TunebookError
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tunebook.card.grounding import claims, freshness, knowledge_metrics
+from tunebook.card.schema import load_job_card
 from tunebook.errors import DataError, KnowledgeError
-from tunebook.job import load_job_card
 from tunebook.knowledge import read_documents, read_knowledge
 from tunebook.knowledge.context import build_index, load_index
-from tunebook.knowledge.grounding import claims, freshness, knowledge_metrics
 from tunebook.knowledge.measure import choose_retriever, compare_retrievers
 from tunebook.knowledge.passages import split_article
 from tunebook.knowledge.render import model_inputs
@@ -292,8 +292,8 @@ def test_freshness_counts_stale_facts_current_facts_and_hand_overs_on_removed_ar
 
 
 def test_examples_must_name_articles_the_documents_have(grounded_card, tmp_path):
-    from tunebook.cleaning import check_sources
-    from tunebook.data import to_examples
+    from tunebook.clean.step import check_sources
+    from tunebook.data.examples import to_examples
 
     raw = pd.DataFrame(
         {"id": ["1", "2"], "text": ["a", "b"], "target": ["x", "y"], "source": ["returns-window", "areas,nope"]}
@@ -311,11 +311,11 @@ def test_tool_selection_and_extraction_answer_from_passages_on_the_tiny_model(ex
     import yaml
     from conftest import write_job
 
-    from tunebook import predict
-    from tunebook.data import load_examples
-    from tunebook.metrics import evaluate
-    from tunebook.models import load_tokenizer
-    from tunebook.prompts import render_text
+    from tunebook.data.examples import load_examples
+    from tunebook.modeling import predict
+    from tunebook.modeling.models import load_tokenizer
+    from tunebook.modeling.prompts import render_text
+    from tunebook.scoring.metrics import evaluate
 
     policy = {
         "refunds.md": "---\nid: refund-policy\ntitle: Who may be refunded\n---\nRefunds are allowed within 30 days "
@@ -347,7 +347,7 @@ def test_tool_selection_and_extraction_answer_from_passages_on_the_tiny_model(ex
 
 
 def test_06_sees_retrieval_weaken_and_documents_change_after_the_release(grounded_card, tmp_path):
-    from tunebook.monitor import knowledge_on_disk, retrieval_health
+    from tunebook.monitor.signals import knowledge_on_disk, retrieval_health
 
     rng = np.random.default_rng(0)
     reference = pd.Series(rng.normal(10, 1, 200))
@@ -365,8 +365,8 @@ def test_06_sees_retrieval_weaken_and_documents_change_after_the_release(grounde
 
 
 def test_the_prompt_prefix_cache_stays_shared_when_passages_are_in_the_prompt(grounded_card, tiny_model):
-    from tunebook import decoding, predict
-    from tunebook.prompts import build_messages, encode_prompt
+    from tunebook.modeling import decoding, predict
+    from tunebook.modeling.prompts import build_messages, encode_prompt
 
     index = build_index(read_knowledge(grounded_card.knowledge.documents), "bm25", k=2)
     questions = ["How long do I have to return my order?", "What does express delivery cost?"]

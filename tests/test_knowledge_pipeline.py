@@ -9,12 +9,14 @@ import json
 import pytest
 from conftest import EXAMPLE, write_job
 
-from tunebook import evaluation, pipeline, system
-from tunebook.approach import decide_approach
+from tunebook.card.schema import load_job_card
+from tunebook.core.runfolder import RunFolder
+from tunebook.define.approach import decide_approach
 from tunebook.errors import KnowledgeError, TunebookError
-from tunebook.job import load_job_card
+from tunebook.evaluate import step as evaluation
 from tunebook.knowledge.passages import load_knowledge
-from tunebook.runfolder import RunFolder
+from tunebook.modeling import system
+from tunebook.workbook import runner as pipeline
 
 HELP_CENTRE = EXAMPLE.parent / "help_centre"
 
@@ -105,9 +107,9 @@ def test_hybrid_training_quotes_passages_and_04_compares_it_with_the_document_bl
 ):
     import shutil
 
-    from tunebook import train
-    from tunebook.knowledge.raft import raft_frame
-    from tunebook.prompts import render_text
+    from tunebook.modeling.prompts import render_text
+    from tunebook.train import step as train
+    from tunebook.train.raft import raft_frame
 
     run = RunFolder(tmp_path / "run")
     shutil.copytree(rag_run.root, run.root)
@@ -128,7 +130,7 @@ def test_hybrid_training_quotes_passages_and_04_compares_it_with_the_document_bl
     assert all(any(i.split("#")[0] in row.sources for i in row.retrieved) for row in shown.itertuples())
     assert not any(i.split("#")[0] in row.sources for row in hidden.itertuples() for i in row.retrieved)
     assert all(card.knowledge.abstain_phrase in target for target in hidden["target"])
-    tokenizer = __import__("tunebook.models", fromlist=["x"]).load_tokenizer(tiny_model)
+    tokenizer = __import__("tunebook.modeling.models", fromlist=["x"]).load_tokenizer(tiny_model)
     first = shown.iloc[0]
     assert "Passages:\n[" in render_text(tokenizer, card, f"Passages:\n{first.context}\n\nMessage:\n{first.text}")
 
@@ -151,8 +153,10 @@ def test_hybrid_training_quotes_passages_and_04_compares_it_with_the_document_bl
 def test_a_new_knowledge_version_is_a_release_of_its_own_and_can_be_rolled_back(rag_run, tiny_model, tmp_path):
     import shutil
 
-    from tunebook import cli, registration, registry
-    from tunebook.releasing import release_run_folder
+    from tunebook import cli
+    from tunebook.registry import register as registration
+    from tunebook.registry import store as registry
+    from tunebook.release.step import release_run_folder
 
     run = RunFolder(tmp_path / "runs" / "first")
     shutil.copytree(rag_run.root, run.root)
@@ -227,7 +231,10 @@ def _spoil(docs, case: str) -> None:
     ],
 )
 def test_bad_documents_stop_01_with_the_file_named_and_nothing_written(tmp_path, tiny_model, case, named, message):
-    from tunebook import approach, artifacts, cleaning, job
+    from tunebook.card import schema as job
+    from tunebook.clean import step as cleaning
+    from tunebook.core import artifacts
+    from tunebook.define import approach
 
     card_path = write_job(tmp_path / "job", per_label=4, example="help_centre")
     _spoil(card_path.parent / "docs" / "v1", case)
@@ -235,7 +242,7 @@ def test_bad_documents_stop_01_with_the_file_named_and_nothing_written(tmp_path,
     run.root.mkdir()
     card = job.load_job_card(card_path)
     run.write_job_card(card)
-    run.write_decision(approach.decide_approach(card))
+    run.write_approach(approach.decide_approach(card))
     run.write_results(
         "00_define_the_job",
         artifacts.JobResults(

@@ -7,8 +7,10 @@ import pytest
 from conftest import EXAMPLE, ROOT
 from sklearn.metrics import f1_score
 
-from tunebook import gate, job, metrics
-from tunebook.artifacts import Scores
+from tunebook.card import schema as job
+from tunebook.core.artifacts import Scores
+from tunebook.release import gate
+from tunebook.scoring import metrics
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,7 @@ def test_a_target_met_only_by_the_estimate_is_met_and_said_to_be_close(card):
 
 
 def test_extraction_reports_slot_filling_figures_so_null_everywhere_scores_zero():
-    from tunebook.job import load_job_card
+    from tunebook.card.schema import load_job_card
 
     card = load_job_card(ROOT / "examples" / "order_extraction" / "job.yaml")
     fields = list(card.output_schema["properties"])
@@ -119,7 +121,7 @@ def test_per_label_figures_are_scikit_learns_including_answers_outside_the_label
     import numpy as np
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from tunebook.tasks.base import label_figures
+    from tunebook.card.tasks.base import label_figures
 
     rng = np.random.default_rng(0)
     labels = ["a", "b", "c", "d"]

@@ -4,8 +4,8 @@ import importlib.util
 
 import pytest
 
-from tunebook import models
 from tunebook.errors import ModelNotFoundError
+from tunebook.modeling import models
 
 
 def test_missing_bundled_model_says_how_to_get_it(monkeypatch, tmp_path):

@@ -9,22 +9,19 @@ import pandas as pd
 import pytest
 from conftest import EXAMPLE
 
-from tunebook import (
-    classical,
-    cli,
-    data,
-    dataset,
-    decide,
-    drift,
-    inference_log,
-    job,
-    monitor,
-    predict,
-    registration,
-    registry,
-)
-from tunebook.dataset import stratum
+from tunebook import cli
+from tunebook.card import schema as job
+from tunebook.data import examples as data
+from tunebook.data import splits as dataset
+from tunebook.data.splits import stratum
 from tunebook.errors import TunebookError
+from tunebook.modeling import classical, predict
+from tunebook.modeling import decision_rule as decide
+from tunebook.monitor import signals as monitor
+from tunebook.registry import register as registration
+from tunebook.registry import store as registry
+from tunebook.scoring import drift
+from tunebook.serving import inference_log
 
 TRAFFIC = EXAMPLE / "traffic"
 
@@ -146,7 +143,7 @@ def test_labels_of_another_job_are_refused_naming_the_rows_and_unlabelled_rows_w
 
 
 def test_auto_traffic_is_the_jobs_own_example_traffic_or_none(triage, tmp_path):
-    from tunebook.watch import example_traffic
+    from tunebook.monitor.step import example_traffic
 
     card, _, _ = triage
     bundled = job.load_job_card(EXAMPLE / "job.yaml")
@@ -185,7 +182,7 @@ def test_rules_in_the_job_card_replace_the_defaults_and_small_windows_stay_quiet
 def test_a_monitoring_pass_writes_its_verdict_report_and_run_and_rolls_back_on_an_alert(
     released, tiny_model, tmp_path, monkeypatch, capsys
 ):
-    from tunebook import serve
+    from tunebook.serving import serve
 
     runs, _, _ = released
     copy = tmp_path / "runs"
@@ -238,7 +235,8 @@ def _registry_copy(runs, tmp_path):
 def test_a_challenger_runs_in_shadow_and_promotion_can_require_a_quiet_window(
     released, tiny_model, tmp_path, monkeypatch
 ):
-    from tunebook import serve, shadow
+    from tunebook.monitor import shadow
+    from tunebook.serving import serve
 
     runs, _, _ = released
     monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
@@ -256,7 +254,7 @@ def test_a_challenger_runs_in_shadow_and_promotion_can_require_a_quiet_window(
     assert verdict.champion_estimated_accuracy is not None and verdict.challenger_estimated_accuracy is not None
     tags = registry.get_version(store, "support_triage", 2).tags
     assert (
-        tags["tunebook.shadow"] == ("alert" if verdict.alert else "quiet") and tags["tunebook.shadow_window"] == "48"
+        tags["tunebook.monitor.shadow"] == ("alert" if verdict.alert else "quiet") and tags["tunebook.shadow_window"] == "48"
     )
     shadow_log, problems = inference_log.read_log(tmp_path / "shadow" / "shadow_log.jsonl")
     assert problems == [] and set(shadow_log["model_version"]) == {"2"} and len(shadow_log) == 48
@@ -269,8 +267,9 @@ def test_a_challenger_runs_in_shadow_and_promotion_can_require_a_quiet_window(
 
 
 def test_labelled_traffic_goes_back_to_the_data_and_01_compares_them(triage, tiny_model, tmp_path):
-    from tunebook import cleaning, feedback
-    from tunebook.runfolder import RunFolder
+    from tunebook.clean import step as cleaning
+    from tunebook.core.runfolder import RunFolder
+    from tunebook.monitor import feedback
 
     card, _, logs = triage
     log = tmp_path / "log.jsonl"

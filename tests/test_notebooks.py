@@ -7,7 +7,7 @@ import nbformat
 import papermill
 import pytest
 
-from tunebook.pipeline import KERNEL_NAME, NOTEBOOKS
+from tunebook.workbook.runner import KERNEL_NAME, NOTEBOOKS
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 PATHS = [NOTEBOOK_DIR / f"{name}.ipynb" for name in NOTEBOOKS]
@@ -65,10 +65,11 @@ def test_each_parameter_the_workshop_profile_changes_names_its_value_in_every_no
 
     import yaml
 
-    from tunebook import pipeline, workshop
+    from tunebook.core import settings as step_settings
+    from tunebook.workbook import workshop
 
     profile = yaml.safe_load(workshop.profile_path().read_text())
-    declared = pipeline.declared_parameters(NOTEBOOK_DIR)
+    declared = step_settings.declared_parameters(NOTEBOOK_DIR)
     assert set(profile) <= set(declared), "the profile sets only parameters the notebooks declare"
     for name, value in profile.items():
         for step in declared[name].notebooks:

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 from conftest import EXAMPLE
 
-from tunebook import job, metrics, outputs
+from tunebook.card import answers as outputs
+from tunebook.card import schema as job
+from tunebook.scoring import metrics
 
 EXAMPLES = EXAMPLE.parent
 

@@ -9,9 +9,11 @@ import pytest
 import yaml
 from conftest import write_job
 
-from tunebook import cli, pipeline
+from tunebook import cli
+from tunebook.core import settings as step_settings
+from tunebook.core.runfolder import RunFolder
 from tunebook.errors import TunebookError
-from tunebook.runfolder import RunFolder
+from tunebook.workbook import runner as pipeline
 
 
 def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path):
@@ -211,16 +213,16 @@ def test_tunebook_clean_does_what_01_did(prepared_run, tmp_path):
     assert alone.read_results("01_clean_the_data") == notebook.read_results("01_clean_the_data")
     for name in ("train", "val", "test"):
         assert alone.split_file(name).read_bytes() == notebook.split_file(name).read_bytes()
-    from tunebook.cleaning import CleanSettings
+    from tunebook.clean.step import CleanSettings
 
     with pytest.raises(TunebookError, match="NEAR_DUPLICATES must be 'drop' or 'keep'"):
         CleanSettings.from_parameters({"NEAR_DUPLICATES": "maybe"})
 
 
 def test_every_training_parameter_of_03_reaches_the_train_config():
-    from tunebook import recipe
+    from tunebook.train import recipe
 
-    declared = {k: p for k, p in pipeline.declared_parameters().items() if "03_train_qlora" in p.notebooks}
+    declared = {k: p for k, p in step_settings.declared_parameters().items() if "03_train_qlora" in p.notebooks}
     not_config = {"RUN_DIR", "BASE_MODEL", "RESUME", "COMPARE_METHODS", "COMPARE_STEPS", "COMPARE_VAL_EXAMPLES"}
     config = recipe.config_from_parameters({k: p.default_value for k, p in declared.items()})
     fields = {k.upper() for k in recipe.TrainConfig.__dataclass_fields__} | {"LORA_TARGET_MODULES"}
@@ -234,11 +236,11 @@ def test_every_training_parameter_of_03_reaches_the_train_config():
 
 
 def test_the_notebook_and_the_command_line_read_training_parameters_the_same_way():
-    from tunebook import recipe
+    from tunebook.train import recipe
 
-    declared = {k: p for k, p in pipeline.declared_parameters().items() if "03_train_qlora" in p.notebooks}
+    declared = {k: p for k, p in step_settings.declared_parameters().items() if "03_train_qlora" in p.notebooks}
     namespace = {k: p.default_value for k, p in declared.items()} | {"LORA_TARGET_MODULES": "q_proj, v_proj", "np": 1}
-    from_notebook = pipeline.step_parameters("03_train_qlora", namespace)
+    from_notebook = step_settings.step_parameters("03_train_qlora", namespace)
     assert set(from_notebook) == set(declared) - {"RUN_DIR"}  # the notebook's own globals are not parameters
     from_cli = {
         **{k: p.default_value for k, p in declared.items() if k != "RUN_DIR"},
@@ -254,8 +256,8 @@ def test_parameters_are_read_as_papermill_reads_them_without_importing_it():
     import papermill
 
     for name in pipeline.NOTEBOOKS:
-        path = pipeline.notebooks_dir() / f"{name}.ipynb"
-        ours = {p.name: (p.type_name, p.default, p.help) for p in pipeline.parameters_cell(path)}
+        path = step_settings.notebooks_dir() / f"{name}.ipynb"
+        ours = {p.name: (p.type_name, p.default, p.help) for p in step_settings.parameters_cell(path)}
         theirs = {
             k: (v["inferred_type_name"], v["default"], v["help"])
             for k, v in papermill.inspect_notebook(str(path)).items()
@@ -274,7 +276,7 @@ def test_parameters_are_read_as_papermill_reads_them_without_importing_it():
 def test_a_step_command_takes_the_workshop_profile_and_keeps_only_its_own_parameters(tmp_path):
     import argparse
 
-    from tunebook.workshop import profile_path
+    from tunebook.workbook.workshop import profile_path
 
     profile = yaml.safe_load(profile_path().read_text())
     assert "TRAFFIC_ROWS" in profile and "MAX_STEPS" in profile  # a profile of every notebook, not of 03 alone
@@ -401,7 +403,7 @@ def test_training_runs_unchanged_under_torchrun_with_two_processes(prepared_run,
 
 
 def test_a_checkpoint_is_the_run_folder_before_a_notebook_which_then_runs_alone(tiny_model, tmp_path, capsys):
-    from tunebook import workshop
+    from tunebook.workbook import workshop
 
     card = write_job(tmp_path / "job", per_label=3)
     tiny = {"JOB_CARD": str(card), "BASE_MODEL": tiny_model, "FORCE_TRAINING": True, "K_SHOTS": 1}

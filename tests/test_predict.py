@@ -5,7 +5,8 @@ import pytest
 import torch
 from conftest import EXAMPLE
 
-from tunebook import decoding, job, predict, prompts
+from tunebook.card import schema as job
+from tunebook.modeling import decoding, predict, prompts
 
 
 @pytest.fixture(scope="module")
@@ -359,9 +360,9 @@ def test_the_overfitting_check_compares_the_adapter_alone_on_training_and_test_e
     measured on the adapter's own answers on both sides."""
     import pandas as pd
 
-    from tunebook import metrics
-    from tunebook.decide import DecisionRule
-    from tunebook.evaluation import EvaluateSettings, TunedModel, _overfitting
+    from tunebook.evaluate.step import EvaluateSettings, TunedModel, _overfitting
+    from tunebook.modeling.decision_rule import DecisionRule
+    from tunebook.scoring import metrics
 
     model, tokenizer = model_and_tokenizer
 

@@ -3,8 +3,9 @@
 import pytest
 from conftest import EXAMPLE
 
-from tunebook import job, prompts
+from tunebook.card import schema as job
 from tunebook.errors import TunebookError
+from tunebook.modeling import prompts
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_a_long_answer_is_cut_at_the_end_keeping_the_whole_prompt(card, tokenize
 def test_a_prompt_longer_than_max_length_is_an_error_naming_the_example(card, tokenizer):
     import pandas as pd
 
-    from tunebook.train import build_features
+    from tunebook.train.step import build_features
 
     rows = pd.DataFrame({"id": ["7", "8"], "text": ["word " * 600, "short"], "target": ["feature_request", "billing"]})
     with pytest.raises(

@@ -4,7 +4,9 @@ import pytest
 import torch
 from conftest import EXAMPLE
 
-from tunebook import data, decoding, job, models, predict, prompts
+from tunebook.card import schema as job
+from tunebook.data import examples as data
+from tunebook.modeling import decoding, models, predict, prompts
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +21,7 @@ def test_bundled_model_converts_once_and_keeps_its_identity(bundled):
     identity = models.model_identity(bundled)
     assert identity["name"] == models.BUNDLED_NAME and len(identity["sha256"]) == 64
     assert models.model_identity(bundled) == identity
-    from tunebook import replay
+    from tunebook.train import replay
 
     # its general answers ship with the package under the name its identity gives them (no 280 s on a new laptop)
     assert (replay.SHIPPED_ANSWERS / replay._cache_file(identity).name).is_file()

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tunebook import registration, registry
 from tunebook.errors import TunebookError
+from tunebook.registry import register as registration
+from tunebook.registry import store as registry
 
 JOB = "support_triage"
 

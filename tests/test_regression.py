@@ -6,8 +6,9 @@ import pytest
 import torch
 from test_train import fast
 
-from tunebook import regression, train
 from tunebook.errors import TunebookError
+from tunebook.evaluate import general_probe as regression
+from tunebook.train import step as train
 
 
 @pytest.fixture()

@@ -9,10 +9,16 @@ import pytest
 import torch
 from conftest import EXAMPLE, tol
 
-from tunebook import cli, job, lineage, predict, publish, registry, release
-from tunebook import gate as gating
+from tunebook import cli
+from tunebook.card import schema as job
+from tunebook.core import lineage
+from tunebook.core.runfolder import RunFolder
 from tunebook.errors import TunebookError
-from tunebook.runfolder import RunFolder
+from tunebook.modeling import predict
+from tunebook.registry import store as registry
+from tunebook.release import gate as gating
+from tunebook.release import publish
+from tunebook.release import serving_checks as release
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +131,7 @@ def test_a_missing_probe_or_parity_fails_the_gate(card):
 
 
 def test_an_adapter_for_another_job_or_base_is_refused_naming_both(card):
-    from tunebook.job import card_hash
+    from tunebook.card.schema import card_hash
 
     manifest = SimpleNamespace(
         job="order_extraction",
@@ -161,7 +167,7 @@ def random_adapter(tmp_path_factory, tiny_model):
 def test_merged_model_predicts_what_the_adapter_on_its_base_predicts(
     tiny_model, random_adapter, small_job, quantization
 ):
-    from tunebook import data
+    from tunebook.data import examples as data
 
     small = job.load_job_card(small_job)
     examples = data.load_examples(small)[0].head(12)
@@ -185,7 +191,7 @@ def test_merged_model_predicts_what_the_adapter_on_its_base_predicts(
 
 
 def test_parity_does_not_apply_to_a_full_fine_tune_and_latency_is_timed_per_example(tiny_model, small_job):
-    from tunebook import data
+    from tunebook.data import examples as data
 
     small = job.load_job_card(small_job)
     examples = data.load_examples(small)[0].head(5)
@@ -206,7 +212,7 @@ def test_first_adapter_becomes_champion_with_everything_logged(released):
     store = registry.open_registry(workspace=runs)
     version = registry.get_version(store, "support_triage", 1)
     assert registry.aliases(store, "support_triage")["champion"] == "1"
-    assert version.tags["tunebook.run_dir"] == str(good_dir.resolve()) and version.tags["tunebook.gate"] == "passed"
+    assert version.tags["tunebook.run_dir"] == str(good_dir.resolve()) and version.tags["tunebook.release.gate"] == "passed"
     assert (
         version.tags["tunebook.decision_rule"].startswith("temperature")
         and version.tags["tunebook.baseline_variant"] == "classical"

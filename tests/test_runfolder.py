@@ -9,9 +9,9 @@ import pytest
 from conftest import ROOT
 from pydantic import ValidationError
 
-from tunebook import artifacts
+from tunebook.core import artifacts
+from tunebook.core.runfolder import STEP_RESULTS, STEPS, RunFolder
 from tunebook.errors import TunebookError
-from tunebook.runfolder import STEP_RESULTS, STEPS, RunFolder
 
 PACKAGE = ROOT / "src" / "tunebook"
 OWNERS = {"runfolder.py", "artifacts.py"}

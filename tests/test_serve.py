@@ -10,9 +10,11 @@ import torch
 from conftest import free_port, keyword_tickets, tol, wait_until_serving
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunebook import cli, registry, serve
+from tunebook import cli
+from tunebook.core.runfolder import MODEL_ARTIFACT, RunFolder
 from tunebook.errors import TunebookError
-from tunebook.runfolder import MODEL_ARTIFACT, RunFolder
+from tunebook.registry import store as registry
+from tunebook.serving import serve
 
 
 def test_predict_uses_the_champion_on_a_file_of_inputs(released, tiny_model, tmp_path, capsys, monkeypatch):
@@ -139,7 +141,7 @@ def test_a_job_without_a_champion_says_how_to_get_one(tmp_path, capsys, monkeypa
 
 
 def test_predict_applies_the_released_decision_rule_exactly_as_evaluated(released, tiny_model, tmp_path, monkeypatch):
-    from tunebook import decide
+    from tunebook.modeling import decision_rule as decide
 
     runs, (good_dir, _), _ = released
     monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
@@ -163,9 +165,9 @@ def test_serving_imports_no_training_or_release_code():
     import sys
 
     code = (
-        "import sys, tunebook.serve; "
-        "loaded = sorted(m for m in sys.modules if m in ('tunebook.train', 'tunebook.packing', 'tunebook.methods', "
-        "'tunebook.callbacks', 'tunebook.release', 'tunebook.gate', 'tunebook.publish', 'trl', 'papermill')); "
+        "import sys, tunebook.serving.serve; "
+        "loaded = sorted(m for m in sys.modules if m in ('tunebook.train.step', 'tunebook.train.packing', 'tunebook.train.methods', "
+        "'tunebook.train.callbacks', 'tunebook.release.serving_checks', 'tunebook.release.gate', 'tunebook.release.publish', 'trl', 'papermill')); "
         "print(loaded); assert not loaded"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -211,7 +213,11 @@ def test_a_trained_model_mixed_with_the_classical_one_is_served_as_04_answers(re
     served form (the MLflow model folder, loaded through MLflow) exactly as 04's code path answers it."""
     import mlflow.pyfunc
 
-    from tunebook import baselines, decide, evaluation, predict, pyfunc, system
+    from tunebook.baseline import variants as baselines
+    from tunebook.evaluate import step as evaluation
+    from tunebook.modeling import decision_rule as decide
+    from tunebook.modeling import predict, system
+    from tunebook.serving import pyfunc
 
     _, (good_dir, _), _ = released
     run = RunFolder(tmp_path / "mixed")
@@ -238,7 +244,9 @@ def test_a_trained_model_mixed_with_the_classical_one_is_served_as_04_answers(re
 
 
 def test_the_prompt_prefix_cache_gives_the_answers_of_a_full_pass(small_job, tiny_model):
-    from tunebook import data, decoding, job, predict
+    from tunebook.card import schema as job
+    from tunebook.data import examples as data
+    from tunebook.modeling import decoding, predict
 
     card = job.load_job_card(small_job)
     texts = data.load_examples(card)[0]["text"].head(5).tolist()
@@ -263,7 +271,7 @@ def test_mlflow_models_serve_answers_over_http_like_tunebook_predict_and_logs_ev
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
-    from tunebook import inference_log
+    from tunebook.serving import inference_log
 
     runs, _, _ = released
     monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
@@ -326,7 +334,7 @@ def test_mlflow_models_serve_answers_over_http_like_tunebook_predict_and_logs_ev
 def test_concurrent_appends_lose_no_line_and_a_bad_line_is_named_by_number(tmp_path):
     from multiprocessing import get_context
 
-    from tunebook import inference_log
+    from tunebook.serving import inference_log
 
     log = tmp_path / "log.jsonl"
     with get_context("spawn").Pool(4) as pool:
@@ -341,7 +349,7 @@ def test_concurrent_appends_lose_no_line_and_a_bad_line_is_named_by_number(tmp_p
 
 
 def _append_many(path: str, worker: int) -> None:
-    from tunebook import inference_log
+    from tunebook.serving import inference_log
 
     answers = pd.DataFrame({"id": [f"{worker}-{i}" for i in range(10)], "prediction": "billing", "confidence": 0.9})
     for _ in range(20):

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 from conftest import EXAMPLE, write_job
 
-from tunebook import job, stats
+from tunebook.card import schema as job
 from tunebook.errors import TunebookError
+from tunebook.scoring import stats
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_slices_separate_hard_cases(card):
 @pytest.mark.parametrize("example", ["order_extraction", "support_tools", "reply_drafting"])
 def test_fully_correct_and_valid_outputs_per_task_kind(tmp_path, example):
     kind_card = job.load_job_card(write_job(tmp_path, per_label=1, example=example))
-    from tunebook import data
+    from tunebook.data import examples as data
 
     examples, _ = data.load_examples(kind_card)
     rows = examples.head(2)
@@ -135,7 +136,8 @@ def test_abstain_threshold_keeps_the_most_examples_that_meet_the_accuracy(card):
     ],
 )
 def test_fully_correct_agrees_with_the_exact_match_metric(tmp_path, example, metric):
-    from tunebook import data, metrics
+    from tunebook.data import examples as data
+    from tunebook.scoring import metrics
 
     kind_card = job.load_job_card(write_job(tmp_path, per_label=2, example=example))
     examples, _ = data.load_examples(kind_card)
@@ -158,7 +160,8 @@ def test_fully_correct_agrees_with_the_exact_match_metric(tmp_path, example, met
     ],
 )
 def test_part_rates_are_the_metrics_per_part_figures(tmp_path, example, key, score):
-    from tunebook import data, metrics
+    from tunebook.data import examples as data
+    from tunebook.scoring import metrics
 
     kind_card = job.load_job_card(write_job(tmp_path, per_label=2, example=example))
     examples, _ = data.load_examples(kind_card)

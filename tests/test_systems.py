@@ -18,10 +18,15 @@ import pandas as pd
 import pytest
 from conftest import free_port, keyword_job, wait_until_serving
 
-from tunebook import evaluation, pipeline, registration, registry, releasing, serve
+from tunebook.core.runfolder import RunFolder
 from tunebook.errors import TunebookError
-from tunebook.runfolder import RunFolder
-from tunebook.system import json_answers
+from tunebook.evaluate import step as evaluation
+from tunebook.modeling.system import json_answers
+from tunebook.registry import register as registration
+from tunebook.registry import store as registry
+from tunebook.release import step as releasing
+from tunebook.serving import serve
+from tunebook.workbook import runner as pipeline
 
 JOB = "support_triage"
 KINDS = {"classical": "classical", "zero-shot": "prompted", "1-shot": "prompted", "retrieval 1-shot": "retrieval"}
@@ -147,7 +152,7 @@ def test_a_tampered_classical_model_in_the_registry_is_refused_not_loaded(system
 
 
 def test_a_release_stored_the_old_way_is_refused_naming_the_fix(systems, tmp_path, monkeypatch):
-    from tunebook.system import load_system
+    from tunebook.modeling.system import load_system
 
     run = releases_run = systems[2]["classical"][0]
     old = RunFolder(tmp_path / "old")
@@ -159,7 +164,7 @@ def test_a_release_stored_the_old_way_is_refused_naming_the_fix(systems, tmp_pat
 
 
 def test_json_answers_come_back_as_objects_and_others_as_they_are():
-    from tunebook.job import load_job_card
+    from tunebook.card.schema import load_job_card
 
     examples = Path(__file__).resolve().parents[1] / "examples"
     extraction = load_job_card(examples / "order_extraction" / "job.yaml")
@@ -222,9 +227,9 @@ def test_tunebook_serve_answers_over_http_and_bad_requests_get_a_400_without_a_s
 def test_an_extraction_answer_is_served_as_a_json_object(tmp_path):
     from conftest import write_job
 
-    from tunebook.artifacts import System
-    from tunebook.job import load_job_card
-    from tunebook.pyfunc import Answerer
+    from tunebook.card.schema import load_job_card
+    from tunebook.core.artifacts import System
+    from tunebook.serving.pyfunc import Answerer
 
     card = load_job_card(write_job(tmp_path / "job", per_label=2, example="order_extraction"))
     run = RunFolder(tmp_path / "release")

@@ -11,23 +11,15 @@ from conftest import assert_gradients_close, assert_same_choices, tol, write_job
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from tunebook import (
-    artifacts,
-    data,
-    dataset,
-    decoding,
-    job,
-    methods,
-    models,
-    packing,
-    predict,
-    prompts,
-    recipe,
-    release,
-    runfolder,
-    train,
-)
+from tunebook.card import schema as job
+from tunebook.core import artifacts, runfolder
+from tunebook.data import examples as data
+from tunebook.data import splits as dataset
 from tunebook.errors import TunebookError
+from tunebook.modeling import decoding, models, predict, prompts
+from tunebook.release import serving_checks as release
+from tunebook.train import methods, packing, recipe
+from tunebook.train import step as train
 
 KINDS = ["support_triage", "order_extraction", "support_tools", "reply_drafting"]
 
@@ -526,9 +518,9 @@ def test_every_example_job_fits_the_default_max_length(example, tokenizer):
     # The tool-selection job's prompts (the tool list) reach ~1,060 tokens: at the old default of 1024, 03 refused it.
     from conftest import EXAMPLE
 
-    from tunebook import pipeline
+    from tunebook.core import settings as step_settings
 
-    declared = pipeline.declared_parameters()["MAX_LENGTH"]
+    declared = step_settings.declared_parameters()["MAX_LENGTH"]
     assert (
         set(declared.notebooks) == {"01_clean_the_data", "03_train_qlora"}
         and recipe.TrainConfig().max_length == declared.default_value
@@ -542,7 +534,7 @@ def test_every_example_job_fits_the_default_max_length(example, tokenizer):
 
 
 def test_replay_features_supervise_the_base_answers_as_chat_and_as_plain_text(tokenizer):
-    from tunebook import replay
+    from tunebook.train import replay
 
     answers = [
         {"prompt": "Name a colour.", "answer": "Blue is a colour.", "ended": True},
@@ -563,7 +555,7 @@ def test_replay_features_supervise_the_base_answers_as_chat_and_as_plain_text(to
 
 
 def test_shipped_base_answers_are_used_without_running_the_model(tiny_model, tmp_path, monkeypatch):
-    from tunebook import replay
+    from tunebook.train import replay
 
     monkeypatch.setenv("TUNEBOOK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(replay, "SHIPPED_ANSWERS", tmp_path / "shipped")
@@ -582,7 +574,7 @@ def test_shipped_base_answers_are_used_without_running_the_model(tiny_model, tmp
 
 
 def test_the_bundled_models_shipped_answers_cover_exactly_the_shipped_requests():
-    from tunebook import replay
+    from tunebook.train import replay
 
     files = sorted(replay.SHIPPED_ANSWERS.glob("*.jsonl"))
     assert len(files) == 1  # the bundled model's (its name is checked against the model in test_real_model)
@@ -611,7 +603,7 @@ def test_general_replay_is_mixed_into_training_and_recorded(tiny_job, tiny_model
     result = train.train_adapter(
         card, splits, tiny_model, fast(max_steps=2, general_mix=0.5), tmp_path / "adapter", "h"
     )
-    from tunebook import replay
+    from tunebook.train import replay
 
     answers = replay.base_answers(tiny_model, replay.load_requests())  # cached by the training run
     expected = replay.replay_features(
@@ -625,8 +617,8 @@ def test_general_replay_is_mixed_into_training_and_recorded(tiny_job, tiny_model
 def test_eval_steps_past_the_last_step_validate_at_the_end(tmp_path):
     """The workshop profile's EVAL_STEPS with a shorter MAX_STEPS (a -p on top of it) still validates and keeps a
     checkpoint: at the last step."""
-    from tunebook.recipe import TrainConfig
-    from tunebook.train import _training_arguments
+    from tunebook.train.recipe import TrainConfig
+    from tunebook.train.step import _training_arguments
 
     args, total = _training_arguments(TrainConfig(max_steps=2, eval_steps=28), tmp_path, examples=40)
     assert total == 2 and args.eval_steps == 2 and args.save_steps == 2

@@ -8,9 +8,12 @@ import pytest
 import torch
 from conftest import assert_gradients_close, tol, write_job
 
-from tunebook import data, job, packing, recipe, replay, train
+from tunebook.card import schema as job
+from tunebook.data import examples as data
 from tunebook.errors import TunebookError
-from tunebook.prompts import IGNORE_INDEX
+from tunebook.modeling.prompts import IGNORE_INDEX
+from tunebook.train import packing, recipe, replay
+from tunebook.train import step as train
 
 GENERAL = [
     ("Name three colours of the rainbow.", "Red, orange and yellow are three of them."),

@@ -3,8 +3,10 @@
 import pytest
 from conftest import EXAMPLE
 
-from tunebook import approach, job, widgets
+from tunebook.card import schema as job
+from tunebook.define import approach
 from tunebook.errors import JobCardError
+from tunebook.workbook import widgets
 
 VALUES = {
     "name": "triage",
@@ -67,7 +69,7 @@ def test_the_form_flags_a_missing_or_empty_data_file(tmp_path):
 
 
 def test_the_review_browser_starts_on_each_items_own_label_and_names_what_it_saved(tmp_path):
-    from tunebook import data
+    from tunebook.data import examples as data
 
     card = widgets.card_from_form(VALUES)
     items = [
@@ -99,7 +101,7 @@ def test_the_review_browser_starts_on_each_items_own_label_and_names_what_it_sav
 def test_mistake_browser_pages_through_rows():
     import pandas as pd
 
-    from tunebook import widgets
+    from tunebook.workbook import widgets
 
     rows = pd.DataFrame(
         {

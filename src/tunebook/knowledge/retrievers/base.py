@@ -1,4 +1,4 @@
-"""What every retriever provides, and the registry a new one joins (as a task kind joins ``tunebook.tasks``)."""
+"""What every retriever provides, and the registry a new one joins (as a task kind joins ``tunebook.card.tasks``)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tunebook.core.tables import file_hash
 from tunebook.errors import KnowledgeError
 from tunebook.knowledge.passages import Passage
 from tunebook.knowledge.retrievers.base import Hits, Retriever, passage_text, register_retriever
@@ -51,8 +52,6 @@ def default_dtype() -> str:
 @functools.lru_cache(maxsize=2)
 def _checked_model(folder: str, dtype: str):
     """The embedding model in ``dtype`` and its tokenizer, once their weights' hash matches the published one."""
-    from tunebook.dataset import file_hash
-
     digest = file_hash(Path(folder) / "model.safetensors")
     if digest != EMBEDDING_SHA256:
         raise KnowledgeError(

@@ -1,0 +1,206 @@
+"""05_release's work as one function: the system 04 evaluated, checked as served, gated against the champion (or
+the best baseline), registered with its model card and promoted if the gate passes; ``tunebook release`` calls it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunebook.core import tables
+from tunebook.core.artifacts import ReleaseResults
+from tunebook.core.runfolder import STEPS, RunFolder
+from tunebook.core.settings import StepSettings
+from tunebook.errors import TunebookError
+from tunebook.modeling import models
+from tunebook.registry import store as registry
+from tunebook.release import gate, publish
+from tunebook.release import serving_checks as release
+
+
+@dataclass
+class ReleaseSettings(StepSettings):
+    """05_release's parameters, checked once (the notebook's parameters cell declares the same names)."""
+
+    base_model: str = "bundled"
+    tracking_uri: str = ""
+    tolerance: float = 0.02
+    alpha: float = 0.05
+    regression_max_increase: float = 0.25
+    parity_examples: int = 32
+    parity_min_agreement: float = 0.95
+    latency_examples: int = 20
+    require_targets: bool = False
+    promote: bool = True
+    eval_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        self.require_positive("parity_examples", "latency_examples", "eval_batch_size")
+        for name in ("alpha", "parity_min_agreement"):
+            if not 0 < getattr(self, name) <= 1:
+                raise TunebookError(f"{name.upper()} must be in (0, 1], got {getattr(self, name)}.")
+
+
+def release_run_folder(run_dir: str | Path, parameters: dict) -> ReleaseResults:
+    """All of 05_release without the notebook: the same checks, gate, registration, record and results."""
+    run, settings = RunFolder(Path(run_dir)), ReleaseSettings.from_parameters(parameters)
+    card, test = run.read_job_card(), run.read_splits()["test"]
+    baseline, tuned = run.read_scores(run.baseline_scores("best")), run.read_scores(run.tuned_scores)
+    system, manifest = run.read_system(), publish.trained_manifest(run)
+    base_model = models.resolve_base_model(settings.base_model) if system.needs_language_model else ""
+    against = gate.compare(card, baseline, tuned, "tuned" if system.trained else system.variant)
+    store = registry.open_registry(settings.tracking_uri, workspace=run.root.parent)
+    reference, reference_name, champion_version = gate.reference_predictions(
+        store, card, run, test, base_model, settings.eval_batch_size
+    )
+    parity, speed = release.serving_checks(
+        run, base_model, settings.parity_examples, settings.latency_examples, settings.eval_batch_size
+    )
+    comparison = run.read_comparison()
+    verdict = gate.gate(
+        card,
+        run.read_predictions(run.tuned_predictions),
+        reference,
+        reference_name,
+        regression=comparison.regression_probe,
+        parity_result=parity,
+        tolerance=settings.tolerance,
+        alpha=settings.alpha,
+        regression_max_increase=settings.regression_max_increase,
+        parity_min_agreement=settings.parity_min_agreement,
+        require_targets=settings.require_targets,
+        champion_version=champion_version,
+        trained=system.trained,
+        must_improve=gate.must_improve(store, card, run, system.trained),
+    )
+    dataset = run.read_dataset_version()
+    evidence = publish.Evidence(run, manifest, dataset, baseline, tuned, comparison, verdict, parity, speed, system)
+    registered = publish.publish_run(store, card, evidence, settings.promote, settings.base_model)
+    publish.record(run, against, publish.lineage(run, card, dataset, manifest))
+    results = publish.recorded_results(against, evidence, registered)
+    run.write_results(STEPS[5], results)
+    return results
+
+
+def knowledge_update(
+    run_dir: str | Path, documents: str | Path, into: str | Path, base_model: str = "bundled"
+) -> RunFolder:
+    """A new run folder ``into`` holding the released run's system (nothing retrained) answering from
+    ``documents``: their passages checked and indexed by the same retriever with the same k. When the documents
+    are the job's later version (knowledge.fresh_documents), the test questions are judged on their later facts (a
+    question whose article was removed now expects the hand-over); otherwise on the facts as written, and the
+    system's description says so."""
+    # deferred: the retrievers' libraries load only for a knowledge update
+    from tunebook.clean import step as cleaning
+    from tunebook.knowledge import check_fits, read_knowledge
+    from tunebook.knowledge.context import build_index
+    from tunebook.knowledge.passages import load_knowledge, save_knowledge
+
+    source, target = RunFolder(Path(run_dir)), RunFolder(Path(into))
+    card = source.read_job_card()
+    if card.knowledge is None or not source.knowledge_index.is_dir():
+        raise TunebookError(
+            f"{source.root}: this job answers without documents (no knowledge section): nothing to update."
+        )
+    if target.root.exists():
+        raise TunebookError(f"{target.root} exists; a knowledge update is written to a new run folder.")
+    index_meta = source.read_system().knowledge or source.read_system(source.variant_system("rag")).knowledge
+    previous = load_knowledge(source.knowledge_dir)
+    # the prompt length the system was trained with, else the one 01 checked the released passages against
+    trained = source.trained_weights() is not None
+    max_length = source.read_manifest().config["max_length"] if trained else previous.max_length
+    tokenizer = models.load_tokenizer(models.resolve_base_model(base_model))
+    knowledge = check_fits(
+        read_knowledge(documents, card.knowledge.passage_words), tokenizer, max_length or 2048, index_meta["k"]
+    )
+    if knowledge.version == previous.version:
+        raise TunebookError(f"{documents} holds the same passages (knowledge {previous.version[:12]}) as the release.")
+    target.root.mkdir(parents=True)
+    # what the system is made of and was measured on; not 04's evaluation, 05's release or the executed notebooks
+    for found in (source.adapter_dir, source.blind_adapter_dir, source.baseline_dir, source.data_dir, source.approach_file):
+        placed = target.root / source.relative(found)
+        if found.is_dir():
+            shutil.copytree(found, placed, ignore=shutil.ignore_patterns("checkpoint*"))
+        elif found.is_file():
+            shutil.copy2(found, placed)
+    for step in STEPS[:3]:
+        if source.results_file(step).is_file():
+            target.results_file(step).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source.results_file(step), target.results_file(step))
+    shutil.rmtree(target.knowledge_dir)
+    save_knowledge(knowledge, target.knowledge_dir)
+    shutil.rmtree(target.knowledge_index)
+    index = build_index(knowledge, index_meta["retriever"], index_meta["k"]).save(target.knowledge_index)
+    shutil.copytree(source.system_dir, target.system_dir)  # the released system, answering from the new index
+    shutil.rmtree(target.system_knowledge)
+    shutil.copytree(index, target.system_knowledge)
+    spec = target.read_system()
+    target.write_system(spec.model_copy(update={"knowledge": {**spec.knowledge, "version": knowledge.version}}))
+    for variant in target.read_variants().variants:
+        path = target.variant_system(variant)
+        spec = target.read_system(path) if path.is_file() else None
+        if spec is not None and spec.knowledge:
+            target.write_system(
+                spec.model_copy(update={"knowledge": {**spec.knowledge, "version": knowledge.version}}), path
+            )
+    fresh = source.read_dataset_version().fresh_knowledge
+    later_facts = fresh is not None and fresh.version == knowledge.version
+    splits = target.read_splits()
+    if later_facts:
+        test = splits["test"].copy()
+        removed = [bool(old) and not new for old, new in zip(test["facts"], test["fresh_facts"])]
+        test["sources"] = [[] if gone else s for s, gone in zip(test["sources"], removed)]
+        test["facts"] = test["fresh_facts"]
+        splits["test"] = test
+    version = target.read_dataset_version()
+    split_hashes = {name: tables.frame_hash(frame) for name, frame in splits.items()}
+    version = version.model_copy(
+        update={
+            "hash": tables.combined_hash(split_hashes),
+            "splits": {
+                name: part.model_copy(update={"hash": split_hashes[name]}) for name, part in version.splits.items()
+            },
+            "knowledge": cleaning.knowledge_record(knowledge),
+            "fresh_knowledge": None,
+            "previous_knowledge": version.knowledge,
+        }
+    )
+    target.write_dataset(splits, version, json.loads(source.cleaning_report.read_text(encoding="utf-8")))
+    # the release now answers from these documents: 06 checks that they stay as released
+    card.knowledge.documents, card.knowledge.fresh_documents = str(Path(documents).resolve()), None
+    target.write_job_card(card)
+    note = (
+        f"knowledge update from {previous.version[:12]} to {knowledge.version[:12]} ({documents}), nothing retrained; "
+        + (
+            "judged on the test questions' facts under the new documents"
+            if later_facts
+            else "the test questions' facts are as written for the earlier documents: check the figures that depend on them"
+        )
+    )
+    target.knowledge_update.write_text(
+        json.dumps(
+            {"from": previous.version, "to": knowledge.version, "documents": str(documents), "note": note}, indent=2
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    return target
+
+
+def release_knowledge(
+    run_dir: str | Path, documents: str | Path, into: str | Path, parameters: dict
+) -> ReleaseResults:
+    """A new knowledge version as a release: the released run's system answering from ``documents`` (nothing
+    retrained), evaluated on the test questions, gated against the champion and registered (``knowledge_update``)."""
+    from tunebook.evaluate import step as evaluation  # deferred: evaluation imports the model stack
+    from tunebook.modeling import system
+
+    base_model = parameters.get("BASE_MODEL", "bundled")
+    target = knowledge_update(run_dir, documents, into, base_model)
+    settings = evaluation.EvaluateSettings(base_model=base_model, train_sample=0)
+    trained = target.read_system().trained
+    candidate = evaluation.load_tuned(target, base_model) if trained else system.load_system(target, base_model)
+    result = evaluation.evaluate_run(target, candidate, settings)
+    evaluation.save_evaluation(target, result)
+    return release_run_folder(target.root, parameters)
