@@ -146,7 +146,9 @@ def test_every_notebook_has_two_to_four_exercises_each_with_a_question_a_solutio
     for exercise in EXERCISES:
         assert exercise.names == (exercise.answer,), f"{exercise}: the check takes the answer its solution assigns"
         assert exercise.answer.startswith(f"answer_{exercise.notebook[:2]}_")
-        assert callable(getattr(exercises, exercise.check, None)), f"{exercise.check} is not in tunebook.workbook.exercises"
+        assert callable(getattr(exercises, exercise.check, None)), (
+            f"{exercise.check} is not in tunebook.workbook.exercises"
+        )
 
 
 def test_every_check_is_used_once_and_every_answer_has_a_wrong_value():

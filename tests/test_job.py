@@ -5,6 +5,7 @@ import yaml
 from conftest import EXAMPLE
 
 from tunebook.card import schema as job
+from tunebook.card.tasks import task_of
 from tunebook.define import approach
 from tunebook.errors import JobCardError, TunebookError
 
@@ -116,7 +117,7 @@ def other_card(example: str) -> dict:
 def test_every_example_card_is_valid(example):
     card = job.load_job_card(EXAMPLE.parent / example / "job.yaml")
     assert approach.decide_approach(card).approach == "fine-tuning"
-    assert job.card_overview(card)
+    assert task_of(card).overview(card)
 
 
 def test_invalid_json_schema_is_named():

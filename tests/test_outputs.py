@@ -8,6 +8,7 @@ from conftest import EXAMPLE
 
 from tunebook.card import answers as outputs
 from tunebook.card import schema as job
+from tunebook.card.tasks import task_of
 from tunebook.scoring import metrics
 
 EXAMPLES = EXAMPLE.parent
@@ -34,11 +35,11 @@ ORDER = {
 def test_extraction_targets_are_canonical_and_checked(cards):
     card = cards["order_extraction"]
     shuffled = dict(reversed(list(ORDER.items())))
-    text, problems = outputs.target_problems(card, shuffled, "msg")
+    text, problems = task_of(card).parse_target(card, shuffled, "msg")
     assert problems == [] and text == json.dumps(ORDER)
-    _, problems = outputs.target_problems(card, {**ORDER, "quantity": 0}, "msg")
+    _, problems = task_of(card).parse_target(card, {**ORDER, "quantity": 0}, "msg")
     assert problems == ["quantity: 0 is less than the minimum of 1"]
-    _, problems = outputs.target_problems(card, '{"order_id": ', "msg")
+    _, problems = task_of(card).parse_target(card, '{"order_id": ', "msg")
     assert problems[0].startswith("not valid JSON")
 
 

@@ -1,5 +1,5 @@
-"""Command line: ``tunebook run`` runs the workbook; ``tunebook clean``, ``baseline``, ``train`` (also under
-``accelerate launch`` / ``torchrun``) and ``evaluate`` run one step on a run folder; ``tunebook predict`` serves a
+"""Command line: ``tunebook run`` runs the workbook; ``tunebook define``, ``clean``, ``baseline``, ``train`` (also under
+``accelerate launch`` / ``torchrun``) ``evaluate`` and ``release`` run one step on a run folder; ``tunebook predict`` serves a
 job's released champion on a file; ``tunebook versions`` / ``promote`` / ``rollback`` manage the registry;
 ``tunebook prepare-model`` caches the bundled model."""
 
@@ -47,6 +47,7 @@ def given_parameters(config: str | None, typed: dict) -> dict:
 
 def absolute_paths(parameters: dict) -> dict:
     """Make JOB_CARD (default: the bundled example) and a local BASE_MODEL absolute, since notebooks run inside the run folder."""
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.core.settings import notebooks_dir
 
     resolved = dict(parameters)
@@ -59,6 +60,7 @@ def absolute_paths(parameters: dict) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.core.runfolder import STEPS, RunFolder
     from tunebook.core.settings import declared_parameters
     from tunebook.workbook.runner import NOTEBOOKS, run_workbook
@@ -112,6 +114,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _step_parameters(step: str, args: argparse.Namespace) -> dict:
     """A step's parameters for running it alone on a run folder: its declared defaults, then --config, then -p."""
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
+    from tunebook.core.runfolder import STEPS
     from tunebook.core.settings import check_parameters, declared_parameters
 
     every = declared_parameters()
@@ -121,13 +125,30 @@ def _step_parameters(step: str, args: argparse.Namespace) -> dict:
     config = {k: v for k, v in load_config(args.config).items() if k not in every or step in every[k].notebooks}
     user = {**config, **parse_assignments(args.param)}
     given = absolute_paths(user)
+    if "JOB_CARD" not in user and step == STEPS[0]:
+        raise TunebookError("tunebook define needs the job card: -p JOB_CARD=path/to/job.yaml")
     if "JOB_CARD" not in user:
         given.pop("JOB_CARD")  # the run folder already holds the job card; a JOB_CARD given here is refused below
     check_parameters(given, declared)
     return {**{k: p.default_value for k, p in declared.items()}, **given}
 
 
+def _define(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
+    from tunebook.core.runfolder import STEPS
+    from tunebook.define.step import define_run_folder
+
+    defined = define_run_folder(args.run_dir, _step_parameters(STEPS[0], args))
+    print(
+        f"[tunebook] job {defined.card.name} ({defined.card.task_kind}): recommended approach "
+        f"{defined.approach.approach}; {'train' if defined.results.proceed_to_training else 'no training'} "
+        f"in {args.run_dir}"
+    )
+    return 0
+
+
 def _clean(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.clean.step import clean_run_folder
     from tunebook.core.runfolder import STEPS
 
@@ -141,6 +162,7 @@ def _clean(args: argparse.Namespace) -> int:
 
 
 def _baseline(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.baseline.step import prove_run_folder
     from tunebook.core.runfolder import STEPS
 
@@ -150,6 +172,7 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.core.runfolder import STEPS, RunFolder
     from tunebook.train.step import recorded_results, train_run_folder
 
@@ -163,6 +186,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.core.runfolder import STEPS
     from tunebook.evaluate.step import evaluate_run_folder
 
@@ -183,7 +207,7 @@ def _release(args: argparse.Namespace) -> int:
 
     parameters = _step_parameters(STEPS[5], args)
     if getattr(args, "knowledge", None):
-        from tunebook.release.step import release_knowledge
+        from tunebook.release.step import release_knowledge  # deferred: as above
 
         into = args.into or f"{Path(args.run_dir).resolve()}-knowledge-{time.strftime('%Y%m%d-%H%M%S')}"
         result = release_knowledge(args.run_dir, args.knowledge, into, parameters)
@@ -199,6 +223,7 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _prepare_model(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.modeling.models import resolve_base_model
 
     print(f"[tunebook] base model ready: {resolve_base_model(args.model)}")
@@ -206,12 +231,14 @@ def _prepare_model(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace):
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.registry.store import open_registry
 
     return open_registry(args.tracking_uri, workspace=args.runs_dir)
 
 
 def _predict(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.serving.serve import predict_file
 
     result = predict_file(
@@ -247,6 +274,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _versions(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.registry.store import versions
 
     table = versions(_store(args), args.job)
@@ -255,6 +283,7 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.registry.register import promote
 
     done = promote(_store(args), args.job, args.version, args.force, args.reason, args.require_shadow)
@@ -265,6 +294,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.registry.register import rollback
 
     done = rollback(_store(args), args.job)
@@ -275,6 +305,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.monitor.step import watch
 
     where = f" --runs-dir {args.runs_dir}" + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
@@ -287,6 +318,7 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _shadow(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.monitor.shadow import run_shadow
 
     out = args.out or f"{args.runs_dir}/shadow/{args.job}-v{args.version}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -299,6 +331,7 @@ def _shadow(args: argparse.Namespace) -> int:
 
 
 def _export_traffic(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.monitor.feedback import export_labelled_traffic
     from tunebook.serving.serve import fetch_release
 
@@ -340,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
     for name, step, function, what in (
+        ("define", "00_define_the_job", _define, "read and check a job card into a new run folder"),
         ("clean", "01_clean_the_data", _clean, "audit, clean, split and version the data of a run folder after 00"),
         ("baseline", "02_prove_the_baseline", _baseline, "run the cheap alternatives of a run folder after 01"),
         ("train", "03_train_qlora", _train, "train on a run folder prepared by 00 and 01"),
@@ -445,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.workbook.runner import NOTEBOOKS
     from tunebook.workbook.workshop import build_checkpoint, profile_path, steps_before
 
@@ -463,6 +498,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one clear message and exit with status 2 (a failed notebook: 1)."""
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.workbook.runner import NotebookFailed
 
     args = build_parser().parse_args(argv)

@@ -25,8 +25,10 @@ from tunebook.errors import TunebookError
 from tunebook.knowledge.render import model_inputs
 from tunebook.modeling.classical import ClassicalModel, Retriever, fit_classical, load_classical_file, save_classical
 from tunebook.modeling.decision_rule import DecisionRule, fit_rule, save_rule
+from tunebook.modeling.prompts import pick_shots
 from tunebook.modeling.system import write_shots
 from tunebook.scoring.metrics import evaluate, headline
+from tunebook.scoring.stats import bootstrap
 
 
 @dataclass
@@ -134,7 +136,7 @@ class _Prompted:
 
     def scorer(self, shots_for):
         """Probabilities over the card's choices for a frame, prompted with the shots ``shots_for`` gives."""
-        from tunebook.modeling import predict
+        from tunebook.modeling import predict  # deferred: torch loads only for a variant with a language model
 
         return lambda frame: predict.choose(
             self.model,
@@ -148,7 +150,7 @@ class _Prompted:
 
     def answerer(self, shots_for):
         """Answers from chosen probabilities (a tool's arguments generated with the shots ``shots_for`` gives)."""
-        from tunebook.modeling import predict
+        from tunebook.modeling import predict  # deferred: torch loads only for a variant with a language model
 
         return lambda frame, probs, rule: predict.answer_choices(
             self.model,
@@ -165,7 +167,7 @@ class _Prompted:
 
     def generator(self, shots_for):
         """Generated answers for a frame, prompted with the shots ``shots_for`` gives."""
-        from tunebook.modeling import predict
+        from tunebook.modeling import predict  # deferred: torch loads only for a variant with a language model
 
         return lambda frame: predict.predict(
             self.model,
@@ -226,8 +228,6 @@ def run_variants(
 ) -> list[VariantRun]:
     """Every baseline variant that applies to the card's task kind, on the val and test splits; with a knowledge
     ``index`` (``knowledge.context.KnowledgeIndex``), also the base model answering from retrieved passages."""
-    from tunebook.modeling.prompts import pick_shots
-
     train = splits["train"]
     lm = _Prompted(model, tokenizer, card, batch_size, progress, max_new_tokens)
     retriever = Retriever(train)
@@ -321,8 +321,6 @@ def best_prompting(runs: list[VariantRun], card: JobCard) -> VariantRun:
 def variant_table(card: JobCard, runs: list[VariantRun], resamples: int = 500, level: float = 0.95) -> pd.DataFrame:
     """One row per variant: validation primary metric, test primary metric with its bootstrap interval, must-never
     failures on test and milliseconds per example on this machine."""
-    from tunebook.scoring.stats import bootstrap
-
     rows = {}
     for run in runs:
         val, test = evaluate(card, run.val), evaluate(card, run.test)

@@ -21,6 +21,7 @@ def parse_json(text: str) -> tuple[Any, str | None]:
 
 def schema_errors(value: Any, schema: dict) -> list[str]:
     """Messages for every way ``value`` breaks ``schema`` (empty when valid)."""
+    # deferred: jsonschema loads only for an answer checked against a JSON Schema
     from jsonschema import validators
 
     validator = validators.validator_for(schema)(schema)
@@ -28,13 +29,6 @@ def schema_errors(value: Any, schema: dict) -> list[str]:
         f"{'/'.join(str(p) for p in error.path) or '(root)'}: {error.message}"
         for error in sorted(validator.iter_errors(value), key=lambda e: list(e.path))
     ]
-
-
-def canonical(card: JobCard, value: Any) -> str:
-    """The one text form of a structured answer: JSON with the schema's field order, or tool then arguments."""
-    from tunebook.card.tasks import task_of
-
-    return task_of(card).canonical(card, value)
 
 
 def check_tool_call(card: JobCard, value: Any) -> list[str]:
@@ -68,10 +62,3 @@ def check_draft(card: JobCard, text: str, source: str) -> dict[str, bool]:
         results["plain_text"] = _MARKDOWN.search(text) is None
     assert list(results) == rule_names(rules)
     return results
-
-
-def target_problems(card: JobCard, raw: Any, source: str) -> tuple[str, list[str]]:
-    """Turn a raw target from the data into its canonical text; list what is wrong with it against the card."""
-    from tunebook.card.tasks import task_of
-
-    return task_of(card).parse_target(card, raw, source)

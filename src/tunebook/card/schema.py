@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunebook.errors import JobCardError, TunebookError
 
 TASK_KINDS = ("classification", "extraction", "tool_selection", "drafting")
+# Each kind's checks of a card, registered by its module in ``tasks`` (imported with this package).
+_CARD_CHECKS: dict[str, Callable[[JobCard], list[str]]] = {}
+
+
+def register_card_check(kind: str, check: Callable[[JobCard], list[str]]) -> None:
+    """Make ``check`` (a card -> its problems) part of validating every card of task kind ``kind``."""
+    _CARD_CHECKS[kind] = check
 
 
 class _Strict(BaseModel):
@@ -203,96 +210,10 @@ class JobCard(_Strict):
 
     @model_validator(mode="after")
     def _check_kind(self) -> JobCard:
-        problems = {
-            "classification": self._classification_problems,
-            "extraction": self._extraction_problems,
-            "tool_selection": self._tool_problems,
-            "drafting": self._drafting_problems,
-        }[self.task_kind]()
+        problems = _CARD_CHECKS[self.task_kind](self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
-
-    def _choice_problems(self, kind_field: str, names: list[str]) -> list[str]:
-        problems = []
-        if len(names) < 2:
-            problems.append(
-                f"{kind_field}: a {self.task_kind} job needs at least two {kind_field}, found {names or 'none'}"
-            )
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            problems.append(f"{kind_field}: duplicate name(s) {duplicates}; each must appear once")
-        known = set(names)
-        for true, row in self.error_costs.items():
-            if true not in known:
-                problems.append(f"error_costs.{true}: '{true}' is not one of the {kind_field} {names}")
-            for predicted, cost in row.items():
-                if predicted != "*" and predicted not in known:
-                    problems.append(
-                        f"error_costs.{true}.{predicted}: '{predicted}' is not one of the {kind_field} {names} (or '*')"
-                    )
-                if cost < 0:
-                    problems.append(f"error_costs.{true}.{predicted}: cost must be >= 0, got {cost}")
-        for i, rule in enumerate(self.must_never):
-            if rule.actual is None:
-                problems.append(f"must_never[{i}].actual: name the true {kind_field[:-1]} this rule protects")
-            for field in ("actual", "predicted"):
-                value = getattr(rule, field)
-                if value is not None and value != "*" and value not in known:
-                    problems.append(f"must_never[{i}].{field}: '{value}' is not one of the {kind_field} {names}")
-        return problems
-
-    def _classification_problems(self) -> list[str]:
-        problems = self._choice_problems("labels", [label.name for label in self.labels])
-        if self.escalate_label is not None and self.escalate_label not in self.label_names:
-            problems.append(f"escalate_label: '{self.escalate_label}' is not one of the labels {self.label_names}")
-        return problems
-
-    def _tool_problems(self) -> list[str]:
-        problems = self._choice_problems("tools", [tool.name for tool in self.tools])
-        for i, tool in enumerate(self.tools):
-            problems += [f"tools[{i}].parameters: {p}" for p in schema_problems(tool.parameters)]
-        return problems
-
-    def _extraction_problems(self) -> list[str]:
-        if not self.output_schema:
-            return ["output_schema: an extraction job needs a JSON Schema (inline, or output_schema_file: path)"]
-        problems = [f"output_schema: {p}" for p in schema_problems(self.output_schema)]
-        fields = set(self.output_schema.get("properties", {}))
-        if not problems and (self.output_schema.get("type") != "object" or not fields):
-            problems.append("output_schema: must describe an object with properties (the fields to extract)")
-        problems += [
-            f"field_weights.{name}: not a field of output_schema {sorted(fields)}"
-            for name in self.field_weights
-            if name not in fields
-        ]
-        for i, rule in enumerate(self.must_never):
-            if rule.field not in fields:
-                problems.append(
-                    f"must_never[{i}].field: '{rule.field}' is not a field of output_schema {sorted(fields)}"
-                )
-        return problems
-
-    def _drafting_problems(self) -> list[str]:
-        if self.rules is None:
-            return [
-                "rules: a drafting job needs checkable rules (required_patterns, forbidden_phrases, min_words, ...)"
-            ]
-        problems = []
-        for group in ("required_patterns", "echo_patterns"):
-            for i, pattern in enumerate(getattr(self.rules, group)):
-                try:
-                    re.compile(pattern.regex)
-                except re.error as error:
-                    problems.append(f"rules.{group}[{i}].regex: not a valid regular expression ({error})")
-        low, high = self.rules.min_words, self.rules.max_words
-        if low is not None and high is not None and low > high:
-            problems.append(f"rules: min_words ({low}) is above max_words ({high})")
-        names = set(rule_names(self.rules))
-        for i, rule in enumerate(self.must_never):
-            if rule.rule not in names:
-                problems.append(f"must_never[{i}].rule: '{rule.rule}' is not one of the rules {sorted(names)}")
-        return problems
 
     @property
     def choices(self) -> list[str]:
@@ -325,6 +246,7 @@ class JobCard(_Strict):
 
 def schema_problems(schema: dict) -> list[str]:
     """Problems that make ``schema`` an invalid JSON Schema (empty when it is valid)."""
+    # deferred: jsonschema loads only for a card that carries a JSON Schema (extraction, tools)
     from jsonschema import exceptions, validators
 
     try:
@@ -442,10 +364,3 @@ def card_hash(card: JobCard) -> str:
         }
     blob = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-def card_overview(card: JobCard) -> list[dict]:
-    """One row per label, output field, tool or rule: what the model must produce."""
-    from tunebook.card.tasks import task_of
-
-    return task_of(card).overview(card)

@@ -11,16 +11,18 @@ import pandas as pd
 from tunebook.card.schema import JobCard
 from tunebook.card.tasks import task_of
 from tunebook.core.artifacts import DatasetVersion
-from tunebook.data.examples import normalise
+from tunebook.data.examples import clean, normalise
 from tunebook.data.neardup import groups_from_pairs, near_duplicate_pairs
 from tunebook.data.splits import stratum
 from tunebook.errors import DataError
+from tunebook.modeling.prompts import render_text
 
 
 def suspected_label_errors(
     card: JobCard, examples: pd.DataFrame, threshold: float = 0.6, folds: int = 5, seed: int = 0
 ) -> pd.DataFrame:
     """Examples whose label a cross-validated TF-IDF + logistic-loss linear classifier confidently disputes."""
+    # deferred: scikit-learn loads only for the label-error check
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import SGDClassifier
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -67,7 +69,6 @@ def balance(card: JobCard, examples: pd.DataFrame, min_count: int = 10) -> pd.Da
 
 def token_lengths(tokenizer, card: JobCard, examples: pd.DataFrame, max_length: int) -> pd.DataFrame:
     """Prompt and answer token counts per example, with what MAX_LENGTH would cut."""
-    from tunebook.modeling.prompts import render_text
 
     # The chat template around the input costs the same for every example (special tokens separate it from the
     # input, so tokenization does not merge across the boundary): count it once, then only the inputs.
@@ -325,7 +326,6 @@ def leaks_into(frozen: pd.DataFrame, examples: pd.DataFrame, threshold: float) -
 
 def check_frozen_test(frozen: pd.DataFrame, invalid: list[dict]) -> list[dict]:
     """What cleaning would remove from a user-supplied test set; reported only, the set stays as given."""
-    from tunebook.data.examples import clean
 
     _, findings = clean(frozen, invalid)
     return [{**item, "reason": item["reason"] + " (kept: the test set is frozen)"} for item in findings]

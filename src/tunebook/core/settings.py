@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import io
 import json
 import os
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +42,6 @@ class Parameter:
     @property
     def default_value(self):
         """The default as a Python value (parameters cells hold plain literals)."""
-        import ast
 
         return ast.literal_eval(self.default)
 
@@ -91,9 +93,6 @@ def parameters_cell(notebook: Path) -> list[Parameter]:
 
     Read with ``ast`` rather than papermill, so that ``tunebook train`` on a training node needs no notebook runner.
     """
-    import ast
-    import io
-    import tokenize
 
     cells = json.loads(notebook.read_text())["cells"]
     cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)

@@ -19,7 +19,6 @@ CONTEXT_COLUMNS = ["retrieved", "context", "top_score"]
 SPLITS = ("train", "val", "test")
 
 
-
 def example_columns(frame: pd.DataFrame) -> list[str]:
     """The example columns ``frame`` holds: id, text, target, tags, then any knowledge columns."""
     return COLUMNS + [c for c in KNOWLEDGE_COLUMNS if c in frame]

@@ -8,9 +8,10 @@ import unicodedata
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from tunebook.card.answers import canonical, target_problems
 from tunebook.card.schema import JobCard
+from tunebook.card.tasks import task_of
 from tunebook.core.tables import CONTEXT_COLUMNS, example_columns
 from tunebook.errors import DataError, closest
 
@@ -122,7 +123,8 @@ def to_examples(
         raise DataError(f"{source}: the file has a header but no rows. Add labelled examples.")
     rows = pd.RangeIndex(1, len(frame) + 1)
     texts = frame[spec.text_column].astype(str).tolist()
-    checked = [target_problems(card, raw, text) for raw, text in zip(frame[card.target_column].tolist(), texts)]
+    kind = task_of(card)
+    checked = [kind.parse_target(card, raw, text) for raw, text in zip(frame[card.target_column].tolist(), texts)]
     examples = pd.DataFrame(
         {
             "row": rows,
@@ -268,7 +270,6 @@ def load_decisions(path: str | Path | None, card: JobCard | None = None) -> dict
     path = Path(path)
     if not path.is_file():
         raise DataError(f"decisions file not found: {path} (DECISIONS_FILE). Leave it empty to apply the policy only.")
-    import yaml
 
     entries = yaml.safe_load(path.read_text(encoding="utf-8")) or []
     decisions = {}
@@ -289,7 +290,6 @@ def load_decisions(path: str | Path | None, card: JobCard | None = None) -> dict
 
 def save_decisions(decisions: dict[str, dict], path: str | Path) -> Path:
     """Write review decisions as YAML, in id order."""
-    import yaml
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,7 +314,11 @@ def apply_decisions(
         if decision is None:
             continue
         if decision["action"] == "relabel":
-            new = decision["target"] if isinstance(decision["target"], str) else canonical(card, decision["target"])
+            new = (
+                decision["target"]
+                if isinstance(decision["target"], str)
+                else task_of(card).canonical(card, decision["target"])
+            )
             report.append(
                 {
                     "row": int(row["row"]),

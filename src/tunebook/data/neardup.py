@@ -39,6 +39,7 @@ def minhash_signatures(sets: list[np.ndarray], num_perm: int = 64, seed: int = 0
 
 def _pair_jaccard(sets: list[np.ndarray], pairs: np.ndarray) -> np.ndarray:
     """Exact Jaccard similarity of many (i, j) pairs of shingle sets, via one sparse incidence matrix."""
+    # deferred: SciPy loads only once candidate pairs are found
     from scipy.sparse import csr_matrix
 
     lengths = np.array([len(s) for s in sets])

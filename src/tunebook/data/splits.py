@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tunebook.card.schema import JobCard
+from tunebook.card.tasks import task_of
 from tunebook.core.artifacts import DatasetVersion, SourceFile, SplitVersion
 from tunebook.core.tables import SPLITS, combined_hash, file_hash, frame_hash
 from tunebook.errors import DataError
@@ -16,7 +17,6 @@ from tunebook.errors import DataError
 
 def stratum(card: JobCard, target: str) -> str:
     """The group a target is stratified by: its label, its tool, or one group for free-form targets."""
-    from tunebook.card.tasks import task_of
 
     return task_of(card).stratum(card, target)
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tunebook.baseline import variants as baselines
+from tunebook.card.grounding import freshness
 from tunebook.card.schema import JobCard
 from tunebook.card.tasks import task_of
 from tunebook.core import artifacts, lineage
@@ -20,6 +21,8 @@ from tunebook.core.runfolder import STEPS, RunFolder, manifest_path, read_manife
 from tunebook.core.settings import StepSettings
 from tunebook.errors import TunebookError
 from tunebook.evaluate import general_probe as regression
+from tunebook.knowledge.context import build_index, load_index
+from tunebook.knowledge.passages import load_knowledge
 from tunebook.modeling import decision_rule as decide
 from tunebook.modeling import models, predict, system
 from tunebook.scoring import metrics, stats
@@ -277,9 +280,6 @@ def freshness_test(
     if card.knowledge is None or not run.fresh_knowledge_dir.is_dir():
         return None
     # deferred: the knowledge layer loads its retrievers only for a job with documents
-    from tunebook.card.grounding import freshness
-    from tunebook.knowledge.context import build_index, load_index
-    from tunebook.knowledge.passages import load_knowledge
 
     fresh = load_knowledge(run.fresh_knowledge_dir)
     test = run.read_splits()["test"]
@@ -341,7 +341,6 @@ def _with_passages(run: RunFolder, candidate: TunedModel, splits: dict[str, pd.D
     if not candidate.manifest.knowledge_version:
         return splits
     # deferred: the knowledge layer loads its retrievers only for a job with documents
-    from tunebook.knowledge.context import load_index
 
     index = load_index(run.knowledge_index)
     return {name: index.attach(frame) for name, frame in splits.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 from pathlib import Path
@@ -203,6 +204,7 @@ def disable_cpu_weight_packing(model: PreTrainedModel) -> int:
     both keep the float32 path.
     """
     try:
+        # deferred: bitsandbytes loads only for a quantized model
         from bitsandbytes.nn import Linear4bit
     except ImportError:
         return 0
@@ -216,7 +218,6 @@ def disable_cpu_weight_packing(model: PreTrainedModel) -> int:
 
 def cache_argument(module: torch.nn.Module) -> str:
     """Name of the forward argument that takes a KV cache ('cache' in recent transformers, else 'past_key_values')."""
-    import inspect
 
     base = module.get_base_model() if hasattr(module, "get_base_model") else module
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -226,6 +227,7 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     """Distinct short names of the model's linear layers (what LoRA target modules can name)."""
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     try:
+        # deferred: bitsandbytes loads only for a quantized model
         import bitsandbytes as bnb
 
         names |= {

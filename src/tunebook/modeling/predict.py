@@ -18,9 +18,10 @@ from tunebook.card.schema import JobCard
 from tunebook.card.tasks import task_of
 from tunebook.core.artifacts import Manifest
 from tunebook.data.examples import answer_frame
+from tunebook.data.splits import stratum
 from tunebook.errors import TunebookError
 from tunebook.knowledge.render import model_inputs
-from tunebook.modeling.decision_rule import DecisionRule, decided_frame
+from tunebook.modeling.decision_rule import DecisionRule, decided_frame, fit_rule
 from tunebook.modeling.decoding import PromptPrefix, Shots, generate, label_log_likelihoods
 from tunebook.modeling.models import compute_dtype, load_model, load_tokenizer
 from tunebook.modeling.prompts import encode_target, tool_prefix
@@ -53,6 +54,7 @@ def merged_model(base_model: str, adapter_dir: str | Path, quantization: str = "
     """The adapter merged into a full-precision base holding the weights it was trained against: the original
     weights for an unquantized base, the dequantized 4-/8-bit weights for a quantized one. (Merging into a 4-bit
     base re-quantizes and drifts; merging into the original weights of a base the adapter saw quantized drifts too.)"""
+    # deferred: only an adapter trained on a quantized base is dequantized for merging
     from peft.utils.integrations import dequantize_bnb_weight, get_bnb_param_type
 
     full = load_model(base_model, "none")
@@ -234,8 +236,6 @@ def predict_with_rule(
     lowers the validation loss), with the validation predictions, the rule and the model's own test probabilities.
     Validation predictions come back for classification only (tool arguments there would be generated for nothing);
     task kinds without a fixed set of answers have no rule: their test predictions come back alone."""
-    from tunebook.data.splits import stratum
-    from tunebook.modeling.decision_rule import fit_rule
 
     if not card.choices:
         test = predict(model, tokenizer, card, splits["test"], batch_size, progress, max_new_tokens=max_new_tokens)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from transformers import PreTrainedTokenizerBase
 
 from tunebook.card.schema import JobCard
+from tunebook.card.tasks import task_of
+from tunebook.data.splits import stratum
 from tunebook.errors import TunebookError
 
 if TYPE_CHECKING:
@@ -21,7 +23,6 @@ def system_prompt(card: JobCard) -> str:
     lines = [card.description.strip()]
     if card.instructions.strip():
         lines.append(card.instructions.strip())
-    from tunebook.card.tasks import task_of
 
     lines += task_of(card).prompt_block(card)
     return "\n".join(lines)
@@ -90,7 +91,6 @@ def pick_shots(card: JobCard, train: pd.DataFrame, k: int, seed: int = 0) -> lis
     """``k`` worked examples from the training split, covering different labels or tools first."""
     if k <= 0 or len(train) == 0:
         return []
-    from tunebook.data.splits import stratum
 
     shuffled = train.sample(frac=1.0, random_state=seed)
     groups = shuffled["target"].map(lambda t: stratum(card, t))

@@ -27,6 +27,7 @@ from tunebook.core.artifacts import System
 from tunebook.core.runfolder import RunFolder, manifest_path, trained_weights
 from tunebook.data.examples import answer_frame
 from tunebook.errors import TunebookError
+from tunebook.knowledge.context import build_index, load_index
 from tunebook.knowledge.render import model_inputs
 from tunebook.modeling.classical import ClassicalModel, Retriever, load_classical_file
 from tunebook.modeling.decision_rule import DecisionRule, decided_frame, load_rule, save_rule
@@ -158,8 +159,6 @@ class LoadedSystem:
         self.index = None
         if self.spec.knowledge:
             # deferred: the retrievers' libraries load only for a system that answers from documents
-            from tunebook.knowledge.context import load_index
-
             self.index = load_index(folder.system_knowledge)
         self.model = self.tokenizer = self.prefix = None
         if self.spec.needs_language_model:
@@ -257,8 +256,6 @@ class LoadedSystem:
         if self.index is None:
             raise TunebookError("this system answers without documents: a knowledge version changes nothing in it.")
         # deferred: see __init__
-        from tunebook.knowledge.context import build_index
-
         updated = copy.copy(self)
         updated.index = index if index is not None else build_index(knowledge, self.index.name, self.index.k)
         updated.spec = self.spec.model_copy(

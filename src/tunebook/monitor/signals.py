@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from scipy.stats import mannwhitneyu
 
 from tunebook.card.schema import JobCard, MonitorRule
+from tunebook.card.tasks import task_of
 from tunebook.errors import DataError, KnowledgeError, closest
 from tunebook.knowledge import read_knowledge
 from tunebook.scoring import drift
@@ -134,7 +135,6 @@ def _joined(window: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
 def checked_labels(card: JobCard, labels: pd.DataFrame, source: str = "the labels") -> pd.DataFrame:
     """A delayed-labels table as (id, target): each label checked against the job card and written in its
     canonical form, rows with no label yet left out, the last label of an id kept."""
-    from tunebook.card.answers import target_problems
 
     column = next((c for c in (card.data.label_column, "label", "target") if c in labels.columns), None)
     if "id" not in labels.columns or column is None:
@@ -146,7 +146,7 @@ def checked_labels(card: JobCard, labels: pd.DataFrame, source: str = "the label
     for row, (key, raw) in enumerate(zip(labels["id"], labels[column]), start=1):
         if raw is None or (isinstance(raw, float) and np.isnan(raw)) or not str(raw).strip():
             continue  # the label has not arrived yet
-        target, problems = target_problems(card, raw, source)
+        target, problems = task_of(card).parse_target(card, raw, source)
         if card.task_kind == "classification" and target not in card.choices:
             problems = [f"'{target}' is not one of the labels{closest(target, card.choices)}"]
         if problems:
@@ -284,6 +284,7 @@ def _must_never(failures: int, n: int, reference: Reference) -> tuple[float, dic
     """How surprising the window's must-never failures are at the release's own test rate (one-sided binomial test;
     a release with none on its test split is taken to fail at most half an example's worth, so one failure in a
     small window is not proof of a change but several are)."""
+    # deferred: SciPy's statistics load only for a window with must-never failures to test
     from scipy.stats import binomtest
 
     observed = reference.metrics.get("must_never_failures", 0)

@@ -14,6 +14,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from tunebook.card.schema import JobCard
+from tunebook.core import plots
 from tunebook.core.artifacts import MonitorResults
 from tunebook.core.runfolder import MonitorFolder, RunFolder
 from tunebook.core.settings import StepSettings
@@ -22,7 +23,7 @@ from tunebook.errors import DataError
 from tunebook.monitor import signals as monitor
 from tunebook.monitor.signals import SignalReading
 from tunebook.registry.register import rollback
-from tunebook.registry.store import TAG, Registry, champion, log_run
+from tunebook.registry.store import TAG, Registry, champion, log_run, open_registry
 from tunebook.serving import inference_log
 from tunebook.serving.serve import fetch_release, load_released, send_traffic
 
@@ -86,7 +87,6 @@ def monitor_run_folder(run: RunFolder, settings: MonitorSettings) -> tuple[Monit
     """Step 06 on a run folder after 05: send the traffic file (if any) through the released version, logging
     every answer, then watch that version on the log; returns the verdict and the new folder it was written to
     (None when nothing is logged yet, so there was nothing to watch)."""
-    from tunebook.registry.store import open_registry
 
     card = run.read_job_card()
     store = open_registry(settings.tracking_uri, workspace=run.root.parent)
@@ -199,7 +199,6 @@ def _write_report(
     folder: MonitorFolder, choices: list[str], reference: monitor.Reference, window: pd.DataFrame, verdict
 ) -> None:
     """The figure as a PNG and the report as one HTML file with the figure inlined (it opens offline)."""
-    from tunebook.core import plots
 
     def frame(lengths: pd.Series, answers: pd.Series | None, confidence: pd.Series | None) -> pd.DataFrame:
         columns = {"length": lengths, "answer": answers, "confidence": confidence}

@@ -64,6 +64,7 @@ def publish(
     refused if another run changed the champion in the meantime. (One function: the registry lock, the tracking run and
     the undo on failure span every step.)
     """
+    # deferred: MLflow takes seconds to import; only registry work loads it
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
     client = registry.client
@@ -133,6 +134,7 @@ def _register(
 ) -> dict:
     """Create the version, log its model and move the aliases; undo every change if a step fails (caller holds the
     lock)."""
+    # deferred: MLflow takes seconds to import; only registry work loads it
     from mlflow.exceptions import MlflowException
 
     client = registry.client

@@ -9,6 +9,7 @@ Reading it, and the store and its lock, are here; the writes that register, prom
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from tunebook.errors import TunebookError
 
@@ -37,6 +39,7 @@ class Registry:
     def client(self):
         """The MLflow client for this store."""
         if self._client is None:
+            # deferred: MLflow takes seconds to import; only registry work loads it
             from mlflow import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -48,8 +51,6 @@ class Registry:
         if self.lock_path is None:
             yield
             return
-        from filelock import FileLock, Timeout
-
         try:
             with FileLock(str(self.lock_path), timeout=300):
                 yield
@@ -68,7 +69,6 @@ def default_uri(workspace: str | Path) -> str:
 
 def open_registry(uri: str = "", workspace: str | Path = "runs") -> Registry:
     """Open (and on first use create) the tracking store and registry at ``uri`` (default: see ``default_uri``)."""
-    import logging
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -99,6 +99,7 @@ def _not_found(error: Exception) -> bool:
 
 
 def _version_by_alias(registry: Registry, job: str, alias: str):
+    # deferred: as above: MLflow loads only for registry work
     from mlflow.exceptions import MlflowException
 
     try:
@@ -116,6 +117,7 @@ def champion(registry: Registry, job: str):
 
 def aliases(registry: Registry, job: str) -> dict[str, str]:
     """Alias -> version number for the job's registered model ({} if the job has none yet)."""
+    # deferred: as above: MLflow loads only for registry work
     from mlflow.exceptions import MlflowException
 
     try:
@@ -186,6 +188,7 @@ def experiment_id(registry: Registry, job: str) -> str:
 
 def get_version(registry: Registry, job: str, version: str | int):
     """One registered version of the job; a clear error naming the versions that exist if it is not one of them."""
+    # deferred: as above: MLflow loads only for registry work
     from mlflow.exceptions import MlflowException
 
     try:
@@ -203,6 +206,7 @@ def log_run(
     registry: Registry, job: str, run_name: str, metrics: dict[str, float], tags: dict[str, str], files: list[Path]
 ) -> str:
     """Log a finished tracking run in the job's experiment (a monitoring pass): metrics, tags and files."""
+    # deferred: as above: MLflow loads only for registry work
     from mlflow.entities import Metric
 
     client = registry.client
@@ -224,6 +228,7 @@ def log_file(registry: Registry, run_id: str, path: str | Path, folder: str) -> 
 
 def download(registry: Registry, version, folder: str, destination: str | Path) -> Path:
     """Download artifact ``folder`` of the tracking run behind a model version into ``destination``."""
+    # deferred: as above: MLflow loads only for registry work
     import mlflow.artifacts
 
     Path(destination).mkdir(parents=True, exist_ok=True)

@@ -8,12 +8,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunebook.clean import step as cleaning
 from tunebook.core import tables
 from tunebook.core.artifacts import ReleaseResults
 from tunebook.core.runfolder import STEPS, RunFolder
 from tunebook.core.settings import StepSettings
 from tunebook.errors import TunebookError
-from tunebook.modeling import models
+from tunebook.evaluate import step as evaluation
+from tunebook.knowledge import check_fits, read_knowledge
+from tunebook.knowledge.context import build_index
+from tunebook.knowledge.passages import load_knowledge, save_knowledge
+from tunebook.modeling import models, system
 from tunebook.registry import store as registry
 from tunebook.release import gate, publish
 from tunebook.release import serving_checks as release
@@ -92,10 +97,6 @@ def knowledge_update(
     question whose article was removed now expects the hand-over); otherwise on the facts as written, and the
     system's description says so."""
     # deferred: the retrievers' libraries load only for a knowledge update
-    from tunebook.clean import step as cleaning
-    from tunebook.knowledge import check_fits, read_knowledge
-    from tunebook.knowledge.context import build_index
-    from tunebook.knowledge.passages import load_knowledge, save_knowledge
 
     source, target = RunFolder(Path(run_dir)), RunFolder(Path(into))
     card = source.read_job_card()
@@ -118,7 +119,13 @@ def knowledge_update(
         raise TunebookError(f"{documents} holds the same passages (knowledge {previous.version[:12]}) as the release.")
     target.root.mkdir(parents=True)
     # what the system is made of and was measured on; not 04's evaluation, 05's release or the executed notebooks
-    for found in (source.adapter_dir, source.blind_adapter_dir, source.baseline_dir, source.data_dir, source.approach_file):
+    for found in (
+        source.adapter_dir,
+        source.blind_adapter_dir,
+        source.baseline_dir,
+        source.data_dir,
+        source.approach_file,
+    ):
         placed = target.root / source.relative(found)
         if found.is_dir():
             shutil.copytree(found, placed, ignore=shutil.ignore_patterns("checkpoint*"))
@@ -193,8 +200,6 @@ def release_knowledge(
 ) -> ReleaseResults:
     """A new knowledge version as a release: the released run's system answering from ``documents`` (nothing
     retrained), evaluated on the test questions, gated against the champion and registered (``knowledge_update``)."""
-    from tunebook.evaluate import step as evaluation  # deferred: evaluation imports the model stack
-    from tunebook.modeling import system
 
     base_model = parameters.get("BASE_MODEL", "bundled")
     target = knowledge_update(run_dir, documents, into, base_model)

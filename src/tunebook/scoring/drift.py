@@ -53,6 +53,7 @@ def text_distance(reference: pd.Series, window: pd.Series, seed: int = 0) -> dic
     """How well a TF-IDF logistic regression tells window texts from reference texts (cross-validated ROC AUC):
     0.5 when they are alike, towards 1 as they drift apart. Each distinct text counts once: a text repeated in the
     traffic (retries, templates) would otherwise sit on both sides of a fold and be recognised, not generalised."""
+    # deferred: scikit-learn loads only for the text classifier's AUC, not every monitoring signal
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -70,6 +71,7 @@ def text_distance(reference: pd.Series, window: pd.Series, seed: int = 0) -> dic
     )
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     scores = cross_val_predict(classifier, texts, labels, cv=splitter, method="predict_proba")[:, 1]
+    # deferred: as above
     from sklearn.metrics import roc_auc_score
 
     return {"auc": float(roc_auc_score(labels, scores))}

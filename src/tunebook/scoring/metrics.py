@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 
 from tunebook.card.schema import JobCard
+from tunebook.card.tasks import task_of
 from tunebook.errors import TunebookError
 
 
 def evaluate(card: JobCard, predictions: pd.DataFrame) -> dict:
     """The task kind's metrics for a frame of predictions (columns target and prediction)."""
-    from tunebook.card.tasks import task_of
 
     return task_of(card).metrics(card, predictions)
 

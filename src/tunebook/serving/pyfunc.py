@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -22,20 +23,22 @@ from tunebook.modeling.system import json_answers, load_system, read_system
 from tunebook.serving import inference_log
 
 RELEASE_ARTIFACT = "release"  # the pyfunc's data: a run folder holding only what answering needs
+# The module MLflow records in every released version's MLmodel and imports to load it. It stays this name whatever the
+# package's layout (``tunebook/pyfunc.py`` hands over to ``_load_pyfunc`` here), so versions already registered load.
+LOADER_MODULE = "tunebook.pyfunc"
 BASE_MODEL_ENV = "TUNEBOOK_BASE_MODEL"  # where the serving machine keeps the base model, if not as at release
 
 
 def local_base_model(name_or_path: str) -> str:
     """The base model as a folder on this machine: bundled, a local folder, or a hub id already in the local cache
     (never downloaded: a service must not fetch weights behind its operator's back)."""
-    from tunebook.modeling.models import (
-        resolve_base_model,  # deferred: torch loads only for a system with a language model
-    )
+    # deferred: torch loads only for a system with a language model
+    from tunebook.modeling.models import resolve_base_model
 
     resolved = resolve_base_model(name_or_path)
     if Path(resolved).is_dir():
         return resolved
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # deferred: only a hub id reaches here
 
     try:
         return snapshot_download(resolved, local_files_only=True)
@@ -139,7 +142,7 @@ def refuse_pickled(model_folder: Path, version: str) -> None:
     loading it would run code taken from the registry."""
     meta = yaml.safe_load((model_folder / "MLmodel").read_text(encoding="utf-8")) or {}
     flavour = (meta.get("flavors") or {}).get("python_function") or {}
-    if flavour.get("loader_module") != __name__:
+    if flavour.get("loader_module") != LOADER_MODULE:
         raise TunebookError(
             f"version {version} in {model_folder} was released by an older tunebook as a pickled MLflow python model "
             "(and a pickled classical model where it mixes one in); loading it would run code taken from the "
@@ -163,7 +166,7 @@ def save_model(run: RunFolder, destination: str | Path, job: str, version: str, 
         shutil.copy2(run.job_card, staging.job_card)
         mlflow.pyfunc.save_model(
             str(destination),
-            loader_module=__name__,  # MLflow imports this installed module to load it: the version is data only
+            loader_module=LOADER_MODULE,  # MLflow imports this installed module to load it: the version is data only
             data_path=str(staging.root),
             # "base_model" is empty: a key MLflow lets a loader set (model_config={"base_model": ...})
             model_config={"job": job, "version": str(version), "released_base_model": base_model, "base_model": ""},
@@ -176,8 +179,6 @@ def save_model(run: RunFolder, destination: str | Path, job: str, version: str, 
 
 def _requirements() -> list[str]:
     """The packages the served model imports, pinned to this machine's versions (nothing is inferred by loading)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     pinned = []
     packages = (
         "tunebook",

@@ -80,6 +80,7 @@ def load_released(
     chosen = _chosen(registry, job, version)
     release = _fetch(registry, chosen)
     if _is_pyfunc(chosen):
+        # deferred: MLflow takes seconds to import; a release folder already fetched is loaded through it only here
         import mlflow.pyfunc
 
         refuse_pickled(release.root / MODEL_ARTIFACT, str(chosen.version))

@@ -7,6 +7,8 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from tunebook.core.plots import loss_curve
+
 
 class LiveLossCurve(TrainerCallback):
     """Redraws the training curve in the notebook as losses are logged, at most every ``min_interval`` seconds apart
@@ -29,15 +31,14 @@ class LiveLossCurve(TrainerCallback):
 
     def _draw(self, state) -> None:
         try:
+            # deferred: IPython and matplotlib load only for the live loss curve in a notebook
             from IPython import get_ipython
             from IPython.display import display
         except ImportError:
             return
         if get_ipython() is None:
             return
-        import matplotlib.pyplot as plt
-
-        from tunebook.core.plots import loss_curve
+        import matplotlib.pyplot as plt  # deferred: as IPython above
 
         history = ([{"step": 0, "eval_loss": self.before}] if self.before is not None else []) + state.log_history
         fig = loss_curve(history)

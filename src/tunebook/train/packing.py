@@ -219,6 +219,7 @@ def prefix_or_own(segments: torch.Tensor):
 def segment_block_mask(segments: torch.Tensor):
     """The same structure as ``segment_mask`` as a FlexAttention block mask: no dense T x T tensor, and the blocks
     no query may see (other examples) are skipped by the kernel rather than masked after computing them."""
+    # deferred: FlexAttention loads only for a model that uses it
     from torch.nn.attention.flex_attention import create_block_mask
 
     length = segments.shape[1]

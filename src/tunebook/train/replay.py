@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tunebook.modeling.models import cache_dir, write_atomically
+from tunebook.modeling.models import cache_dir, load_model, load_tokenizer, model_identity, write_atomically
 from tunebook.modeling.prompts import IGNORE_INDEX, encode_prompt, end_of_turn_id
 
 REQUESTS = Path(__file__).parent / "resources" / "general_instructions.jsonl"
@@ -42,7 +42,6 @@ def base_answers(base_model: str, requests: list[str], batch_size: int = 8) -> l
     """The full-precision base model's own greedy answers to ``requests``, each with whether it ended by itself within
     ``MAX_ANSWER_TOKENS``; answers are cached per base model, so each request is answered once per machine (and never,
     for the bundled model's shipped answers)."""
-    from tunebook.modeling.models import load_model, load_tokenizer, model_identity  # looked up at call time
 
     path = _cache_file(model_identity(base_model))
     known = {}

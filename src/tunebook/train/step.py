@@ -38,8 +38,10 @@ from tunebook.modeling.models import (
     load_tokenizer,
     lora_config,
     model_identity,
+    resolve_base_model,
 )
 from tunebook.modeling.prompts import IGNORE_INDEX, encode_parts, end_of_turn_id, features_from
+from tunebook.train import replay
 from tunebook.train.callbacks import LiveLossCurve
 from tunebook.train.packing import (
     ACTIVATION_BUDGET_MB,
@@ -254,8 +256,6 @@ def _features(
         )
     job_examples = len(train_features)
     if config.general_mix > 0:
-        from tunebook.train import replay
-
         answers = replay.base_answers(base_model, replay.load_requests())
         train_features += replay.replay_features(
             tokenizer, answers, round(config.general_mix * job_examples), config.max_length
@@ -461,7 +461,6 @@ def train_run_folder(run_dir: str | Path, parameters: dict, callbacks: list[Trai
     The notebook and ``tunebook train`` (also under ``accelerate launch -m tunebook.cli train RUN_DIR`` or torchrun)
     both call this, so the two ways of training read the same parameters the same way.
     """
-    from tunebook.modeling.models import resolve_base_model
 
     run = RunFolder(Path(run_dir))
     if not run.dataset_version.is_file():

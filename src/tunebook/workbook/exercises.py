@@ -27,8 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from tunebook.core.runfolder import STEPS, MonitorFolder, RunFolder
+from tunebook.core.settings import notebooks_dir
+from tunebook.data.neardup import near_duplicate_pairs
+from tunebook.define.approach import decide_approach
 from tunebook.errors import TunebookError
+from tunebook.monitor.signals import FIRES_BELOW, SignalReading
+from tunebook.scoring.metrics import check_targets
+from tunebook.scoring.stats import bootstrap
 
 SOLUTION_TAG = "solution"
 EXERCISE_TAG = "exercise"
@@ -160,7 +168,6 @@ def _reason_kind(reason: str) -> str:
 
 def _monitor_readings(run: RunFolder) -> list | None:
     """The signals 06's monitoring pass measured (alerts.json), or None if nothing was monitored."""
-    from tunebook.monitor.signals import SignalReading
 
     results = run.read_results(STEPS[6])
     if not results.report:
@@ -207,7 +214,6 @@ def check_costliest_mistake(answer: Any, run: RunFolder) -> Feedback:
 @_exercise("True or False: would the frame still recommend fine-tuning?")
 def check_frame_if_prompting_suffices(answer: Any, run: RunFolder) -> Feedback:
     """Whether the decision frame still recommends training when better prompting would solve most of the job."""
-    from tunebook.define.approach import decide_approach
 
     card = run.read_job_card()
     changed = card.model_copy(update={"decision": card.decision.model_copy(update={"prompting_solves_most": True})})
@@ -229,7 +235,6 @@ def check_frame_if_prompting_suffices(answer: Any, run: RunFolder) -> Feedback:
 @_exercise("True or False: does that model meet the card's targets?")
 def check_targets_with_one_must_never(answer: Any, run: RunFolder) -> Feedback:
     """Whether a model with 0.97 accuracy and macro-F1 but one must-never failure meets the card's targets."""
-    from tunebook.scoring.metrics import check_targets
 
     card = run.read_job_card()
     checks = check_targets(card, {"accuracy": 0.97, "macro_f1": 0.97, "must_never_failures": 1})
@@ -280,7 +285,6 @@ def check_rows_removed(answer: Any, run: RunFolder) -> Feedback:
 @_exercise('"more" or "fewer" near-duplicate pairs at a higher NEAR_DUP_THRESHOLD?')
 def check_near_dup_threshold(answer: Any, run: RunFolder) -> Feedback:
     """Whether raising the near-duplicate threshold finds more or fewer pairs, counted on this run's texts."""
-    from tunebook.data.neardup import near_duplicate_pairs
 
     threshold = float(run.read_dataset_version().policy.get("near_dup_threshold", 0.8))
     texts = [t for frame in run.read_splits().values() for t in frame["text"].astype(str)][:5000]
@@ -578,10 +582,6 @@ def check_mcnemar_examples(answer: Any, run: RunFolder) -> Feedback:
 @_exercise('"narrower" or "wider": the interval on a test split four times as large?')
 def check_bigger_test_split(answer: Any, run: RunFolder) -> Feedback:
     """Whether the bootstrap interval narrows on four times the test examples, measured on the tuned predictions."""
-    import pandas as pd
-
-    from tunebook.scoring.stats import bootstrap
-
     card = run.read_job_card()
     predictions = run.read_predictions(run.tuned_predictions)
     primary = run.read_scores(run.tuned_scores).primary
@@ -758,7 +758,6 @@ LOOSER_P_VALUE = 0.05  # the p-value threshold 06's exercise asks about
 @_exercise('"more" or "fewer" alerts if every p-value rule fired below 0.05 instead?')
 def check_looser_p_values(answer: Any, run: RunFolder) -> Feedback:
     """Whether raising the p-value rules' thresholds fires more or fewer rules, recounted on 06's readings."""
-    from tunebook.monitor.signals import FIRES_BELOW
 
     readings = _monitor_readings(run)
     said = {"less": "fewer"}.get(_text(answer) or "", _text(answer))
@@ -872,7 +871,6 @@ def learner_notebooks_out_of_date(source_dir: str | Path, dest_dir: str | Path) 
 
 def default_dirs() -> tuple[Path, Path]:
     """The solution notebooks (``notebooks/``) and the learner notebooks' folder (``workshop/learner/``)."""
-    from tunebook.core.settings import notebooks_dir
 
     source = notebooks_dir()
     return source, source.parent.joinpath(*LEARNER_DIR)

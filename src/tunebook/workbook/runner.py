@@ -19,11 +19,14 @@ from tunebook.core.settings import (
     notebooks_dir,
 )
 from tunebook.errors import TunebookError
+from tunebook.registry.store import log_file, open_registry
 
 NOTEBOOKS = STEPS
 BASELINE_STEP = STEPS[2]
 TRAINING_STEP = STEPS[3]
 KERNEL_NAME = "tunebook"
+
+
 def new_run_dir(runs_dir: str | Path, name: str) -> Path:
     """Create ``runs_dir/name``; refuse if it exists, since a run never overwrites another."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -56,6 +59,7 @@ def existing_run_dir(runs_dir: str | Path, name: str, steps: tuple[str, ...]) ->
 
 def ensure_kernel() -> str:
     """Register the 'tunebook' Jupyter kernel for this Python if it is missing; return its name."""
+    # deferred: Jupyter's libraries load only when notebooks run (`tunebook train` on a node needs none)
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
@@ -64,6 +68,7 @@ def ensure_kernel() -> str:
             return KERNEL_NAME
     except NoSuchKernel:
         pass
+    # deferred: as above
     from ipykernel.kernelspec import install
 
     install(kernel_name=KERNEL_NAME, display_name="Python (tunebook)", prefix=sys.prefix)
@@ -96,6 +101,7 @@ def run_workbook(
 ) -> tuple[Path, RunSummary]:
     """Check the parameters, then execute the notebooks in order into a new ``runs_dir/name`` (or, with
     ``continue_run``, into that existing run folder, for steps that have not run there); return it and the summary."""
+    # deferred: papermill loads only when notebooks run (`tunebook train` on a node needs none)
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -207,7 +213,6 @@ def _attach_release_notebook(run: RunFolder, notebook: Path) -> None:
     info = run.read_registered() if notebook.stem == NOTEBOOKS[-1] else None
     if info is None:
         return
-    from tunebook.registry.store import log_file, open_registry
 
     try:
         log_file(open_registry(info.tracking_uri), info.run_id, notebook, NOTEBOOKS_IN_REGISTRY)

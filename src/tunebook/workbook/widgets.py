@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import yaml
 
 from tunebook.card.schema import TASK_KINDS, DecisionAnswers, JobCard, parse_job_card, save_job_card
+from tunebook.clean.audit import review_items
+from tunebook.data.examples import load_table, save_decisions
 from tunebook.errors import DataError, JobCardError
 
 DECISION_QUESTIONS = {name: field.description for name, field in DecisionAnswers.model_fields.items()}
@@ -38,7 +41,6 @@ def card_from_form(values: dict, here: str | Path = ".", card_folder: str | Path
 
 def _data_file(typed: str, here: Path, card_folder: Path) -> str:
     """The typed data file as an absolute path; a file that is missing or has no rows is named in the error."""
-    from tunebook.data.examples import load_table
 
     if not typed:
         raise JobCardError("the form", ["data file: empty; type the path of your CSV, JSONL or Parquet file"])
@@ -60,6 +62,7 @@ def _data_file(typed: str, here: Path, card_folder: Path) -> str:
 
 def job_card_form(path: str | Path):
     """A form that fills in a job card and writes it to ``path`` when it validates, then says how to use it."""
+    # deferred: ipywidgets loads only where a widget is shown (JupyterLab), never under papermill
     import ipywidgets as w
 
     path = Path(path)
@@ -99,7 +102,6 @@ def record_decision(
     decisions: dict[str, dict], path: str | Path, item_id: str, action: str, target: str | None = None
 ) -> dict:
     """Record one review decision and rewrite the decisions file."""
-    from tunebook.data.examples import save_decisions
 
     entry = {"id": item_id, "action": action}
     if action == "relabel":
@@ -112,11 +114,8 @@ def record_decision(
 def review_browser(found, card: JobCard, path: str | Path, decisions: dict[str, dict] | None = None):
     """Page through audit findings (an ``Audit`` or its review items); keep, relabel or drop each, saving every
     choice to ``path``. The new-label field starts on the shown item's own label, so a relabel is always a choice."""
-    import html
-
+    # deferred: as above
     import ipywidgets as w
-
-    from tunebook.clean.audit import review_items
 
     items = found if isinstance(found, list) else review_items(found)
     decisions = dict(decisions or {})
@@ -175,8 +174,7 @@ def review_browser(found, card: JobCard, path: str | Path, decisions: dict[str, 
 
 def mistake_browser(rows, columns: tuple[str, ...] = ("target", "prediction_baseline", "prediction_tuned", "flip")):
     """Page through examples side by side (text, truth, both models' answers); returns the widget."""
-    import html
-
+    # deferred: as above
     import ipywidgets as w
 
     if len(rows) == 0:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunebook.core.settings import notebooks_dir
 from tunebook.errors import TunebookError
-from tunebook.workbook.runner import NOTEBOOKS
+from tunebook.workbook.runner import NOTEBOOKS, run_workbook
 
 
 def profile_path() -> Path:
@@ -29,7 +29,6 @@ def steps_before(step: str) -> tuple[str, ...]:
 def build_checkpoint(step: str, into: str | Path, parameters: dict, progress: bool = True) -> Path:
     """A new run folder ``into`` as it stands before notebook ``step``: the notebooks before it, run by the workbook
     with ``parameters`` (the workshop profile's, unless told otherwise); returns the folder."""
-    from tunebook.workbook.runner import run_workbook
 
     into = Path(into)
     if into.exists():

@@ -1,22 +1,15 @@
-"""The task kinds, one object each: what the model is told, how it is predicted, what counts as right, its metrics.
+"""The task kinds, one module each: what the model is told, how it is predicted, what counts as right, its metrics.
 
-A new kind is a module here with a ``TaskKind`` subclass, added to ``KINDS``, plus its part of the job card's schema
-(``job``) and of answer parsing (``outputs``).
+A new kind is a module here with a ``TaskKind`` subclass decorated with ``register_kind`` (its card checks, target
+parsing and answer checks included), imported below and named in ``schema.TASK_KINDS``.
 """
 
 from __future__ import annotations
 
 from tunebook.card.schema import JobCard
-from tunebook.card.tasks.base import TaskKind
-from tunebook.card.tasks.classification import Classification
-from tunebook.card.tasks.drafting import Drafting
-from tunebook.card.tasks.extraction import Extraction
+from tunebook.card.tasks import classification, drafting, extraction, tool_selection  # noqa: F401  (they register)
+from tunebook.card.tasks.base import KINDS, TaskKind
 from tunebook.card.tasks.grounded import Grounded
-from tunebook.card.tasks.tool_selection import ToolSelection
-
-KINDS: dict[str, TaskKind] = {
-    kind.name: kind for kind in (Classification(), Extraction(), ToolSelection(), Drafting())
-}
 
 
 def task_of(card: JobCard) -> TaskKind:

@@ -10,7 +10,17 @@ import numpy as np
 import pandas as pd
 
 from tunebook.card.answers import parse_json
-from tunebook.card.schema import JobCard
+from tunebook.card.schema import JobCard, register_card_check
+
+KINDS: dict[str, TaskKind] = {}
+
+
+def register_kind(cls: type[TaskKind]) -> type[TaskKind]:
+    """Class decorator: the kind answers ``task_of`` for its name and validates every card of that kind."""
+    kind = cls()
+    KINDS[cls.name] = kind
+    register_card_check(cls.name, kind.card_problems)
+    return cls
 
 
 class TaskKind:
@@ -30,6 +40,10 @@ class TaskKind:
     json_answer: ClassVar[bool] = False
     # New tokens allowed when no budget comes from the training answers.
     max_new_tokens: ClassVar[int] = 128
+
+    def card_problems(self, card: JobCard) -> list[str]:
+        """What is wrong with a card of this kind (its labels, schema, tools or rules); empty when it is valid."""
+        raise NotImplementedError
 
     def prompt_block(self, card: JobCard) -> list[str]:
         """The system prompt's lines that describe the answer: labels, schema, tools or rules."""
@@ -153,3 +167,35 @@ def compact_schema(schema: dict) -> dict:
     if isinstance(schema, list):
         return [compact_schema(v) for v in schema]
     return schema
+
+
+def choice_problems(card: JobCard, kind_field: str, names: list[str]) -> list[str]:
+    """Problems with a closed set of answers (labels or tools): too few, repeated, or unknown in the costs and
+    must-never rules."""
+    problems = []
+    if len(names) < 2:
+        problems.append(
+            f"{kind_field}: a {card.task_kind} job needs at least two {kind_field}, found {names or 'none'}"
+        )
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        problems.append(f"{kind_field}: duplicate name(s) {duplicates}; each must appear once")
+    known = set(names)
+    for true, row in card.error_costs.items():
+        if true not in known:
+            problems.append(f"error_costs.{true}: '{true}' is not one of the {kind_field} {names}")
+        for predicted, cost in row.items():
+            if predicted != "*" and predicted not in known:
+                problems.append(
+                    f"error_costs.{true}.{predicted}: '{predicted}' is not one of the {kind_field} {names} (or '*')"
+                )
+            if cost < 0:
+                problems.append(f"error_costs.{true}.{predicted}: cost must be >= 0, got {cost}")
+    for i, rule in enumerate(card.must_never):
+        if rule.actual is None:
+            problems.append(f"must_never[{i}].actual: name the true {kind_field[:-1]} this rule protects")
+        for field in ("actual", "predicted"):
+            value = getattr(rule, field)
+            if value is not None and value != "*" and value not in known:
+                problems.append(f"must_never[{i}].{field}: '{value}' is not one of the {kind_field} {names}")
+    return problems

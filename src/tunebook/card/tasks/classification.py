@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 
 from tunebook.card.schema import JobCard
-from tunebook.card.tasks.base import TaskKind, label_figures, per_label, rate
+from tunebook.card.tasks.base import TaskKind, choice_problems, label_figures, per_label, rate, register_kind
 
 
+@register_kind
 class Classification(TaskKind):
     """The answer is one label; its metrics are accuracy, macro / weighted F1, per-class figures and error cost."""
 
@@ -16,6 +17,12 @@ class Classification(TaskKind):
     primary = "macro_f1"
     scores_choices = True
     choice_is_answer = True
+
+    def card_problems(self, card: JobCard) -> list[str]:
+        problems = choice_problems(card, "labels", [label.name for label in card.labels])
+        if card.escalate_label is not None and card.escalate_label not in card.label_names:
+            problems.append(f"escalate_label: '{card.escalate_label}' is not one of the labels {card.label_names}")
+        return problems
 
     def prompt_block(self, card: JobCard) -> list[str]:
         return ["Answer with exactly one label from this list:"] + [

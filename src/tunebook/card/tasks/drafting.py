@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from tunebook.card.answers import check_draft
 from tunebook.card.schema import JobCard, rule_names
-from tunebook.card.tasks.base import TaskKind, rate
+from tunebook.card.tasks.base import TaskKind, rate, register_kind
 
 
+@register_kind
 class Drafting(TaskKind):
     """The answer is a reply; its metrics are each rule's pass rate, all rules passing, and similarity to the reference."""
 
     name = "drafting"
     primary = "rule_pass_rate"
     max_new_tokens = 160
+
+    def card_problems(self, card: JobCard) -> list[str]:
+        if card.rules is None:
+            return [
+                "rules: a drafting job needs checkable rules (required_patterns, forbidden_phrases, min_words, ...)"
+            ]
+        problems = []
+        for group in ("required_patterns", "echo_patterns"):
+            for i, pattern in enumerate(getattr(card.rules, group)):
+                try:
+                    re.compile(pattern.regex)
+                except re.error as error:
+                    problems.append(f"rules.{group}[{i}].regex: not a valid regular expression ({error})")
+        low, high = card.rules.min_words, card.rules.max_words
+        if low is not None and high is not None and low > high:
+            problems.append(f"rules: min_words ({low}) is above max_words ({high})")
+        names = set(rule_names(card.rules))
+        for i, rule in enumerate(card.must_never):
+            if rule.rule not in names:
+                problems.append(f"must_never[{i}].rule: '{rule.rule}' is not one of the rules {sorted(names)}")
+        return problems
 
     def prompt_block(self, card: JobCard) -> list[str]:
         rules = card.rules
@@ -66,6 +89,9 @@ class Drafting(TaskKind):
         parts = self.parts(card, predictions)
         similarity = 0.0
         if n:
+            # deferred: scikit-learn loads when drafts are scored, not whenever a job card is read
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
             vectors = TfidfVectorizer().fit(list(predictions["target"]) + list(predictions["prediction"]))
             refs, preds = vectors.transform(predictions["target"]), vectors.transform(predictions["prediction"])
             similarity = float(np.mean(np.asarray(refs.multiply(preds).sum(axis=1)).ravel()))
@@ -87,6 +113,8 @@ class Drafting(TaskKind):
 
     def trivial_answer(self, card: JobCard, train: pd.DataFrame) -> str:
         """The most typical training reply: the one closest to all others by TF-IDF cosine."""
+        from sklearn.feature_extraction.text import TfidfVectorizer  # deferred: as in ``correct``
+
         vectors = TfidfVectorizer(sublinear_tf=True).fit_transform(train["target"])
         centrality = np.asarray((vectors @ vectors.T).mean(axis=1)).ravel()
         return train["target"].iloc[int(centrality.argmax())]

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 
 from tunebook.card.answers import parse_json, schema_errors
-from tunebook.card.schema import JobCard
-from tunebook.card.tasks.base import TaskKind, compact_schema, rate
+from tunebook.card.schema import JobCard, schema_problems
+from tunebook.card.tasks.base import TaskKind, compact_schema, rate, register_kind
 
 
+@register_kind
 class Extraction(TaskKind):
     """The answer is a JSON record; its metrics are validity, weighted field accuracy, record match and slot F1."""
 
@@ -20,6 +21,25 @@ class Extraction(TaskKind):
     primary = "field_accuracy"
     json_answer = True
     max_new_tokens = 96
+
+    def card_problems(self, card: JobCard) -> list[str]:
+        if not card.output_schema:
+            return ["output_schema: an extraction job needs a JSON Schema (inline, or output_schema_file: path)"]
+        problems = [f"output_schema: {p}" for p in schema_problems(card.output_schema)]
+        fields = set(card.output_schema.get("properties", {}))
+        if not problems and (card.output_schema.get("type") != "object" or not fields):
+            problems.append("output_schema: must describe an object with properties (the fields to extract)")
+        problems += [
+            f"field_weights.{name}: not a field of output_schema {sorted(fields)}"
+            for name in card.field_weights
+            if name not in fields
+        ]
+        for i, rule in enumerate(card.must_never):
+            if rule.field not in fields:
+                problems.append(
+                    f"must_never[{i}].field: '{rule.field}' is not a field of output_schema {sorted(fields)}"
+                )
+        return problems
 
     def prompt_block(self, card: JobCard) -> list[str]:
         return [

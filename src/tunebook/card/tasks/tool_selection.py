@@ -9,10 +9,19 @@ import numpy as np
 import pandas as pd
 
 from tunebook.card.answers import check_tool_call, parse_json
-from tunebook.card.schema import JobCard
-from tunebook.card.tasks.base import TaskKind, compact_schema, label_figures, per_label, rate
+from tunebook.card.schema import JobCard, schema_problems
+from tunebook.card.tasks.base import (
+    TaskKind,
+    choice_problems,
+    compact_schema,
+    label_figures,
+    per_label,
+    rate,
+    register_kind,
+)
 
 
+@register_kind
 class ToolSelection(TaskKind):
     """The answer is a tool call; its metrics are tool accuracy, whole-call match, invalid calls and error cost."""
 
@@ -21,6 +30,12 @@ class ToolSelection(TaskKind):
     scores_choices = True
     json_answer = True
     max_new_tokens = 64
+
+    def card_problems(self, card: JobCard) -> list[str]:
+        problems = choice_problems(card, "tools", [tool.name for tool in card.tools])
+        for i, tool in enumerate(card.tools):
+            problems += [f"tools[{i}].parameters: {p}" for p in schema_problems(tool.parameters)]
+        return problems
 
     def prompt_block(self, card: JobCard) -> list[str]:
         return ['Answer with one JSON object: {"tool": <tool name>, "arguments": {...}}. The tools:'] + [

@@ -4,6 +4,7 @@ checked by hash before use."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 from pathlib import Path
 
@@ -24,7 +25,6 @@ BATCH = 32
 
 def embedding_dir() -> Path | None:
     """The folder of the packaged embedding model, or None when it is not installed."""
-    import importlib.util
 
     spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
