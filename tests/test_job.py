@@ -177,3 +177,11 @@ def test_missing_schema_file_is_named(tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(card))
     with pytest.raises(JobCardError, match=r"output_schema_file: file not found: .*schema.json"):
         job.load_job_card(tmp_path / "job.yaml")
+
+
+def test_every_task_kind_registers_its_card_checks():
+    from tunebook.card import schema
+    from tunebook.card.tasks import KINDS
+
+    assert sorted(KINDS) == sorted(job.TASK_KINDS) == sorted(schema._CARD_CHECKS)
+    assert all(schema._CARD_CHECKS[name].__self__ is kind for name, kind in KINDS.items())

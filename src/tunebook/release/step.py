@@ -8,9 +8,22 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from tunebook.card.schema import JobCard
 from tunebook.clean import step as cleaning
 from tunebook.core import tables
-from tunebook.core.artifacts import ReleaseResults
+from tunebook.core.artifacts import (
+    Comparison,
+    DatasetVersion,
+    Gate,
+    Manifest,
+    Registered,
+    ReleaseComparison,
+    ReleaseResults,
+    Scores,
+    System,
+)
 from tunebook.core.runfolder import STEPS, RunFolder
 from tunebook.core.settings import StepSettings
 from tunebook.errors import TunebookError
@@ -18,7 +31,8 @@ from tunebook.evaluate import step as evaluation
 from tunebook.knowledge import check_fits, read_knowledge
 from tunebook.knowledge.context import build_index
 from tunebook.knowledge.passages import load_knowledge, save_knowledge
-from tunebook.modeling import models, system
+from tunebook.modeling import models
+from tunebook.modeling.system import load_system
 from tunebook.registry import store as registry
 from tunebook.release import gate, publish
 from tunebook.release import serving_checks as release
@@ -47,45 +61,118 @@ class ReleaseSettings(StepSettings):
                 raise TunebookError(f"{name.upper()} must be in (0, 1], got {getattr(self, name)}.")
 
 
-def release_run_folder(run_dir: str | Path, parameters: dict) -> ReleaseResults:
-    """All of 05_release without the notebook: the same checks, gate, registration, record and results."""
-    run, settings = RunFolder(Path(run_dir)), ReleaseSettings.from_parameters(parameters)
-    card, test = run.read_job_card(), run.read_splits()["test"]
+@dataclass
+class Candidate:
+    """What 05 releases, read from a run folder after 04: the card, the test split, the scores, the system, and the
+    registry it goes into."""
+
+    run: RunFolder
+    settings: ReleaseSettings
+    card: JobCard
+    test: pd.DataFrame
+    dataset: DatasetVersion
+    baseline: Scores
+    tuned: Scores
+    comparison: Comparison
+    system: System
+    manifest: Manifest | None
+    base_model: str  # resolved, or "" for a system without a language model
+    against: ReleaseComparison  # the released system against the best baseline, and the card's targets
+    store: registry.Registry
+
+
+@dataclass
+class Reference:
+    """What the candidate is gated against: the champion's test predictions, or the best baseline's before the first
+    release."""
+
+    predictions: pd.DataFrame
+    name: str
+    champion_version: str | None
+
+
+def read_candidate(run: RunFolder, settings: ReleaseSettings) -> Candidate:
+    """Everything 05 judges the run's system by, read from the run folder, and the registry opened."""
+    card, system = run.read_job_card(), run.read_system()
     baseline, tuned = run.read_scores(run.baseline_scores("best")), run.read_scores(run.tuned_scores)
-    system, manifest = run.read_system(), publish.trained_manifest(run)
-    base_model = models.resolve_base_model(settings.base_model) if system.needs_language_model else ""
-    against = gate.compare(card, baseline, tuned, "tuned" if system.trained else system.variant)
-    store = registry.open_registry(settings.tracking_uri, workspace=run.root.parent)
-    reference, reference_name, champion_version = gate.reference_predictions(
-        store, card, run, test, base_model, settings.eval_batch_size
+    return Candidate(
+        run=run,
+        settings=settings,
+        card=card,
+        test=run.read_splits()["test"],
+        dataset=run.read_dataset_version(),
+        baseline=baseline,
+        tuned=tuned,
+        comparison=run.read_comparison(),
+        system=system,
+        manifest=publish.trained_manifest(run),
+        base_model=models.resolve_base_model(settings.base_model) if system.needs_language_model else "",
+        against=gate.compare(card, baseline, tuned, "tuned" if system.trained else system.variant),
+        store=registry.open_registry(settings.tracking_uri, workspace=run.root.parent),
     )
-    parity, speed = release.serving_checks(
-        run, base_model, settings.parity_examples, settings.latency_examples, settings.eval_batch_size
+
+
+def reference(candidate: Candidate) -> Reference:
+    """The champion's predictions on this test split (re-answered if the split changed), or the best baseline's."""
+    c = candidate
+    return Reference(
+        *gate.reference_predictions(c.store, c.card, c.run, c.test, c.base_model, c.settings.eval_batch_size)
     )
-    comparison = run.read_comparison()
-    verdict = gate.gate(
-        card,
-        run.read_predictions(run.tuned_predictions),
-        reference,
-        reference_name,
-        regression=comparison.regression_probe,
+
+
+def check_serving(candidate: Candidate) -> tuple[dict, dict]:
+    """Parity of the served form with what 04 evaluated, and latency one request at a time."""
+    c, s = candidate, candidate.settings
+    return release.serving_checks(c.run, c.base_model, s.parity_examples, s.latency_examples, s.eval_batch_size)
+
+
+def gate_candidate(candidate: Candidate, against: Reference, parity: dict) -> Gate:
+    """Every check that decides promotion, against ``against``, with the step's thresholds."""
+    c, s = candidate, candidate.settings
+    return gate.gate(
+        c.card,
+        c.run.read_predictions(c.run.tuned_predictions),
+        against.predictions,
+        against.name,
+        regression=c.comparison.regression_probe,
         parity_result=parity,
-        tolerance=settings.tolerance,
-        alpha=settings.alpha,
-        regression_max_increase=settings.regression_max_increase,
-        parity_min_agreement=settings.parity_min_agreement,
-        require_targets=settings.require_targets,
-        champion_version=champion_version,
-        trained=system.trained,
-        must_improve=gate.must_improve(store, card, run, system.trained),
+        tolerance=s.tolerance,
+        alpha=s.alpha,
+        regression_max_increase=s.regression_max_increase,
+        parity_min_agreement=s.parity_min_agreement,
+        require_targets=s.require_targets,
+        champion_version=against.champion_version,
+        trained=c.system.trained,
+        must_improve=gate.must_improve(c.store, c.card, c.run, c.system.trained),
     )
-    dataset = run.read_dataset_version()
-    evidence = publish.Evidence(run, manifest, dataset, baseline, tuned, comparison, verdict, parity, speed, system)
-    registered = publish.publish_run(store, card, evidence, settings.promote, settings.base_model)
-    publish.record(run, against, publish.lineage(run, card, dataset, manifest))
-    results = publish.recorded_results(against, evidence, registered)
-    run.write_results(STEPS[5], results)
+
+
+def register(candidate: Candidate, verdict: Gate, parity: dict, speed: dict) -> tuple[publish.Evidence, Registered]:
+    """The system registered as a new version with its evidence and model card, promoted if the gate passed."""
+    c = candidate
+    evidence = publish.Evidence(
+        c.run, c.manifest, c.dataset, c.baseline, c.tuned, c.comparison, verdict, parity, speed, c.system
+    )
+    return evidence, publish.publish_run(c.store, c.card, evidence, c.settings.promote, c.settings.base_model)
+
+
+def record(candidate: Candidate, evidence: publish.Evidence, registered: Registered) -> ReleaseResults:
+    """The release record with its lineage, and 05's results, written to the run folder."""
+    c = candidate
+    publish.record(c.run, c.against, publish.lineage(c.run, c.card, c.dataset, c.manifest))
+    results = publish.recorded_results(c.against, evidence, registered)
+    c.run.write_results(STEPS[5], results)
     return results
+
+
+def release_run_folder(run_dir: str | Path, parameters: dict) -> ReleaseResults:
+    """All of 05_release without the notebook: the same stages the notebook calls, one after the other."""
+    candidate = read_candidate(RunFolder(Path(run_dir)), ReleaseSettings.from_parameters(parameters))
+    against = reference(candidate)
+    parity, speed = check_serving(candidate)
+    verdict = gate_candidate(candidate, against, parity)
+    evidence, registered = register(candidate, verdict, parity, speed)
+    return record(candidate, evidence, registered)
 
 
 def knowledge_update(
@@ -205,7 +292,7 @@ def release_knowledge(
     target = knowledge_update(run_dir, documents, into, base_model)
     settings = evaluation.EvaluateSettings(base_model=base_model, train_sample=0)
     trained = target.read_system().trained
-    candidate = evaluation.load_tuned(target, base_model) if trained else system.load_system(target, base_model)
+    candidate = evaluation.load_tuned(target, base_model) if trained else load_system(target, base_model)
     result = evaluation.evaluate_run(target, candidate, settings)
     evaluation.save_evaluation(target, result)
     return release_run_folder(target.root, parameters)
