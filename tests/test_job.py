@@ -185,3 +185,24 @@ def test_every_task_kind_registers_its_card_checks():
 
     assert sorted(KINDS) == sorted(job.TASK_KINDS) == sorted(schema._CARD_CHECKS)
     assert all(schema._CARD_CHECKS[name].__self__ is kind for name, kind in KINDS.items())
+
+
+def test_tunebook_define_writes_what_00_writes_and_never_overwrites(tmp_path, capsys):
+    from conftest import EXAMPLE
+
+    from tunebook import cli
+    from tunebook.core.runfolder import RunFolder, Step
+
+    run_dir = tmp_path / "run"
+    assert cli.main(["define", str(run_dir), "-p", f"JOB_CARD={EXAMPLE / 'job.yaml'}"]) == 0
+    assert "recommended approach fine-tuning" in capsys.readouterr().out
+    run = RunFolder(run_dir)
+    card = run.read_job_card()
+    assert card == job.load_job_card(EXAMPLE / "job.yaml")
+    assert run.read_approach() == approach.decide_approach(card)
+    results = run.read_results(Step.DEFINE)
+    assert (results.job, results.job_card_sha256, results.forced) == (card.name, job.card_hash(card), False)
+    assert cli.main(["define", str(run_dir), "-p", f"JOB_CARD={EXAMPLE / 'job.yaml'}"]) == 2
+    assert "never overwritten" in capsys.readouterr().err
+    assert cli.main(["define", str(tmp_path / "other")]) == 2
+    assert "-p JOB_CARD=PATH" in capsys.readouterr().err and not (tmp_path / "other").exists()

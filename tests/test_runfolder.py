@@ -10,11 +10,11 @@ from conftest import ROOT
 from pydantic import ValidationError
 
 from tunebook.core import artifacts
-from tunebook.core.runfolder import STEP_RESULTS, STEPS, RunFolder
+from tunebook.core.runfolder import STEP_RESULTS, STEPS, RunFolder, Step
 from tunebook.errors import TunebookError
 
 PACKAGE = ROOT / "src" / "tunebook"
-OWNERS = {"runfolder.py", "artifacts.py"}
+OWNERS = {"core/runfolder.py", "core/artifacts.py"}
 # Names that are not run-folder paths where they appear: the bundled example's own job card in the repository.
 ALLOWED = {"cli.py": ["/ 'job.yaml'", "job.yaml"]}
 
@@ -26,8 +26,8 @@ def artifact_names() -> set[str]:
     for name, member in inspect.getmembers(RunFolder):
         if isinstance(member, property):
             paths.append(getattr(run, name))
-    paths += [run.results_file(STEPS[0]), run.split_file("train"), run.variant_rule("retrieval 3-shot")]
-    paths += [run.variant_predictions("trivial", "val"), run.variant_model("classical"), run.notebook(STEPS[0])]
+    paths += [run.results_file(Step.DEFINE), run.split_file("train"), run.variant_rule("retrieval 3-shot")]
+    paths += [run.variant_predictions("trivial", "val"), run.variant_model("classical"), run.notebook(Step.DEFINE)]
     paths += [run.baseline_scores("prompting"), run.baseline_predictions("prompting"), run.baseline_scores()]
     paths += [run.baseline_predictions(), run.figure("loss_curve")]
     names = {part for p in paths if p.is_relative_to(run.root) for part in p.relative_to(run.root).parts}
@@ -65,7 +65,14 @@ def test_the_names_it_checks_are_the_run_folders_own():
     assert {"data", "baseline", "adapter", "evaluation", "release", "results"} <= FOLDER_NAMES
 
 
-@pytest.mark.parametrize("module", sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in OWNERS))
+MODULES = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py"))
+
+
+def test_the_path_check_covers_every_folder_of_the_package():
+    assert len(MODULES) > 80 and {m.split("/")[0] for m in MODULES} >= {"card", "core", "modeling", "release"}
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m not in OWNERS])
 def test_no_module_spells_an_artifact_path(module):
     assert spelled_paths(ast.parse((PACKAGE / module).read_text())) == ALLOWED.get(module, [])
 
@@ -99,9 +106,9 @@ def test_every_step_records_its_own_results_type(tmp_path):
         forced=False, force_training=False,
     )  # fmt: skip
     with pytest.raises(TunebookError, match="results of step 01_clean_the_data must be CleanResults"):
-        run.write_results(STEPS[1], results)
-    run.write_results(STEPS[0], results)
-    assert run.read_results(STEPS[0]) == results
+        run.write_results(Step.CLEAN, results)
+    run.write_results(Step.DEFINE, results)
+    assert run.read_results(Step.DEFINE) == results
     # a misspelt field fails where the results are built, not in a later step that reads them
     with pytest.raises(ValidationError, match="jbo"):
         artifacts.JobResults(jbo="j", **results.model_dump(exclude={"job"}))
@@ -129,13 +136,13 @@ def test_an_artifact_from_a_newer_schema_is_refused_and_an_unversioned_one_reads
         job="j", task_kind="classification", job_card_sha256="a", approach="prompting", proceed_to_training=False,
         forced=False, force_training=False,
     )  # fmt: skip
-    path = run.write_results(STEPS[0], results)
+    path = run.write_results(Step.DEFINE, results)
     raw = json.loads(path.read_text())
     path.write_text(json.dumps({k: v for k, v in raw.items() if k != "schema_version"}))
-    assert run.read_results(STEPS[0]).schema_version == 1
+    assert run.read_results(Step.DEFINE).schema_version == 1
     path.write_text(json.dumps({**raw, "schema_version": 2}))
     with pytest.raises(TunebookError, match="schema version 2, but this tunebook reads up to version 1"):
-        run.read_results(STEPS[0])
+        run.read_results(Step.DEFINE)
 
 
 def test_records_are_never_overwritten(tmp_path):
@@ -147,3 +154,9 @@ def test_records_are_never_overwritten(tmp_path):
     assert run.read_registered() == registered
     with pytest.raises(TunebookError, match="never overwritten"):
         run.write_registered(registered)
+
+
+def test_a_step_is_its_notebook_name_everywhere():
+    assert [str(step) for step in Step] == list(STEPS)
+    assert STEP_RESULTS[Step.RELEASE] is STEP_RESULTS["05_release"] and f"{Step.TRAIN}.ipynb" == "03_train_qlora.ipynb"
+    assert {Step.EVALUATE: 1}["04_evaluate"] == 1 and json.dumps(Step.MONITOR) == '"06_monitor"'

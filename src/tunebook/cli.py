@@ -61,7 +61,7 @@ def absolute_paths(parameters: dict) -> dict:
 
 def _run(args: argparse.Namespace) -> int:
     # deferred: a command imports only what it runs, so `tunebook --help` starts at once
-    from tunebook.core.runfolder import STEPS, RunFolder
+    from tunebook.core.runfolder import RunFolder, Step
     from tunebook.core.settings import declared_parameters
     from tunebook.workbook.runner import NOTEBOOKS, run_workbook
 
@@ -89,8 +89,8 @@ def _run(args: argparse.Namespace) -> int:
     run = RunFolder(run_dir)
     for step, reason in summary.skipped.items():
         print(f"[tunebook] {step} was skipped: {reason}")
-    if run.has_results(STEPS[5]):
-        release = run.read_results(STEPS[5])
+    if run.has_results(Step.RELEASE):
+        release = run.read_results(Step.RELEASE)
         print(f"[tunebook] {release.summary}")
         outcome = (
             "promoted to champion"
@@ -99,15 +99,15 @@ def _run(args: argparse.Namespace) -> int:
         )
         shipped = "the trained model" if release.system_kind in ("adapter", "mixed") else release.system_variant
         print(f"[tunebook] registered {shipped} ({release.system_kind}) as version {release.version}: {outcome}")
-        if run.has_results(STEPS[6]):
-            watched = run.read_results(STEPS[6])
+        if run.has_results(Step.MONITOR):
+            watched = run.read_results(Step.MONITOR)
             verdict = f"ALERT ({', '.join(watched.fired)})" if watched.alert else "quiet"
             print(
                 f"[tunebook] monitor: {verdict} on {watched.logged} answers of version {watched.version} "
                 f"({watched.labelled} labelled); report: {run_dir / watched.report}"
             )
-    elif run.has_results(STEPS[2]):
-        print(f"[tunebook] baseline: {run.read_results(STEPS[2]).verdict}")
+    elif run.has_results(Step.BASELINE):
+        print(f"[tunebook] baseline: {run.read_results(Step.BASELINE).verdict}")
     print(f"[tunebook] results: {run_dir} ({run.relative(run.summary)}, executed notebooks, artifacts)")
     return 0
 
@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
 def _step_parameters(step: str, args: argparse.Namespace) -> dict:
     """A step's parameters for running it alone on a run folder: its declared defaults, then --config, then -p."""
     # deferred: a command imports only what it runs, so `tunebook --help` starts at once
-    from tunebook.core.runfolder import STEPS
+    from tunebook.core.runfolder import Step
     from tunebook.core.settings import check_parameters, declared_parameters
 
     every = declared_parameters()
@@ -125,8 +125,10 @@ def _step_parameters(step: str, args: argparse.Namespace) -> dict:
     config = {k: v for k, v in load_config(args.config).items() if k not in every or step in every[k].notebooks}
     user = {**config, **parse_assignments(args.param)}
     given = absolute_paths(user)
-    if "JOB_CARD" not in user and step == STEPS[0]:
-        raise TunebookError("tunebook define needs the job card: -p JOB_CARD=path/to/job.yaml")
+    if "JOB_CARD" not in user and step == Step.DEFINE:
+        raise TunebookError(
+            "tunebook define needs the job card: -p JOB_CARD=PATH, the YAML file that defines the job."
+        )
     if "JOB_CARD" not in user:
         given.pop("JOB_CARD")  # the run folder already holds the job card; a JOB_CARD given here is refused below
     check_parameters(given, declared)
@@ -135,10 +137,10 @@ def _step_parameters(step: str, args: argparse.Namespace) -> dict:
 
 def _define(args: argparse.Namespace) -> int:
     # deferred: a command imports only what it runs, so `tunebook --help` starts at once
-    from tunebook.core.runfolder import STEPS
+    from tunebook.core.runfolder import Step
     from tunebook.define.step import define_run_folder
 
-    defined = define_run_folder(args.run_dir, _step_parameters(STEPS[0], args))
+    defined = define_run_folder(args.run_dir, _step_parameters(Step.DEFINE, args))
     print(
         f"[tunebook] job {defined.card.name} ({defined.card.task_kind}): recommended approach "
         f"{defined.approach.approach}; {'train' if defined.results.proceed_to_training else 'no training'} "
@@ -150,9 +152,9 @@ def _define(args: argparse.Namespace) -> int:
 def _clean(args: argparse.Namespace) -> int:
     # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.clean.step import clean_run_folder
-    from tunebook.core.runfolder import STEPS
+    from tunebook.core.runfolder import Step
 
-    _, cleaned = clean_run_folder(args.run_dir, _step_parameters(STEPS[1], args))
+    _, cleaned = clean_run_folder(args.run_dir, _step_parameters(Step.CLEAN, args))
     print(
         f"[tunebook] dataset version {cleaned.version.hash[:12]}: "
         + ", ".join(f"{name} {len(frame)}" for name, frame in cleaned.splits.items())
@@ -164,21 +166,21 @@ def _clean(args: argparse.Namespace) -> int:
 def _baseline(args: argparse.Namespace) -> int:
     # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.baseline.step import prove_run_folder
-    from tunebook.core.runfolder import STEPS
+    from tunebook.core.runfolder import Step
 
-    proof = prove_run_folder(args.run_dir, _step_parameters(STEPS[2], args))
+    proof = prove_run_folder(args.run_dir, _step_parameters(Step.BASELINE, args))
     print(f"[tunebook] best on validation: {proof.best.name}; {proof.verdict['text']}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     # deferred: a command imports only what it runs, so `tunebook --help` starts at once
-    from tunebook.core.runfolder import STEPS, RunFolder
+    from tunebook.core.runfolder import RunFolder, Step
     from tunebook.train.step import recorded_results, train_run_folder
 
-    result = train_run_folder(args.run_dir, _step_parameters(STEPS[3], args))
+    result = train_run_folder(args.run_dir, _step_parameters(Step.TRAIN, args))
     if os.environ.get("RANK", "0") == "0":
-        RunFolder(Path(args.run_dir)).write_results(STEPS[3], recorded_results(result))
+        RunFolder(Path(args.run_dir)).write_results(Step.TRAIN, recorded_results(result))
     print(
         f"[tunebook] validation loss {result.val_loss_before:.3f} -> {result.val_loss_after:.3f}; adapter: {result.adapter_dir}"
     )
@@ -187,10 +189,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     # deferred: a command imports only what it runs, so `tunebook --help` starts at once
-    from tunebook.core.runfolder import STEPS
+    from tunebook.core.runfolder import Step
     from tunebook.evaluate.step import evaluate_run_folder
 
-    result = evaluate_run_folder(args.run_dir, _step_parameters(STEPS[4], args)).results()
+    result = evaluate_run_folder(args.run_dir, _step_parameters(Step.EVALUATE, args)).results()
     evaluated = "tuned" if result.system_kind in ("adapter", "mixed") else f"{result.system_variant} (no training)"
     print(
         f"[tunebook] {evaluated} {result.primary} {result.metrics[result.primary]:.3f}; against the best baseline "
@@ -202,10 +204,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     # deferred, as in every command here: each imports only what it runs, so `tunebook --help` starts at once
-    from tunebook.core.runfolder import STEPS
+    from tunebook.core.runfolder import Step
     from tunebook.release.step import release_run_folder
 
-    parameters = _step_parameters(STEPS[5], args)
+    parameters = _step_parameters(Step.RELEASE, args)
     if getattr(args, "knowledge", None):
         from tunebook.release.step import release_knowledge  # deferred: as above
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import pandas as pd
@@ -40,15 +41,28 @@ from tunebook.core.artifacts import (
 from tunebook.core.tables import SPLITS, load_splits, read_predictions, save_predictions, save_splits
 from tunebook.errors import TunebookError
 
-STEPS = (
-    "00_define_the_job",
-    "01_clean_the_data",
-    "02_prove_the_baseline",
-    "03_train_qlora",
-    "04_evaluate",
-    "05_release",
-    "06_monitor",
-)
+
+class Step(str, Enum):
+    """The workbook's steps, each named as its notebook; compares, hashes and formats as that name."""
+
+    DEFINE = "00_define_the_job"
+    CLEAN = "01_clean_the_data"
+    BASELINE = "02_prove_the_baseline"
+    TRAIN = "03_train_qlora"
+    EVALUATE = "04_evaluate"
+    RELEASE = "05_release"
+    MONITOR = "06_monitor"
+
+    __hash__ = str.__hash__  # Enum hashes the member's name: a step must find its entry in a dict keyed by name
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+STEPS: tuple[str, ...] = tuple(step.value for step in Step)
 STEP_RESULTS: dict[str, type[Artifact]] = dict(
     zip(
         STEPS,
@@ -76,7 +90,7 @@ def read_manifest(adapter_dir: str | Path) -> Manifest:
     path = manifest_path(adapter_dir)
     if not path.is_file():
         raise TunebookError(f"{path} is missing: this adapter was not trained by tunebook's 03_train_qlora.")
-    return read_model(path, Manifest, STEPS[3])
+    return read_model(path, Manifest, Step.TRAIN)
 
 
 def trained_weights(adapter_dir: str | Path) -> Path | None:
@@ -369,14 +383,14 @@ class RunFolder:
 
     def read_job_card(self) -> JobCard:
         if not self.job_card.is_file():
-            raise TunebookError(f"{self.root} is not a run folder (no job.yaml): run {STEPS[0]} into it first.")
+            raise TunebookError(f"{self.root} is not a run folder (no job.yaml): run {Step.DEFINE} into it first.")
         return load_job_card(self.job_card)
 
     def write_approach(self, approach: Approach) -> Path:
         return write_model(self.approach_file, approach)
 
     def read_approach(self) -> Approach:
-        return read_model(self.approach_file, Approach, STEPS[0])
+        return read_model(self.approach_file, Approach, Step.DEFINE)
 
     def write_results(self, step: str, results: Artifact) -> Path:
         """Record a step's results; they must be that step's results type."""
@@ -421,14 +435,14 @@ class RunFolder:
         return load_splits({name: self.split_file(name) for name in SPLITS})
 
     def read_dataset_version(self) -> DatasetVersion:
-        return read_model(self.dataset_version, DatasetVersion, STEPS[1])
+        return read_model(self.dataset_version, DatasetVersion, Step.CLEAN)
 
     def write_scores(self, path: Path, scores: dict, variant: str | None = None) -> Path:
         """A model's test metrics (``path``: ``baseline_scores(...)`` or ``tuned_scores``)."""
         return write_model(path, Scores.model_validate({**scores, "variant": variant}))
 
     def read_scores(self, path: Path) -> Scores:
-        step = STEPS[2] if path.parent == self.baseline_dir else STEPS[4]
+        step = Step.BASELINE if path.parent == self.baseline_dir else Step.EVALUATE
         return read_model(path, Scores, step)
 
     def write_predictions(self, frame: pd.DataFrame, path: Path) -> Path:
@@ -443,7 +457,7 @@ class RunFolder:
         return write_model(self.variants_file, variants)
 
     def read_variants(self) -> Variants:
-        return read_model(self.variants_file, Variants, STEPS[2])
+        return read_model(self.variants_file, Variants, Step.BASELINE)
 
     def read_manifest(self) -> Manifest:
         return read_manifest(self.adapter_dir)
@@ -455,30 +469,30 @@ class RunFolder:
         return write_model(path or self.system_file, system)
 
     def read_system(self, path: Path | None = None) -> System:
-        return read_model(path or self.system_file, System, STEPS[4])
+        return read_model(path or self.system_file, System, Step.EVALUATE)
 
     def write_comparison(self, comparison: Comparison) -> Path:
         return write_model(self.comparison, comparison)
 
     def read_comparison(self) -> Comparison:
-        return read_model(self.comparison, Comparison, STEPS[4])
+        return read_model(self.comparison, Comparison, Step.EVALUATE)
 
     def write_gate(self, gate: Gate) -> Path:
         return write_model(self.gate, gate)
 
     def read_gate(self) -> Gate:
-        return read_model(self.gate, Gate, STEPS[5])
+        return read_model(self.gate, Gate, Step.RELEASE)
 
     def write_record(self, record: ReleaseRecord) -> Path:
         """The release record; never overwritten."""
         return write_model(self.record, record, overwrite=False)
 
     def read_record(self) -> ReleaseRecord:
-        return read_model(self.record, ReleaseRecord, STEPS[5])
+        return read_model(self.record, ReleaseRecord, Step.RELEASE)
 
     def write_registered(self, registered: Registered) -> Path:
         return write_model(self.registered, registered, overwrite=False)
 
     def read_registered(self) -> Registered | None:
         """The registry version this run became, or None before 05 registered one."""
-        return read_model(self.registered, Registered, STEPS[5]) if self.registered.is_file() else None
+        return read_model(self.registered, Registered, Step.RELEASE) if self.registered.is_file() else None

@@ -10,7 +10,7 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunebook.core.runfolder import STEPS
+from tunebook.core.runfolder import STEPS, Step
 from tunebook.errors import TunebookError, closest
 
 NOTEBOOKS = STEPS
@@ -22,7 +22,7 @@ _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 def notebooks_dir() -> Path:
     """The workbook's notebooks folder (``TUNEBOOK_NOTEBOOKS`` or the repository's ``notebooks/``)."""
     folder = Path(os.environ.get("TUNEBOOK_NOTEBOOKS", Path(__file__).resolve().parents[3] / "notebooks"))
-    if not (folder / f"{NOTEBOOKS[0]}.ipynb").is_file():
+    if not (folder / f"{Step.DEFINE}.ipynb").is_file():
         raise TunebookError(
             f"notebooks not found in {folder}; set TUNEBOOK_NOTEBOOKS to the workbook's notebooks folder."
         )

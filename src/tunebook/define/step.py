@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunebook.card.schema import JobCard, card_hash, load_job_card
 from tunebook.core.artifacts import Approach, JobResults
-from tunebook.core.runfolder import STEPS, RunFolder
+from tunebook.core.runfolder import RunFolder, Step
 from tunebook.core.settings import StepSettings
 from tunebook.define.approach import decide_approach
 from tunebook.errors import TunebookError
@@ -50,7 +50,7 @@ def define_job(run: RunFolder, settings: DefineSettings) -> Defined:
     run.root.mkdir(parents=True, exist_ok=True)
     run.write_job_card(card)
     run.write_approach(approach)
-    run.write_results(STEPS[0], results)
+    run.write_results(Step.DEFINE, results)
     return Defined(card, approach, results)
 
 

@@ -17,7 +17,7 @@ from tunebook.card.grounding import freshness
 from tunebook.card.schema import JobCard
 from tunebook.card.tasks import task_of
 from tunebook.core import artifacts, lineage
-from tunebook.core.runfolder import STEPS, RunFolder, manifest_path, read_manifest
+from tunebook.core.runfolder import RunFolder, Step, manifest_path, read_manifest
 from tunebook.core.settings import StepSettings
 from tunebook.errors import TunebookError
 from tunebook.evaluate import general_probe as regression
@@ -77,7 +77,7 @@ def load_candidate(run: RunFolder, base_model: str = "bundled") -> TunedModel | 
     if run.trained_weights() is not None:
         return load_tuned(run, base_model)
     chosen = run.read_variants().best
-    system.adopt_variant(run, chosen, run.read_results(STEPS[2]).verdict)
+    system.adopt_variant(run, chosen, run.read_results(Step.BASELINE).verdict)
     return system.load_system(run, base_model)
 
 

@@ -24,7 +24,7 @@ from tunebook.core.artifacts import (
     Scores,
     System,
 )
-from tunebook.core.runfolder import STEPS, RunFolder
+from tunebook.core.runfolder import STEPS, RunFolder, Step
 from tunebook.core.settings import StepSettings
 from tunebook.errors import TunebookError
 from tunebook.evaluate import step as evaluation
@@ -161,7 +161,7 @@ def record(candidate: Candidate, evidence: publish.Evidence, registered: Registe
     c = candidate
     publish.record(c.run, c.against, publish.lineage(c.run, c.card, c.dataset, c.manifest))
     results = publish.recorded_results(c.against, evidence, registered)
-    c.run.write_results(STEPS[5], results)
+    c.run.write_results(Step.RELEASE, results)
     return results
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from tunebook.core.runfolder import STEPS, MonitorFolder, RunFolder
+from tunebook.core.runfolder import MonitorFolder, RunFolder, Step
 from tunebook.core.settings import notebooks_dir
 from tunebook.data.neardup import near_duplicate_pairs
 from tunebook.define.approach import decide_approach
@@ -144,7 +144,7 @@ def _not_applicable(why: str) -> Feedback:
 def _cleaning_report(run: RunFolder) -> list[dict]:
     """Every row 01 listed with a reason (removed, or relabelled by a review decision)."""
     if not run.cleaning_report.is_file():
-        raise TunebookError(f"{run.cleaning_report} is missing: run {STEPS[1]} for this run folder first.")
+        raise TunebookError(f"{run.cleaning_report} is missing: run {Step.CLEAN} for this run folder first.")
     return json.loads(run.cleaning_report.read_text(encoding="utf-8"))
 
 
@@ -169,7 +169,7 @@ def _reason_kind(reason: str) -> str:
 def _monitor_readings(run: RunFolder) -> list | None:
     """The signals 06's monitoring pass measured (alerts.json), or None if nothing was monitored."""
 
-    results = run.read_results(STEPS[6])
+    results = run.read_results(Step.MONITOR)
     if not results.report:
         return None
     alerts = MonitorFolder((run.root / results.report).parent).alerts
@@ -339,7 +339,7 @@ def check_conflict_policy(answer: Any, run: RunFolder) -> Feedback:
 @_exercise("a number: near-duplicate pairs with one text in one split and the other in another.")
 def check_cross_split_near_duplicates(answer: Any, run: RunFolder) -> Feedback:
     """How many near-duplicate pairs straddle two splits after the leak-free split."""
-    truth = run.read_results(STEPS[1]).cross_split_near_duplicates
+    truth = run.read_results(Step.CLEAN).cross_split_near_duplicates
     said = _number(answer)
     if said is None:
         return Feedback(False, "answer with a number.")
@@ -363,7 +363,7 @@ def check_cross_split_near_duplicates(answer: Any, run: RunFolder) -> Feedback:
 def check_chosen_variant(answer: Any, run: RunFolder) -> Feedback:
     """The baseline variant chosen on the validation split."""
     best = run.read_variants().best
-    figures = run.read_results(STEPS[2]).variants
+    figures = run.read_results(Step.BASELINE).variants
     said = _text(answer)
     names = {_text(name): name for name in figures}
     if said not in names:
@@ -394,7 +394,7 @@ WHY_VALIDATION = {  # the options printed in 02's exercise
 def check_why_choose_on_validation(answer: Any, run: RunFolder) -> Feedback:
     """Why the variant is chosen on validation and test is only reported, with this run's figures as evidence."""
     figures = {
-        n: f for n, f in run.read_results(STEPS[2]).variants.items() if f.val is not None and f.test is not None
+        n: f for n, f in run.read_results(Step.BASELINE).variants.items() if f.val is not None and f.test is not None
     }
     said = _text(answer)
     if said not in WHY_VALIDATION:
@@ -700,7 +700,7 @@ def check_require_targets(answer: Any, run: RunFolder) -> Feedback:
 @_exercise('a list of signal names, e.g. ["text_auc"]; [] if the monitor stayed quiet.')
 def check_fired_signals(answer: Any, run: RunFolder) -> Feedback:
     """Which alert rules fired in 06's monitoring pass."""
-    results = run.read_results(STEPS[6])
+    results = run.read_results(Step.MONITOR)
     truth = {_text(name) for name in results.fired}
     said = _names(answer)
     if said is None:

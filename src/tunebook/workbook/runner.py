@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tunebook.core.artifacts import RunSummary
 from tunebook.core.runfolder import NOTEBOOKS as NOTEBOOKS_IN_REGISTRY
-from tunebook.core.runfolder import STEPS, RunFolder
+from tunebook.core.runfolder import STEPS, RunFolder, Step
 from tunebook.core.settings import (
     RUNNER_PARAMETERS,
     Parameter,
@@ -22,8 +22,6 @@ from tunebook.errors import TunebookError
 from tunebook.registry.store import log_file, open_registry
 
 NOTEBOOKS = STEPS
-BASELINE_STEP = STEPS[2]
-TRAINING_STEP = STEPS[3]
 KERNEL_NAME = "tunebook"
 
 
@@ -115,7 +113,7 @@ def run_workbook(
         print(f"[tunebook] run folder: {run_dir}", flush=True)
     timings, skipped, stopped = {}, {}, None
     for step in steps:
-        skip = training_skipped(run) if step == TRAINING_STEP else None
+        skip = training_skipped(run) if step == Step.TRAIN else None
         if skip:
             skipped[step] = skip
             write_skipped_notebook(folder / f"{step}.ipynb", run.notebook(step), skip)
@@ -150,7 +148,7 @@ def run_workbook(
         _attach_release_notebook(run, output)
         if progress:
             print(f"[tunebook] {step} done in {timings[step]:.0f} s", flush=True)
-        stopped = stop_reason(run) if step == BASELINE_STEP else None
+        stopped = stop_reason(run) if step == Step.BASELINE else None
         if stopped:
             if progress:
                 print(f"[tunebook] {stopped}", flush=True)
@@ -160,7 +158,7 @@ def run_workbook(
 
 def stop_reason(run: RunFolder) -> str | None:
     """Why the run ends after the baseline (None: it goes on): only when no approach can be shown to work yet."""
-    first = run.read_results(NOTEBOOKS[0])
+    first = run.read_results(Step.DEFINE)
     if first.approach == "not-yet" and not first.force_training:
         return "the decision frame says no approach can be evaluated yet; stopped after the baseline"
     return None
@@ -170,9 +168,9 @@ def training_skipped(run: RunFolder) -> str | None:
     """Why 03 does not train in this run (None: it trains): the decision frame recommends against fine-tuning, or
     the best cheap baseline already meets the card's targets on validation. FORCE_TRAINING overrides either; the run
     then goes on to evaluate and release the baseline, as it would an adapter."""
-    if not run.has_results(BASELINE_STEP):
+    if not run.has_results(Step.BASELINE):
         return None
-    first, baseline = run.read_results(NOTEBOOKS[0]), run.read_results(BASELINE_STEP)
+    first, baseline = run.read_results(Step.DEFINE), run.read_results(Step.BASELINE)
     if first.force_training:
         return None
     variant = f"the best cheap baseline ({baseline.variant})"
@@ -210,7 +208,7 @@ def write_skipped_notebook(source: Path, output: Path, reason: str) -> Path:
 
 def _attach_release_notebook(run: RunFolder, notebook: Path) -> None:
     """After 05_release registered a version, add its executed notebook to that version's tracking run."""
-    info = run.read_registered() if notebook.stem == NOTEBOOKS[-1] else None
+    info = run.read_registered() if notebook.stem == Step.MONITOR else None
     if info is None:
         return
 

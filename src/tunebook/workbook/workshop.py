@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunebook.core.runfolder import Step
 from tunebook.core.settings import notebooks_dir
 from tunebook.errors import TunebookError
 from tunebook.workbook.runner import NOTEBOOKS, run_workbook
@@ -22,7 +23,7 @@ def steps_before(step: str) -> tuple[str, ...]:
         raise TunebookError(f"checkpoint {step!r}: name one notebook of {', '.join(NOTEBOOKS)}, e.g. 03.")
     index = NOTEBOOKS.index(matches[0])
     if index == 0:
-        raise TunebookError(f"nothing runs before {NOTEBOOKS[0]}: open it with RUN_DIR set to a new folder.")
+        raise TunebookError(f"nothing runs before {Step.DEFINE}: open it with RUN_DIR set to a new folder.")
     return NOTEBOOKS[:index]
 
 
