@@ -28,7 +28,7 @@ def model_folder(tmp_path: Path, name: str) -> Path:
 def release(store, tmp_path, name, passed=True, promote=True, expected="auto"):
     """Publish one version the way release.publish_run does, with a gate verdict."""
     current = registry.aliases(store, JOB).get(registry.CHAMPION)
-    return registration.publish(
+    return registration.register_version(
         store,
         JOB,
         name,
@@ -144,7 +144,7 @@ def test_a_failure_midway_leaves_the_registry_unchanged(store, tmp_path, monkeyp
 
 def test_a_failing_first_release_leaves_no_registered_model(store, tmp_path):
     with pytest.raises(ZeroDivisionError):
-        registration.publish(
+        registration.register_version(
             store,
             JOB,
             "run-1",

@@ -36,7 +36,7 @@ def _flat(prefix: str, values: dict) -> dict[str, str]:
     return flat
 
 
-def publish(
+def register_version(
     registry: Registry,
     job: str,
     run_name: str,

@@ -24,7 +24,7 @@ from tunebook.core.runfolder import MODEL_ARTIFACT, RunFolder
 from tunebook.core.tables import file_hash
 from tunebook.errors import TunebookError
 from tunebook.modeling.system import read_system, system_files
-from tunebook.registry.register import publish
+from tunebook.registry.register import register_version
 from tunebook.registry.store import Registry, find_version
 from tunebook.scoring.metrics import weak_spots
 from tunebook.serving import pyfunc
@@ -353,7 +353,7 @@ def publish_run(
         }
         for split, part in e.dataset.splits.items()
     }
-    result = publish(
+    result = register_version(
         registry,
         card.name,
         run.root.name,
