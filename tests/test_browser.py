@@ -264,7 +264,7 @@ def test_04_runs_on_a_trained_run_and_the_mistake_browser_pages_through_the_flip
     from tunebook.core.runfolder import RunFolder
 
     mcnemar = RunFolder(run_dir).read_comparison().mcnemar
-    flipped = mcnemar["fixed"] + mcnemar["broken"]
+    flipped = mcnemar.fixed + mcnemar.broken
     if flipped == 0:  # nothing to page through: the browser says so
         page.get_by_text("Nothing to show.").wait_for()
         return

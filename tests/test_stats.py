@@ -33,13 +33,13 @@ def test_a_clear_improvement_is_significant_and_balanced_flips_are_not(card):
     baseline = frame(truth, ["shipping"] * 30)
     tuned = frame(truth, ["billing"] * 20 + ["shipping"] * 10)
     result = stats.mcnemar(card, baseline, tuned)
-    assert (result["fixed"], result["broken"]) == (20, 0) and result["significant"] and result["p_value"] < 1e-5
-    assert result["verdict"].startswith("The difference is real") and "better" in result["verdict"]
+    assert (result.fixed, result.broken) == (20, 0) and result.significant and result.p_value < 1e-5
+    assert result.verdict.startswith("The difference is real") and "better" in result.verdict
     mixed = frame(truth, ["billing"] * 15 + ["shipping"] * 15)
     other = frame(truth, ["shipping"] * 15 + ["billing"] * 15)
     balanced = stats.mcnemar(card, mixed, other)
-    assert (balanced["fixed"], balanced["broken"]) == (15, 15) and not balanced["significant"]
-    assert balanced["verdict"].startswith("The difference could be chance")
+    assert (balanced.fixed, balanced.broken) == (15, 15) and not balanced.significant
+    assert balanced.verdict.startswith("The difference could be chance")
 
 
 def test_mcnemar_refuses_different_examples(card):

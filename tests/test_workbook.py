@@ -68,7 +68,7 @@ def test_recorded_results_match_the_artifacts(finished_run, tiny_model):
     assert record.lineage.base_model == manifest.base_model
     assert manifest.config["max_steps"] == 3 and manifest.config["lora_r"] == 4
     comparison = run.read_comparison()
-    assert comparison.mcnemar["n"] == 6 and comparison.mcnemar["p_value"] == results["04_evaluate"].mcnemar_p_value
+    assert comparison.mcnemar.n == 6 and comparison.mcnemar.p_value == results["04_evaluate"].mcnemar_p_value
     band = comparison.intervals["tuned"]["macro_f1"]
     assert band["low"] <= tuned["macro_f1"] <= band["high"]
     assert set(comparison.slices["tuned"]) <= {"hard", "not hard"} and comparison.usable_output_rate["tuned"] == 1.0

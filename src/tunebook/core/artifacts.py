@@ -251,12 +251,29 @@ class Variants(Artifact):
     table: dict[str, dict[str, Any]]
 
 
+class PairedTest(BaseModel):
+    """An exact McNemar test of two answer sets on the same examples: what the second fixed and broke, and whether
+    the difference is beyond chance, said in words."""
+
+    n: int
+    fixed: int
+    broken: int
+    p_value: float
+    significant: bool
+    verdict: str
+
+    @property
+    def better(self) -> bool:
+        """Whether the second answer set is better beyond chance."""
+        return self.significant and self.fixed > self.broken
+
+
 class Comparison(Artifact):
     """evaluation/comparison.json: what 04 measured beyond the metrics, for the gate and the model card."""
 
     intervals: dict[str, dict[str, Any]]
-    mcnemar: dict[str, Any]
-    mcnemar_prompting: dict[str, Any]
+    mcnemar: PairedTest
+    mcnemar_prompting: PairedTest
     baseline_variant: str
     prompting_variant: str
     decision_rule: str | None
@@ -266,9 +283,9 @@ class Comparison(Artifact):
     regression_probe: dict[str, Any] | None
     slices: dict[str, Any]
     system: dict[str, Any] | None = None  # what was evaluated (System), and how its answers agree with 02's
-    mcnemar_trivial: dict[str, Any] | None = None
+    mcnemar_trivial: PairedTest | None = None
     freshness: dict[str, Any] | None = None  # knowledge jobs: each answer set on the later documents
-    mcnemar_blind: dict[str, Any] | None = None  # hybrid jobs: with passages against the document-blind adapter
+    mcnemar_blind: PairedTest | None = None  # hybrid jobs: with passages against the document-blind adapter
 
 
 # ---- adapter

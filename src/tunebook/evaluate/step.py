@@ -102,8 +102,8 @@ class Evaluation:
     baseline_variant: str
     prompting_variant: str
     intervals: dict[str, pd.DataFrame]
-    paired: dict
-    paired_prompting: dict
+    paired: artifacts.PairedTest
+    paired_prompting: artifacts.PairedTest
     usable: dict[str, float | None]
     sliced: dict[str, pd.DataFrame]
     flipped: pd.DataFrame
@@ -113,9 +113,11 @@ class Evaluation:
     system: artifacts.System | None = None  # the evaluated system when it is not a trained model
     answer_budget: int | None = None
     agreement_with_baseline_step: float | None = None
-    paired_trivial: dict | None = None
+    paired_trivial: artifacts.PairedTest | None = None
     freshness: pd.DataFrame | None = None  # knowledge jobs: every answer set asked again after the documents changed
-    paired_blind: dict | None = None  # hybrid jobs: the tuned model with passages against the document-blind one
+    paired_blind: artifacts.PairedTest | None = (
+        None  # hybrid jobs: the tuned model with passages against the document-blind one
+    )
 
     def labels(self) -> dict[str, str]:
         """Each compared answer set's name as tables show it."""
@@ -158,15 +160,15 @@ class Evaluation:
             primary=self.scores["primary"],
             metrics=metrics.headline(self.scores),
             baseline_variant=self.baseline_variant,
-            mcnemar_p_value=paired["p_value"],
-            difference_is_real=paired["significant"],
-            beats_baseline=paired["significant"] and paired["fixed"] > paired["broken"],
-            mcnemar_prompting_p_value=self.paired_prompting["p_value"],
+            mcnemar_p_value=paired.p_value,
+            difference_is_real=paired.significant,
+            beats_baseline=paired.better,
+            mcnemar_prompting_p_value=self.paired_prompting.p_value,
             usable_output_rate=self.usable["tuned"],
             general_regression=None if self.general is None else self.general["regressed"],
             system_kind=self.system.kind if self.system is not None else "adapter",
             system_variant=self.system.variant if self.system is not None else "tuned",
-            mcnemar_trivial_p_value=None if self.paired_trivial is None else self.paired_trivial["p_value"],
+            mcnemar_trivial_p_value=None if self.paired_trivial is None else self.paired_trivial.p_value,
         )
 
 

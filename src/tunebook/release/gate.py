@@ -160,10 +160,10 @@ def _improvement_check(card: JobCard, reference: pd.DataFrame, challenger: pd.Da
     paired = mcnemar(card, reference, challenger, alpha)
     return GateCheck(
         check="beats_shipped_baseline",
-        passed=paired["significant"] and paired["fixed"] > paired["broken"],
+        passed=paired.better,
         blocking=True,
         detail="a trained model replaces a system that needed no training only when it is better beyond chance: "
-        + paired["verdict"],
+        + paired.verdict,
     )
 
 

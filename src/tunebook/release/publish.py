@@ -116,8 +116,8 @@ def _failure_modes(e: Evidence) -> list[str]:
             f"- {tuned['must_never_failures']} must-never failure(s) on the test split: "
             + ", ".join(str(x["id"]) for x in tuned["must_never_examples"][:10])
         )
-    if comparison.mcnemar:
-        broken = comparison.mcnemar["broken"]
+    if comparison.mcnemar is not None:
+        broken = comparison.mcnemar.broken
         failures.append(f"- {broken} test example(s) the best baseline got right and this version gets wrong")
     for prefix, found in (("general behaviour: ", comparison.regression_probe), ("", comparison.overfitting)):
         if found and found.get("warning"):
@@ -194,9 +194,9 @@ def model_card(card: JobCard, version: str, evidence: Evidence) -> str:
             if comparison.decision_rule
             else []
         ),
-        *([paired["verdict"], ""] if paired and baseline.get("variant") != e.system.variant else []),
+        *([paired.verdict, ""] if paired and baseline.get("variant") != e.system.variant else []),
         *(
-            [f"Against the trivial answer: {comparison.mcnemar_trivial['verdict']}", ""]
+            [f"Against the trivial answer: {comparison.mcnemar_trivial.verdict}", ""]
             if comparison.mcnemar_trivial
             else []
         ),
@@ -249,8 +249,8 @@ def _metrics_to_log(e: Evidence) -> dict:
             logged[f"{name}.{key}"] = scores[key]
     for key, band in e.comparison.intervals.get("tuned", {}).items():
         logged[f"test.{key}.low"], logged[f"test.{key}.high"] = band["low"], band["high"]
-    if e.comparison.mcnemar:
-        logged["mcnemar_p_value"] = e.comparison.mcnemar["p_value"]
+    if e.comparison.mcnemar is not None:
+        logged["mcnemar_p_value"] = e.comparison.mcnemar.p_value
     for key, change in (e.comparison.regression_probe or {}).get("change", {}).items():
         logged[f"general_probe.{key}_change"] = change
     logged["gate.passed"] = float(e.gate.passed)

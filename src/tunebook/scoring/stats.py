@@ -10,6 +10,7 @@ from scipy.stats import binomtest
 
 from tunebook.card.schema import JobCard
 from tunebook.card.tasks import task_of
+from tunebook.core.artifacts import PairedTest
 from tunebook.errors import TunebookError
 from tunebook.scoring.metrics import evaluate
 
@@ -162,7 +163,7 @@ def _paired(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame) -> tuple
     return merged, fully_correct(card, baseline), fully_correct(card, tuned)
 
 
-def mcnemar(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame, alpha: float = 0.05) -> dict:
+def mcnemar(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame, alpha: float = 0.05) -> PairedTest:
     """Exact McNemar test on fully-correct answers of two models over the same examples, with a verdict in words."""
     merged, right_before, right_after = _paired(card, baseline, tuned)
     fixed = int(np.sum(~right_before & right_after))
@@ -178,14 +179,14 @@ def mcnemar(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame, alpha: f
             f"The difference could be chance: tuning fixed {fixed} and broke {broken} of {len(merged)} examples "
             f"(exact McNemar p = {p_value:.3g} >= {alpha}). More test examples would settle it."
         )
-    return {
-        "n": len(merged),
-        "fixed": fixed,
-        "broken": broken,
-        "p_value": float(p_value),
-        "significant": bool(p_value < alpha),
-        "verdict": verdict,
-    }
+    return PairedTest(
+        n=len(merged),
+        fixed=fixed,
+        broken=broken,
+        p_value=float(p_value),
+        significant=bool(p_value < alpha),
+        verdict=verdict,
+    )
 
 
 def flips(card: JobCard, baseline: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
