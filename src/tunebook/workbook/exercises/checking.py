@@ -106,6 +106,14 @@ def _same_number(answer: float | None, truth: float, tolerance: float = 1e-6) ->
     return answer is not None and abs(answer - truth) <= tolerance
 
 
+def judged(said: Any, right: bool, unreadable: str, evidence: str, hint: str) -> Feedback:
+    """The ending the checks share: an answer that could not be read gets how to write one, a right one the evidence
+    from the run, a wrong one a hint toward the answer."""
+    if said is None:
+        return Feedback(False, unreadable)
+    return Feedback(True, evidence) if right else Feedback(False, hint)
+
+
 def _not_applicable(why: str) -> Feedback:
     """This exercise does not apply to this run's job."""
     return Feedback(False, f"this exercise does not apply to this run: {why}. Skip it.")

@@ -16,6 +16,7 @@ from tunebook.workbook.exercises.checking import (
     _reason_kind,
     _same_number,
     _text,
+    judged,
 )
 
 
@@ -105,16 +106,12 @@ def check_cross_split_near_duplicates(answer: Any, run: RunFolder) -> Feedback:
     """How many near-duplicate pairs straddle two splits after the leak-free split."""
     truth = run.read_results(Step.CLEAN).cross_split_near_duplicates
     said = _number(answer)
-    if said is None:
-        return Feedback(False, "answer with a number.")
-    if _same_number(said, truth):
-        return Feedback(
-            True,
-            f"{truth}: every group of near-same texts is kept inside one split, so no paraphrase "
-            "of a training example can be scored as a test example.",
-        )
-    return Feedback(
-        False,
+    return judged(
+        said,
+        _same_number(said, truth),
+        "answer with a number.",
+        f"{truth}: every group of near-same texts is kept inside one split, so no paraphrase "
+        "of a training example can be scored as a test example.",
         "how does the split treat a group of near-same texts? Then read the last line printed "
         "under 'Apply the policy, split without leaks'.",
     )

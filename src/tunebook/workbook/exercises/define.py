@@ -13,6 +13,7 @@ from tunebook.workbook.exercises.checking import (
     _exercise,
     _not_applicable,
     _text,
+    judged,
 )
 
 
@@ -53,14 +54,11 @@ def check_frame_if_prompting_suffices(answer: Any, run: RunFolder) -> Feedback:
     changed = card.model_copy(update={"decision": card.decision.model_copy(update={"prompting_solves_most": True})})
     decision = decide_approach(changed)
     said = _bool(answer)
-    if said is None:
-        return Feedback(False, "answer True (it still recommends fine-tuning) or False.")
-    if said == decision.proceed_to_training:
-        return Feedback(
-            True, f"with `prompting_solves_most: true` the frame says {decision.approach}: {decision.reasons[-1]}"
-        )
-    return Feedback(
-        False,
+    return judged(
+        said,
+        said == decision.proceed_to_training,
+        "answer True (it still recommends fine-tuning) or False.",
+        f"with `prompting_solves_most: true` the frame says {decision.approach}: {decision.reasons[-1]}",
         "if prompting already solves most of it, what would training buy? Try it: "
         "`approach.decide_approach(card.model_copy(update=...))` with that one answer changed.",
     )

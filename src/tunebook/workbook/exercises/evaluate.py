@@ -15,6 +15,7 @@ from tunebook.workbook.exercises.checking import (
     _number,
     _same_number,
     _text,
+    judged,
 )
 
 
@@ -24,12 +25,11 @@ def check_difference_is_real(answer: Any, run: RunFolder) -> Feedback:
     test = run.read_comparison().mcnemar
     truth = test.significant
     said = _bool(answer)
-    if said is None:
-        return Feedback(False, "answer True or False.")
-    if said == truth:
-        return Feedback(True, test.verdict)
-    return Feedback(
-        False,
+    return judged(
+        said,
+        said == truth,
+        "answer True or False.",
+        test.verdict,
         "read the line 'against the best baseline': p below 0.05 means the difference is real; "
         "above, it could be chance, however different the two scores look.",
     )
