@@ -181,3 +181,29 @@ def test_two_runs_at_once_do_not_corrupt_the_registry(tmp_path, monkeypatch):
             store, registry.get_version(store, JOB, number), "adapter", tmp_path / "dl" / str(number)
         )
         assert (adapter / "adapter_model.safetensors").read_bytes() == row["run_folder"].encode() * 100
+
+
+def test_a_knowledge_update_of_a_released_adapter_is_a_new_release_and_a_repeat_is_refused(store, tmp_path):
+    """A hybrid job's knowledge-only release keeps the adapter: the same weights with new documents must register."""
+    from types import SimpleNamespace
+
+    from tunebook.core.artifacts import System
+    from tunebook.core.runfolder import RunFolder
+    from tunebook.release import publish
+
+    run = RunFolder(tmp_path / "run")
+    run.adapter_dir.mkdir(parents=True)
+    (run.adapter_dir / "adapter_model.safetensors").write_bytes(b"the hybrid adapter's weights")
+    docs_1 = {"version": "docs-1", "retriever": "dense", "k": 3}
+    system = System(kind="adapter", variant="tuned", needs_language_model=True, trained=True, knowledge=docs_1)
+    identity = publish.release_identity(run, system)
+    assert identity["knowledge_version"] == "docs-1" and len(identity["adapter_sha256"]) == 64
+    tags = {"gate": "passed", "gate_failed": "", "run_dir": "run", **identity}
+    registration.register_version(
+        store, JOB, "run", {}, {}, tags, [("adapter", run.adapter_dir)], "adapter", lambda v: "", False, None
+    )
+    job = SimpleNamespace(name=JOB)
+    with pytest.raises(TunebookError, match="adapter with these documents is already version 1"):
+        publish.refuse_released(store, job, run, system)
+    publish.refuse_released(store, job, run, system.model_copy(update={"knowledge": {**docs_1, "version": "docs-2"}}))
+    publish.refuse_released(store, job, run, system.model_copy(update={"knowledge": None}))

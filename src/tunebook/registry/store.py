@@ -168,10 +168,10 @@ def versions(registry: Registry, job: str) -> pd.DataFrame:
     ).set_index("version")
 
 
-def find_version(registry: Registry, job: str, key: str, value: str):
-    """The job's model version whose tunebook tag ``key`` equals ``value``, if any."""
+def find_version(registry: Registry, job: str, **tags: str | None):
+    """The job's model version whose tunebook tags equal ``tags`` (None: the version lacks that tag), if any."""
     for mv in registry.client.search_model_versions(f"name = '{model_name(job)}'"):
-        if mv.tags.get(TAG + key) == value:
+        if all(mv.tags.get(TAG + key) == value for key, value in tags.items()):
             return mv
     return None
 

@@ -308,6 +308,30 @@ def _tags(card: JobCard, e: Evidence, adapter_sha: str | None, system_sha: str) 
     }
 
 
+def release_identity(run: RunFolder, system: System) -> dict[str, str | None]:
+    """The registry tags that make a release the same as another: a trained system's adapter together with the
+    documents it answers from (a knowledge update of the same adapter is a new release), else the system's files."""
+    if not system.trained:
+        return {"system_sha256": system_hash(run)}
+    weights = run.trained_weights()
+    if weights is None:
+        raise TunebookError(f"no trained weights in {run.adapter_dir}: run 03_train_qlora first.")
+    knowledge = (system.knowledge or {}).get("version")
+    return {"adapter_sha256": file_hash(weights), "knowledge_version": knowledge}
+
+
+def refuse_released(registry: Registry, card: JobCard, run: RunFolder, system: System) -> None:
+    """Raise if this run's system is already a version of the job: a registry entry is never overwritten."""
+    existing = find_version(registry, card.name, **release_identity(run, system))
+    if existing is not None:
+        what = "adapter" if system.trained else "system"
+        also = " with these documents" if system.knowledge else ""
+        raise TunebookError(
+            f"this {what}{also} is already version {existing.version} of '{card.name}' in {registry.uri}; a "
+            "registry entry is never overwritten. Make a new run to release again."
+        )
+
+
 def publish_run(
     registry: Registry, card: JobCard, evidence: Evidence, promote: bool = True, base_model: str = "bundled"
 ) -> Registered:
@@ -317,17 +341,9 @@ def publish_run(
     e, run = evidence, evidence.run
     if run.registered.exists():
         raise TunebookError(f"{run.registered} exists: this run folder was already released. Start a new run.")
+    refuse_released(registry, card, run, e.system)
     weights = run.trained_weights() if e.system.trained else None
-    if e.system.trained and weights is None:
-        raise TunebookError(f"no trained weights in {run.adapter_dir}: run 03_train_qlora first.")
     adapter_sha, system_sha = (file_hash(weights) if weights else None), system_hash(run)
-    key, value = ("adapter_sha256", adapter_sha) if adapter_sha else ("system_sha256", system_sha)
-    existing = find_version(registry, card.name, key, value)
-    if existing is not None:
-        raise TunebookError(
-            f"this {'adapter' if adapter_sha else 'system'} is already version {existing.version} of '{card.name}' in "
-            f"{registry.uri}; a registry entry is never overwritten. Make a new run to release again."
-        )
     run.write_gate(e.gate)
     tags = _tags(card, e, adapter_sha, system_sha)
     params = {

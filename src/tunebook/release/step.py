@@ -92,8 +92,11 @@ class Reference:
 
 
 def read_candidate(run: RunFolder, settings: ReleaseSettings) -> Candidate:
-    """Everything 05 judges the run's system by, read from the run folder, and the registry opened."""
+    """Everything 05 judges the run's system by, read from the run folder, and the registry opened (a system already
+    released is refused here, before any check runs)."""
     card, system = run.read_job_card(), run.read_system()
+    store = registry.open_registry(settings.tracking_uri, workspace=run.root.parent)
+    publish.refuse_released(store, card, run, system)
     baseline, tuned = run.read_scores(run.baseline_scores("best")), run.read_scores(run.tuned_scores)
     return Candidate(
         run=run,
@@ -108,7 +111,7 @@ def read_candidate(run: RunFolder, settings: ReleaseSettings) -> Candidate:
         manifest=publish.trained_manifest(run),
         base_model=models.resolve_base_model(settings.base_model) if system.needs_language_model else "",
         against=gate.compare(card, baseline, tuned, "tuned" if system.trained else system.variant),
-        store=registry.open_registry(settings.tracking_uri, workspace=run.root.parent),
+        store=store,
     )
 
 
@@ -292,6 +295,10 @@ def release_knowledge(
     target = knowledge_update(run_dir, documents, into, base_model)
     settings = evaluation.EvaluateSettings(base_model=base_model, train_sample=0)
     trained = target.read_system().trained
+    store = registry.open_registry(
+        ReleaseSettings.from_parameters(parameters).tracking_uri, workspace=target.root.parent
+    )
+    publish.refuse_released(store, target.read_job_card(), target, target.read_system())  # before the costly part
     candidate = evaluation.load_tuned(target, base_model) if trained else load_system(target, base_model)
     result = evaluation.evaluate_run(target, candidate, settings)
     evaluation.save_evaluation(target, result)
