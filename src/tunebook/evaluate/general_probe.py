@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tunebook.errors import TunebookError
 from tunebook.modeling.prompts import IGNORE_INDEX, encode_prompt, encode_target
 
-PROBE = Path(__file__).parent / "resources" / "general_probe.jsonl"
+PROBE = Path(__file__).resolve().parents[1] / "resources" / "general_probe.jsonl"  # the package's resources/
 
 
 def load_probe(path: str | Path = PROBE) -> list[dict]:

@@ -18,10 +18,10 @@ from transformers import PreTrainedTokenizerBase
 from tunebook.modeling.models import cache_dir, load_model, load_tokenizer, model_identity, write_atomically
 from tunebook.modeling.prompts import IGNORE_INDEX, encode_prompt, end_of_turn_id
 
-REQUESTS = Path(__file__).parent / "resources" / "general_instructions.jsonl"
+REQUESTS = Path(__file__).resolve().parents[1] / "resources" / "general_instructions.jsonl"  # the package's resources/
 # The bundled model's answers, shipped under their cache name: generating them takes ~280 s on 2 CPU cores, which a
 # fresh laptop would otherwise pay inside its first training.
-SHIPPED_ANSWERS = Path(__file__).parent / "resources" / "replay"
+SHIPPED_ANSWERS = REQUESTS.parent / "replay"
 MAX_ANSWER_TOKENS = 64
 
 
