@@ -254,8 +254,7 @@ def test_a_challenger_runs_in_shadow_and_promotion_can_require_a_quiet_window(
     assert verdict.champion_estimated_accuracy is not None and verdict.challenger_estimated_accuracy is not None
     tags = registry.get_version(store, "support_triage", 2).tags
     assert (
-        tags["tunebook.monitor.shadow"] == ("alert" if verdict.alert else "quiet")
-        and tags["tunebook.shadow_window"] == "48"
+        tags["tunebook.shadow"] == ("alert" if verdict.alert else "quiet") and tags["tunebook.shadow_window"] == "48"
     )
     shadow_log, problems = inference_log.read_log(tmp_path / "shadow" / "shadow_log.jsonl")
     assert problems == [] and set(shadow_log["model_version"]) == {"2"} and len(shadow_log) == 48

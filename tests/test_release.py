@@ -212,10 +212,7 @@ def test_first_adapter_becomes_champion_with_everything_logged(released):
     store = registry.open_registry(workspace=runs)
     version = registry.get_version(store, "support_triage", 1)
     assert registry.aliases(store, "support_triage")["champion"] == "1"
-    assert (
-        version.tags["tunebook.run_dir"] == str(good_dir.resolve())
-        and version.tags["tunebook.release.gate"] == "passed"
-    )
+    assert version.tags["tunebook.run_dir"] == str(good_dir.resolve()) and version.tags["tunebook.gate"] == "passed"
     assert (
         version.tags["tunebook.decision_rule"].startswith("temperature")
         and version.tags["tunebook.baseline_variant"] == "classical"

@@ -118,7 +118,7 @@ def test_the_classical_system_was_chosen_on_validation_and_answers_without_a_lan
 def _imported_by_a_classical_load(runs: Path, releases: dict) -> str:
     """The modules a fresh process imports to load and answer with the classical release: torch must not be one."""
     code = (
-        "import sys, pandas as pd; from tunebook import registry, serve; "
+        "import sys, pandas as pd; from tunebook.registry import store as registry; from tunebook.serving import serve; "
         f"a = serve.load_released(registry.open_registry(workspace={str(runs)!r}), {JOB!r}, {releases['classical'][1]!r}); "
         "a.answer(pd.DataFrame({'text': ['my parcel never came']})); "
         "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft')))"

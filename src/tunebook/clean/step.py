@@ -10,6 +10,7 @@ import pandas as pd
 
 from tunebook.card.schema import JobCard
 from tunebook.clean import audit
+from tunebook.clean.traffic import traffic_difference
 from tunebook.core import artifacts, tables
 from tunebook.core.runfolder import RunFolder
 from tunebook.core.settings import StepSettings
@@ -110,7 +111,7 @@ def read_and_audit(run: RunFolder, settings: CleanSettings) -> Audited:
         traffic, traffic_invalid = data.load_second_file(
             settings.labelled_traffic, card, examples, "traffic-row-", settings.bad_lines, skipped
         )
-        difference = traffic.traffic_difference(card, examples, traffic)
+        difference = traffic_difference(card, examples, traffic)
         examples, invalid = pd.concat([examples, traffic], ignore_index=True), invalid + traffic_invalid
     decisions = data.load_decisions(settings.decisions_file, card)
     frozen = (

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tunebook.modeling.models import cache_dir, load_model, load_tokenizer, model_identity, write_atomically
+from tunebook.core.cache import cache_dir, write_atomically
+from tunebook.modeling import models  # its functions looked up at call time (tests replace the model loader)
 from tunebook.modeling.prompts import IGNORE_INDEX, encode_prompt, end_of_turn_id
 
 REQUESTS = Path(__file__).resolve().parents[1] / "resources" / "general_instructions.jsonl"  # the package's resources/
@@ -43,7 +44,7 @@ def base_answers(base_model: str, requests: list[str], batch_size: int = 8) -> l
     ``MAX_ANSWER_TOKENS``; answers are cached per base model, so each request is answered once per machine (and never,
     for the bundled model's shipped answers)."""
 
-    path = _cache_file(model_identity(base_model))
+    path = _cache_file(models.model_identity(base_model))
     known = {}
     for source in (SHIPPED_ANSWERS / path.name, path):
         if source.is_file():
@@ -51,8 +52,8 @@ def base_answers(base_model: str, requests: list[str], batch_size: int = 8) -> l
             known.update({item["prompt"]: item for item in map(json.loads, lines)})
     missing = [r for r in dict.fromkeys(requests) if r not in known]
     if missing:
-        tokenizer = load_tokenizer(base_model)
-        model = load_model(base_model, "none").eval()
+        tokenizer = models.load_tokenizer(base_model)
+        model = models.load_model(base_model, "none").eval()
         stop, pad = end_of_turn_id(tokenizer), tokenizer.pad_token_id
         device = next(model.parameters()).device
         for start in range(0, len(missing), batch_size):
