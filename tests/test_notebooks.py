@@ -65,11 +65,11 @@ def test_each_parameter_the_workshop_profile_changes_names_its_value_in_every_no
 
     import yaml
 
-    from tunebook.core import settings as step_settings
     from tunebook.workbook import workshop
+    from tunebook.workbook.parameters import declared_parameters
 
     profile = yaml.safe_load(workshop.profile_path().read_text())
-    declared = step_settings.declared_parameters(NOTEBOOK_DIR)
+    declared = declared_parameters()
     assert set(profile) <= set(declared), "the profile sets only parameters the notebooks declare"
     for name, value in profile.items():
         for step in declared[name].notebooks:

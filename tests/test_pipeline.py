@@ -10,9 +10,9 @@ import yaml
 from conftest import write_job
 
 from tunebook import cli
-from tunebook.core import settings as step_settings
 from tunebook.core.runfolder import RunFolder
 from tunebook.errors import TunebookError
+from tunebook.workbook import parameters
 from tunebook.workbook import runner as pipeline
 
 
@@ -215,18 +215,18 @@ def test_tunebook_clean_does_what_01_did(prepared_run, tmp_path):
         assert alone.split_file(name).read_bytes() == notebook.split_file(name).read_bytes()
     from tunebook.clean.step import CleanSettings
 
-    with pytest.raises(TunebookError, match="NEAR_DUPLICATES must be 'drop' or 'keep'"):
+    with pytest.raises(TunebookError, match="NEAR_DUPLICATES must be one of drop, keep, got 'maybe'"):
         CleanSettings.from_parameters({"NEAR_DUPLICATES": "maybe"})
 
 
 def test_every_training_parameter_of_03_reaches_the_train_config():
     from tunebook.train import recipe
 
-    declared = {k: p for k, p in step_settings.declared_parameters().items() if "03_train_qlora" in p.notebooks}
-    not_config = {"RUN_DIR", "BASE_MODEL", "RESUME", "COMPARE_METHODS", "COMPARE_STEPS", "COMPARE_VAL_EXAMPLES"}
-    config = recipe.config_from_parameters({k: p.default_value for k, p in declared.items()})
-    fields = {k.upper() for k in recipe.TrainConfig.__dataclass_fields__} | {"LORA_TARGET_MODULES"}
-    assert set(declared) - not_config <= fields
+    around = {"BASE_MODEL", "RESUME", "COMPARE_METHODS", "COMPARE_STEPS", "COMPARE_VAL_EXAMPLES"}
+    declared = {p.name for p in recipe.TrainSettings.parameters()}
+    assert declared - around == {p.name for p in recipe.TrainConfig.parameters()}
+    config = recipe.TrainSettings().config()
+    assert type(config) is recipe.TrainConfig and config == recipe.TrainConfig()
     assert (
         config.quantization == "nf4"
         and config.target_modules == "all-linear"
@@ -236,41 +236,64 @@ def test_every_training_parameter_of_03_reaches_the_train_config():
 
 
 def test_the_notebook_and_the_command_line_read_training_parameters_the_same_way():
+    import argparse
+
     from tunebook.train import recipe
 
-    declared = {k: p for k, p in step_settings.declared_parameters().items() if "03_train_qlora" in p.notebooks}
-    namespace = {k: p.default_value for k, p in declared.items()} | {"LORA_TARGET_MODULES": "q_proj, v_proj", "np": 1}
-    from_notebook = step_settings.step_parameters("03_train_qlora", namespace)
-    assert set(from_notebook) == set(declared) - {"RUN_DIR"}  # the notebook's own globals are not parameters
-    from_cli = {
-        **{k: p.default_value for k, p in declared.items() if k != "RUN_DIR"},
-        "LORA_TARGET_MODULES": "q_proj,v_proj",
-    }
-    assert recipe.config_from_parameters(from_notebook) == recipe.config_from_parameters(from_cli)
+    # a notebook hands its whole namespace: parameters, imports and its own variables
+    namespace = {p.name: p.default for p in recipe.TrainSettings.parameters()} | {"np": 1, "RUN_DIR": "x"}
+    namespace["LORA_TARGET_MODULES"] = "q_proj, v_proj"
+    from_notebook = recipe.TrainSettings.from_parameters(namespace)
+    given = argparse.Namespace(config=None, param=["LORA_TARGET_MODULES=q_proj,v_proj"])
+    from_cli = recipe.TrainSettings.from_parameters(cli._step_parameters("03_train_qlora", given))
+    assert from_notebook == from_cli and from_cli.config().target_modules == "q_proj,v_proj"
 
 
-def test_parameters_are_read_as_papermill_reads_them_without_importing_it():
+@pytest.mark.parametrize("step", list(parameters.SETTINGS), ids=lambda s: s[:2])
+def test_each_parameters_cell_is_its_steps_declaration_as_papermill_reads_it(step):
+    import papermill
+
+    path = pipeline.notebooks_dir() / f"{step}.ipynb"
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    assert cell.source == parameters.SETTINGS[step].cell_source(), (
+        f"{path.name}'s parameters cell differs from {parameters.SETTINGS[step].__name__}: paste cell_source() into it"
+    )
+    theirs = papermill.inspect_notebook(str(path))
+    ours = parameters.SETTINGS[step].parameters()
+    assert list(theirs) == ["RUN_DIR", *(p.name for p in ours)]
+    for p in ours:
+        default = p.default if p.notebook_default is None else p.notebook_default
+        read = theirs[p.name]
+        assert (read["inferred_type_name"], eval(read["default"]), read["help"]) == (p.type_name, default, p.help)
+
+
+def test_a_step_command_runs_without_the_notebooks_or_papermill(tmp_path):
+    # an installed wheel has no notebooks folder beside it: `tunebook train` must read its declaration alone
+    import os
     import subprocess
     import sys
 
-    import papermill
-
-    for name in pipeline.NOTEBOOKS:
-        path = step_settings.notebooks_dir() / f"{name}.ipynb"
-        ours = {p.name: (p.type_name, p.default, p.help) for p in step_settings.parameters_cell(path)}
-        theirs = {
-            k: (v["inferred_type_name"], v["default"], v["help"])
-            for k, v in papermill.inspect_notebook(str(path)).items()
-        }
-        assert ours == theirs and list(ours) == list(theirs)
-    # a training node needs no notebook runner: `tunebook train` reads the declarations without papermill
     code = (
         "import sys; from tunebook import cli; code = cli.main(['train', 'no-such-run', '-p', 'MAX_STEPS=1']); "
         "assert code == 2, code; assert 'papermill' not in sys.modules, 'papermill was imported'"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "TUNEBOOK_NOTEBOOKS": str(tmp_path / "no-notebooks")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "no-such-run" in done.stderr
+    assert "no-such-run" in done.stderr and "notebooks not found" not in done.stderr
+
+
+def test_parameters_are_listed_with_their_constraints(capsys):
+    assert cli.main(["parameters", "03"]) == 0
+    shown = capsys.readouterr().out
+    assert "QUANTIZATION: str = 'nf4' (one of nf4, int8, none)" in shown and "TRAFFIC_ROWS" not in shown
+    assert cli.main(["parameters", "9"]) == 2
+
+
+def test_a_constraint_is_checked_before_anything_runs(tmp_path):
+    with pytest.raises(TunebookError, match=r"LORA_DROPOUT must be >= 0 and < 1, got 1.5"):
+        pipeline.run_workbook({"LORA_DROPOUT": 1.5}, tmp_path, "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_step_command_takes_the_workshop_profile_and_keeps_only_its_own_parameters(tmp_path):

@@ -391,7 +391,7 @@ def test_full_fine_tuning_is_a_method_and_its_old_spelling_still_reads(tiny_job,
         "full",
         "none",
     )
-    assert recipe.config_from_parameters({"METHOD": "full", "QUANTIZATION": "none"}).full
+    assert recipe.TrainSettings.from_parameters({"METHOD": "full", "QUANTIZATION": "none"}).config().full
     with pytest.raises(TunebookError, match="METHOD='full'.*QUANTIZATION='none'"):
         recipe.TrainConfig(method="full", quantization="nf4").check()
     with pytest.raises(TunebookError, match="METHOD must be one of lora, full"):
@@ -487,7 +487,7 @@ def test_target_modules_have_one_spelling_so_notebook_and_command_line_runs_resu
         recipe.TrainConfig(target_modules="q_proj, v_proj"),
     )
     assert as_list == as_text and as_text.target_modules == "q_proj,v_proj"
-    assert recipe.config_from_parameters({"LORA_TARGET_MODULES": "q_proj,v_proj"}) == as_list
+    assert recipe.TrainSettings.from_parameters({"LORA_TARGET_MODULES": "q_proj,v_proj"}).config() == as_list
     assert recipe.TrainConfig().target_modules == "all-linear"
 
 
@@ -495,12 +495,12 @@ def test_target_modules_have_one_spelling_so_notebook_and_command_line_runs_resu
     ("change", "message"),
     [
         ({"quantization": "int3"}, "QUANTIZATION must be one of nf4, int8, none"),
-        ({"lora_r": 0}, "LORA_R must be positive"),
-        ({"learning_rate": -1}, "LEARNING_RATE must be positive"),
+        ({"lora_r": 0}, "LORA_R must be > 0, got 0"),
+        ({"learning_rate": -1}, "LEARNING_RATE must be >= 0, got -1"),
         ({"epochs": 0, "max_steps": -1}, "set EPOCHS > 0"),
-        ({"lora_dropout": 1.5}, "LORA_DROPOUT must be in"),
+        ({"lora_dropout": 1.5}, "LORA_DROPOUT must be >= 0 and < 1, got 1.5"),
         ({"attention": "flash"}, "ATTENTION must be one of sdpa, eager, flex_attention"),
-        ({"compile": "yes"}, "COMPILE must be True or False"),
+        ({"compile": "yes"}, "COMPILE must be bool, got 'yes'"),
         pytest.param(
             {"attention": "flex_attention"},
             "needs a GPU",
@@ -518,19 +518,19 @@ def test_every_example_job_fits_the_default_max_length(example, tokenizer):
     # The tool-selection job's prompts (the tool list) reach ~1,060 tokens: at the old default of 1024, 03 refused it.
     from conftest import EXAMPLE
 
-    from tunebook.core import settings as step_settings
+    from tunebook.workbook.parameters import declared_parameters
 
-    declared = step_settings.declared_parameters()["MAX_LENGTH"]
+    declared = declared_parameters()["MAX_LENGTH"]
     assert (
         set(declared.notebooks) == {"01_clean_the_data", "03_train_qlora"}
-        and recipe.TrainConfig().max_length == declared.default_value
+        and recipe.TrainConfig().max_length == declared.default
     )
     card = job.load_job_card(EXAMPLE.parent / example / "job.yaml")
     kept, _ = data.clean(*data.load_examples(card))
     longest = max(
         sum(map(len, prompts.encode_parts(tokenizer, card, row.text, row.target))) for row in kept.itertuples()
     )
-    assert longest <= declared.default_value
+    assert longest <= declared.default
 
 
 def test_replay_features_supervise_the_base_answers_as_chat_and_as_plain_text(tokenizer):

@@ -46,27 +46,34 @@ def given_parameters(config: str | None, typed: dict) -> dict:
 
 
 def absolute_paths(parameters: dict) -> dict:
-    """Make JOB_CARD (default: the bundled example) and a local BASE_MODEL absolute, since notebooks run inside the run folder."""
-    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
-    from tunebook.core.settings import notebooks_dir
-
+    """Make a given JOB_CARD and a local BASE_MODEL absolute, since notebooks run inside the run folder."""
     resolved = dict(parameters)
-    card = Path(resolved.get("JOB_CARD") or notebooks_dir().parent / "examples" / "support_triage" / "job.yaml")
-    resolved["JOB_CARD"] = str(card.expanduser().resolve())
+    if resolved.get("JOB_CARD"):
+        resolved["JOB_CARD"] = str(Path(resolved["JOB_CARD"]).expanduser().resolve())
     model = resolved.get("BASE_MODEL")
     if isinstance(model, str) and model not in ("", "bundled") and Path(model).expanduser().exists():
         resolved["BASE_MODEL"] = str(Path(model).expanduser().resolve())
     return resolved
 
 
+def with_bundled_card(parameters: dict) -> dict:
+    """The parameters, with JOB_CARD defaulting to the bundled example beside the notebooks (``tunebook run``)."""
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
+    from tunebook.workbook.runner import notebooks_dir
+
+    if parameters.get("JOB_CARD"):
+        return parameters
+    return {**parameters, "JOB_CARD": str(notebooks_dir().parent / "examples" / "support_triage" / "job.yaml")}
+
+
 def _run(args: argparse.Namespace) -> int:
     # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.core.runfolder import RunFolder, Step
-    from tunebook.core.settings import declared_parameters
+    from tunebook.workbook.parameters import declared_parameters
     from tunebook.workbook.runner import NOTEBOOKS, run_workbook
 
     typed = parse_assignments(args.param)
-    parameters = absolute_paths(given_parameters(args.config, typed))
+    parameters = absolute_paths(with_bundled_card(given_parameters(args.config, typed)))
     steps = NOTEBOOKS
     if args.steps:
         wanted = [s.strip() for s in args.steps.split(",")]
@@ -116,23 +123,21 @@ def _step_parameters(step: str, args: argparse.Namespace) -> dict:
     """A step's parameters for running it alone on a run folder: its declared defaults, then --config, then -p."""
     # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.core.runfolder import Step
-    from tunebook.core.settings import check_parameters, declared_parameters
+    from tunebook.core.settings import check_parameters
+    from tunebook.workbook.parameters import SETTINGS, declared_parameters
 
     every = declared_parameters()
-    declared = {k: p for k, p in every.items() if step in p.notebooks and k != "RUN_DIR"}
+    declared = {p.name: p for p in SETTINGS[Step(step)].parameters()}
     # a config file may be a profile of the whole workbook (workshop/profile.yaml): what other notebooks take is
     # theirs; a name no notebook declares, or a -p this step does not take, is still refused
-    config = {k: v for k, v in load_config(args.config).items() if k not in every or step in every[k].notebooks}
-    user = {**config, **parse_assignments(args.param)}
-    given = absolute_paths(user)
-    if "JOB_CARD" not in user and step == Step.DEFINE:
+    config = {k: v for k, v in load_config(args.config).items() if k not in every or k in declared}
+    given = absolute_paths({**config, **parse_assignments(args.param)})
+    if "JOB_CARD" not in given and step == Step.DEFINE:
         raise TunebookError(
             "tunebook define needs the job card: -p JOB_CARD=PATH, the YAML file that defines the job."
         )
-    if "JOB_CARD" not in user:
-        given.pop("JOB_CARD")  # the run folder already holds the job card; a JOB_CARD given here is refused below
     check_parameters(given, declared)
-    return {**{k: p.default_value for k, p in declared.items()}, **given}
+    return {**{k: p.default for k, p in declared.items()}, **given}
 
 
 def _define(args: argparse.Namespace) -> int:
@@ -221,6 +226,17 @@ def _release(args: argparse.Namespace) -> int:
     print(
         f"[tunebook] registered {result.system_variant} ({result.system_kind}) as version {result.version}: {outcome}"
     )
+    return 0
+
+
+def _parameters(args: argparse.Namespace) -> int:
+    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
+    from tunebook.workbook.parameters import parameter_table
+
+    table = parameter_table(args.step)
+    if not table:
+        raise TunebookError(f"no notebook starts with {args.step!r}; name one of 00 to 06, or none for all.")
+    print(table)
     return 0
 
 
@@ -386,7 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("run_dir", help="the run folder")
         command.add_argument("--config", help=f"YAML file of {step} parameters")
         command.add_argument(
-            "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help=f"a {step} parameter (repeatable)"
+            "-p",
+            "--param",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"a {step} parameter (repeatable; `tunebook parameters {step[:2]}` lists them)",
         )
         command.set_defaults(func=function)
         if name == "release":
@@ -408,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a notebook parameter (repeatable)"
     )
     joining.set_defaults(func=_checkpoint)
+    listing_parameters = sub.add_parser(
+        "parameters", help="list each step's parameters: type, default, accepted values and what each does"
+    )
+    listing_parameters.add_argument("step", nargs="?", help="a notebook prefix such as 03 (default: every step)")
+    listing_parameters.set_defaults(func=_parameters)
     prepare = sub.add_parser("prepare-model", help="convert the bundled base model once and cache it")
     prepare.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub id")
     prepare.set_defaults(func=_prepare_model)
@@ -486,7 +512,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
     from tunebook.workbook.workshop import build_checkpoint, profile_path, steps_before
 
     config = args.config or str(profile_path())
-    parameters = absolute_paths(given_parameters(config, parse_assignments(args.param)))
+    parameters = absolute_paths(with_bundled_card(given_parameters(config, parse_assignments(args.param))))
     done = steps_before(args.step)
     print(f"[tunebook] building {args.into}: {', '.join(done)} with {config}", flush=True)
     run_dir = build_checkpoint(args.step, args.into, parameters)

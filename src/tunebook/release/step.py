@@ -25,7 +25,6 @@ from tunebook.core.artifacts import (
     System,
 )
 from tunebook.core.runfolder import STEPS, RunFolder, Step
-from tunebook.core.settings import StepSettings
 from tunebook.errors import TunebookError
 from tunebook.evaluate import step as evaluation
 from tunebook.knowledge import check_fits, read_knowledge
@@ -36,29 +35,7 @@ from tunebook.modeling.system import load_system
 from tunebook.registry import store as registry
 from tunebook.release import gate, publish
 from tunebook.release import serving_checks as release
-
-
-@dataclass
-class ReleaseSettings(StepSettings):
-    """05_release's parameters, checked once (the notebook's parameters cell declares the same names)."""
-
-    base_model: str = "bundled"
-    tracking_uri: str = ""
-    tolerance: float = 0.02
-    alpha: float = 0.05
-    regression_max_increase: float = 0.25
-    parity_examples: int = 32
-    parity_min_agreement: float = 0.95
-    latency_examples: int = 20
-    require_targets: bool = False
-    promote: bool = True
-    eval_batch_size: int = 8
-
-    def __post_init__(self) -> None:
-        self.require_positive("parity_examples", "latency_examples", "eval_batch_size")
-        for name in ("alpha", "parity_min_agreement"):
-            if not 0 < getattr(self, name) <= 1:
-                raise TunebookError(f"{name.upper()} must be in (0, 1], got {getattr(self, name)}.")
+from tunebook.release.settings import ReleaseSettings
 
 
 @dataclass

@@ -55,7 +55,7 @@ from tunebook.train.packing import (
     text_config,
 )
 from tunebook.train.raft import raft_frame
-from tunebook.train.recipe import TrainConfig, config_from_parameters
+from tunebook.train.recipe import TrainConfig, TrainSettings
 
 
 @dataclass
@@ -469,10 +469,9 @@ def train_run_folder(run_dir: str | Path, parameters: dict, callbacks: list[Trai
         )
     card = run.read_job_card()
     splits = run.read_splits()
-    base_model = resolve_base_model(parameters.get("BASE_MODEL", "bundled"))
-    config = config_from_parameters(parameters)
+    settings = TrainSettings.from_parameters(parameters)
+    base_model, config, resume = resolve_base_model(settings.base_model), settings.config(), settings.resume
     dataset_hash = run.read_dataset_version().hash
-    resume = parameters.get("RESUME", True)
 
     def fit(parts: dict[str, pd.DataFrame], out_dir: Path, **extra) -> TrainResult:
         return train_adapter(card, parts, base_model, config, out_dir, dataset_hash, resume=resume, **extra)

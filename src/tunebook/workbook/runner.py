@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -11,18 +12,23 @@ from pathlib import Path
 from tunebook.core.artifacts import RunSummary
 from tunebook.core.runfolder import NOTEBOOKS as NOTEBOOKS_IN_REGISTRY
 from tunebook.core.runfolder import STEPS, RunFolder, Step
-from tunebook.core.settings import (
-    RUNNER_PARAMETERS,
-    Parameter,
-    check_parameters,
-    declared_parameters,
-    notebooks_dir,
-)
+from tunebook.core.settings import RUNNER_PARAMETERS, Parameter, check_parameters
 from tunebook.errors import TunebookError
 from tunebook.registry.store import log_file, open_registry
+from tunebook.workbook.parameters import declared_parameters
 
 NOTEBOOKS = STEPS
 KERNEL_NAME = "tunebook"
+
+
+def notebooks_dir() -> Path:
+    """The workbook's notebooks folder (``TUNEBOOK_NOTEBOOKS`` or the repository's ``notebooks/``)."""
+    folder = Path(os.environ.get("TUNEBOOK_NOTEBOOKS", Path(__file__).resolve().parents[3] / "notebooks"))
+    if not (folder / f"{Step.DEFINE}.ipynb").is_file():
+        raise TunebookError(
+            f"notebooks not found in {folder}; set TUNEBOOK_NOTEBOOKS to the workbook's notebooks folder."
+        )
+    return folder
 
 
 def new_run_dir(runs_dir: str | Path, name: str) -> Path:
@@ -78,7 +84,7 @@ def notebook_relative_defaults(declared: dict[str, Parameter], step: str, folder
     JupyterLab a notebook runs in that folder, under papermill inside the run folder."""
     found = {}
     for name, parameter in declared.items():
-        value = parameter.default_value if step in parameter.notebooks and name not in RUNNER_PARAMETERS else None
+        value = parameter.notebook_default if step in parameter.notebooks and name not in RUNNER_PARAMETERS else None
         if isinstance(value, str) and value.startswith("../") and (folder / value).exists():
             found[name] = str((folder / value).resolve())
     return found
@@ -104,7 +110,7 @@ def run_workbook(
     from papermill.exceptions import PapermillExecutionError
 
     folder = folder or notebooks_dir()
-    declared = declared_parameters(folder)
+    declared = declared_parameters()
     check_parameters(parameters, declared)
     kernel = ensure_kernel()
     run_dir = existing_run_dir(runs_dir, name, steps) if continue_run else new_run_dir(runs_dir, name)

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunebook.core.runfolder import Step
-from tunebook.core.settings import notebooks_dir
 from tunebook.errors import TunebookError
-from tunebook.workbook.runner import NOTEBOOKS, run_workbook
+from tunebook.workbook.runner import NOTEBOOKS, notebooks_dir, run_workbook
 
 
 def profile_path() -> Path:

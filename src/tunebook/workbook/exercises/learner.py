@@ -9,8 +9,8 @@ import json
 import tokenize
 from pathlib import Path
 
-from tunebook.core.settings import notebooks_dir
 from tunebook.errors import TunebookError
+from tunebook.workbook.runner import notebooks_dir
 
 SOLUTION_TAG = "solution"
 EXERCISE_TAG = "exercise"
