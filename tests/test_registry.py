@@ -207,3 +207,25 @@ def test_a_knowledge_update_of_a_released_adapter_is_a_new_release_and_a_repeat_
         publish.refuse_released(store, job, run, system)
     publish.refuse_released(store, job, run, system.model_copy(update={"knowledge": {**docs_1, "version": "docs-2"}}))
     publish.refuse_released(store, job, run, system.model_copy(update={"knowledge": None}))
+
+
+def test_a_release_hashes_its_weights_once_and_checks_again_with_that_identity(store, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from tunebook.core.artifacts import System
+    from tunebook.core.runfolder import RunFolder
+    from tunebook.release import publish
+
+    run = RunFolder(tmp_path / "run")
+    run.adapter_dir.mkdir(parents=True)
+    (run.adapter_dir / "adapter_model.safetensors").write_bytes(b"weights")
+    system = System(kind="adapter", variant="tuned", needs_language_model=True, trained=True)
+    job = SimpleNamespace(name=JOB)
+    identity = publish.refuse_released(store, job, run, system)
+    assert identity == publish.release_identity(run, system)
+
+    def hashed_again(*_):
+        raise AssertionError("the weights were hashed again")
+
+    monkeypatch.setattr(publish, "release_identity", hashed_again)
+    assert publish.refuse_released(store, job, run, system, identity) == identity

@@ -44,6 +44,7 @@ class Evidence:
     parity: dict
     latency: dict
     system: System | None = None  # read from the run folder when not given
+    identity: dict[str, str | None] | None = None  # release_identity, where 05 already computed it
 
     def __post_init__(self) -> None:
         if self.system is None:
@@ -320,9 +321,13 @@ def release_identity(run: RunFolder, system: System) -> dict[str, str | None]:
     return {"adapter_sha256": file_hash(weights), "knowledge_version": knowledge}
 
 
-def refuse_released(registry: Registry, card: JobCard, run: RunFolder, system: System) -> None:
-    """Raise if this run's system is already a version of the job: a registry entry is never overwritten."""
-    existing = find_version(registry, card.name, **release_identity(run, system))
+def refuse_released(
+    registry: Registry, card: JobCard, run: RunFolder, system: System, identity: dict[str, str | None] | None = None
+) -> dict[str, str | None]:
+    """Raise if this run's system is already a version of the job (a registry entry is never overwritten); return its
+    identity (``release_identity``), so a later check can pass it back instead of hashing the weights again."""
+    identity = identity or release_identity(run, system)
+    existing = find_version(registry, card.name, **identity)
     if existing is not None:
         what = "adapter" if system.trained else "system"
         also = " with these documents" if system.knowledge else ""
@@ -330,6 +335,7 @@ def refuse_released(registry: Registry, card: JobCard, run: RunFolder, system: S
             f"this {what}{also} is already version {existing.version} of '{card.name}' in {registry.uri}; a "
             "registry entry is never overwritten. Make a new run to release again."
         )
+    return identity
 
 
 def publish_run(
@@ -341,9 +347,9 @@ def publish_run(
     e, run = evidence, evidence.run
     if run.registered.exists():
         raise TunebookError(f"{run.registered} exists: this run folder was already released. Start a new run.")
-    refuse_released(registry, card, run, e.system)
-    weights = run.trained_weights() if e.system.trained else None
-    adapter_sha, system_sha = (file_hash(weights) if weights else None), system_hash(run)
+    # checked again at the last moment: another process may have registered this system since 05 began
+    identity = refuse_released(registry, card, run, e.system, e.identity)
+    adapter_sha, system_sha = identity.get("adapter_sha256"), system_hash(run)
     run.write_gate(e.gate)
     tags = _tags(card, e, adapter_sha, system_sha)
     params = {

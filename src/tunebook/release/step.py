@@ -56,6 +56,7 @@ class Candidate:
     base_model: str  # resolved, or "" for a system without a language model
     against: ReleaseComparison  # the released system against the best baseline, and the card's targets
     store: registry.Registry
+    identity: dict[str, str | None]  # what makes this release the same as a registered one (publish.release_identity)
 
 
 @dataclass
@@ -73,7 +74,7 @@ def read_candidate(run: RunFolder, settings: ReleaseSettings) -> Candidate:
     released is refused here, before any check runs)."""
     card, system = run.read_job_card(), run.read_system()
     store = registry.open_registry(settings.tracking_uri, workspace=run.root.parent)
-    publish.refuse_released(store, card, run, system)
+    identity = publish.refuse_released(store, card, run, system)
     baseline, tuned = run.read_scores(run.baseline_scores("best")), run.read_scores(run.tuned_scores)
     return Candidate(
         run=run,
@@ -89,6 +90,7 @@ def read_candidate(run: RunFolder, settings: ReleaseSettings) -> Candidate:
         base_model=models.resolve_base_model(settings.base_model) if system.needs_language_model else "",
         against=gate.compare(card, baseline, tuned, "tuned" if system.trained else system.variant),
         store=store,
+        identity=identity,
     )
 
 
@@ -131,7 +133,7 @@ def register(candidate: Candidate, verdict: Gate, parity: dict, speed: dict) -> 
     """The system registered as a new version with its evidence and model card, promoted if the gate passed."""
     c = candidate
     evidence = publish.Evidence(
-        c.run, c.manifest, c.dataset, c.baseline, c.tuned, c.comparison, verdict, parity, speed, c.system
+        c.run, c.manifest, c.dataset, c.baseline, c.tuned, c.comparison, verdict, parity, speed, c.system, c.identity
     )
     return evidence, publish.publish_run(c.store, c.card, evidence, c.settings.promote, c.settings.base_model)
 
