@@ -12,6 +12,7 @@ from conftest import EXAMPLE, tol
 from tunebook import cli
 from tunebook.card import schema as job
 from tunebook.core import lineage
+from tunebook.core.artifacts import Parity
 from tunebook.core.runfolder import RunFolder
 from tunebook.errors import TunebookError
 from tunebook.modeling import predict
@@ -40,7 +41,7 @@ def frame(targets, predictions):
 
 
 CALM = {"change": {"text_loss": 0.05, "instruction_loss": 0.1}}
-MATCHING = {"applicable": True, "n": 10, "agreement": 1.0, "detail": "0 differ"}
+MATCHING = Parity(applicable=True, n=10, agreement=1.0, detail="0 differ")
 
 
 def test_the_gate_passes_an_adapter_no_worse_than_the_reference(card):
@@ -90,7 +91,7 @@ def test_the_gate_names_every_failing_check(card):
         reference,
         "champion v1",
         regression={"change": {"text_loss": 0.1, "instruction_loss": 0.9}},
-        parity_result={**MATCHING, "agreement": 0.8, "detail": "2 differ"},
+        parity_result=MATCHING.model_copy(update={"agreement": 0.8, "detail": "2 differ"}),
     )
     assert verdict.failed == [
         "must_never",
@@ -176,16 +177,16 @@ def test_merged_model_predicts_what_the_adapter_on_its_base_predicts(
     assert not any("lora" in name for name, _ in merged.named_parameters())
     same = release.parity(model, merged, tokenizer, small, examples)
     # LLM.int8 also rounds the activations to 8 bits, which a full-precision merged model does not
-    assert same["applicable"] and same["agreement"] == 1.0 and same["n"] == 12
+    assert same.applicable and same.agreement == 1.0 and same.n == 12
     assert same["max_confidence_difference"] < tol(1e-3 if quantization == "int8" else 1e-4, 0.05)
     plain = predict.load_for_inference(tiny_model)[0]
     assert (
-        release.parity(model, plain, tokenizer, small, examples)["max_confidence_difference"] > 1e-3
+        release.parity(model, plain, tokenizer, small, examples).max_confidence_difference > 1e-3
     )  # the base alone is not the adapter
     if quantization == "nf4":  # merging into the original weights ignores what 4-bit quantization did to them
         naive = release.merged_model(tiny_model, random_adapter, "none")
         # (bfloat16 rounding on a GPU narrows the gap: measured 9.9x there)
-        assert release.parity(model, naive, tokenizer, small, examples)["max_confidence_difference"] > tol(
+        assert release.parity(model, naive, tokenizer, small, examples).max_confidence_difference > tol(
             10, 5
         ) * max(same["max_confidence_difference"], 1e-5)
 
@@ -196,9 +197,9 @@ def test_parity_does_not_apply_to_a_full_fine_tune_and_latency_is_timed_per_exam
     small = job.load_job_card(small_job)
     examples = data.load_examples(small)[0].head(5)
     model, tokenizer = predict.load_for_inference(tiny_model)
-    assert not release.parity(model, None, tokenizer, small, examples)["applicable"]
+    assert not release.parity(model, None, tokenizer, small, examples).applicable
     speed = release.latency(model, tokenizer, small, examples)
-    assert speed["n"] == 5 and 0 < speed["p50_ms"] <= speed["p95_ms"] and speed["device"] == str(model.device)
+    assert speed.n == 5 and 0 < speed.p50_ms <= speed.p95_ms and speed.device == str(model.device)
 
 
 # The release journey through the notebooks (fixture `released` in conftest: a good adapter, then a shuffled-label one).

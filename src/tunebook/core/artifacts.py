@@ -268,6 +268,26 @@ class PairedTest(BaseModel):
         return self.significant and self.fixed > self.broken
 
 
+class Parity(BaseModel):
+    """Does the served form of a system answer as 04 evaluated it? (05's parity probe on test examples.)"""
+
+    applicable: bool  # False for a full fine-tune: nothing to merge, the saved model is what ships
+    n: int
+    agreement: float
+    detail: str
+    differing: list[str] = Field(default_factory=list)  # ids of the examples answered differently
+    max_confidence_difference: float | None = None  # where answers carry a confidence
+
+
+class Latency(BaseModel):
+    """Per-example answer time as a service answers, one request at a time after one warm-up call."""
+
+    n: int
+    p50_ms: float
+    p95_ms: float
+    device: str
+
+
 class Comparison(Artifact):
     """evaluation/comparison.json: what 04 measured beyond the metrics, for the gate and the model card."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from tunebook.card.schema import JobCard
-from tunebook.core.artifacts import Gate, GateCheck, GateSettings, ReleaseComparison, Scores
+from tunebook.core.artifacts import Gate, GateCheck, GateSettings, Parity, ReleaseComparison, Scores
 from tunebook.core.runfolder import RunFolder
 from tunebook.core.tables import frame_hash, read_predictions
 from tunebook.errors import TunebookError
@@ -55,7 +55,7 @@ def gate(
     reference_name: str,
     *,
     regression: dict | None,
-    parity_result: dict | None,
+    parity_result: Parity | None,
     tolerance: float = 0.02,
     alpha: float = 0.05,
     regression_max_increase: float = 0.25,
@@ -176,17 +176,17 @@ def must_improve(registry: Registry, card: JobCard, run: RunFolder, trained: boo
     return current is not None and current.tags.get(TAG + "system_trained") == "false"
 
 
-def _parity_check(parity_result: dict | None, min_agreement: float) -> GateCheck:
-    if parity_result is None:
+def _parity_check(parity: Parity | None, min_agreement: float) -> GateCheck:
+    if parity is None:
         return GateCheck(check="parity", passed=False, blocking=True, detail="parity was not checked")
-    if not parity_result["applicable"]:
-        return GateCheck(check="parity", passed=True, blocking=True, detail=parity_result["detail"])
+    if not parity.applicable:
+        return GateCheck(check="parity", passed=True, blocking=True, detail=parity.detail)
     return GateCheck(
         check="parity",
-        passed=parity_result["agreement"] >= min_agreement,
+        passed=parity.agreement >= min_agreement,
         blocking=True,
-        detail=f"served and evaluated answers agree on {parity_result['agreement']:.1%} of {parity_result['n']} probe "
-        f"examples (need {min_agreement:.0%}); {parity_result['detail']}",
+        detail=f"served and evaluated answers agree on {parity.agreement:.1%} of {parity.n} probe "
+        f"examples (need {min_agreement:.0%}); {parity.detail}",
     )
 
 

@@ -10,8 +10,10 @@ from tunebook.core.artifacts import (
     Comparison,
     DatasetVersion,
     Gate,
+    Latency,
     Lineage,
     Manifest,
+    Parity,
     Registered,
     ReleaseComparison,
     ReleaseRecord,
@@ -41,8 +43,8 @@ class Evidence:
     tuned: Scores
     comparison: Comparison
     gate: Gate
-    parity: dict
-    latency: dict
+    parity: Parity
+    latency: Latency
     system: System | None = None  # read from the run folder when not given
     identity: dict[str, str | None] | None = None  # release_identity, where 05 already computed it
 
@@ -211,9 +213,9 @@ def model_card(card: JobCard, version: str, evidence: Evidence) -> str:
         "",
         "## Serving",
         "",
-        f"- served as evaluated: {e.parity['detail']}",
-        f"- latency per example (one at a time, {e.latency['device']}): p50 {e.latency['p50_ms']:.0f} ms, "
-        f"p95 {e.latency['p95_ms']:.0f} ms over {e.latency['n']} examples",
+        f"- served as evaluated: {e.parity.detail}",
+        f"- latency per example (one at a time, {e.latency.device}): p50 {e.latency.p50_ms:.0f} ms, "
+        f"p95 {e.latency.p95_ms:.0f} ms over {e.latency.n} examples",
         "",
         "## Known failure modes",
         "",
@@ -255,8 +257,8 @@ def _metrics_to_log(e: Evidence) -> dict:
     for key, change in (e.comparison.regression_probe or {}).get("change", {}).items():
         logged[f"general_probe.{key}_change"] = change
     logged["gate.passed"] = float(e.gate.passed)
-    logged["parity.agreement"] = e.parity["agreement"]
-    logged["latency.p50_ms"], logged["latency.p95_ms"] = e.latency["p50_ms"], e.latency["p95_ms"]
+    logged["parity.agreement"] = e.parity.agreement
+    logged["latency.p50_ms"], logged["latency.p95_ms"] = e.latency.p50_ms, e.latency.p95_ms
     return logged
 
 
@@ -301,9 +303,9 @@ def _tags(card: JobCard, e: Evidence, adapter_sha: str | None, system_sha: str) 
         "gate_reference": e.gate.reference,
         "primary": primary,
         "primary_value": f"{e.tuned.as_dict()[primary]:.4f}",
-        "latency_p50_ms": f"{e.latency['p50_ms']:.1f}",
-        "latency_p95_ms": f"{e.latency['p95_ms']:.1f}",
-        "parity_agreement": f"{e.parity['agreement']:.4f}",
+        "latency_p50_ms": f"{e.latency.p50_ms:.1f}",
+        "latency_p95_ms": f"{e.latency.p95_ms:.1f}",
+        "parity_agreement": f"{e.parity.agreement:.4f}",
         "decision_rule": e.comparison.decision_rule or "none (the answers are generated)",
         "baseline_variant": str(e.baseline.variant or ""),
     }
@@ -412,7 +414,7 @@ def recorded_results(comparison: ReleaseComparison, evidence: Evidence, register
         system_kind=e.system.kind,
         system_variant=e.system.variant,
         system_why=e.system.why,
-        parity_agreement=e.parity["agreement"],
-        latency_p50_ms=e.latency["p50_ms"],
-        latency_p95_ms=e.latency["p95_ms"],
+        parity_agreement=e.parity.agreement,
+        latency_p50_ms=e.latency.p50_ms,
+        latency_p95_ms=e.latency.p95_ms,
     )

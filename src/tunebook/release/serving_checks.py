@@ -10,7 +10,7 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunebook.card.schema import JobCard
-from tunebook.core.artifacts import Manifest
+from tunebook.core.artifacts import Latency, Manifest, Parity
 from tunebook.core.lineage import check_adapter_matches
 from tunebook.errors import TunebookError
 from tunebook.modeling.decoding import PromptPrefix
@@ -36,35 +36,37 @@ def parity(
     card: JobCard,
     examples: pd.DataFrame,
     batch_size: int = 8,
-) -> dict:
+) -> Parity:
     """Do the adapter on its base (as evaluated) and the merged model give the same predictions on ``examples``?"""
     if merged is None:
-        return {
-            "applicable": False,
-            "n": 0,
-            "agreement": 1.0,
-            "detail": "a full fine-tune has no adapter to merge: the saved model is what ships",
-        }
+        return Parity(
+            applicable=False,
+            n=0,
+            agreement=1.0,
+            detail="a full fine-tune has no adapter to merge: the saved model is what ships",
+        )
     ours = predict(model, tokenizer, card, examples, batch_size, progress=False)
     theirs = predict(merged, tokenizer, card, examples, batch_size, progress=False)
     same = (ours["prediction"] == theirs["prediction"]).to_numpy()
     detail = f"{int((~same).sum())} differ" + (
         f" ({', '.join(ours.loc[~same, 'id'].astype(str)[:10])})" if (~same).any() else ""
     )
-    result = {
-        "applicable": True,
-        "n": len(examples),
-        "agreement": float(same.mean()) if len(same) else 1.0,
-        "differing": ours.loc[~same, "id"].astype(str).tolist(),
-    }
-    if "confidence" in ours:
-        gap = float((ours["confidence"] - theirs["confidence"]).abs().max())
-        result["max_confidence_difference"] = gap
+    gap = float((ours["confidence"] - theirs["confidence"]).abs().max()) if "confidence" in ours else None
+    if gap is not None:
         detail += f"; largest confidence difference {gap:.4f}"
-    return {**result, "detail": detail}
+    return Parity(
+        applicable=True,
+        n=len(examples),
+        agreement=float(same.mean()) if len(same) else 1.0,
+        detail=detail,
+        differing=ours.loc[~same, "id"].astype(str).tolist(),
+        max_confidence_difference=gap,
+    )
 
 
-def latency(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: JobCard, examples: pd.DataFrame) -> dict:
+def latency(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: JobCard, examples: pd.DataFrame
+) -> Latency:
     """Per-example inference time as a service answers (one example at a time, the system prompt's cache computed
     once beforehand, one warm-up call): p50 and p95 in milliseconds."""
     prefix = PromptPrefix(model, tokenizer, card)
@@ -75,7 +77,7 @@ def latency(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: Jo
     )
 
 
-def _one_at_a_time(answer, examples: pd.DataFrame, device: str) -> dict:
+def _one_at_a_time(answer, examples: pd.DataFrame, device: str) -> Latency:
     """p50 and p95 milliseconds of ``answer`` called on one example at a time, after one warm-up call."""
     if not len(examples):
         raise TunebookError("latency needs at least one example; LATENCY_EXAMPLES must be positive.")
@@ -85,31 +87,31 @@ def _one_at_a_time(answer, examples: pd.DataFrame, device: str) -> dict:
         start = time.perf_counter()
         answer(examples.iloc[i : i + 1])
         times.append((time.perf_counter() - start) * 1000)
-    return {
-        "n": len(times),
-        "p50_ms": float(np.percentile(times, 50)),
-        "p95_ms": float(np.percentile(times, 95)),
-        "device": device,
-    }
+    return Latency(
+        n=len(times),
+        p50_ms=float(np.percentile(times, 50)),
+        p95_ms=float(np.percentile(times, 95)),
+        device=device,
+    )
 
 
-def system_parity(loaded, evaluated: pd.DataFrame, examples: pd.DataFrame, batch_size: int = 8) -> dict:
+def system_parity(loaded, evaluated: pd.DataFrame, examples: pd.DataFrame, batch_size: int = 8) -> Parity:
     """Does the system as served (``LoadedSystem``) answer ``examples`` as 04 scored them (``evaluated``)?"""
     served_answers = loaded.answer(examples, batch_size)
     expected = evaluated.set_index("id").loc[served_answers["id"]].reset_index()
     same = same_answers(served_answers, expected)
     differing = served_answers.loc[~same, "id"].astype(str).tolist()
-    return {
-        "applicable": True,
-        "n": len(examples),
-        "agreement": float(same.mean()) if len(same) else 1.0,
-        "differing": differing,
-        "detail": f"no weights to merge: the served system re-answered {len(examples)} test examples, "
+    return Parity(
+        applicable=True,
+        n=len(examples),
+        agreement=float(same.mean()) if len(same) else 1.0,
+        differing=differing,
+        detail=f"no weights to merge: the served system re-answered {len(examples)} test examples, "
         f"{len(differing)} differ from 04's answers" + (f" ({', '.join(differing[:10])})" if differing else ""),
-    }
+    )
 
 
-def system_latency(loaded, examples: pd.DataFrame) -> dict:
+def system_latency(loaded, examples: pd.DataFrame) -> Latency:
     """Per-example time of a loaded system as a service answers (one example at a time, after one warm-up call):
     p50 and p95 in milliseconds."""
     device = "cpu" if loaded.model is None else str(next(loaded.model.parameters()).device)
@@ -118,7 +120,7 @@ def system_latency(loaded, examples: pd.DataFrame) -> dict:
 
 def serving_checks(
     run, base_model: str, parity_examples: int, latency_examples: int, batch_size: int = 8
-) -> tuple[dict, dict]:
+) -> tuple[Parity, Latency]:
     """05's checks of what ships, for any system: does the served form answer as 04 evaluated it (for an adapter:
     merged against adapter-on-base), and how fast does it answer one request at a time."""
     card, test = run.read_job_card(), run.read_splits()["test"]

@@ -17,7 +17,9 @@ from tunebook.core.artifacts import (
     Comparison,
     DatasetVersion,
     Gate,
+    Latency,
     Manifest,
+    Parity,
     Registered,
     ReleaseComparison,
     ReleaseResults,
@@ -102,13 +104,13 @@ def reference(candidate: Candidate) -> Reference:
     )
 
 
-def check_serving(candidate: Candidate) -> tuple[dict, dict]:
+def check_serving(candidate: Candidate) -> tuple[Parity, Latency]:
     """Parity of the served form with what 04 evaluated, and latency one request at a time."""
     c, s = candidate, candidate.settings
     return release.serving_checks(c.run, c.base_model, s.parity_examples, s.latency_examples, s.eval_batch_size)
 
 
-def gate_candidate(candidate: Candidate, against: Reference, parity: dict) -> Gate:
+def gate_candidate(candidate: Candidate, against: Reference, parity: Parity) -> Gate:
     """Every check that decides promotion, against ``against``, with the step's thresholds."""
     c, s = candidate, candidate.settings
     return gate.gate(
@@ -129,7 +131,9 @@ def gate_candidate(candidate: Candidate, against: Reference, parity: dict) -> Ga
     )
 
 
-def register(candidate: Candidate, verdict: Gate, parity: dict, speed: dict) -> tuple[publish.Evidence, Registered]:
+def register(
+    candidate: Candidate, verdict: Gate, parity: Parity, speed: Latency
+) -> tuple[publish.Evidence, Registered]:
     """The system registered as a new version with its evidence and model card, promoted if the gate passed."""
     c = candidate
     evidence = publish.Evidence(

@@ -456,20 +456,20 @@ def recorded_results(result: TrainResult) -> TrainResults:
 
 
 def train_run_folder(run_dir: str | Path, parameters: dict, callbacks: list[TrainerCallback] = ()) -> TrainResult:
-    """Step 03 on a run folder written by 01_clean_the_data, from 03's parameters (QUANTIZATION, LORA_R, ...).
+    """Step 03 on a run folder written by 01_clean_the_data, from 03's parameters (QUANTIZATION, LORA_R, ...): what
+    ``tunebook train`` runs (also under ``accelerate launch -m tunebook.cli train RUN_DIR`` or torchrun)."""
+    return train_run(RunFolder(Path(run_dir)), TrainSettings.from_parameters(parameters), callbacks)
 
-    The notebook and ``tunebook train`` (also under ``accelerate launch -m tunebook.cli train RUN_DIR`` or torchrun)
-    both call this, so the two ways of training read the same parameters the same way.
-    """
 
-    run = RunFolder(Path(run_dir))
+def train_run(run: RunFolder, settings: TrainSettings, callbacks: list[TrainerCallback] = ()) -> TrainResult:
+    """Step 03 on a run folder written by 01_clean_the_data: the notebook and ``tunebook train`` both end here, so
+    the two ways of training read the same settings the same way."""
     if not run.dataset_version.is_file():
         raise TunebookError(
             f"{run.root} has no {run.relative(run.dataset_version)}: run 00_define_the_job and 01_clean_the_data into it first."
         )
     card = run.read_job_card()
     splits = run.read_splits()
-    settings = TrainSettings.from_parameters(parameters)
     base_model, config, resume = resolve_base_model(settings.base_model), settings.config(), settings.resume
     dataset_hash = run.read_dataset_version().hash
 
