@@ -186,9 +186,9 @@ def test_merged_model_predicts_what_the_adapter_on_its_base_predicts(
     if quantization == "nf4":  # merging into the original weights ignores what 4-bit quantization did to them
         naive = release.merged_model(tiny_model, random_adapter, "none")
         # (bfloat16 rounding on a GPU narrows the gap: measured 9.9x there)
-        assert release.parity(model, naive, tokenizer, small, examples).max_confidence_difference > tol(
-            10, 5
-        ) * max(same["max_confidence_difference"], 1e-5)
+        assert release.parity(model, naive, tokenizer, small, examples).max_confidence_difference > tol(10, 5) * max(
+            same["max_confidence_difference"], 1e-5
+        )
 
 
 def test_parity_does_not_apply_to_a_full_fine_tune_and_latency_is_timed_per_example(tiny_model, small_job):
