@@ -383,6 +383,6 @@ def test_the_overfitting_check_compares_the_adapter_alone_on_training_and_test_e
     probs = predict.choose(model, tokenizer, card, test["text"].tolist(), progress=False)[1]  # as 04 computed them
     found = _overfitting(tuned, card, train, test, EvaluateSettings(train_sample=12), mixed, rule, probs)
     own = metrics.evaluate(card, predict.predict(model, tokenizer, card, test, max_new_tokens=8))
-    assert found["test"] == pytest.approx(own[own["primary"]]) and found["test"] < 1.0
+    assert found.test == pytest.approx(own[own["primary"]]) and found.test < 1.0
     without_rule = _overfitting(tuned, card, train, test, EvaluateSettings(train_sample=12), mixed, None, None)
-    assert without_rule["test"] == 1.0  # with no rule, the test predictions are the adapter's own
+    assert without_rule.test == 1.0  # with no rule, the test predictions are the adapter's own

@@ -24,10 +24,10 @@ def test_probe_set_has_texts_and_instructions():
 
 def test_an_untrained_adapter_changes_nothing(lora_model, tokenizer):
     result = regression.regression_probe(lora_model, tokenizer)
-    assert set(result["base"]) == {"text_loss", "instruction_loss"} and all(
-        math.isfinite(v) for v in result["base"].values()
+    assert set(result.base) == {"text_loss", "instruction_loss"} and all(
+        math.isfinite(v) for v in result.base.values()
     )
-    assert all(abs(v) < 1e-5 for v in result["change"].values()) and not result["regressed"]
+    assert all(abs(v) < 1e-5 for v in result.change.values()) and not result.regressed
 
 
 @pytest.mark.filterwarnings(
@@ -43,8 +43,8 @@ def test_a_damaging_adapter_is_flagged(tiny_model, tokenizer):
             if "lora_" in name and "lm_head" in name:
                 parameter.normal_(0, 0.1)
     result = regression.regression_probe(model, tokenizer, max_increase=0.25)
-    assert result["regressed"] and "general behaviour regressed" in result["warning"]
-    assert max(result["change"].values()) > 0.25
+    assert result.regressed and "general behaviour regressed" in result.warning
+    assert max(result.change.values()) > 0.25 and result.change[result.worst] == max(result.change.values())
 
 
 def test_a_full_fine_tune_needs_the_base_passed(tiny_model, tokenizer):
@@ -52,4 +52,4 @@ def test_a_full_fine_tune_needs_the_base_passed(tiny_model, tokenizer):
     with pytest.raises(TunebookError, match="pass the base model"):
         regression.regression_probe(full, tokenizer)
     base = train.prepare_model(tiny_model, fast(method="full", quantization="none"))
-    assert not regression.regression_probe(full, tokenizer, base=base)["regressed"]
+    assert not regression.regression_probe(full, tokenizer, base=base).regressed

@@ -12,7 +12,7 @@ from conftest import EXAMPLE, tol
 from tunebook import cli
 from tunebook.card import schema as job
 from tunebook.core import lineage
-from tunebook.core.artifacts import Parity
+from tunebook.core.artifacts import GeneralProbe, Parity
 from tunebook.core.runfolder import RunFolder
 from tunebook.errors import TunebookError
 from tunebook.modeling import predict
@@ -40,7 +40,14 @@ def frame(targets, predictions):
     )
 
 
-CALM = {"change": {"text_loss": 0.05, "instruction_loss": 0.1}}
+CALM = GeneralProbe(
+    base={"text_loss": 3.0, "instruction_loss": 2.0},
+    tuned={"text_loss": 3.05, "instruction_loss": 2.1},
+    change={"text_loss": 0.05, "instruction_loss": 0.1},
+    max_increase=0.25,
+    regressed=False,
+    warning=None,
+)
 MATCHING = Parity(applicable=True, n=10, agreement=1.0, detail="0 differ")
 
 
@@ -90,7 +97,7 @@ def test_the_gate_names_every_failing_check(card):
         worse,
         reference,
         "champion v1",
-        regression={"change": {"text_loss": 0.1, "instruction_loss": 0.9}},
+        regression=CALM.model_copy(update={"change": {"text_loss": 0.1, "instruction_loss": 0.9}}),
         parity_result=MATCHING.model_copy(update={"agreement": 0.8, "detail": "2 differ"}),
     )
     assert verdict.failed == [

@@ -106,9 +106,9 @@ def test_valid_label_rate(card):
 def test_overfitting_warns_past_the_gap(card):
     truth = card.label_names * 2
     memorised = stats.overfitting(card, frame(truth, truth), frame(truth, [card.label_names[0]] * len(truth)))
-    assert memorised["gap"] == pytest.approx(memorised["train"] - memorised["test"]) and memorised["gap"] > 0.5
-    assert memorised["metric"] == "macro_f1" and "memorised" in memorised["warning"]
-    assert stats.overfitting(card, frame(truth, truth), frame(truth, truth))["warning"] is None
+    assert memorised.gap == pytest.approx(memorised.train - memorised.test) and memorised.gap > 0.5
+    assert memorised.metric == "macro_f1" and "memorised" in memorised.warning
+    assert stats.overfitting(card, frame(truth, truth), frame(truth, truth)).warning is None
 
 
 def test_abstain_threshold_keeps_the_most_examples_that_meet_the_accuracy(card):

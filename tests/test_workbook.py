@@ -82,12 +82,12 @@ def test_recorded_results_match_the_artifacts(finished_run, tiny_model):
         progress=False,
         max_new_tokens=adapter.answer_budget,
     )
-    assert comparison.overfitting["metric"] == "macro_f1" and comparison.overfitting["test"] == pytest.approx(
+    assert comparison.overfitting.metric == "macro_f1" and comparison.overfitting.test == pytest.approx(
         metrics.evaluate(run.read_job_card(), alone)["macro_f1"]
     )
     assert set(comparison.calibration) == {"validation", "test"} and run.figure("reliability").is_file()
-    assert set(comparison.regression_probe["change"]) == {"text_loss", "instruction_loss"}
-    assert results["04_evaluate"].general_regression == comparison.regression_probe["regressed"]
+    assert set(comparison.regression_probe.change) == {"text_loss", "instruction_loss"}
+    assert results["04_evaluate"].general_regression == comparison.regression_probe.regressed
     tradeoff = pd.read_csv(run.method_tradeoff, index_col="method")
     assert list(tradeoff.index) == ["nf4", "int8", "none", "full"] and (tradeoff["seconds_per_step"] > 0).all()
     sent = pd.read_csv(TRAFFIC / "in_distribution.csv").head(16)["id"]

@@ -268,6 +268,32 @@ class PairedTest(BaseModel):
         return self.significant and self.fixed > self.broken
 
 
+class GeneralProbe(BaseModel):
+    """04's general-behaviour probe: nats per token on general text and instructions, before and after training."""
+
+    base: dict[str, float]
+    tuned: dict[str, float]
+    change: dict[str, float]  # tuned minus base, per probe
+    max_increase: float
+    regressed: bool
+    warning: str | None
+
+    @property
+    def worst(self) -> str:
+        """The probe whose loss rose most."""
+        return max(self.change, key=self.change.get)
+
+
+class Overfitting(BaseModel):
+    """The primary metric on (a sample of) the training split beside the test split, warned on past the gap."""
+
+    metric: str
+    train: float
+    test: float
+    gap: float
+    warning: str | None
+
+
 class Parity(BaseModel):
     """Does the served form of a system answer as 04 evaluated it? (05's parity probe on test examples.)"""
 
@@ -298,9 +324,9 @@ class Comparison(Artifact):
     prompting_variant: str
     decision_rule: str | None
     usable_output_rate: dict[str, float | None]
-    overfitting: dict[str, Any] | None
+    overfitting: Overfitting | None
     calibration: dict[str, Any] | None
-    regression_probe: dict[str, Any] | None
+    regression_probe: GeneralProbe | None
     slices: dict[str, Any]
     system: dict[str, Any] | None = None  # what was evaluated (System), and how its answers agree with 02's
     mcnemar_trivial: PairedTest | None = None

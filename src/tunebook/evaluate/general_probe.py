@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tunebook.core.artifacts import GeneralProbe
 from tunebook.errors import TunebookError
 from tunebook.modeling.prompts import IGNORE_INDEX, encode_prompt, encode_target
 
@@ -79,11 +80,11 @@ def regression_probe(
             f"({before[worst]:.3f} -> {tuned[worst]:.3f}; threshold {max_increase}). The adapter may have over-written "
             "general skills: fewer epochs, a lower learning rate or rank, or mixing general examples into training help."
         )
-    return {
-        "base": before,
-        "tuned": tuned,
-        "change": change,
-        "max_increase": max_increase,
-        "regressed": warning is not None,
-        "warning": warning,
-    }
+    return GeneralProbe(
+        base=before,
+        tuned=tuned,
+        change=change,
+        max_increase=max_increase,
+        regressed=warning is not None,
+        warning=warning,
+    )

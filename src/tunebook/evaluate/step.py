@@ -85,9 +85,9 @@ class Evaluation:
     usable: dict[str, float | None]
     sliced: dict[str, pd.DataFrame]
     flipped: pd.DataFrame
-    overfit: dict | None
+    overfit: artifacts.Overfitting | None
     calibration: dict | None
-    general: dict | None  # None where no weights were trained
+    general: artifacts.GeneralProbe | None  # None where no weights were trained
     system: artifacts.System | None = None  # the evaluated system when it is not a trained model
     answer_budget: int | None = None
     agreement_with_baseline_step: float | None = None
@@ -143,7 +143,7 @@ class Evaluation:
             beats_baseline=paired.better,
             mcnemar_prompting_p_value=self.paired_prompting.p_value,
             usable_output_rate=self.usable["tuned"],
-            general_regression=None if self.general is None else self.general["regressed"],
+            general_regression=None if self.general is None else self.general.regressed,
             system_kind=self.system.kind if self.system is not None else "adapter",
             system_variant=self.system.variant if self.system is not None else "tuned",
             mcnemar_trivial_p_value=None if self.paired_trivial is None else self.paired_trivial.p_value,
@@ -349,7 +349,7 @@ def _overfitting(
     tuned: pd.DataFrame,
     rule: decide.DecisionRule | None,
     test_probs: np.ndarray | None,
-) -> dict | None:
+) -> artifacts.Overfitting | None:
     """The adapter's own primary metric (no decision rule, no mixture) on a sample of training examples and on the
     test split, with a warning past the gap; None when TRAIN_SAMPLE is 0. A rule that mixes in the classical model
     would compare a memorising classifier on its own training rows, or hide a memorising adapter behind it. On test
@@ -378,7 +378,7 @@ def _calibration(card: JobCard, tuned_val: pd.DataFrame, tuned: pd.DataFrame) ->
     return {"validation": chosen, "test": stats.apply_threshold(tuned, chosen["threshold"])}
 
 
-def _general_probe(tuned_model: TunedModel, max_increase: float) -> dict:
+def _general_probe(tuned_model: TunedModel, max_increase: float) -> artifacts.GeneralProbe:
     """Loss on general text and instructions, tuned against base (a fully fine-tuned model needs the base loaded)."""
     full = tuned_model.manifest.full_fine_tune
     base_only = predict.load_for_inference(tuned_model.base_model)[0] if full else None

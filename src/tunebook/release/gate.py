@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from tunebook.card.schema import JobCard
-from tunebook.core.artifacts import Gate, GateCheck, GateSettings, Parity, ReleaseComparison, Scores
+from tunebook.core.artifacts import Gate, GateCheck, GateSettings, GeneralProbe, Parity, ReleaseComparison, Scores
 from tunebook.core.runfolder import RunFolder
 from tunebook.core.tables import frame_hash, read_predictions
 from tunebook.errors import TunebookError
@@ -54,7 +54,7 @@ def gate(
     reference: pd.DataFrame,
     reference_name: str,
     *,
-    regression: dict | None,
+    regression: GeneralProbe | None,
     parity_result: Parity | None,
     tolerance: float = 0.02,
     alpha: float = 0.05,
@@ -129,7 +129,7 @@ def _drop_checks(drops: pd.DataFrame) -> list[GateCheck]:
     ]
 
 
-def _regression_check(regression: dict | None, max_increase: float) -> GateCheck:
+def _regression_check(regression: GeneralProbe | None, max_increase: float) -> GateCheck:
     if regression is None:
         return GateCheck(
             check="general_regression",
@@ -137,8 +137,8 @@ def _regression_check(regression: dict | None, max_increase: float) -> GateCheck
             blocking=True,
             detail="no general-behaviour probe: run 04_evaluate",
         )
-    worst = max(regression["change"], key=regression["change"].get)
-    rise = regression["change"][worst]
+    worst = regression.worst
+    rise = regression.change[worst]
     return GateCheck(
         check="general_regression",
         passed=rise <= max_increase,

@@ -123,8 +123,8 @@ def _failure_modes(e: Evidence) -> list[str]:
         broken = comparison.mcnemar.broken
         failures.append(f"- {broken} test example(s) the best baseline got right and this version gets wrong")
     for prefix, found in (("general behaviour: ", comparison.regression_probe), ("", comparison.overfitting)):
-        if found and found.get("warning"):
-            failures.append(f"- {prefix}{found['warning']}")
+        if found and found.warning:
+            failures.append(f"- {prefix}{found.warning}")
     calibration = comparison.calibration
     if calibration and calibration["validation"].get("threshold") is not None:
         kept = calibration["test"]
@@ -254,7 +254,7 @@ def _metrics_to_log(e: Evidence) -> dict:
         logged[f"test.{key}.low"], logged[f"test.{key}.high"] = band["low"], band["high"]
     if e.comparison.mcnemar is not None:
         logged["mcnemar_p_value"] = e.comparison.mcnemar.p_value
-    for key, change in (e.comparison.regression_probe or {}).get("change", {}).items():
+    for key, change in (e.comparison.regression_probe.change if e.comparison.regression_probe else {}).items():
         logged[f"general_probe.{key}_change"] = change
     logged["gate.passed"] = float(e.gate.passed)
     logged["parity.agreement"] = e.parity.agreement

@@ -10,7 +10,7 @@ from scipy.stats import binomtest
 
 from tunebook.card.schema import JobCard
 from tunebook.card.tasks import task_of
-from tunebook.core.artifacts import PairedTest
+from tunebook.core.artifacts import Overfitting, PairedTest
 from tunebook.errors import TunebookError
 from tunebook.scoring.metrics import evaluate
 
@@ -215,7 +215,7 @@ def valid_output_rate(card: JobCard, predictions: pd.DataFrame) -> float:
 
 def overfitting(
     card: JobCard, train_predictions: pd.DataFrame, test_predictions: pd.DataFrame, max_gap: float = 0.15
-) -> dict:
+) -> Overfitting:
     """The primary metric on (a sample of) the train split and on the test split, with a warning past ``max_gap``."""
     train_scores, test_scores = evaluate(card, train_predictions), evaluate(card, test_predictions)
     primary = test_scores["primary"]
@@ -227,13 +227,9 @@ def overfitting(
             f"(gap {gap:.3f} > {max_gap}): the adapter memorised its training data. Train for fewer epochs, lower the "
             "learning rate or the rank, or add examples."
         )
-    return {
-        "metric": primary,
-        "train": train_scores[primary],
-        "test": test_scores[primary],
-        "gap": gap,
-        "warning": warning,
-    }
+    return Overfitting(
+        metric=primary, train=train_scores[primary], test=test_scores[primary], gap=gap, warning=warning
+    )
 
 
 def reliability_table(predictions: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
