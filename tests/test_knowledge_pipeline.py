@@ -199,7 +199,7 @@ def test_a_new_knowledge_version_is_a_release_of_its_own_and_can_be_rolled_back(
     if not second.read_results("05_release").promoted:
         registration.promote(store, "help_centre", 2, force=True, reason="rolled back next")
     assert str(registry.champion(store, "help_centre").version) == "2"
-    assert registration.rollback(store, "help_centre")["champion"] == "1"
+    assert registration.rollback(store, "help_centre").champion == "1"
     assert str(registry.champion(store, "help_centre").version) == "1"
 
 

@@ -263,7 +263,7 @@ def test_a_challenger_runs_in_shadow_and_promotion_can_require_a_quiet_window(
             registration.promote(store, "support_triage", 2, force=True, reason="x", require_shadow=True)
     else:
         done = registration.promote(store, "support_triage", 2, force=True, reason="x", require_shadow=True)
-        assert done["champion"] == "2"
+        assert done.champion == "2"
 
 
 def test_labelled_traffic_goes_back_to_the_data_and_01_compares_them(triage, tiny_model, tmp_path):

@@ -54,9 +54,14 @@ def test_default_store_is_a_sqlite_file_in_the_workspace(tmp_path, monkeypatch):
 def test_first_release_becomes_champion_and_later_ones_challenger_until_promoted(store, tmp_path):
     assert registry.champion(store, JOB) is None and registry.versions(store, JOB).empty
     first = release(store, tmp_path, "run-1")
-    assert first == {**first, "version": "1", "promoted": True, "previous_champion": None}
+    assert (first.version, first.promoted, first.previous_champion, first.model) == (
+        "1",
+        True,
+        None,
+        registry.model_name(JOB),
+    )
     second = release(store, tmp_path, "run-2", passed=False)
-    assert second["version"] == "2" and not second["promoted"]
+    assert second.version == "2" and not second.promoted
     assert registry.aliases(store, JOB) == {"champion": "1", "challenger": "2"}
     table = registry.versions(store, JOB)
     assert (
@@ -84,7 +89,7 @@ def test_a_version_that_failed_its_gate_is_promoted_only_with_force_and_a_reason
     with pytest.raises(TunebookError, match="reason"):
         registration.promote(store, JOB, 2, force=True)
     done = registration.promote(store, JOB, 2, force=True, reason="hotfix approved by the support lead")
-    assert done == {"model": JOB, "champion": "2", "previous_champion": "1"}
+    assert done == registration.ChampionChange(model=JOB, champion="2", replaced="1")
     assert registry.get_version(store, JOB, 2).tags["tunebook.forced"] == "hotfix approved by the support lead"
     with pytest.raises(TunebookError, match="no version 7.*versions: 1, 2"):
         registration.promote(store, JOB, 7)
@@ -95,9 +100,9 @@ def test_rollback_restores_the_earlier_champion_in_one_call(store, tmp_path):
     release(store, tmp_path, "run-2")
     release(store, tmp_path, "run-3")
     assert str(registry.champion(store, JOB).version) == "3"
-    assert registration.rollback(store, JOB) == {"model": JOB, "champion": "2", "rolled_back": "3"}
+    assert registration.rollback(store, JOB) == registration.ChampionChange(model=JOB, champion="2", replaced="3")
     assert str(registry.champion(store, JOB).version) == "2"
-    assert registration.rollback(store, JOB)["champion"] == "1"
+    assert registration.rollback(store, JOB).champion == "1"
     with pytest.raises(TunebookError, match="first champion"):
         registration.rollback(store, JOB)
     assert len(registry.versions(store, JOB)) == 3  # rolled-back versions stay registered
@@ -162,7 +167,7 @@ def test_a_failing_first_release_leaves_no_registered_model(store, tmp_path):
 
 def _release_many(workspace: str, tmp: str, worker: int, count: int) -> list[str]:
     store = registry.open_registry(workspace=workspace)
-    return [release(store, Path(tmp), f"w{worker}-{i}", promote=False)["version"] for i in range(count)]
+    return [release(store, Path(tmp), f"w{worker}-{i}", promote=False).version for i in range(count)]
 
 
 def test_two_runs_at_once_do_not_corrupt_the_registry(tmp_path, monkeypatch):

@@ -305,9 +305,7 @@ def _promote(args: argparse.Namespace) -> int:
     from tunebook.registry.register import promote
 
     done = promote(_store(args), args.job, args.version, args.force, args.reason, args.require_shadow)
-    print(
-        f"[tunebook] '{done['model']}' champion: version {done['champion']} (was {done['previous_champion'] or 'none'})"
-    )
+    print(f"[tunebook] '{done.model}' champion: version {done.champion} (was {done.replaced or 'none'})")
     return 0
 
 
@@ -316,9 +314,7 @@ def _rollback(args: argparse.Namespace) -> int:
     from tunebook.registry.register import rollback
 
     done = rollback(_store(args), args.job)
-    print(
-        f"[tunebook] '{done['model']}' champion rolled back from version {done['rolled_back']} to version {done['champion']}"
-    )
+    print(f"[tunebook] '{done.model}' champion rolled back from version {done.replaced} to version {done.champion}")
     return 0
 
 

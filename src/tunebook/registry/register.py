@@ -10,6 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from tunebook.core.artifacts import Registered
 from tunebook.core.runfolder import MODEL_CARD
 from tunebook.errors import TunebookError
 from tunebook.registry.store import (
@@ -50,7 +53,7 @@ def register_version(
     expected_champion: str | None,
     datasets: dict[str, dict] | None = None,
     model_folder: Callable[[str, Path], Path] | None = None,
-) -> dict:
+) -> Registered:
     """Log a tracking run (params, metrics, artifacts), register its model as a new version with the `challenger`
     alias and, if ``promote``, make it `champion` too; all of it or, on any failure, none of it in the registry.
 
@@ -118,7 +121,7 @@ def register_version(
             client.set_terminated(run_id, "FAILED")
             raise
         client.set_terminated(run_id, "FINISHED")
-    return {**result, "run_id": run_id, "tracking_uri": registry.uri, "model": name}
+    return Registered(**result, run_id=run_id, tracking_uri=registry.uri, model=name)
 
 
 def _register(
@@ -131,7 +134,7 @@ def _register(
     promote: bool,
     expected_champion: str | None,
     log_model: Callable[[str], None],
-) -> dict:
+) -> dict[str, str | bool | None]:
     """Create the version, log its model and move the aliases; undo every change if a step fails (caller holds the
     lock)."""
     # deferred: MLflow takes seconds to import; only registry work loads it
@@ -204,6 +207,14 @@ def _move_champion(registry: Registry, name: str, version: str, expected: str | 
     client.set_registered_model_alias(name, CHAMPION, version)
 
 
+class ChampionChange(BaseModel):
+    """A move of a job's `champion` alias: the registered model, the version now champion, and the one it replaced."""
+
+    model: str
+    champion: str
+    replaced: str | None  # None: the job had no champion before
+
+
 def promote(
     registry: Registry,
     job: str,
@@ -211,7 +222,7 @@ def promote(
     force: bool = False,
     reason: str = "",
     require_shadow: bool = False,
-) -> dict:
+) -> ChampionChange:
     """Make an already registered version the champion. A version that failed its gate needs ``force`` and a
     ``reason``; with ``require_shadow``, only a version whose shadow window raised no alert is promoted."""
     name, version = model_name(job), str(version)
@@ -234,10 +245,10 @@ def promote(
         _move_champion(registry, name, version, previous)
         if overridden:
             registry.client.set_model_version_tag(name, version, TAG + "forced", reason.strip())
-    return {"model": name, "champion": version, "previous_champion": previous}
+    return ChampionChange(model=name, champion=version, replaced=previous)
 
 
-def rollback(registry: Registry, job: str) -> dict:
+def rollback(registry: Registry, job: str) -> ChampionChange:
     """Move `champion` back to the version it replaced; the rolled-back version stays registered (as history)."""
     name = model_name(job)
     with registry.locked():
@@ -254,4 +265,4 @@ def rollback(registry: Registry, job: str) -> dict:
             name, current.version, TAG + "rolled_back_at", time.strftime("%Y-%m-%dT%H:%M:%S%z")
         )
         client.set_registered_model_alias(name, CHAMPION, previous)
-    return {"model": name, "champion": previous, "rolled_back": str(current.version)}
+    return ChampionChange(model=name, champion=previous, replaced=str(current.version))

@@ -377,7 +377,7 @@ def publish_run(
         }
         for split, part in e.dataset.splits.items()
     }
-    result = register_version(
+    registered = register_version(
         registry,
         card.name,
         run.root.name,
@@ -392,7 +392,6 @@ def publish_run(
         datasets,
         lambda version, scratch: pyfunc.save_model(run, scratch / MODEL_ARTIFACT, card.name, version, base_model),
     )
-    registered = Registered.model_validate(result)
     run.write_registered(registered)
     return registered
 
