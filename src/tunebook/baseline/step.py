@@ -12,7 +12,7 @@ import pandas as pd
 
 from tunebook.baseline import variants as baselines
 from tunebook.baseline.settings import BaselineSettings
-from tunebook.core.runfolder import RunFolder
+from tunebook.core.runfolder import RunFolder, Step
 from tunebook.errors import TunebookError
 from tunebook.knowledge.context import KnowledgeIndex
 from tunebook.knowledge.measure import choose_retriever, compare_retrievers
@@ -158,13 +158,13 @@ def save_proof(run: RunFolder, proof: Proof) -> None:
     if proof.retrieval is not None:
         results.retrieval = proof.retrieval.record()
         run.retrieval_report.write_text(json.dumps(results.retrieval, indent=2) + "\n", encoding="utf-8")
-    run.write_results("02_prove_the_baseline", results)
+    run.write_results(Step.BASELINE, results)
 
 
 def prove_run_folder(run_dir: str | Path, parameters: dict) -> Proof:
     """All of 02_prove_the_baseline without the notebook: load the base model, run the variants, save."""
     run, settings = RunFolder(Path(run_dir)), BaselineSettings.from_parameters(parameters)
-    if run.results_file("02_prove_the_baseline").exists():
+    if run.results_file(Step.BASELINE).exists():
         raise TunebookError(
             f"{run.root} already holds a baseline; it is never overwritten. Use a copy of the run folder without "
             "its baseline folder and results/02_prove_the_baseline.json."

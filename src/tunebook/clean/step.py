@@ -13,7 +13,7 @@ from tunebook.clean import audit
 from tunebook.clean.settings import CleanSettings
 from tunebook.clean.traffic import traffic_difference
 from tunebook.core import artifacts, tables
-from tunebook.core.runfolder import RunFolder
+from tunebook.core.runfolder import RunFolder, Step
 from tunebook.data import examples as data
 from tunebook.data import splits as dataset
 from tunebook.errors import DataError, TunebookError
@@ -187,7 +187,7 @@ def split_and_version(run: RunFolder, audited: Audited, settings: CleanSettings)
         run.data_card, card, version, found, removed, audited.skipped, review, len(cross_split)
     )
     cleaned = Cleaned(splits, version, removed, near_removed, test_findings, leaked, cross_split, review, data_card)
-    run.write_results("01_clean_the_data", recorded_results(audited, cleaned))
+    run.write_results(Step.CLEAN, recorded_results(audited, cleaned))
     return cleaned
 
 

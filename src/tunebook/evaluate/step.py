@@ -398,7 +398,7 @@ def save_evaluation(run: RunFolder, evaluation: Evaluation) -> None:
     run.write_predictions(evaluation.tuned, run.tuned_predictions)
     run.write_scores(run.tuned_scores, evaluation.scores)
     run.write_comparison(evaluation.comparison())
-    run.write_results("04_evaluate", evaluation.results())
+    run.write_results(Step.EVALUATE, evaluation.results())
 
 
 def evaluate_run_folder(run_dir: str | Path, parameters: dict) -> Evaluation:

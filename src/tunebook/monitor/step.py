@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from tunebook.card.schema import JobCard
 from tunebook.core import plots
 from tunebook.core.artifacts import MonitorResults
-from tunebook.core.runfolder import MonitorFolder, RunFolder
+from tunebook.core.runfolder import MonitorFolder, RunFolder, Step
 from tunebook.data.examples import load_table
 from tunebook.errors import DataError
 from tunebook.monitor import signals as monitor
@@ -88,7 +88,7 @@ def monitor_run_folder(run: RunFolder, settings: MonitorSettings) -> tuple[Monit
         written = MonitorFolder(run.monitoring_dir / f"pass-{time.strftime('%Y%m%d-%H%M%S')}")
         verdict = watch(store, card.name, log, written.root, labels, version, settings.rollback_on_alert)
     run.write_results(
-        "06_monitor",
+        Step.MONITOR,
         MonitorResults(
             version=verdict.version,
             logged=verdict.logged,
