@@ -20,7 +20,7 @@ from tunebook.workbook.exercises.baseline import (
     check_escalations_missed,
     check_why_choose_on_validation,
 )
-from tunebook.workbook.exercises.checking import Feedback, _exercise
+from tunebook.workbook.exercises.checking import Feedback, exercise
 from tunebook.workbook.exercises.clean import (
     check_conflict_policy,
     check_cross_split_near_duplicates,
@@ -60,7 +60,7 @@ from tunebook.workbook.exercises.train import check_lora_rank_doubled, check_lor
 
 __all__ = [
     "Feedback",
-    "_exercise",
+    "exercise",
     "check_costliest_mistake",
     "check_frame_if_prompting_suffices",
     "check_targets_with_one_must_never",

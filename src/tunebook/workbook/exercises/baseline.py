@@ -7,25 +7,25 @@ from typing import Any
 from tunebook.core.runfolder import RunFolder, Step
 from tunebook.workbook.exercises.checking import (
     Feedback,
-    _exercise,
-    _not_applicable,
-    _number,
-    _same_number,
-    _text,
+    as_number,
+    as_text,
+    exercise,
+    not_applicable,
+    same_number,
 )
 
 
-@_exercise('the name of a variant, e.g. "zero-shot".')
+@exercise('the name of a variant, e.g. "zero-shot".')
 def check_chosen_variant(answer: Any, run: RunFolder) -> Feedback:
     """The baseline variant chosen on the validation split."""
     best = run.read_variants().best
     figures = run.read_results(Step.BASELINE).variants
-    said = _text(answer)
-    names = {_text(name): name for name in figures}
+    said = as_text(answer)
+    names = {as_text(name): name for name in figures}
     if said not in names:
         return Feedback(False, f"name one of the variants: {', '.join(figures)}.")
     chosen = figures[best]
-    if said == _text(best):
+    if said == as_text(best):
         return Feedback(
             True,
             f"`{best}` scored best on validation ({chosen.val}); its test score ({chosen.test}) is "
@@ -46,13 +46,13 @@ WHY_VALIDATION = {  # the options printed in 02's exercise
 }
 
 
-@_exercise('one letter, "a" to "d".')
+@exercise('one letter, "a" to "d".')
 def check_why_choose_on_validation(answer: Any, run: RunFolder) -> Feedback:
     """Why the variant is chosen on validation and test is only reported, with this run's figures as evidence."""
     figures = {
         n: f for n, f in run.read_results(Step.BASELINE).variants.items() if f.val is not None and f.test is not None
     }
-    said = _text(answer)
+    said = as_text(answer)
     if said not in WHY_VALIDATION:
         return Feedback(False, 'answer with one letter, "a" to "d".')
     if said != "b":
@@ -71,7 +71,7 @@ def check_why_choose_on_validation(answer: Any, run: RunFolder) -> Feedback:
     )
 
 
-@_exercise("a number: true-escalate tickets the best baseline sent elsewhere.")
+@exercise("a number: true-escalate tickets the best baseline sent elsewhere.")
 def check_escalations_missed(answer: Any, run: RunFolder) -> Feedback:
     """How many tickets of the guarded label (escalate) the best baseline routed elsewhere on test."""
     card = run.read_job_card()
@@ -81,23 +81,23 @@ def check_escalations_missed(answer: Any, run: RunFolder) -> Feedback:
     scores = run.read_scores(run.baseline_scores())
     matrix = getattr(scores, "confusion_matrix", None)
     if not card.choices or guarded is None or matrix is None or guarded not in matrix["labels"]:
-        return _not_applicable("the job has no guarded label, or no confusion matrix")
+        return not_applicable("the job has no guarded label, or no confusion matrix")
     labels, rows = matrix["labels"], matrix["matrix"]
     i = labels.index(guarded)
     truth = sum(rows[i]) - rows[i][i]
-    said = _number(answer)
+    said = as_number(answer)
     if said is None:
         return Feedback(False, "answer with a number.")
-    if _same_number(said, truth):
+    if same_number(said, truth):
         return Feedback(
             True,
             f"{truth} of {sum(rows[i])} `{guarded}` tickets went to another team; each is a "
             f"must-never failure (the best baseline has {scores.must_never_failures}, the card allows "
             f"{card.targets.must_never_failures}).",
         )
-    if _same_number(said, rows[i][i]):
+    if same_number(said, rows[i][i]):
         return Feedback(False, "that is the diagonal cell: the ones it got right. Count the rest of that row.")
-    if _same_number(said, sum(r[i] for r in rows) - rows[i][i]):
+    if same_number(said, sum(r[i] for r in rows) - rows[i][i]):
         return Feedback(
             False, f"that is the `{guarded}` column: tickets wrongly *sent* to {guarded}. Rows are the true labels."
         )

@@ -40,7 +40,7 @@ class Feedback:
 Check = Callable[..., Feedback]
 
 
-def _exercise(hint: str) -> Callable[[Check], Check]:
+def exercise(hint: str) -> Callable[[Check], Check]:
     """Wrap a check: an unanswered ``...`` gets the hint; a run folder that lacks an artifact says which step to run."""
 
     def wrap(check: Check) -> Check:
@@ -62,23 +62,23 @@ def _exercise(hint: str) -> Callable[[Check], Check]:
 # ---- reading answers
 
 
-def _text(value: Any) -> str | None:
+def as_text(value: Any) -> str | None:
     """A word answer normalised (case, spaces, '_' and '-'), or None if it is not text."""
     if not isinstance(value, str):
         return None
     return " ".join(value.replace("_", " ").replace("-", " ").lower().split())
 
 
-def _bool(value: Any) -> bool | None:
+def as_bool(value: Any) -> bool | None:
     """A yes/no answer (True, False, "yes", "no"), or None if it is neither."""
     if type(value).__name__ == "bool_":
         value = bool(value)  # numpy's
     if isinstance(value, bool):
         return value
-    return {"yes": True, "true": True, "no": False, "false": False}.get(_text(value) or "")
+    return {"yes": True, "true": True, "no": False, "false": False}.get(as_text(value) or "")
 
 
-def _number(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
     """A numeric answer (a number, or text that is one), or None."""
     if isinstance(value, bool):
         return None
@@ -90,18 +90,18 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _names(value: Any) -> set[str] | None:
+def as_names(value: Any) -> set[str] | None:
     """A list of names (a list, tuple or set of text; one text; None or [] for none), normalised, or None."""
     if value is None:
         return set()
     if isinstance(value, str):
         value = [value] if value.strip() else []
     if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
-        return {_text(v) for v in value}
+        return {as_text(v) for v in value}
     return None
 
 
-def _same_number(answer: float | None, truth: float, tolerance: float = 1e-6) -> bool:
+def same_number(answer: float | None, truth: float, tolerance: float = 1e-6) -> bool:
     """Whether a numeric answer equals the truth within an absolute tolerance."""
     return answer is not None and abs(answer - truth) <= tolerance
 
@@ -114,7 +114,7 @@ def judged(said: Any, right: bool, unreadable: str, evidence: str, hint: str) ->
     return Feedback(True, evidence) if right else Feedback(False, hint)
 
 
-def _not_applicable(why: str) -> Feedback:
+def not_applicable(why: str) -> Feedback:
     """This exercise does not apply to this run's job."""
     return Feedback(False, f"this exercise does not apply to this run: {why}. Skip it.")
 
@@ -122,14 +122,14 @@ def _not_applicable(why: str) -> Feedback:
 # ---- reading the run
 
 
-def _cleaning_report(run: RunFolder) -> list[dict]:
+def cleaning_report(run: RunFolder) -> list[dict]:
     """Every row 01 listed with a reason (removed, or relabelled by a review decision)."""
     if not run.cleaning_report.is_file():
         raise TunebookError(f"{run.cleaning_report} is missing: run {Step.CLEAN} for this run folder first.")
     return json.loads(run.cleaning_report.read_text(encoding="utf-8"))
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """The kind of a cleaning reason, for counting."""
     kinds = (
         ("test-set row", "leak into the frozen test set"),
@@ -147,7 +147,7 @@ def _reason_kind(reason: str) -> str:
     return reason.split("(")[0].split(":")[0].strip()
 
 
-def _monitor_readings(run: RunFolder) -> list | None:
+def monitor_readings(run: RunFolder) -> list | None:
     """The signals 06's monitoring pass measured (alerts.json), or None if nothing was monitored."""
 
     results = run.read_results(Step.MONITOR)

@@ -9,33 +9,33 @@ from tunebook.core.runfolder import RunFolder, Step
 from tunebook.data.neardup import near_duplicate_pairs
 from tunebook.workbook.exercises.checking import (
     Feedback,
-    _cleaning_report,
-    _exercise,
-    _not_applicable,
-    _number,
-    _reason_kind,
-    _same_number,
-    _text,
+    as_number,
+    as_text,
+    cleaning_report,
+    exercise,
     judged,
+    not_applicable,
+    reason_kind,
+    same_number,
 )
 
 
-@_exercise("a number: every row cleaning removed, whatever the reason.")
+@exercise("a number: every row cleaning removed, whatever the reason.")
 def check_rows_removed(answer: Any, run: RunFolder) -> Feedback:
     """How many of the data file's rows cleaning removed (empty, duplicates, conflicts, near duplicates, ...)."""
     version = run.read_dataset_version()
     truth = version.rows_before - version.rows_after
-    kinds = Counter(_reason_kind(r["reason"]) for r in _cleaning_report(run))
+    kinds = Counter(reason_kind(r["reason"]) for r in cleaning_report(run))
     kinds.pop("relabelled by review", None)
-    said = _number(answer)
+    said = as_number(answer)
     if said is None:
         return Feedback(False, "answer with a number.")
     breakdown = ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
-    if _same_number(said, truth):
+    if same_number(said, truth):
         found = f": {breakdown}" if breakdown else " (this run's data had no dirt to remove)"
         return Feedback(True, f"{truth} of {version.rows_before} rows removed{found}.")
     near = kinds.get("near duplicate", 0)
-    if near and _same_number(said, truth - near):
+    if near and same_number(said, truth - near):
         return Feedback(
             False,
             "that is the first table only; the near duplicates dropped under 'Apply the policy' were removed too.",
@@ -47,7 +47,7 @@ def check_rows_removed(answer: Any, run: RunFolder) -> Feedback:
     )
 
 
-@_exercise('"more" or "fewer" near-duplicate pairs at a higher NEAR_DUP_THRESHOLD?')
+@exercise('"more" or "fewer" near-duplicate pairs at a higher NEAR_DUP_THRESHOLD?')
 def check_near_dup_threshold(answer: Any, run: RunFolder) -> Feedback:
     """Whether raising the near-duplicate threshold finds more or fewer pairs, counted on this run's texts."""
 
@@ -58,7 +58,7 @@ def check_near_dup_threshold(answer: Any, run: RunFolder) -> Feedback:
     pairs = near_duplicate_pairs(texts + resent, levels[0])  # one pass, then counted per level
     counts = {level: int((pairs["similarity"] >= level - 1e-9).sum()) for level in levels}
     truth = "fewer" if counts[levels[-1]] <= counts[threshold] else "more"
-    said = {"less": "fewer"}.get(_text(answer) or "", _text(answer))
+    said = {"less": "fewer"}.get(as_text(answer) or "", as_text(answer))
     if said not in ("more", "fewer"):
         return Feedback(False, 'answer "more" or "fewer".')
     if said != truth:
@@ -76,17 +76,17 @@ def check_near_dup_threshold(answer: Any, run: RunFolder) -> Feedback:
     )
 
 
-@_exercise('"first", "later" or "both": which rows of a conflicting pair does cleaning drop?')
+@exercise('"first", "later" or "both": which rows of a conflicting pair does cleaning drop?')
 def check_conflict_policy(answer: Any, run: RunFolder) -> Feedback:
     """Which rows of a same-text, different-label pair cleaning holds back, per the recorded policy."""
     policy = str(run.read_dataset_version().policy.get("conflicts", ""))
     truth = {"drop all for review": "both"}.get(policy)
     if truth is None:
-        return _not_applicable(f"this run's conflict policy is '{policy}'")
-    said = {"all": "both", "both rows": "both"}.get(_text(answer) or "", _text(answer))
+        return not_applicable(f"this run's conflict policy is '{policy}'")
+    said = {"all": "both", "both rows": "both"}.get(as_text(answer) or "", as_text(answer))
     if said not in ("first", "later", "both"):
         return Feedback(False, 'answer "first", "later" or "both".')
-    found = [r["id"] for r in _cleaning_report(run) if _reason_kind(r["reason"]) == "conflict"]
+    found = [r["id"] for r in cleaning_report(run) if reason_kind(r["reason"]) == "conflict"]
     evidence = f"here: {', '.join(map(str, found))}" if found else "this run's data had no conflicts"
     if said == truth:
         return Feedback(
@@ -101,14 +101,14 @@ def check_conflict_policy(answer: Any, run: RunFolder) -> Feedback:
     )
 
 
-@_exercise("a number: near-duplicate pairs with one text in one split and the other in another.")
+@exercise("a number: near-duplicate pairs with one text in one split and the other in another.")
 def check_cross_split_near_duplicates(answer: Any, run: RunFolder) -> Feedback:
     """How many near-duplicate pairs straddle two splits after the leak-free split."""
     truth = run.read_results(Step.CLEAN).cross_split_near_duplicates
-    said = _number(answer)
+    said = as_number(answer)
     return judged(
         said,
-        _same_number(said, truth),
+        same_number(said, truth),
         "answer with a number.",
         f"{truth}: every group of near-same texts is kept inside one split, so no paraphrase "
         "of a training example can be scored as a test example.",

@@ -9,24 +9,24 @@ from tunebook.define.approach import decide_approach
 from tunebook.scoring.metrics import check_targets
 from tunebook.workbook.exercises.checking import (
     Feedback,
-    _bool,
-    _exercise,
-    _not_applicable,
-    _text,
+    as_bool,
+    as_text,
+    exercise,
     judged,
+    not_applicable,
 )
 
 
-@_exercise('a pair (true label, predicted label), e.g. ("billing", "technical"); read the cost matrix row by row.')
+@exercise('a pair (true label, predicted label), e.g. ("billing", "technical"); read the cost matrix row by row.')
 def check_costliest_mistake(answer: Any, run: RunFolder) -> Feedback:
     """The mistake (true, predicted) that costs the most under the card's error costs."""
     card = run.read_job_card()
     if not card.choices:
-        return _not_applicable(f"a {card.task_kind} job has no cost matrix")
+        return not_applicable(f"a {card.task_kind} job has no cost matrix")
     costs = {(t, p): card.error_cost(t, p) for t in card.choices for p in card.choices if t != p}
     top = max(costs.values())
-    pair = tuple(_text(v) for v in answer) if isinstance(answer, (tuple, list)) and len(answer) == 2 else None
-    labels = {_text(c): c for c in card.choices}
+    pair = tuple(as_text(v) for v in answer) if isinstance(answer, (tuple, list)) and len(answer) == 2 else None
+    labels = {as_text(c): c for c in card.choices}
     if pair is None or None in pair:
         return Feedback(False, 'answer with a pair of labels (true, predicted), e.g. ("billing", "technical").')
     if not all(p in labels for p in pair):
@@ -46,14 +46,14 @@ def check_costliest_mistake(answer: Any, run: RunFolder) -> Feedback:
     )
 
 
-@_exercise("True or False: would the frame still recommend fine-tuning?")
+@exercise("True or False: would the frame still recommend fine-tuning?")
 def check_frame_if_prompting_suffices(answer: Any, run: RunFolder) -> Feedback:
     """Whether the decision frame still recommends training when better prompting would solve most of the job."""
 
     card = run.read_job_card()
     changed = card.model_copy(update={"decision": card.decision.model_copy(update={"prompting_solves_most": True})})
     decision = decide_approach(changed)
-    said = _bool(answer)
+    said = as_bool(answer)
     return judged(
         said,
         said == decision.proceed_to_training,
@@ -64,14 +64,14 @@ def check_frame_if_prompting_suffices(answer: Any, run: RunFolder) -> Feedback:
     )
 
 
-@_exercise("True or False: does that model meet the card's targets?")
+@exercise("True or False: does that model meet the card's targets?")
 def check_targets_with_one_must_never(answer: Any, run: RunFolder) -> Feedback:
     """Whether a model with 0.97 accuracy and macro-F1 but one must-never failure meets the card's targets."""
 
     card = run.read_job_card()
     checks = check_targets(card, {"accuracy": 0.97, "macro_f1": 0.97, "must_never_failures": 1})
     truth = all(c["met"] for c in checks)
-    said = _bool(answer)
+    said = as_bool(answer)
     if said is None:
         return Feedback(False, "answer True (it meets every target) or False.")
     table = "; ".join(

@@ -10,21 +10,21 @@ from tunebook.core.runfolder import RunFolder
 from tunebook.scoring.stats import bootstrap
 from tunebook.workbook.exercises.checking import (
     Feedback,
-    _bool,
-    _exercise,
-    _number,
-    _same_number,
-    _text,
+    as_bool,
+    as_number,
+    as_text,
+    exercise,
     judged,
+    same_number,
 )
 
 
-@_exercise("True or False: is the difference to the best baseline real at the 5% level?")
+@exercise("True or False: is the difference to the best baseline real at the 5% level?")
 def check_difference_is_real(answer: Any, run: RunFolder) -> Feedback:
     """Whether McNemar's test says the tuned model differs from the best baseline (p < 0.05)."""
     test = run.read_comparison().mcnemar
     truth = test.significant
-    said = _bool(answer)
+    said = as_bool(answer)
     return judged(
         said,
         said == truth,
@@ -35,29 +35,29 @@ def check_difference_is_real(answer: Any, run: RunFolder) -> Feedback:
     )
 
 
-@_exercise("a number: the test examples McNemar's test actually counts.")
+@exercise("a number: the test examples McNemar's test actually counts.")
 def check_mcnemar_examples(answer: Any, run: RunFolder) -> Feedback:
     """How many examples McNemar's test uses: those where exactly one of the two models is right."""
     test = run.read_comparison().mcnemar
     truth = test.fixed + test.broken
-    said = _number(answer)
+    said = as_number(answer)
     if said is None:
         return Feedback(False, "answer with a number.")
-    if _same_number(said, truth):
+    if same_number(said, truth):
         return Feedback(
             True,
             f"only the {truth} examples where the models disagree count ({test.fixed} fixed, "
             f"{test.broken} broken); the other {test.n - truth} say nothing about which model "
             "is better.",
         )
-    if _same_number(said, test.n):
+    if same_number(said, test.n):
         return Feedback(
             False, "that is every test example. Do the ones both models got right tell you which is better?"
         )
     return Feedback(False, "the verdict line says how many examples tuning fixed and how many it broke.")
 
 
-@_exercise('"narrower" or "wider": the interval on a test split four times as large?')
+@exercise('"narrower" or "wider": the interval on a test split four times as large?')
 def check_bigger_test_split(answer: Any, run: RunFolder) -> Feedback:
     """Whether the bootstrap interval narrows on four times the test examples, measured on the tuned predictions."""
     card = run.read_job_card()
@@ -69,7 +69,9 @@ def check_bigger_test_split(answer: Any, run: RunFolder) -> Feedback:
         widths[times] = (float(row["low"]), float(row["high"]))
     width = {times: high - low for times, (low, high) in widths.items()}
     truth = "narrower" if width[4] <= width[1] else "wider"
-    said = {"smaller": "narrower", "tighter": "narrower", "larger": "wider"}.get(_text(answer) or "", _text(answer))
+    said = {"smaller": "narrower", "tighter": "narrower", "larger": "wider"}.get(
+        as_text(answer) or "", as_text(answer)
+    )
     if said not in ("narrower", "wider"):
         return Feedback(False, 'answer "narrower" or "wider".')
     low, high = widths[1]

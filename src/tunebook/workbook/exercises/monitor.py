@@ -8,21 +8,21 @@ from tunebook.core.runfolder import RunFolder, Step
 from tunebook.monitor.signals import FIRES_BELOW
 from tunebook.workbook.exercises.checking import (
     Feedback,
-    _exercise,
-    _monitor_readings,
-    _names,
-    _number,
-    _same_number,
-    _text,
+    as_names,
+    as_number,
+    as_text,
+    exercise,
+    monitor_readings,
+    same_number,
 )
 
 
-@_exercise('a list of signal names, e.g. ["text_auc"]; [] if the monitor stayed quiet.')
+@exercise('a list of signal names, e.g. ["text_auc"]; [] if the monitor stayed quiet.')
 def check_fired_signals(answer: Any, run: RunFolder) -> Feedback:
     """Which alert rules fired in 06's monitoring pass."""
     results = run.read_results(Step.MONITOR)
-    truth = {_text(name) for name in results.fired}
-    said = _names(answer)
+    truth = {as_text(name) for name in results.fired}
+    said = as_names(answer)
     if said is None:
         return Feedback(False, 'answer with a list of signal names, e.g. ["text_auc"], or [] for none.')
     if said == truth:
@@ -30,7 +30,7 @@ def check_fired_signals(answer: Any, run: RunFolder) -> Feedback:
             return Feedback(True, "nothing was logged, so nothing was measured and nothing fired.")
         if not results.fired:
             return Feedback(True, f"quiet on {results.logged} logged predictions.")
-        readings = {r.signal: r for r in _monitor_readings(run) or []}
+        readings = {r.signal: r for r in monitor_readings(run) or []}
         shown = "; ".join(
             f"`{n}` {readings[n].value:.3g} against {readings[n].threshold:g}"
             for n in results.fired
@@ -40,20 +40,20 @@ def check_fired_signals(answer: Any, run: RunFolder) -> Feedback:
     return Feedback(False, "read the `fired` column of the signals table (or the first line printed under it).")
 
 
-@_exercise("a number: the text_auc of traffic that looks exactly like the test split.")
+@exercise("a number: the text_auc of traffic that looks exactly like the test split.")
 def check_text_auc_baseline(answer: Any, run: RunFolder) -> Feedback:
     """The text classifier's AUC when traffic cannot be told from the reference (0.5), with this run's reading."""
-    said = _number(answer)
+    said = as_number(answer)
     if said is None:
         return Feedback(False, "answer with a number between 0 and 1.")
-    readings = {r.signal: r for r in _monitor_readings(run) or []}
+    readings = {r.signal: r for r in monitor_readings(run) or []}
     reading = readings.get("text_auc")
     evidence = (
         f" This run's traffic scored {reading.value:.3f} (the rule fires above {reading.threshold:g})."
         if reading is not None and reading.value is not None
         else ""
     )
-    if _same_number(said, 0.5, 0.02):
+    if same_number(said, 0.5, 0.02):
         return Feedback(
             True,
             "0.5: a classifier that cannot tell traffic from the test split ranks a random "
@@ -75,12 +75,12 @@ def check_text_auc_baseline(answer: Any, run: RunFolder) -> Feedback:
 LOOSER_P_VALUE = 0.05  # the p-value threshold 06's exercise asks about
 
 
-@_exercise('"more" or "fewer" alerts if every p-value rule fired below 0.05 instead?')
+@exercise('"more" or "fewer" alerts if every p-value rule fired below 0.05 instead?')
 def check_looser_p_values(answer: Any, run: RunFolder) -> Feedback:
     """Whether raising the p-value rules' thresholds fires more or fewer rules, recounted on 06's readings."""
 
-    readings = _monitor_readings(run)
-    said = {"less": "fewer"}.get(_text(answer) or "", _text(answer))
+    readings = monitor_readings(run)
+    said = {"less": "fewer"}.get(as_text(answer) or "", as_text(answer))
     if said not in ("more", "fewer"):
         return Feedback(False, 'answer "more" or "fewer".')
     before = after = 0

@@ -7,22 +7,22 @@ from typing import Any
 from tunebook.core.runfolder import RunFolder
 from tunebook.workbook.exercises.checking import (
     Feedback,
-    _bool,
-    _exercise,
-    _names,
-    _text,
+    as_bool,
+    as_names,
+    as_text,
+    exercise,
 )
 
 
-@_exercise('a list of target names, e.g. ["accuracy"]; [] if every target is met.')
+@exercise('a list of target names, e.g. ["accuracy"]; [] if every target is met.')
 def check_targets_missed(answer: Any, run: RunFolder) -> Feedback:
     """Which of the card's targets the tuned model still misses (the gate's target checks)."""
     gate = run.read_gate()
-    truth = {_text(name.removeprefix("target:")) for name in gate.targets_missed}
-    said = _names(answer)
+    truth = {as_text(name.removeprefix("target:")) for name in gate.targets_missed}
+    said = as_names(answer)
     if said is None:
         return Feedback(False, 'answer with a list of names, e.g. ["accuracy"], or [] for none.')
-    said = {_text(name.removeprefix("target:")) for name in said}
+    said = {as_text(name.removeprefix("target:")) for name in said}
     if said == truth:
         missed = ", ".join(n.removeprefix("target:") for n in gate.targets_missed) or "none"
         return Feedback(True, f"missed: {missed}. Shown, not blocking, unless 05 runs with REQUIRE_TARGETS.")
@@ -33,14 +33,12 @@ def check_targets_missed(answer: Any, run: RunFolder) -> Feedback:
     )
 
 
-@_exercise(
-    'a pair ("yes" or "no", the gate check that decides it), e.g. ("no", "parity"); ("yes", None) if it passed.'
-)
+@exercise('a pair ("yes" or "no", the gate check that decides it), e.g. ("no", "parity"); ("yes", None) if it passed.')
 def check_promotion(answer: Any, run: RunFolder) -> Feedback:
     """Whether to promote this version (must match the gate) and the blocking check that decides it."""
     gate = run.read_gate()
     decision, reason = answer if isinstance(answer, (tuple, list)) and len(answer) == 2 else (answer, None)
-    said = _bool(decision)
+    said = as_bool(decision)
     if said is None:
         return Feedback(False, 'answer a pair: ("yes" or "no", the name of the check that decides it).')
     registered = run.read_registered()
@@ -63,8 +61,8 @@ def check_promotion(answer: Any, run: RunFolder) -> Feedback:
             "a blocking check failed. A person can still force it (`tunebook promote --force "
             "--reason ...`), but then defend it against the failed check: which one failed?",
         )
-    failed = {_text(name): name for name in gate.failed}
-    named = _text(reason) if isinstance(reason, str) else None
+    failed = {as_text(name): name for name in gate.failed}
+    named = as_text(reason) if isinstance(reason, str) else None
     if named in failed or any(named and name in named for name in failed):
         return Feedback(True, f"not promoted: {', '.join(gate.failed)} failed against {gate.reference}{done}.")
     return Feedback(
@@ -74,13 +72,13 @@ def check_promotion(answer: Any, run: RunFolder) -> Feedback:
     )
 
 
-@_exercise("True or False: can REQUIRE_TARGETS = True turn a failing gate into a passing one?")
+@exercise("True or False: can REQUIRE_TARGETS = True turn a failing gate into a passing one?")
 def check_require_targets(answer: Any, run: RunFolder) -> Feedback:
     """Whether requiring the card's targets can ever let a failing release through (it only adds blocking checks)."""
     gate = run.read_gate()
     passes_with_targets = gate.passed and not gate.targets_missed
     truth = passes_with_targets and not gate.passed  # never: the blocking checks only grow
-    said = _bool(answer)
+    said = as_bool(answer)
     if said is None:
         return Feedback(False, "answer True or False.")
     if said == truth:

@@ -7,20 +7,20 @@ from typing import Any
 from tunebook.core.runfolder import RunFolder
 from tunebook.workbook.exercises.checking import (
     Feedback,
-    _bool,
-    _exercise,
-    _not_applicable,
-    _number,
-    _same_number,
+    as_bool,
+    as_number,
+    exercise,
+    not_applicable,
+    same_number,
 )
 
 
-@_exercise("True or False: is the validation loss after training lower than before?")
+@exercise("True or False: is the validation loss after training lower than before?")
 def check_validation_loss(answer: Any, run: RunFolder) -> Feedback:
     """Whether training lowered the validation loss (the manifest's before and after)."""
     manifest = run.read_manifest()
     truth = manifest.val_loss_after < manifest.val_loss_before
-    said = _bool(answer)
+    said = as_bool(answer)
     if said is None:
         return Feedback(False, "answer True or False.")
     figures = (
@@ -42,23 +42,23 @@ def check_validation_loss(answer: Any, run: RunFolder) -> Feedback:
     )
 
 
-@_exercise("a number: by what factor do the trainable parameters change when LORA_R doubles?")
+@exercise("a number: by what factor do the trainable parameters change when LORA_R doubles?")
 def check_lora_rank_doubled(answer: Any, run: RunFolder) -> Feedback:
     """The factor by which doubling the LoRA rank changes the trainable parameters (2; 1 for a full fine-tune)."""
     manifest = run.read_manifest()
     trainable, r = manifest.trainable_parameters, manifest.config.get("lora_r")
     truth = 1.0 if manifest.full_fine_tune else 2.0
-    said = _number(answer)
+    said = as_number(answer)
     if said is None:
         return Feedback(False, "answer with a number, e.g. 4.")
     if manifest.full_fine_tune:
-        if _same_number(said, truth):
+        if same_number(said, truth):
             return Feedback(True, f"this run trained every weight ({trainable:,}); LORA_R does not apply.")
         return Feedback(
             False,
             "this run trained every weight (METHOD full), with no adapter: does LORA_R change how many weights train?",
         )
-    if _same_number(said, truth):
+    if same_number(said, truth):
         return Feedback(
             True,
             f"each adapted layer gains r x (inputs + outputs) weights, linear in r: this run's "
@@ -70,19 +70,19 @@ def check_lora_rank_doubled(answer: Any, run: RunFolder) -> Feedback:
     )
 
 
-@_exercise("a number: the factor by which the adapter's scale (LORA_ALPHA / LORA_R) changes when LORA_R doubles.")
+@exercise("a number: the factor by which the adapter's scale (LORA_ALPHA / LORA_R) changes when LORA_R doubles.")
 def check_lora_scaling(answer: Any, run: RunFolder) -> Feedback:
     """The factor by which doubling r (same alpha) changes the adapter's scale alpha / r, from the manifest."""
     config = run.read_manifest().config
     alpha, r = config.get("lora_alpha"), config.get("lora_r")
     if not alpha or not r:
-        return _not_applicable("the manifest records no LoRA rank or alpha")
+        return not_applicable("the manifest records no LoRA rank or alpha")
     now, doubled = alpha / r, alpha / (2 * r)
     truth = doubled / now
-    said = _number(answer)
+    said = as_number(answer)
     if said is None:
         return Feedback(False, "answer with a number, e.g. 4.")
-    if not _same_number(said, truth, 1e-3):
+    if not same_number(said, truth, 1e-3):
         return Feedback(
             False,
             "the update is multiplied by LORA_ALPHA / LORA_R. What happens to a fraction when "
