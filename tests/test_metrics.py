@@ -63,21 +63,21 @@ def test_targets_and_verdict(card):
     assert checks == {"macro_f1": False, "accuracy": False, "must_never_failures": False}
     verdict = metrics.baseline_verdict(card, result, "classical")
     assert (
-        verdict["text"].startswith("On validation, the best cheap baseline (classical) misses 3 target(s)")
-        and not verdict["meets_targets"]
+        verdict.text.startswith("On validation, the best cheap baseline (classical) misses 3 target(s)")
+        and not verdict.meets_targets
     )
-    assert verdict["missed"] == ["macro_f1", "accuracy", "must_never_failures"]
+    assert verdict.missed == ["macro_f1", "accuracy", "must_never_failures"]
     perfect = metrics.evaluate(card, frame([(t, t) for t, _ in PAIRS]))
     verdict = metrics.baseline_verdict(card, perfect, "classical")
-    assert verdict["meets_targets"] and "fine-tuning is not warranted" in verdict["text"]
-    assert verdict["judged_on"] == "validation" and verdict["close"] == []
+    assert verdict.meets_targets and "fine-tuning is not warranted" in verdict.text
+    assert verdict.judged_on == "validation" and verdict.close == []
 
 
 def test_a_target_met_only_by_the_estimate_is_met_and_said_to_be_close(card):
     perfect = metrics.evaluate(card, frame([(t, t) for t, _ in PAIRS]))
     verdict = metrics.baseline_verdict(card, perfect, "classical", {"macro_f1": (0.5, 1.0)})
-    assert verdict["meets_targets"] and len(verdict["close"]) == 1 and verdict["close"][0].startswith("macro_f1")
-    assert "the 95% interval reaches below the target" in verdict["text"]
+    assert verdict.meets_targets and len(verdict.close) == 1 and verdict.close[0].startswith("macro_f1")
+    assert "the 95% interval reaches below the target" in verdict.text
 
 
 def test_extraction_reports_slot_filling_figures_so_null_everywhere_scores_zero():

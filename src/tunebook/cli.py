@@ -174,7 +174,7 @@ def _baseline(args: argparse.Namespace) -> int:
     from tunebook.core.runfolder import Step
 
     proof = prove_run_folder(args.run_dir, _step_parameters(Step.BASELINE, args))
-    print(f"[tunebook] best on validation: {proof.best.name}; {proof.verdict['text']}")
+    print(f"[tunebook] best on validation: {proof.best.name}; {proof.verdict.text}")
     return 0
 
 

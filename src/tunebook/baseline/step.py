@@ -12,6 +12,8 @@ import pandas as pd
 
 from tunebook.baseline import variants as baselines
 from tunebook.baseline.settings import BaselineSettings
+from tunebook.card.schema import JobCard
+from tunebook.core import artifacts
 from tunebook.core.runfolder import RunFolder, Step
 from tunebook.errors import TunebookError
 from tunebook.knowledge.context import KnowledgeIndex
@@ -49,7 +51,7 @@ class Proof:
     best: baselines.VariantRun
     prompting: baselines.VariantRun
     scores: dict  # the best variant's test metrics
-    verdict: dict  # judged on validation
+    verdict: artifacts.BaselineVerdict
     base_identity: dict | None = None
     answer_budget: int | None = None
     retrieval: Retrieval | None = None
@@ -111,7 +113,7 @@ def prove_baseline(run: RunFolder, base: LoadedBase, settings: BaselineSettings)
     scores = metrics.evaluate(card, best.test)
     verdict = ship_verdict(card, best, scores, settings.bootstrap_resamples)
     if retrieval is not None:
-        verdict["text"] += "\n" + layers(card, best, retrieval)
+        verdict.text += "\n" + layers(card, best, retrieval)
     identity = models.model_identity(base.path)
     prompting = baselines.best_prompting(runs, card)
     return Proof(runs, table, best, prompting, scores, verdict, identity, base.answer_budget, retrieval)
@@ -133,7 +135,9 @@ def layers(card, best: baselines.VariantRun, retrieval: Retrieval) -> str:
     )
 
 
-def ship_verdict(card, best: baselines.VariantRun, test_scores: dict, resamples: int) -> dict:
+def ship_verdict(
+    card: JobCard, best: baselines.VariantRun, test_scores: dict, resamples: int
+) -> artifacts.BaselineVerdict:
     """Whether the chosen variant already does the job, judged on validation (its 95% interval shown where a target
     is met only by the estimate); the test figures are reported, not used."""
     val_scores = metrics.evaluate(card, best.val)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from tunebook.card.schema import JobCard
 from tunebook.card.tasks import task_of
-from tunebook.core.artifacts import BaselineResults, System, VariantEntry, VariantFigures, Variants
+from tunebook.core.artifacts import BaselineResults, BaselineVerdict, System, VariantEntry, VariantFigures, Variants
 from tunebook.core.runfolder import RunFolder
 from tunebook.data.examples import answer_frame
 from tunebook.data.splits import stratum
@@ -430,7 +430,7 @@ def load_classical(run: RunFolder) -> ClassicalModel | None:
 
 
 def recorded_results(
-    scores: dict, best: VariantRun, prompting: VariantRun, table: pd.DataFrame, verdict: dict
+    scores: dict, best: VariantRun, prompting: VariantRun, table: pd.DataFrame, verdict: BaselineVerdict
 ) -> BaselineResults:
     """The figures 02_prove_the_baseline records: the best variant's test metrics, the verdict, each variant's cost."""
     primary = scores["primary"]
@@ -440,8 +440,8 @@ def recorded_results(
         variant=best.name,
         variant_kind=best.kind,
         best_prompting=prompting.name,
-        verdict=verdict["text"],
-        meets_targets=verdict["meets_targets"],
+        verdict=verdict.text,
+        meets_targets=verdict.meets_targets,
         judged_on=verdict.get("judged_on", "validation"),
         chosen_because=str(best.notes.get("chosen", "")),
         variants={

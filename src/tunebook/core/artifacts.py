@@ -268,6 +268,18 @@ class PairedTest(BaseModel):
         return self.significant and self.fixed > self.broken
 
 
+class BaselineVerdict(BaseModel):
+    """02's verdict on the best cheap baseline, judged on validation: does it already do the job, or is fine-tuning
+    warranted (and where)? ``text`` says it in plain words."""
+
+    variant: str
+    meets_targets: bool
+    missed: list[str]  # the card's targets it misses
+    close: list[str]  # targets met by the estimate but not by its interval's low end, in words
+    judged_on: str = "validation"
+    text: str
+
+
 class GeneralProbe(BaseModel):
     """04's general-behaviour probe: nats per token on general text and instructions, before and after training."""
 

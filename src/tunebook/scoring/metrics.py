@@ -6,6 +6,7 @@ import pandas as pd
 
 from tunebook.card.schema import JobCard
 from tunebook.card.tasks import task_of
+from tunebook.core.artifacts import BaselineVerdict
 from tunebook.errors import TunebookError
 
 
@@ -104,7 +105,7 @@ def baseline_verdict(
     variant: str = "prompting",
     bands: dict | None = None,
     test_metrics: dict | None = None,
-) -> dict:
+) -> BaselineVerdict:
     """Plain-words verdict on the best cheap baseline, judged on the validation split: does it already do the job
     (ship it), or is fine-tuning warranted and where? ``bands`` holds each metric's validation interval (low, high);
     a target met by the estimate but not by the interval's low end is still met, and the verdict says it is close.
@@ -140,14 +141,13 @@ def baseline_verdict(
             f"is warranted only if the tuned model beats {variant}, not just prompting; weakest: "
             f"{', '.join(weak_spots(val_metrics))}."
         )
-    return {
-        "variant": variant,
-        "meets_targets": not failed,
-        "missed": [c["target"] for c in failed],
-        "close": close,
-        "judged_on": "validation",
-        "text": text + reported,
-    }
+    return BaselineVerdict(
+        variant=variant,
+        meets_targets=not failed,
+        missed=[c["target"] for c in failed],
+        close=close,
+        text=text + reported,
+    )
 
 
 def _meets(required: str, value: float) -> bool:
