@@ -59,7 +59,7 @@ def test_classification_metrics(card):
 
 def test_targets_and_verdict(card):
     result = metrics.evaluate(card, frame(PAIRS))
-    checks = {c["target"]: c["met"] for c in metrics.check_targets(card, result)}
+    checks = {c.target: c.met for c in metrics.check_targets(card, result)}
     assert checks == {"macro_f1": False, "accuracy": False, "must_never_failures": False}
     verdict = metrics.baseline_verdict(card, result, "classical")
     assert (

@@ -138,5 +138,5 @@ def test_drafting_metrics(cards):
     assert result["per_rule"]["no_forbidden_phrases"]["pass_rate"] == pytest.approx(0.5)
     assert result["must_never_failures"] == 1
     assert result["reference_similarity"] == pytest.approx(0.5, abs=1e-6)  # one identical, one disjoint
-    checks = {c["target"]: c["met"] for c in metrics.check_targets(card, result)}
+    checks = {c.target: c.met for c in metrics.check_targets(card, result)}
     assert checks == {"rule_pass_rate": False, "must_never_failures": False}

@@ -35,7 +35,7 @@ def compare(card: JobCard, baseline_scores: Scores, tuned_scores: Scores, name: 
         metrics=rows,
         tuned_beats_baseline=beats,
         targets=targets,
-        meets_targets=all(t["met"] for t in targets),
+        meets_targets=all(t.met for t in targets),
         summary=(
             f"{primary} on the test split: best baseline ({baseline.get('variant', 'prompting')}) {baseline[primary]:.3f}, "
             f"{name} {tuned[primary]:.3f} "
@@ -193,13 +193,13 @@ def _parity_check(parity: Parity | None, min_agreement: float) -> GateCheck:
 def _target_checks(card: JobCard, scores: dict, blocking: bool) -> list[GateCheck]:
     return [
         GateCheck(
-            check=f"target:{t['target']}",
-            passed=t["met"],
+            check=f"target:{t.target}",
+            passed=t.met,
             blocking=blocking,
-            detail=f"{t['achieved']} (card: {t['required']})",
+            detail=f"{t.achieved} (card: {t.required})",
         )
         for t in check_targets(card, scores)
-        if t["target"] != "must_never_failures"
+        if t.target != "must_never_failures"
     ]
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 
 from tunebook.card.schema import JobCard
 from tunebook.card.tasks import task_of
-from tunebook.core.artifacts import BaselineVerdict
+from tunebook.core.artifacts import BaselineVerdict, TargetCheck
 from tunebook.errors import TunebookError
 
 
@@ -55,7 +55,7 @@ _TARGETS = {
 }
 
 
-def check_targets(card: JobCard, metrics: dict) -> list[dict]:
+def check_targets(card: JobCard, metrics: dict) -> list[TargetCheck]:
     """Each of the card's success targets that applies to these metrics, with the achieved value and whether it is met."""
     checks = []
     for name, (metric, at_least) in _TARGETS.items():
@@ -65,21 +65,21 @@ def check_targets(card: JobCard, metrics: dict) -> list[dict]:
         achieved = metrics[metric]
         met = achieved >= required if at_least else achieved <= required
         checks.append(
-            {
-                "target": metric,
-                "required": f"{'>=' if at_least else '<='} {required}",
-                "achieved": round(achieved, 4),
-                "met": met,
-            }
+            TargetCheck(
+                target=metric,
+                required=f"{'>=' if at_least else '<='} {required}",
+                achieved=round(achieved, 4),
+                met=met,
+            )
         )
     limit = card.targets.must_never_failures
     checks.append(
-        {
-            "target": "must_never_failures",
-            "required": f"<= {limit}",
-            "achieved": metrics["must_never_failures"],
-            "met": metrics["must_never_failures"] <= limit,
-        }
+        TargetCheck(
+            target="must_never_failures",
+            required=f"<= {limit}",
+            achieved=metrics["must_never_failures"],
+            met=metrics["must_never_failures"] <= limit,
+        )
     )
     return checks
 
@@ -111,12 +111,12 @@ def baseline_verdict(
     a target met by the estimate but not by the interval's low end is still met, and the verdict says it is close.
     The test figures, if given, are only reported."""
     checks = check_targets(card, val_metrics)
-    failed = [c for c in checks if not c["met"]]
+    failed = [c for c in checks if not c.met]
     bands = bands or {}
     close = [
-        f"{c['target']} {c['achieved']} [{bands[c['target']][0]:.3f}, {bands[c['target']][1]:.3f}] (needs {c['required']})"
+        f"{c.target} {c.achieved} [{bands[c.target][0]:.3f}, {bands[c.target][1]:.3f}] (needs {c.required})"
         for c in checks
-        if c["met"] and c["target"] in bands and not _meets(c["required"], bands[c["target"]][0])
+        if c.met and c.target in bands and not _meets(c.required, bands[c.target][0])
     ]
     reported = ""
     if test_metrics is not None:
@@ -135,7 +135,7 @@ def baseline_verdict(
                 "target, so the test split and monitoring decide whether it holds."
             )
     else:
-        misses = "; ".join(f"{c['target']} {c['achieved']} (needs {c['required']})" for c in failed)
+        misses = "; ".join(f"{c.target} {c.achieved} (needs {c.required})" for c in failed)
         text = (
             f"On validation, the best cheap baseline ({variant}) misses {len(failed)} target(s): {misses}. Fine-tuning "
             f"is warranted only if the tuned model beats {variant}, not just prompting; weakest: "
@@ -144,7 +144,7 @@ def baseline_verdict(
     return BaselineVerdict(
         variant=variant,
         meets_targets=not failed,
-        missed=[c["target"] for c in failed],
+        missed=[c.target for c in failed],
         close=close,
         text=text + reported,
     )

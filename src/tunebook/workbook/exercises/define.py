@@ -70,13 +70,11 @@ def check_targets_with_one_must_never(answer: Any, run: RunFolder) -> Feedback:
 
     card = run.read_job_card()
     checks = check_targets(card, {"accuracy": 0.97, "macro_f1": 0.97, "must_never_failures": 1})
-    truth = all(c["met"] for c in checks)
+    truth = all(c.met for c in checks)
     said = as_bool(answer)
     if said is None:
         return Feedback(False, "answer True (it meets every target) or False.")
-    table = "; ".join(
-        f"{c['target']} {c['achieved']} (needs {c['required']}): {'met' if c['met'] else 'missed'}" for c in checks
-    )
+    table = "; ".join(f"{c.target} {c.achieved} (needs {c.required}): {'met' if c.met else 'missed'}" for c in checks)
     if said == truth:
         return Feedback(True, f"{table}. No average excuses a must-never failure: it is counted on its own.")
     return Feedback(
