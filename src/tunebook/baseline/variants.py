@@ -442,7 +442,7 @@ def recorded_results(
         best_prompting=prompting.name,
         verdict=verdict.text,
         meets_targets=verdict.meets_targets,
-        judged_on=verdict.get("judged_on", "validation"),
+        judged_on=verdict.judged_on,
         chosen_because=str(best.notes.get("chosen", "")),
         variants={
             name: VariantFigures(
