@@ -16,7 +16,7 @@ BROWSER_STAMP := $(VENV)/.tunebook-browser
 TEST_WORKERS ?= 2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo test test-slow lab clean-runs wheels
+.PHONY: setup browser demo test test-fast test-slow lab clean-runs wheels
 
 setup: $(STAMP)
 
@@ -46,6 +46,12 @@ test: setup browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# The first tier: unit and contract tests, no notebook run and no browser (under 5 minutes on 2 cores).
+test-fast: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow and not workbook and not browser and not gpu"
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

@@ -71,6 +71,19 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return SharedFixtureScheduling(config, log)
 
 
+# The tiers (`make test-fast` runs the first, unit and contract tests; `make test` every CPU tier): a test that
+# executes notebooks through papermill is `workbook`, marked where it calls the runner itself and here where it uses
+# one of these fixtures; test_browser.py is `browser`, test_real_model.py `slow`, a test that needs CUDA `gpu`.
+WORKBOOK_FIXTURES = {"released", "finished_run", "systems", "rag_run", "prepared_run"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a whole-workbook fixture as ``workbook``."""
+    for item in items:
+        if WORKBOOK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.workbook)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Two workers on two cores: each gets its share of the cores, and so do the processes it starts."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))

@@ -148,6 +148,7 @@ def test_every_variant_runs_on_the_tiny_model(example, tiny_model, tmp_path):
         assert None not in starts
 
 
+@pytest.mark.workbook
 def test_a_classical_baseline_that_meets_the_targets_skips_training_unless_forced(tiny_model, tmp_path):
     card, test = keyword_job(tmp_path / "job")
     params = {"JOB_CARD": str(card), "TEST_FILE": str(test), "BASE_MODEL": tiny_model, "K_SHOTS": 0}

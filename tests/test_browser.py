@@ -22,9 +22,12 @@ from tunebook.card.schema import load_job_card
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("TUNEBOOK_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is missing: `make test` installs it")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium: `make test` installs Debian's (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="no Chromium: `make test` installs Debian's (apt-get install chromium)"
+    ),
+]
 # Chromium as root in a container, with no network: the flags keep it from dialling out at every start.
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -84,6 +84,7 @@ def test_the_rag_system_answers_with_the_passages_it_used_and_takes_a_new_knowle
     assert {"stale_fact_rate", "fresh_fact_accuracy", "removed_abstention"} <= set(table.columns)
 
 
+@pytest.mark.workbook
 def test_a_card_whose_documents_folder_is_empty_stops_in_01_before_anything_is_written(tmp_path, tiny_model):
     card = write_job(tmp_path / "job", per_label=2, example="help_centre")
     empty = tmp_path / "job" / "docs" / "v1"

@@ -35,6 +35,7 @@ def test_run_folder_is_never_overwritten(tmp_path):
         pipeline.new_run_dir(tmp_path, "taken")
 
 
+@pytest.mark.workbook
 def test_failing_notebook_stops_the_run_and_keeps_the_failing_cell(tmp_path, capsys):
     card = write_job(tmp_path / "job")
     (tmp_path / "job" / "tickets.csv").unlink()
@@ -48,6 +49,7 @@ def test_failing_notebook_stops_the_run_and_keeps_the_failing_cell(tmp_path, cap
     assert not (tmp_path / "runs" / "broken" / "02_prove_the_baseline.ipynb").exists()
 
 
+@pytest.mark.workbook
 def test_bad_job_card_fails_in_the_first_notebook(tmp_path, capsys):
     card = write_job(tmp_path / "job", task_kind="poetry")
     code = cli.main(
@@ -69,6 +71,7 @@ def test_cli_reads_config_file_and_typed_overrides(tmp_path):
         cli.parse_assignments(["MAX_STEPS"])
 
 
+@pytest.mark.workbook
 @pytest.mark.parametrize("example", ["order_extraction", "support_tools", "reply_drafting"])
 def test_other_task_kinds_run_the_whole_workbook(example, tiny_model, tmp_path):
     card = write_job(tmp_path / "job", per_label=3, example=example)
@@ -105,6 +108,7 @@ def test_other_task_kinds_run_the_whole_workbook(example, tiny_model, tmp_path):
     assert watched.logged == 0 and not watched.alert and watched.report == "" and not run.inference_log.exists()
 
 
+@pytest.mark.workbook
 def test_when_the_frame_says_prompting_training_is_skipped_and_the_baseline_ships(tiny_model, tmp_path):
     card = write_job(tmp_path / "job", per_label=3)
     data = yaml.safe_load(card.read_text())
@@ -126,6 +130,7 @@ def test_when_the_frame_says_prompting_training_is_skipped_and_the_baseline_ship
     assert "06_monitor" in summary.results
 
 
+@pytest.mark.workbook
 def test_review_decisions_replay_headless_with_the_same_hash(tmp_path, tiny_model):
     card = write_job(tmp_path / "job", per_label=5)
     first_id = pd.read_csv(tmp_path / "job" / "tickets.csv")["id"].iloc[0]
@@ -148,6 +153,7 @@ def test_review_decisions_replay_headless_with_the_same_hash(tmp_path, tiny_mode
     assert hashes[0] == hashes[1] != plain.results["01_clean_the_data"]["dataset_hash"]
 
 
+@pytest.mark.workbook
 def test_frozen_test_set_is_kept_as_given_and_leaks_are_removed(tmp_path, tiny_model):
     card = write_job(tmp_path / "job", per_label=6)
     frame = pd.read_csv(tmp_path / "job" / "tickets.csv")
@@ -313,6 +319,7 @@ def test_a_step_command_takes_the_workshop_profile_and_keeps_only_its_own_parame
         cli._step_parameters("03_train_qlora", argparse.Namespace(config=None, param=["TRAFFIC_ROWS=3"]))
 
 
+@pytest.mark.workbook
 def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, tmp_path):
     import shutil
 
@@ -425,6 +432,7 @@ def test_training_runs_unchanged_under_torchrun_with_two_processes(prepared_run,
     assert run.trained_weights() is not None and not run.checkpoints.exists()
 
 
+@pytest.mark.workbook
 def test_a_checkpoint_is_the_run_folder_before_a_notebook_which_then_runs_alone(tiny_model, tmp_path, capsys):
     from tunebook.workbook import workshop
 

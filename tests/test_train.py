@@ -114,7 +114,10 @@ def test_packed_layout_holds_the_shared_prefix_once_and_each_example_after_it(ti
     assert packing.shared_prefix_length(features[:1]) == 0
 
 
-GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention has no backward pass on a CPU")
+GPU_ONLY = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention has no backward pass on a CPU"),
+]
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,7 @@ def test_recorded_results_match_the_artifacts(finished_run, tiny_model):
     assert (run_dir / results["06_monitor"].report).is_file() and run.inference_log.is_file()
 
 
+@pytest.mark.workbook
 def test_same_inputs_give_the_same_dataset_hash(finished_run, tiny_model, tmp_path):
     run_dir, summary = finished_run
     card = RunFolder(run_dir).job_card
