@@ -59,6 +59,21 @@ def test_bad_job_card_fails_in_the_first_notebook(tmp_path, capsys):
     assert "unknown task kind 'poetry'" in capsys.readouterr().err
 
 
+@pytest.mark.workbook
+def test_the_console_holds_tunebooks_lines_and_the_kernels_output_goes_to_the_run_folder(tmp_path, capfd):
+    card = write_job(tmp_path / "job")
+    code = cli.main(
+        ["run", "--runs-dir", str(tmp_path / "runs"), "--name", "quiet", "-p", f"JOB_CARD={card}", "--steps", "00"]
+    )
+    shown = capfd.readouterr()
+    assert code == 0 and "Kernel is running over TCP" not in shown.err + shown.out
+    assert [line.split(" done in")[0] for line in shown.out.splitlines() if " done in " in line] == [
+        "[tunebook] 00_define_the_job"
+    ]
+    log = RunFolder(tmp_path / "runs" / "quiet").console_log.read_text()
+    assert log.startswith("==== 00_define_the_job") and "TCP" not in log  # IPC sockets: no unencrypted-TCP warning
+
+
 def test_cli_reads_config_file_and_typed_overrides(tmp_path):
     config = tmp_path / "params.yaml"
     config.write_text("EPOCHS: 1.5\nQUANTIZATION: none\n")

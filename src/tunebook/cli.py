@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"[tunebook] {step} was skipped: {reason}")
     if run.has_results(Step.RELEASE):
         release = run.read_results(Step.RELEASE)
-        print(f"[tunebook] {release.summary}")
+        print(f"[tunebook] {release.summary}{_chance(run) if release.system_kind in ('adapter', 'mixed') else ''}")
         outcome = (
             "promoted to champion"
             if release.promoted
@@ -117,6 +117,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"[tunebook] baseline: {run.read_results(Step.BASELINE).verdict}")
     print(f"[tunebook] results: {run_dir} ({run.relative(run.summary)}, executed notebooks, artifacts)")
     return 0
+
+
+def _chance(run) -> str:
+    """What 04's paired test says of the tuned system against the best baseline, for the closing line."""
+    paired = run.read_comparison().mcnemar
+    said = (
+        "better beyond chance" if paired.better else "worse beyond chance" if paired.significant else "could be chance"
+    )
+    return f"; paired test on the same {paired.n} examples (fixed {paired.fixed}, broke {paired.broken}): p = {paired.p_value:.2g}, {said}"
 
 
 def _step_parameters(step: str, args: argparse.Namespace) -> dict:

@@ -162,6 +162,11 @@ class RunFolder:
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def console_log(self) -> Path:
+        """What the notebooks' kernels wrote to the terminal: third-party warnings, progress bars, Trainer logs."""
+        return self.root / "console.log"
+
     def notebook(self, step: str) -> Path:
         """The executed copy of a step's notebook."""
         return self.root / f"{step}.ipynb"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tunebook.core.artifacts import RunSummary
@@ -90,6 +92,32 @@ def notebook_relative_defaults(declared: dict[str, Parameter], step: str, folder
     return found
 
 
+QUIET_KERNEL_MANAGER = "tunebook.workbook.kernels.QuietKernelManager"
+
+
+@contextlib.contextmanager
+def kernel_output_to(log: Path, heading: str) -> Iterator[None]:
+    """Send what a notebook's kernel writes to the terminal (it inherits this process's standard error: start-up
+    warnings, third-party progress bars, the Trainer's dictionaries) to ``log`` instead, under ``heading``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with log.open("ab") as sink:
+        sink.write(f"==== {heading}".encode())
+        sink.flush()
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def cell_progress(step: str) -> dict:
+    """papermill's progress bar over a notebook's cells, on the console (standard output, which stays there)."""
+    return {"desc": f"[tunebook] {step}", "file": sys.stdout, "leave": False, "disable": not sys.stdout.isatty()}
+
+
 class NotebookFailed(TunebookError):
     """A notebook raised; the partly executed notebook is in the run folder."""
 
@@ -136,15 +164,17 @@ def run_workbook(
         if progress:
             print(f"[tunebook] {step} ...", flush=True)
         try:
-            papermill.execute_notebook(
-                str(folder / f"{step}.ipynb"),
-                str(output),
-                parameters=own,
-                kernel_name=kernel,
-                cwd=str(run_dir),
-                progress_bar=False,
-                log_output=False,
-            )
+            with kernel_output_to(run.console_log, f"{step}\n"):
+                papermill.execute_notebook(
+                    str(folder / f"{step}.ipynb"),
+                    str(output),
+                    parameters=own,
+                    kernel_name=kernel,
+                    cwd=str(run_dir),
+                    progress_bar=cell_progress(step) if progress else False,
+                    log_output=False,
+                    kernel_manager_class=QUIET_KERNEL_MANAGER,
+                )
         except PapermillExecutionError as error:
             raise NotebookFailed(
                 f"notebook {step} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
