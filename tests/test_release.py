@@ -185,7 +185,7 @@ def test_merged_model_predicts_what_the_adapter_on_its_base_predicts(
     same = release.parity(model, merged, tokenizer, small, examples)
     # LLM.int8 also rounds the activations to 8 bits, which a full-precision merged model does not
     assert same.applicable and same.agreement == 1.0 and same.n == 12
-    assert same["max_confidence_difference"] < tol(1e-3 if quantization == "int8" else 1e-4, 0.05)
+    assert same.max_confidence_difference < tol(1e-3 if quantization == "int8" else 1e-4, 0.05)
     plain = predict.load_for_inference(tiny_model)[0]
     assert (
         release.parity(model, plain, tokenizer, small, examples).max_confidence_difference > 1e-3
@@ -194,7 +194,7 @@ def test_merged_model_predicts_what_the_adapter_on_its_base_predicts(
         naive = release.merged_model(tiny_model, random_adapter, "none")
         # (bfloat16 rounding on a GPU narrows the gap: measured 9.9x there)
         assert release.parity(model, naive, tokenizer, small, examples).max_confidence_difference > tol(10, 5) * max(
-            same["max_confidence_difference"], 1e-5
+            same.max_confidence_difference, 1e-5
         )
 
 
