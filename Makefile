@@ -45,15 +45,15 @@ demo: setup
 	$(VENV)/bin/tunebook run --name $(RUN_NAME)
 
 test: setup browser
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs/hooks
+	$(VENV)/bin/ruff format --check src tests benchmarks docs/hooks
 	$(VENV)/bin/mkdocs build --strict --quiet
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The first tier: unit and contract tests, no notebook run and no browser (under 5 minutes on 2 cores).
 test-fast: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs/hooks
+	$(VENV)/bin/ruff format --check src tests benchmarks docs/hooks
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow and not workbook and not browser and not gpu"
 
 test-slow: setup

@@ -65,3 +65,17 @@ def test_documentation_site_builds_in_strict_mode(tmp_path):
     assert "--8&lt;--" not in architecture and "--8<--" not in architecture
     assert "Where things plug in" in architecture  # ARCHITECTURE.md itself, included by pymdownx.snippets
     assert "A cheap baseline that ships" in (site / "benchmarks" / "index.html").read_text()
+    reference = site / "reference"  # generated from the code at every build (docs/hooks/reference.py)
+    assert "LORA_DROPOUT" in (reference / "parameters" / "index.html").read_text()
+    assert "tunebook parameters" in (reference / "cli" / "index.html").read_text()
+    assert "output_schema" in (reference / "job-card" / "index.html").read_text()
+    assert "console.log" in (reference / "run-folder" / "index.html").read_text()
+
+
+def test_the_environment_reference_names_every_variable_the_package_reads():
+    from tunebook.core.settings import ENVIRONMENT
+
+    read = set()
+    for path in PACKAGE.rglob("*.py"):
+        read |= set(re.findall(r"\bTUNEBOOK_[A-Z_]+\b", path.read_text()))
+    assert read == set(ENVIRONMENT)

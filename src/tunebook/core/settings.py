@@ -17,6 +17,14 @@ from tunebook.errors import TunebookError, closest
 
 # Set by the runner for every notebook, never by the user.
 RUNNER_PARAMETERS = ("RUN_DIR",)
+# Every environment variable tunebook reads (the documentation's reference lists them; a test holds the list whole).
+ENVIRONMENT = {
+    "TUNEBOOK_CACHE": "folder of the converted base model and other caches (default: ~/.cache/tunebook)",
+    "TUNEBOOK_NOTEBOOKS": "the workbook's notebooks folder, for `tunebook run` outside the repository",
+    "TUNEBOOK_BASE_MODEL": "where a serving machine keeps the base model, when not where it was at release",
+    "TUNEBOOK_INFERENCE_LOG": "the JSON-lines file a served model appends each prediction to (unset: no log)",
+    "TUNEBOOK_LOG_TEXT": "full: the inference log keeps each input's text; hash: only its sha256",
+}
 _TYPES: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
 
