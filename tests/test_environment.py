@@ -59,3 +59,31 @@ def test_environment_header_says_how_to_create_it():
     header = (ROOT / "environment.yml").read_text().split("name:")[0]
     assert re.search(r"conda env create -f environment.yml", header)
     assert "ipykernel install" in header
+
+
+def test_every_package_the_code_imports_is_declared_with_an_upper_bound_where_it_breaks_apis():
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {canonicalize_name(Requirement(e).name): Requirement(e) for e in project["dependencies"]}
+    owners = packages_distributions()
+    undeclared = {}
+    for path in sorted((ROOT / "src" / "tunebook").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {name.split(".")[0] for name in names} - set(sys.stdlib_module_names) - {"tunebook"}:
+                if not {canonicalize_name(d) for d in owners.get(top, [top])} & set(declared):
+                    undeclared.setdefault(top, path.relative_to(ROOT).as_posix())
+    assert undeclared == {}, f"imported but not in pyproject's dependencies: {undeclared}"
+    # the libraries whose APIs tunebook calls deeply (adapters, quantization) are capped below their next major
+    for name in ("peft", "bitsandbytes", "transformers", "torch", "mlflow"):
+        assert any(s.operator in ("<", "<=") for s in declared[name].specifier), f"{name} has no upper bound"
