@@ -335,7 +335,7 @@ def test_a_step_command_takes_the_workshop_profile_and_keeps_only_its_own_parame
 
 
 @pytest.mark.workbook
-def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, tmp_path):
+def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, tmp_path, capfd):
     import shutil
 
     run_dir = tmp_path / "run"
@@ -355,6 +355,8 @@ def test_tunebook_train_trains_a_prepared_run_folder(prepared_run, tiny_model, t
         ]
     )
     assert code == 0
+    shown = capfd.readouterr()
+    assert "{'loss'" not in shown.out + shown.err and "'eval_loss'" not in shown.out + shown.err  # kept, not printed
     run = RunFolder(run_dir)
     manifest = run.read_manifest()
     assert manifest.steps == 2 and manifest.config["target_modules"] == "q_proj,v_proj" and manifest.processes == 1

@@ -6,8 +6,17 @@ import time
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from tunebook.core.plots import loss_curve
+
+
+class QuietProgress(ProgressCallback):
+    """The Trainer's progress bars on a terminal without its logged dictionaries (``{'loss': ...}``) printed under
+    them (the Trainer keeps them in its log history, which 03 draws as the loss curve)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        """Print nothing (the Trainer keeps every log in ``state.log_history``)."""
 
 
 class LiveLossCurve(TrainerCallback):

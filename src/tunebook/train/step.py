@@ -21,6 +21,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.trainer_callback import ProgressCallback
 
 from tunebook.card.schema import JobCard, card_hash
 from tunebook.core.artifacts import Manifest, TrainResults, write_model
@@ -42,7 +43,7 @@ from tunebook.modeling.models import (
 )
 from tunebook.modeling.prompts import IGNORE_INDEX, encode_parts, end_of_turn_id, features_from
 from tunebook.train import replay
-from tunebook.train.callbacks import LiveLossCurve
+from tunebook.train.callbacks import LiveLossCurve, QuietProgress
 from tunebook.train.packing import (
     ACTIVATION_BUDGET_MB,
     PACKING_ATTENTION,
@@ -411,6 +412,8 @@ def train_adapter(
         callbacks=[*extra, *callbacks],
     )
     trainer.activation_budget_mb = budget
+    if trainer.pop_callback(ProgressCallback) is not None:  # a terminal's; in a notebook the Trainer shows a table
+        trainer.add_callback(QuietProgress)
     try:
         val_before, val_after, wall = _fit(trainer, state, key, checkpoints, callbacks)
     except Exception as error:  # noqa: BLE001 - only out-of-memory is translated, everything else is re-raised

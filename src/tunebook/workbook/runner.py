@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from tunebook.core.artifacts import RunSummary
 from tunebook.core.runfolder import NOTEBOOKS as NOTEBOOKS_IN_REGISTRY
@@ -96,26 +97,33 @@ QUIET_KERNEL_MANAGER = "tunebook.workbook.kernels.QuietKernelManager"
 
 
 @contextlib.contextmanager
-def kernel_output_to(log: Path, heading: str) -> Iterator[None]:
-    """Send what a notebook's kernel writes to the terminal (it inherits this process's standard error: start-up
-    warnings, third-party progress bars, the Trainer's dictionaries) to ``log`` instead, under ``heading``."""
+def kernel_output_to(log: Path, heading: str) -> Iterator[TextIO]:
+    """Send what a notebook's kernel and its subprocesses write to the terminal (they inherit this process's standard
+    output and error: start-up warnings, third-party progress bars, the Trainer's dictionaries) to ``log`` instead,
+    under ``heading``; yield a stream on the terminal's standard output for tunebook's own progress."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    console = os.fdopen(os.dup(saved[1]), "w", buffering=1)
     with log.open("ab") as sink:
         sink.write(f"==== {heading}".encode())
         sink.flush()
-        os.dup2(sink.fileno(), 2)
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
         try:
-            yield
+            yield console
         finally:
+            sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            console.close()
 
 
-def cell_progress(step: str) -> dict:
-    """papermill's progress bar over a notebook's cells, on the console (standard output, which stays there)."""
-    return {"desc": f"[tunebook] {step}", "file": sys.stdout, "leave": False, "disable": not sys.stdout.isatty()}
+def cell_progress(step: str, console: TextIO) -> dict:
+    """papermill's progress bar over a notebook's cells, on the terminal (none when it is not one)."""
+    return {"desc": f"[tunebook] {step}", "file": console, "leave": False, "disable": not console.isatty()}
 
 
 class NotebookFailed(TunebookError):
@@ -164,14 +172,14 @@ def run_workbook(
         if progress:
             print(f"[tunebook] {step} ...", flush=True)
         try:
-            with kernel_output_to(run.console_log, f"{step}\n"):
+            with kernel_output_to(run.console_log, f"{step}\n") as console:
                 papermill.execute_notebook(
                     str(folder / f"{step}.ipynb"),
                     str(output),
                     parameters=own,
                     kernel_name=kernel,
                     cwd=str(run_dir),
-                    progress_bar=cell_progress(step) if progress else False,
+                    progress_bar=cell_progress(step, console) if progress else False,
                     log_output=False,
                     kernel_manager_class=QUIET_KERNEL_MANAGER,
                 )
