@@ -46,24 +46,17 @@ def given_parameters(config: str | None, typed: dict) -> dict:
 
 
 def absolute_paths(parameters: dict) -> dict:
-    """Make a given JOB_CARD and a local BASE_MODEL absolute, since notebooks run inside the run folder."""
+    """Make a given JOB_CARD and a local BASE_MODEL absolute, since notebooks run inside the run folder. An empty
+    JOB_CARD is dropped: 00's declared default (the bundled example beside the notebooks) applies."""
     resolved = dict(parameters)
     if resolved.get("JOB_CARD"):
         resolved["JOB_CARD"] = str(Path(resolved["JOB_CARD"]).expanduser().resolve())
+    else:
+        resolved.pop("JOB_CARD", None)
     model = resolved.get("BASE_MODEL")
     if isinstance(model, str) and model not in ("", "bundled") and Path(model).expanduser().exists():
         resolved["BASE_MODEL"] = str(Path(model).expanduser().resolve())
     return resolved
-
-
-def with_bundled_card(parameters: dict) -> dict:
-    """The parameters, with JOB_CARD defaulting to the bundled example beside the notebooks (``tunebook run``)."""
-    # deferred: a command imports only what it runs, so `tunebook --help` starts at once
-    from tunebook.workbook.runner import notebooks_dir
-
-    if parameters.get("JOB_CARD"):
-        return parameters
-    return {**parameters, "JOB_CARD": str(notebooks_dir().parent / "examples" / "support_triage" / "job.yaml")}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -73,7 +66,7 @@ def _run(args: argparse.Namespace) -> int:
     from tunebook.workbook.runner import NOTEBOOKS, run_workbook
 
     typed = parse_assignments(args.param)
-    parameters = absolute_paths(with_bundled_card(given_parameters(args.config, typed)))
+    parameters = absolute_paths(given_parameters(args.config, typed))
     steps = NOTEBOOKS
     if args.steps:
         wanted = [s.strip() for s in args.steps.split(",")]
@@ -517,7 +510,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
     from tunebook.workbook.workshop import build_checkpoint, profile_path, steps_before
 
     config = args.config or str(profile_path())
-    parameters = absolute_paths(with_bundled_card(given_parameters(config, parse_assignments(args.param))))
+    parameters = absolute_paths(given_parameters(config, parse_assignments(args.param)))
     done = steps_before(args.step)
     print(f"[tunebook] building {args.into}: {', '.join(done)} with {config}", flush=True)
     run_dir = build_checkpoint(args.step, args.into, parameters)
