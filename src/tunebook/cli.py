@@ -250,6 +250,16 @@ def _prepare_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _copy_workbook(args: argparse.Namespace) -> int:
+    # deferred: as above
+    from tunebook.workbook.bundle import copy_workbook
+
+    into = copy_workbook(args.into)
+    print(f"[tunebook] workbook copied to {into}: open it with `jupyter lab {into / 'notebooks'}`")
+    print(f"[tunebook] `tunebook run` uses these notebooks when TUNEBOOK_NOTEBOOKS={into / 'notebooks'}")
+    return 0
+
+
 def _store(args: argparse.Namespace):
     # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.registry.store import open_registry
@@ -432,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing_parameters.add_argument("step", nargs="?", help="a notebook prefix such as 03 (default: every step)")
     listing_parameters.set_defaults(func=_parameters)
+    copying = sub.add_parser(
+        "workbook", help="copy the notebooks, bundled examples and workshop kit into a folder, to open and edit"
+    )
+    copying.add_argument("into", help="a new or empty folder")
+    copying.set_defaults(func=_copy_workbook)
     prepare = sub.add_parser("prepare-model", help="convert the bundled base model once and cache it")
     prepare.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub id")
     prepare.set_defaults(func=_prepare_model)

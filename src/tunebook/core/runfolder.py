@@ -1,6 +1,6 @@
 """The run folder: every path and file name of a run, and a typed read and write for each artifact.
 
-No other module and no notebook spells an artifact's path or file name (``tests/test_runfolder.py`` checks it): they
+No other module and no notebook spells an artifact's path or file name (``tests/core/test_runfolder.py`` checks it): they
 ask a ``RunFolder`` for it. A released version downloaded from the registry has the same layout, so ``serve`` reads it
 through a ``RunFolder`` too.
 """

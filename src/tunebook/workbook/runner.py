@@ -18,6 +18,7 @@ from tunebook.core.runfolder import STEPS, RunFolder, Step
 from tunebook.core.settings import RUNNER_PARAMETERS, Parameter, check_parameters
 from tunebook.errors import TunebookError
 from tunebook.registry.store import log_file, open_registry
+from tunebook.workbook.bundle import workbook_root
 from tunebook.workbook.parameters import declared_parameters
 
 NOTEBOOKS = STEPS
@@ -25,8 +26,8 @@ KERNEL_NAME = "tunebook"
 
 
 def notebooks_dir() -> Path:
-    """The workbook's notebooks folder (``TUNEBOOK_NOTEBOOKS`` or the repository's ``notebooks/``)."""
-    folder = Path(os.environ.get("TUNEBOOK_NOTEBOOKS", Path(__file__).resolve().parents[3] / "notebooks"))
+    """The workbook's notebooks folder (``TUNEBOOK_NOTEBOOKS``, else the installed or checked-out ``notebooks/``)."""
+    folder = Path(os.environ.get("TUNEBOOK_NOTEBOOKS", workbook_root() / "notebooks"))
     if not (folder / f"{Step.DEFINE}.ipynb").is_file():
         raise TunebookError(
             f"notebooks not found in {folder}; set TUNEBOOK_NOTEBOOKS to the workbook's notebooks folder."

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from tunebook.core.runfolder import Step
 from tunebook.errors import TunebookError
-from tunebook.workbook.runner import NOTEBOOKS, notebooks_dir, run_workbook
+from tunebook.workbook.bundle import workbook_root
+from tunebook.workbook.runner import NOTEBOOKS, run_workbook
 
 
 def profile_path() -> Path:
     """The workshop profile shipped with the workbook (``workshop/profile.yaml``)."""
-    return notebooks_dir().parent / "workshop" / "profile.yaml"
+    return workbook_root() / "workshop" / "profile.yaml"
 
 
 def steps_before(step: str) -> tuple[str, ...]:

@@ -166,7 +166,7 @@ def test_a_release_stored_the_old_way_is_refused_naming_the_fix(systems, tmp_pat
 def test_json_answers_come_back_as_objects_and_others_as_they_are():
     from tunebook.card.schema import load_job_card
 
-    examples = Path(__file__).resolve().parents[1] / "examples"
+    examples = Path(__file__).resolve().parents[2] / "examples"
     extraction = load_job_card(examples / "order_extraction" / "job.yaml")
     triage = load_job_card(examples / "support_triage" / "job.yaml")
     answers = pd.Series(['{"order_id": "A1", "quantity": 2}', "not json"])

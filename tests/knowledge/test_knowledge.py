@@ -193,7 +193,7 @@ CARD_LINES = {"abstain_phrase": "passed your question to a colleague"}
 def grounded_card(tmp_path):
     import yaml
 
-    source = Path(__file__).resolve().parents[1] / "examples" / "reply_drafting" / "job.yaml"
+    source = Path(__file__).resolve().parents[2] / "examples" / "reply_drafting" / "job.yaml"
     card = yaml.safe_load(source.read_text())
     card["knowledge"] = {"documents": str(write_docs(tmp_path / "docs")), **CARD_LINES}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(card))

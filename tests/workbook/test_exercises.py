@@ -16,7 +16,7 @@ from tunebook.errors import TunebookError
 from tunebook.workbook import exercises
 from tunebook.workbook.runner import NOTEBOOKS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = ROOT / "notebooks"
 LEARNER_DIR = ROOT.joinpath(*exercises.LEARNER_DIR)
 

@@ -9,7 +9,7 @@ import pytest
 
 from tunebook.workbook.runner import KERNEL_NAME, NOTEBOOKS
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 PATHS = [NOTEBOOK_DIR / f"{name}.ipynb" for name in NOTEBOOKS]
 
 

@@ -19,7 +19,7 @@ from conftest import free_port
 
 from tunebook.card.schema import load_job_card
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("TUNEBOOK_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is missing: `make test` installs it")
 pytestmark = [
