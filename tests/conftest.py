@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -56,6 +57,7 @@ SHARED_FIXTURE_FILES = {
     "test_exercises.py": "finished_run",
     "test_browser.py": "finished_run",  # also in order: 01 reviews what 00 wrote
     "test_knowledge_pipeline.py": "rag_run",
+    "test_export.py": "finished_run",
 }
 
 
@@ -314,6 +316,8 @@ def finished_run(tmp_path_factory, tiny_model):
         "TRAFFIC_FILE": str(TRAFFIC / "in_distribution.csv"),  # the same six teams as the small job
         "TRAFFIC_ROWS": 16,
         "LABELS_FILE": str(TRAFFIC / "in_distribution_labels.csv"),
+        # 05's export cell: every form where llama.cpp's bindings are installed (`make llama-cpp`)
+        "EXPORT_FORMS": "merged,adapter,gguf,ollama" if importlib.util.find_spec("llama_cpp") else "merged,adapter",
     }  # the notebooks must all run, whatever the baselines reach on 6 test tickets
     workshop.build_checkpoint(pipeline.NOTEBOOKS[1], root / "runs" / "tiny", params, progress=False)
     for step in pipeline.NOTEBOOKS[1:]:

@@ -303,6 +303,37 @@ def _serve(args: argparse.Namespace) -> int:
     return 0  # not reached: the server replaces this process
 
 
+def _export(args: argparse.Namespace) -> int:
+    """Export a version and print its parity table; exit 3 when a form is not for release, naming it."""
+    # deferred: as above
+    from tunebook.export.forms import parity_table
+    from tunebook.export.step import export_version
+
+    result = export_version(
+        _store(args),
+        args.job,
+        args.version,
+        into=args.into,
+        forms=tuple(f.strip() for f in args.forms.split(",") if f.strip()),
+        base_model=args.base_model,
+        gguf_types=tuple(t.strip() for t in args.gguf_types.split(",") if t.strip()),
+        threads=args.threads,
+        min_agreement=args.min_agreement,
+        examples=args.examples,
+    )
+    print(parity_table(result.parity))
+    for part, seconds in result.seconds.items():
+        print(f"[tunebook] {part}: {seconds:.1f} s")
+    for form, why in result.skipped.items():
+        print(f"[tunebook] {form} not written: {why}")
+    print(f"[tunebook] version {result.version} exported to {result.folder}: {', '.join(result.manifests)}")
+    if result.not_for_release:
+        for form in result.not_for_release:
+            print(f"[tunebook] NOT FOR RELEASE: {form}: {result.manifests[form].why}")
+        return 3
+    return 0
+
+
 def _versions(args: argparse.Namespace) -> int:
     # deferred: a command imports only what it runs, so `tunebook --help` starts at once
     from tunebook.registry.store import versions
@@ -470,6 +501,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-model", default="", help="where this machine keeps the base model, if the system needs one"
     )
     serving.set_defaults(func=_serve)
+    exporting = sub.add_parser(
+        "export",
+        help="write a version as a merged model, adapter, GGUF and Ollama Modelfile, each checked on the test split",
+    )
+    _registry_arguments(exporting)
+    exporting.add_argument("--version", help="a registered version instead of the champion")
+    exporting.add_argument("--into", default="exports", help="folder to write JOB-vVERSION/ into (default: exports)")
+    exporting.add_argument(
+        "--forms", default="merged,adapter,gguf,ollama", help="comma-separated forms (default: all four)"
+    )
+    exporting.add_argument("--gguf-types", default="f16,q8_0,q4_k_m", help="GGUF types (default: f16,q8_0,q4_k_m)")
+    exporting.add_argument(
+        "--base-model", default="bundled", help="the base model the adapter was trained on (default: bundled)"
+    )
+    exporting.add_argument("--threads", type=int, default=0, help="llama.cpp threads (default: the cores free now)")
+    exporting.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.95,
+        help="share of test answers a form must give as the evaluated adapter did (default: 0.95, as 05's parity)",
+    )
+    exporting.add_argument("--examples", type=int, default=0, help="check on the first N test examples (default: all)")
+    exporting.set_defaults(func=_export)
     listing = sub.add_parser("versions", help="list a job's registered versions, aliases and gate verdicts")
     _registry_arguments(listing)
     listing.set_defaults(func=_versions)

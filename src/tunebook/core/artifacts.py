@@ -317,6 +317,48 @@ class Parity(BaseModel):
     max_confidence_difference: float | None = None  # where answers carry a confidence
 
 
+class FormParity(BaseModel):
+    """How one exported form answers the frozen test split, through the runtime that runs it, against the evaluated
+    adapter's own answers (before any decision rule or mixed-in classical model)."""
+
+    form: str  # merged, gguf-f16, gguf-q8_0, gguf-q4_k_m
+    runtime: str  # what answered: transformers, llama.cpp (and how it chose among fixed answers)
+    n: int
+    agreement: float  # share of test examples answered as the evaluated adapter answered them
+    differing: list[str] = Field(default_factory=list)  # their ids (the first 20)
+    metric: str
+    value: float
+    low: float  # 95% percentile-bootstrap interval of the primary metric
+    high: float
+    reference_value: float  # the evaluated adapter's primary metric on the same examples
+    fixed: int  # examples the form gets fully right and the adapter did not
+    broken: int
+    p_value: float  # exact McNemar test of the form against the adapter
+    tokens_per_second: float | None = None  # prompt and answer tokens processed per second, one example at a time
+    seconds: float
+    problems: list[str] = Field(default_factory=list)  # drift found before answering: template, stop token, BOS
+    releasable: bool
+    why: str
+
+
+class ExportManifest(Artifact):
+    """export_manifest.json beside each exported form: what it is, what it was made from, and whether it may ship."""
+
+    job: str
+    version: str
+    form: str  # merged, adapter, gguf, ollama
+    files: list[str]
+    adapter_sha256: str
+    base_model: dict[str, Any]
+    knowledge_version: str | None = None
+    system_kind: str  # adapter or mixed: a mixed system's classical model is not in any export
+    decision_rule: bool  # the release applies a decision rule the export does not
+    parity: list[FormParity] = Field(default_factory=list)
+    for_release: bool
+    why: str
+    exported_at: str
+
+
 class Latency(BaseModel):
     """Per-example answer time as a service answers, one request at a time after one warm-up call."""
 

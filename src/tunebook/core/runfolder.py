@@ -370,6 +370,11 @@ class RunFolder:
         """Where 05 downloads the champion it gates against."""
         return self.release_dir / "champion"
 
+    @property
+    def export_dir(self) -> Path:
+        """Where 05 writes the released version's exports (merged, adapter, GGUF, Ollama), one folder per version."""
+        return self.root / "export"
+
     def relative(self, path: Path) -> str:
         """``path`` relative to the run folder, as the registry stores it."""
         return path.relative_to(self.root).as_posix()

@@ -40,3 +40,8 @@ class ReleaseSettings(StepSettings):
     require_targets: bool = setting(False, "also block promotion while a card target (accuracy, F1, ...) is missed")
     promote: bool = setting(True, "make the challenger champion when the gate passes")
     eval_batch_size: int = setting(8, "examples per forward pass in the parity probe", above=0)
+    export_forms: str = setting(
+        "",
+        "after registering, export the version as these forms (any of merged,adapter,gguf,ollama), each checked on "
+        "the test split; empty: none (`tunebook export` does it later)",
+    )

@@ -1,0 +1,351 @@
+"""``tunebook export`` (and 05's last cell): a registered version written in the forms people run models in, each
+form's answers on the frozen test split checked against the evaluated adapter before it is marked for release."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from tunebook.card.tasks import task_of
+from tunebook.core.artifacts import ExportManifest, FormParity
+from tunebook.core.lineage import check_adapter_matches
+from tunebook.core.runfolder import MODEL_ARTIFACT, RunFolder, read_manifest
+from tunebook.core.tables import read_predictions
+from tunebook.errors import TunebookError
+from tunebook.export import forms as written
+from tunebook.export.gguf import GGUF_TYPES, quantize_gguf, write_gguf
+from tunebook.export.ollama import check_modelfile, ollama_template, stop_tokens, write_modelfile
+from tunebook.export.parity import CHOOSERS, compare, gguf_answers, gguf_drift
+from tunebook.export.runtime import GgufRuntime, free_threads
+from tunebook.modeling.models import model_identity
+from tunebook.modeling.predict import load_for_inference, load_trained, merged_model, predict
+from tunebook.modeling.prompts import system_prompt
+from tunebook.modeling.system import read_system
+from tunebook.registry.store import TAG, Registry, model_name
+from tunebook.serving.pyfunc import RELEASE_ARTIFACT, local_base_model
+from tunebook.serving.serve import fetch_release
+
+FORMS = written.FORMS
+
+
+@dataclass
+class Exported:
+    """What ``export_version`` wrote: the folder, each form's manifest, the parity rows and the time each part took."""
+
+    folder: Path
+    version: str
+    manifests: dict[str, ExportManifest] = field(default_factory=dict)
+    parity: list[FormParity] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # form: why it was not written
+
+    @property
+    def not_for_release(self) -> list[str]:
+        """The forms marked not for release in their manifests."""
+        return [form for form, manifest in self.manifests.items() if not manifest.for_release]
+
+
+def export_after_release(
+    registry: Registry, job: str, version: str, forms: str, into: Path, base_model: str
+) -> Exported | None:
+    """05's last step: export the version it registered as ``forms`` (comma-separated), or say how to later."""
+    asked = tuple(f.strip() for f in forms.split(",") if f.strip())
+    if not asked:
+        print(f"no export asked (EXPORT_FORMS is empty); later: tunebook export --job {job} --version {version}")
+        return None
+    return export_version(registry, job, version, into, asked, base_model, progress=False)
+
+
+def answering_folder(release: RunFolder) -> RunFolder:
+    """The run folder inside a downloaded version that holds what answers (the pyfunc model's data, or the release
+    itself for a version registered before the pyfunc model)."""
+    inner = release.root / MODEL_ARTIFACT / "data" / RELEASE_ARTIFACT
+    return RunFolder(inner) if inner.is_dir() else release
+
+
+def _test_examples(release: RunFolder, limit: int) -> pd.DataFrame:
+    """The frozen test split as 04 scored it (its predictions file holds every test example's text and target)."""
+    frame = read_predictions(release.tuned_predictions)
+    keep = [c for c in frame.columns if c in ("id", "text", "target", "tags", "context", "context_ids")]
+    frame = frame[keep]
+    return frame.head(limit) if limit else frame
+
+
+def _check_forms(asked: tuple[str, ...], gguf_types: tuple[str, ...]) -> None:
+    unknown = [f for f in asked if f not in FORMS]
+    if unknown or not asked:
+        raise TunebookError(f"--forms {','.join(asked)}: choose from {', '.join(FORMS)}.")
+    bad = [t for t in gguf_types if t not in GGUF_TYPES]
+    if bad:
+        raise TunebookError(f"--gguf-types {','.join(bad)}: choose from {', '.join(GGUF_TYPES)}.")
+    if "ollama" in asked and "gguf" not in asked:
+        raise TunebookError("the ollama form runs a GGUF file: ask for gguf too (--forms gguf,ollama).")
+
+
+def export_version(
+    registry: Registry,
+    job: str,
+    version: str | int | None = None,
+    into: str | Path = "exports",
+    forms: tuple[str, ...] = FORMS,
+    base_model: str = "bundled",
+    gguf_types: tuple[str, ...] = GGUF_TYPES,
+    threads: int = 0,
+    min_agreement: float = 0.95,
+    alpha: float = 0.05,
+    examples: int = 0,
+    progress: bool = True,
+) -> Exported:
+    """Write ``forms`` of the champion (or ``version``) into ``into/<job>-v<version>/``, check each on the frozen test
+    split through its runtime, and record on the registered version which forms may ship."""
+    _check_forms(forms, gguf_types)
+    version, release = fetch_release(registry, job, version)
+    model_folder = answering_folder(release)
+    card, system = release.read_job_card(), read_system(model_folder)
+    if not system.trained:
+        raise TunebookError(
+            f"version {version} of '{job}' is the cheap baseline '{system.variant}' ({system.kind}): it has no model "
+            "weights to export. It is served as it is with `tunebook serve` or `tunebook predict`."
+        )
+    out = Path(into) / f"{job}-v{version}"
+    if out.exists():
+        raise TunebookError(f"{out} exists; an export is written once. Remove it or choose another --into.")
+    adapter_dir, manifest = model_folder.adapter_dir, read_manifest(model_folder.adapter_dir)
+    resolved = local_base_model(base_model)
+    check_adapter_matches(manifest, card, model_identity(resolved))
+    test = _test_examples(release, examples)
+    budget = system.answer_budget or task_of(card).max_new_tokens
+    result = Exported(folder=out, version=str(version))
+    out.mkdir(parents=True)
+
+    clock = time.perf_counter()
+    model, tokenizer = load_trained(resolved, adapter_dir, manifest)
+    reference = predict(model, tokenizer, card, test, max_new_tokens=budget, progress=progress)
+    result.seconds["reference answers"] = time.perf_counter() - clock
+    del model
+
+    clock = time.perf_counter()
+    merged = (
+        load_for_inference(resolved, adapter_dir, full=True)[0]
+        if manifest.full_fine_tune
+        else merged_model(resolved, adapter_dir, manifest.quantization)
+    )
+    scratch = Path(tempfile.mkdtemp(prefix="tunebook-merged-"))
+    merged_dir = written.write_merged(merged, tokenizer, (out if "merged" in forms else scratch) / "merged")
+    result.seconds["merged: write"] = time.perf_counter() - clock
+    del merged
+    missing = written.not_included(system)
+    common = dict(job=job, version=str(version), manifest=manifest, adapter_dir=adapter_dir, system=system)
+
+    def check(rows: list[FormParity]) -> tuple[bool, str]:
+        failed = [r for r in rows if not r.releasable]
+        return not failed, "; ".join(f"{r.form}: {r.why}" for r in failed) or "every check passed"
+
+    try:
+        if "merged" in forms:
+            clock = time.perf_counter()
+            loaded, own_tokenizer = load_for_inference(str(merged_dir))
+            answers = predict(loaded, own_tokenizer, card, test, max_new_tokens=budget, progress=progress)
+            row = compare(
+                card, reference, answers, form="merged", runtime="transformers", seconds=time.perf_counter() - clock,
+                tokens_per_second=None, problems=[], min_agreement=min_agreement, alpha=alpha,
+            )  # fmt: skip
+            del loaded
+            result.parity.append(row)
+            written.write_readme(
+                merged_dir,
+                f"{job} version {version}: merged model",
+                "The adapter merged into its base model, saved as a transformers model folder with its tokenizer and "
+                "chat template. transformers and vLLM load it as it is.",
+                [
+                    f"vllm serve {merged_dir.resolve()} --dtype float32 --generation-config auto",
+                    f"python -c \"from transformers import pipeline; print(pipeline('text-generation', '{merged_dir.resolve()}'))\"",
+                ],
+                missing,
+                [row],
+            )
+            ok, why = check([row])
+            result.manifests["merged"] = written.manifest_for(
+                form="merged", folder=merged_dir, parity=[row], for_release=ok, why=why, **common
+            )
+        if "adapter" in forms and manifest.full_fine_tune:
+            result.skipped["adapter"] = "a full fine-tune has no adapter: the merged folder is the trained model itself"
+        elif "adapter" in forms:
+            folder = written.write_adapter(adapter_dir, out / "adapter")
+            rank = written.adapter_rank(adapter_dir)
+            base_name = manifest.base_model.get("name", "the base model")
+            written.write_readme(
+                folder,
+                f"{job} version {version}: LoRA adapter",
+                f"The PEFT adapter as trained (rank {rank}), for servers that load adapters beside their base model. "
+                f"Its base model is {base_name} with weights of sha256 {manifest.base_model.get('sha256')}: serve "
+                f"it on exactly those weights (here: {resolved}). Other weights of the same name, such as a "
+                "differently quantized or converted copy, are not what was evaluated; the merged folder avoids that.",
+                [
+                    f"vllm serve {resolved} --enable-lora --max-lora-rank {rank} --lora-modules {job}={folder.resolve()}",
+                    f"lorax-launcher --model-id {resolved}   # then send adapter_id={folder.resolve()}, adapter_source=local",
+                ],
+                missing,
+                [],
+            )
+            result.manifests["adapter"] = written.manifest_for(
+                form="adapter",
+                folder=folder,
+                parity=[],
+                for_release=True,
+                why="the adapter as evaluated: the evaluated model itself on its own base weights",
+                **common,
+            )
+        if "gguf" in forms:
+            gguf = _gguf_forms(
+                result, out / "gguf", merged_dir, tokenizer, card, test, reference, budget, gguf_types,
+                threads or free_threads(), min_agreement, alpha, progress,
+            )  # fmt: skip
+            result.parity += gguf.rows
+            written.write_readme(
+                out / "gguf",
+                f"{job} version {version}: GGUF for llama.cpp",
+                "The merged model as GGUF files for llama.cpp and the tools built on it, each carrying the chat "
+                "template, BOS rule and end-of-generation tokens it was trained with."
+                + (f" In the parity check llama.cpp chose fixed answers {gguf.chooser}." if gguf.chooser else ""),
+                [f"llama-cli -m {p.resolve()} --jinja --temp 0 -n {budget}" for p in gguf.files],
+                missing,
+                gguf.rows,
+            )
+            ok, why = check(gguf.shipped)
+            result.manifests["gguf"] = written.manifest_for(
+                form="gguf", folder=out / "gguf", parity=gguf.shipped, for_release=ok, why=why, **common
+            )
+            if "ollama" in forms:
+                result.manifests["ollama"] = _ollama_form(
+                    out / "ollama", gguf, tokenizer, card, test, budget, missing, common
+                )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _record(registry, job, str(version), result)
+    return result
+
+
+@dataclass
+class GgufForms:
+    """The GGUF files written, every parity row measured, the rows of the way of choosing that ships, and that way."""
+
+    files: list[Path]
+    rows: list[FormParity]
+    shipped: list[FormParity]
+    chooser: str  # '' where every answer is generated
+
+
+CHOOSER_WORDS = {"scores": "by candidate log-probabilities", "grammar": "by a grammar over the candidates"}
+
+
+def _gguf_forms(
+    result: Exported,
+    folder: Path,
+    merged_dir: Path,
+    tokenizer,
+    card,
+    test: pd.DataFrame,
+    reference: pd.DataFrame,
+    budget: int,
+    gguf_types: tuple[str, ...],
+    threads: int,
+    min_agreement: float,
+    alpha: float,
+    progress: bool,
+) -> GgufForms:
+    """Each GGUF type written and run through llama.cpp on the test split. For fixed answers both ways of choosing
+    are measured on the first type, and the one that agrees more with the adapter is used for every type."""
+    folder.mkdir(parents=True)
+    clock = time.perf_counter()
+    f16 = write_gguf(merged_dir, folder / f"{card.name}-f16.gguf", name=card.name)
+    result.seconds["gguf f16: write"] = time.perf_counter() - clock
+    files = []
+    for kind in gguf_types:
+        if kind != "f16":
+            clock = time.perf_counter()
+            files.append(quantize_gguf(f16, folder / f"{card.name}-{kind}.gguf", kind))
+            result.seconds[f"gguf {kind}: quantize"] = time.perf_counter() - clock
+        else:
+            files.append(f16)
+    if "f16" not in gguf_types:
+        f16.unlink()
+    choosing = bool(card.choices) and task_of(card).choice_is_answer
+    choosers = CHOOSERS if choosing else ("scores",)
+    rows, shipped = [], []
+    for i, path in enumerate(files):
+        kind = path.stem.rsplit("-", 1)[1]
+        runtime = GgufRuntime(path, threads)
+        try:
+            problems = gguf_drift(runtime, tokenizer, card, test["text"].head(8).tolist())
+            measured = {}
+            for chooser in choosers if i == 0 else choosers[:1]:
+                runtime.counter.tokens, runtime.counter.seconds = 0, 0.0
+                clock = time.perf_counter()
+                answers = gguf_answers(runtime, tokenizer, card, test, budget, chooser, progress)
+                measured[chooser] = compare(
+                    card, reference, answers, form=f"gguf-{kind}",
+                    runtime="llama.cpp" + (f" ({CHOOSER_WORDS[chooser]})" if choosing else ""),
+                    seconds=time.perf_counter() - clock, tokens_per_second=runtime.counter.per_second,
+                    problems=problems, min_agreement=min_agreement, alpha=alpha,
+                )  # fmt: skip
+            if i == 0:  # the way that agrees more is used for every type (ties: the first, candidate scores)
+                choosers = (max(measured, key=lambda c: measured[c].agreement),)
+            rows += measured.values()
+            shipped.append(measured[choosers[0]])
+            result.seconds[f"gguf {kind}: parity"] = sum(r.seconds for r in measured.values())
+        finally:
+            runtime.close()
+    return GgufForms(files, rows, shipped, CHOOSER_WORDS[choosers[0]] if choosing else "")
+
+
+def _ollama_form(
+    folder: Path, gguf: GgufForms, tokenizer, card, test: pd.DataFrame, budget: int, missing: list[str], common: dict
+) -> ExportManifest:
+    """A Modelfile for the smallest GGUF type that passed (else the first), checked by rendering its template for
+    one test example and comparing the tokens with the training prompt's."""
+    folder.mkdir(parents=True)
+    passed = [f for f, r in zip(gguf.files, gguf.shipped) if r.releasable]
+    chosen = min(passed or gguf.files[:1], key=lambda p: p.stat().st_size)
+    row = gguf.shipped[gguf.files.index(chosen)]
+    path = write_modelfile(
+        folder,
+        f"../gguf/{chosen.name}",
+        ollama_template(tokenizer),
+        system_prompt(card),
+        stop_tokens(tokenizer),
+        budget,
+    )
+    problems = check_modelfile(path, tokenizer, card, test["text"].head(8).tolist())
+    ok = row.releasable and not problems
+    why = "; ".join(problems + ([] if row.releasable else [f"{row.form}: {row.why}"])) or (
+        f"runs {chosen.name}, which passed its parity check; the template renders the training prompt token for token"
+    )
+    written.write_readme(
+        folder,
+        f"{card.name} version {common['version']}: Ollama",
+        f"A Modelfile that runs {chosen.name} with the training prompt format, the job's system prompt, its stop "
+        "tokens and greedy decoding. Ollama was not run here: its template was checked by rendering it for a test "
+        "example and comparing the tokens with the training prompt's; the model's answers are the GGUF file's, "
+        "whose parity is below.",
+        [
+            f"cd {folder.resolve()} && ollama create {card.name.replace('_', '-')} -f Modelfile",
+            f"ollama run {card.name.replace('_', '-')} 'the text of a request'",
+        ],  # fmt: skip
+        missing,
+        [row],
+    )
+    return written.manifest_for(form="ollama", folder=folder, parity=[row], for_release=ok, why=why, **common)
+
+
+def _record(registry: Registry, job: str, version: str, result: Exported) -> None:
+    """Tag the registered version with each exported form's verdict (``tunebook.export.<form>``)."""
+    client = registry.client
+    for form, manifest in result.manifests.items():
+        verdict = "passed" if manifest.for_release else "not for release"
+        client.set_model_version_tag(model_name(job), version, f"{TAG}export.{form}", verdict)
