@@ -328,8 +328,8 @@ def _export(args: argparse.Namespace) -> int:
         print(f"[tunebook] {form} not written: {why}")
     print(f"[tunebook] version {result.version} exported to {result.folder}: {', '.join(result.manifests)}")
     if result.not_for_release:
-        for form in result.not_for_release:
-            print(f"[tunebook] NOT FOR RELEASE: {form}: {result.manifests[form].why}")
+        for form, why in result.not_for_release.items():
+            print(f"[tunebook] NOT FOR RELEASE: {form}: {why}")
         return 3
     return 0
 

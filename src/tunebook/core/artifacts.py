@@ -354,7 +354,8 @@ class ExportManifest(Artifact):
     system_kind: str  # adapter or mixed: a mixed system's classical model is not in any export
     decision_rule: bool  # the release applies a decision rule the export does not
     parity: list[FormParity] = Field(default_factory=list)
-    for_release: bool
+    for_release: bool  # a GGUF folder: at least one of its files may ship
+    not_for_release: list[str] = Field(default_factory=list)  # the files of the folder that may not
     why: str
     exported_at: str
 

@@ -3,7 +3,6 @@ servers, and each form's README and manifest."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -13,18 +12,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunebook.core.artifacts import ExportManifest, FormParity, Manifest, System, write_model
 from tunebook.core.runfolder import trained_weights
+from tunebook.core.tables import file_hash
 
 MANIFEST_NAME = "export_manifest.json"
 FORMS = ("merged", "adapter", "gguf", "ollama")
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:
@@ -78,6 +69,7 @@ def manifest_for(
     parity: list[FormParity],
     for_release: bool,
     why: str,
+    not_for_release: list[str] = (),
 ) -> ExportManifest:
     """The manifest of one exported form, written into its folder."""
     weights = trained_weights(adapter_dir)
@@ -86,13 +78,14 @@ def manifest_for(
         version=str(version),
         form=form,
         files=sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()),
-        adapter_sha256=sha256_of(weights) if weights else "",
+        adapter_sha256=file_hash(weights) if weights else "",
         base_model=manifest.base_model,
         knowledge_version=(system.knowledge or {}).get("version") or manifest.knowledge_version,
         system_kind=system.kind,
         decision_rule=bool(system.decision_rule),
         parity=parity,
         for_release=for_release,
+        not_for_release=list(not_for_release),
         why=why,
         exported_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )

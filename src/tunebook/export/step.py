@@ -3,6 +3,7 @@ form's answers on the frozen test split checked against the evaluated adapter be
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import tempfile
 import time
@@ -21,7 +22,7 @@ from tunebook.export import forms as written
 from tunebook.export.gguf import GGUF_TYPES, quantize_gguf, write_gguf
 from tunebook.export.ollama import check_modelfile, ollama_template, stop_tokens, write_modelfile
 from tunebook.export.parity import CHOOSERS, compare, gguf_answers, gguf_drift
-from tunebook.export.runtime import GgufRuntime, free_threads
+from tunebook.export.runtime import INSTALL_HINT, GgufRuntime, free_threads
 from tunebook.modeling.models import model_identity
 from tunebook.modeling.predict import load_for_inference, load_trained, merged_model, predict
 from tunebook.modeling.prompts import system_prompt
@@ -45,9 +46,15 @@ class Exported:
     skipped: dict[str, str] = field(default_factory=dict)  # form: why it was not written
 
     @property
-    def not_for_release(self) -> list[str]:
-        """The forms marked not for release in their manifests."""
-        return [form for form, manifest in self.manifests.items() if not manifest.for_release]
+    def not_for_release(self) -> dict[str, str]:
+        """Each form, or GGUF type, marked not for release, with why."""
+        found = {}
+        for form, manifest in self.manifests.items():
+            if form == "gguf":
+                found |= {r.form: r.why for r in manifest.parity if not r.releasable}
+            elif not manifest.for_release:
+                found[form] = "; ".join(r.why for r in manifest.parity if not r.releasable) or manifest.why
+        return found
 
 
 def export_after_release(
@@ -85,6 +92,8 @@ def _check_forms(asked: tuple[str, ...], gguf_types: tuple[str, ...]) -> None:
         raise TunebookError(f"--gguf-types {','.join(bad)}: choose from {', '.join(GGUF_TYPES)}.")
     if "ollama" in asked and "gguf" not in asked:
         raise TunebookError("the ollama form runs a GGUF file: ask for gguf too (--forms gguf,ollama).")
+    if "gguf" in asked and importlib.util.find_spec("llama_cpp") is None:
+        raise TunebookError(INSTALL_HINT)
 
 
 def export_version(
@@ -142,85 +151,24 @@ def export_version(
     missing = written.not_included(system)
     common = dict(job=job, version=str(version), manifest=manifest, adapter_dir=adapter_dir, system=system)
 
-    def check(rows: list[FormParity]) -> tuple[bool, str]:
-        failed = [r for r in rows if not r.releasable]
-        return not failed, "; ".join(f"{r.form}: {r.why}" for r in failed) or "every check passed"
-
     try:
         if "merged" in forms:
-            clock = time.perf_counter()
-            loaded, own_tokenizer = load_for_inference(str(merged_dir))
-            answers = predict(loaded, own_tokenizer, card, test, max_new_tokens=budget, progress=progress)
-            row = compare(
-                card, reference, answers, form="merged", runtime="transformers", seconds=time.perf_counter() - clock,
-                tokens_per_second=None, problems=[], min_agreement=min_agreement, alpha=alpha,
-            )  # fmt: skip
-            del loaded
-            result.parity.append(row)
-            written.write_readme(
-                merged_dir,
-                f"{job} version {version}: merged model",
-                "The adapter merged into its base model, saved as a transformers model folder with its tokenizer and "
-                "chat template. transformers and vLLM load it as it is.",
-                [
-                    f"vllm serve {merged_dir.resolve()} --dtype float32 --generation-config auto",
-                    f"python -c \"from transformers import pipeline; print(pipeline('text-generation', '{merged_dir.resolve()}'))\"",
-                ],
-                missing,
-                [row],
-            )
-            ok, why = check([row])
-            result.manifests["merged"] = written.manifest_for(
-                form="merged", folder=merged_dir, parity=[row], for_release=ok, why=why, **common
+            result.manifests["merged"] = _merged_form(
+                result, merged_dir, card, test, reference, budget, missing, common, min_agreement, alpha, progress
             )
         if "adapter" in forms and manifest.full_fine_tune:
-            result.skipped["adapter"] = "a full fine-tune has no adapter: the merged folder is the trained model itself"
+            result.skipped["adapter"] = (
+                "a full fine-tune has no adapter: the merged folder is the trained model itself"
+            )
         elif "adapter" in forms:
-            folder = written.write_adapter(adapter_dir, out / "adapter")
-            rank = written.adapter_rank(adapter_dir)
-            base_name = manifest.base_model.get("name", "the base model")
-            written.write_readme(
-                folder,
-                f"{job} version {version}: LoRA adapter",
-                f"The PEFT adapter as trained (rank {rank}), for servers that load adapters beside their base model. "
-                f"Its base model is {base_name} with weights of sha256 {manifest.base_model.get('sha256')}: serve "
-                f"it on exactly those weights (here: {resolved}). Other weights of the same name, such as a "
-                "differently quantized or converted copy, are not what was evaluated; the merged folder avoids that.",
-                [
-                    f"vllm serve {resolved} --enable-lora --max-lora-rank {rank} --lora-modules {job}={folder.resolve()}",
-                    f"lorax-launcher --model-id {resolved}   # then send adapter_id={folder.resolve()}, adapter_source=local",
-                ],
-                missing,
-                [],
-            )
-            result.manifests["adapter"] = written.manifest_for(
-                form="adapter",
-                folder=folder,
-                parity=[],
-                for_release=True,
-                why="the adapter as evaluated: the evaluated model itself on its own base weights",
-                **common,
-            )
+            result.manifests["adapter"] = _adapter_form(out / "adapter", resolved, missing, common)
         if "gguf" in forms:
             gguf = _gguf_forms(
                 result, out / "gguf", merged_dir, tokenizer, card, test, reference, budget, gguf_types,
                 threads or free_threads(), min_agreement, alpha, progress,
             )  # fmt: skip
             result.parity += gguf.rows
-            written.write_readme(
-                out / "gguf",
-                f"{job} version {version}: GGUF for llama.cpp",
-                "The merged model as GGUF files for llama.cpp and the tools built on it, each carrying the chat "
-                "template, BOS rule and end-of-generation tokens it was trained with."
-                + (f" In the parity check llama.cpp chose fixed answers {gguf.chooser}." if gguf.chooser else ""),
-                [f"llama-cli -m {p.resolve()} --jinja --temp 0 -n {budget}" for p in gguf.files],
-                missing,
-                gguf.rows,
-            )
-            ok, why = check(gguf.shipped)
-            result.manifests["gguf"] = written.manifest_for(
-                form="gguf", folder=out / "gguf", parity=gguf.shipped, for_release=ok, why=why, **common
-            )
+            result.manifests["gguf"] = _gguf_manifest(out / "gguf", gguf, gguf_types, budget, missing, common)
             if "ollama" in forms:
                 result.manifests["ollama"] = _ollama_form(
                     out / "ollama", gguf, tokenizer, card, test, budget, missing, common
@@ -229,6 +177,82 @@ def export_version(
         shutil.rmtree(scratch, ignore_errors=True)
     _record(registry, job, str(version), result)
     return result
+
+
+def _verdict(rows: list[FormParity]) -> tuple[bool, str]:
+    """Whether every parity row passed, and why not (each failing row named)."""
+    failed = [r for r in rows if not r.releasable]
+    return not failed, "; ".join(f"{r.form}: {r.why}" for r in failed) or "every check passed"
+
+
+def _merged_form(
+    result: Exported,
+    folder: Path,
+    card,
+    test: pd.DataFrame,
+    reference: pd.DataFrame,
+    budget: int,
+    missing: list[str],
+    common: dict,
+    min_agreement: float,
+    alpha: float,
+    progress: bool,
+) -> ExportManifest:
+    """The merged folder loaded back by transformers, answering the test split, with its README and manifest."""
+    clock = time.perf_counter()
+    loaded, own_tokenizer = load_for_inference(str(folder))
+    answers = predict(loaded, own_tokenizer, card, test, max_new_tokens=budget, progress=progress)
+    row = compare(
+        card, reference, answers, form="merged", runtime="transformers", seconds=time.perf_counter() - clock,
+        tokens_per_second=None, problems=[], min_agreement=min_agreement, alpha=alpha,
+    )  # fmt: skip
+    result.parity.append(row)
+    result.seconds["merged: parity"] = row.seconds
+    written.write_readme(
+        folder,
+        f"{card.name} version {common['version']}: merged model",
+        "The adapter merged into its base model, saved as a transformers model folder with its tokenizer and chat "
+        "template. transformers and vLLM load it as it is.",
+        [
+            f"vllm serve {folder.resolve()} --dtype float32 --generation-config auto",
+            f"python -c \"from transformers import pipeline; print(pipeline('text-generation', '{folder.resolve()}'))\"",
+        ],
+        missing,
+        [row],
+    )
+    ok, why = _verdict([row])
+    return written.manifest_for(form="merged", folder=folder, parity=[row], for_release=ok, why=why, **common)
+
+
+def _adapter_form(folder: Path, resolved: str, missing: list[str], common: dict) -> ExportManifest:
+    """The adapter folder for multi-adapter servers, with the base weights it must be served on in its README."""
+    adapter_dir, manifest = common["adapter_dir"], common["manifest"]
+    written.write_adapter(adapter_dir, folder)
+    rank = written.adapter_rank(adapter_dir)
+    job = common["job"]
+    written.write_readme(
+        folder,
+        f"{job} version {common['version']}: LoRA adapter",
+        f"The PEFT adapter as trained (rank {rank}), for servers that load adapters beside their base model. Its base "
+        f"model is {manifest.base_model.get('name', 'the base model')} with weights of sha256 "
+        f"{manifest.base_model.get('sha256')}: serve it on exactly those weights (here: {resolved}). Other weights "
+        "of the same name, such as a differently quantized or converted copy, are not what was evaluated; the merged "
+        "folder avoids that.",
+        [
+            f"vllm serve {resolved} --enable-lora --max-lora-rank {rank} --lora-modules {job}={folder.resolve()}",
+            f"lorax-launcher --model-id {resolved}   # then send adapter_id={folder.resolve()}, adapter_source=local",
+        ],
+        missing,
+        [],
+    )
+    return written.manifest_for(
+        form="adapter",
+        folder=folder,
+        parity=[],
+        for_release=True,
+        why="the adapter as evaluated: the evaluated model itself, on its own base weights",
+        **common,
+    )
 
 
 @dataclass
@@ -304,6 +328,40 @@ def _gguf_forms(
     return GgufForms(files, rows, shipped, CHOOSER_WORDS[choosers[0]] if choosing else "")
 
 
+def _gguf_manifest(
+    folder: Path, gguf: GgufForms, gguf_types: tuple[str, ...], budget: int, missing: list[str], common: dict
+) -> ExportManifest:
+    """The GGUF folder's README and manifest: a verdict per file, the folder for release if one file may ship."""
+    written.write_readme(
+        folder,
+        f"{common['job']} version {common['version']}: GGUF for llama.cpp",
+        "The merged model as GGUF files for llama.cpp and the tools built on it, each carrying the chat template, BOS "
+        "rule and end-of-generation tokens it was trained with."
+        + (
+            " Both ways of choosing a fixed answer were measured on the first file; llama.cpp chose them "
+            f"{gguf.chooser} for every file, and that row is each file's verdict."
+            if gguf.chooser
+            else ""
+        )
+        + (
+            " q4_k_m: llama.cpp stores a tensor as q4_K only where its rows hold a multiple of 256 values and falls "
+            "back to q5_0 or q8_0 for the others."
+            if "q4_k_m" in gguf_types
+            else ""
+        ),
+        [f"llama-cli -m {p.resolve()} --jinja --temp 0 -n {budget}" for p in gguf.files],
+        missing,
+        gguf.rows,
+    )
+    passed = [f.name for f, r in zip(gguf.files, gguf.shipped) if r.releasable]
+    failed = [f.name for f, r in zip(gguf.files, gguf.shipped) if not r.releasable]
+    why = _verdict(gguf.shipped)[1] + (f"; for release: {', '.join(passed)}" if passed and failed else "")
+    return written.manifest_for(
+        form="gguf", folder=folder, parity=gguf.shipped, for_release=bool(passed), why=why, not_for_release=failed,
+        **common,
+    )  # fmt: skip
+
+
 def _ollama_form(
     folder: Path, gguf: GgufForms, tokenizer, card, test: pd.DataFrame, budget: int, missing: list[str], common: dict
 ) -> ExportManifest:
@@ -346,6 +404,8 @@ def _ollama_form(
 def _record(registry: Registry, job: str, version: str, result: Exported) -> None:
     """Tag the registered version with each exported form's verdict (``tunebook.export.<form>``)."""
     client = registry.client
-    for form, manifest in result.manifests.items():
-        verdict = "passed" if manifest.for_release else "not for release"
+    failed = result.not_for_release
+    named = [r.form for r in result.manifests["gguf"].parity] if "gguf" in result.manifests else []
+    for form in [f for f in result.manifests if f != "gguf"] + named:
+        verdict = "not for release" if form in failed else "passed"
         client.set_model_version_tag(model_name(job), version, f"{TAG}export.{form}", verdict)

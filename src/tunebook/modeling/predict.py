@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -38,7 +39,7 @@ def load_for_inference(
     else:
         model = load_model(base_model, quantization)
         if adapter_dir is not None:
-            model = PeftModel.from_pretrained(model, str(_checked(Path(adapter_dir), "adapter_config.json")))
+            model = _with_adapter(model, _checked(Path(adapter_dir), "adapter_config.json"))
     model.eval()
     return model, tokenizer
 
@@ -67,7 +68,16 @@ def merged_model(base_model: str, adapter_dir: str | Path, quantization: str = "
                     weight = dequantize_bnb_weight(source.weight, getattr(source, "state", None))
                     module.weight.copy_(weight.to(module.weight.dtype).reshape(module.weight.shape))
         del quantized
-    return PeftModel.from_pretrained(full, str(adapter_dir)).merge_and_unload().eval()
+    return _with_adapter(full, adapter_dir).merge_and_unload().eval()
+
+
+def _with_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
+    """``model`` with the PEFT adapter in ``adapter_dir`` loaded onto it."""
+    with warnings.catch_warnings():
+        # peft 0.21 reads model.is_gradient_checkpointing, which transformers 5 renamed; harmless, and it would print
+        # on every command that loads an adapter (pyproject's test filters list it too)
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return PeftModel.from_pretrained(model, str(adapter_dir))
 
 
 def serves_merged(manifest: Manifest) -> bool:
