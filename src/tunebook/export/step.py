@@ -23,9 +23,10 @@ from tunebook.export.gguf import GGUF_TYPES, quantize_gguf, write_gguf
 from tunebook.export.ollama import check_modelfile, ollama_template, stop_tokens, write_modelfile
 from tunebook.export.parity import CHOOSERS, compare, gguf_answers, gguf_drift
 from tunebook.export.runtime import INSTALL_HINT, GgufRuntime, free_threads
+from tunebook.knowledge.render import model_inputs
 from tunebook.modeling.models import model_identity
 from tunebook.modeling.predict import load_for_inference, load_trained, merged_model, predict
-from tunebook.modeling.prompts import system_prompt
+from tunebook.modeling.prompts import build_messages, encode_prompt, system_prompt
 from tunebook.modeling.system import read_system
 from tunebook.registry.store import TAG, Registry, model_name
 from tunebook.serving.pyfunc import RELEASE_ARTIFACT, local_base_model
@@ -202,9 +203,13 @@ def _merged_form(
     clock = time.perf_counter()
     loaded, own_tokenizer = load_for_inference(str(folder))
     answers = predict(loaded, own_tokenizer, card, test, max_new_tokens=budget, progress=progress)
+    seconds = time.perf_counter() - clock
+    tokens = sum(len(encode_prompt(own_tokenizer, build_messages(card, t))) for t in model_inputs(test)) + sum(
+        len(own_tokenizer(str(a), add_special_tokens=False)["input_ids"]) for a in answers["prediction"]
+    )
     row = compare(
-        card, reference, answers, form="merged", runtime="transformers", seconds=time.perf_counter() - clock,
-        tokens_per_second=None, problems=[], min_agreement=min_agreement, alpha=alpha,
+        card, reference, answers, form="merged", runtime="transformers (batches of 8)", seconds=seconds,
+        tokens_per_second=tokens / seconds, problems=[], min_agreement=min_agreement, alpha=alpha,
     )  # fmt: skip
     result.parity.append(row)
     result.seconds["merged: parity"] = row.seconds
