@@ -311,7 +311,7 @@ def _gguf_forms(
         kind = path.stem.rsplit("-", 1)[1]
         runtime = GgufRuntime(path, threads)
         try:
-            problems = gguf_drift(runtime, tokenizer, card, test["text"].head(8).tolist())
+            problems = gguf_drift(runtime, tokenizer, card, model_inputs(test.head(8)))
             measured = {}
             for chooser in choosers if i == 0 else choosers[:1]:
                 runtime.counter.tokens, runtime.counter.seconds = 0, 0.0
@@ -384,7 +384,7 @@ def _ollama_form(
         stop_tokens(tokenizer),
         budget,
     )
-    problems = check_modelfile(path, tokenizer, card, test["text"].head(8).tolist())
+    problems = check_modelfile(path, tokenizer, card, model_inputs(test.head(8)))
     ok = row.releasable and not problems
     why = "; ".join(problems + ([] if row.releasable else [f"{row.form}: {row.why}"])) or (
         f"runs {chosen.name}, which passed its parity check; the template renders the training prompt token for token"
