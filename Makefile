@@ -43,7 +43,7 @@ $(BROWSER_STAMP): $(STAMP)
 # llama.cpp's Python bindings, for `tunebook export`'s GGUF checks: built once from the source distribution with
 # this machine's compiler (about 8 minutes on 2 cores) into $(LLAMA_WHEELS), then installed from there. Portable
 # x86-64 settings: AVX2/FMA/F16C, no AVX-512 or AMX (a native build crashed on an AMX CPU), no OpenMP (llama.cpp's
-# own threads, sized to the free cores).
+# own threads, sized to the free cores). --no-cache-dir: never a wheel pip cached from a build with other settings.
 LLAMA_CPP := llama-cpp-python==0.3.36
 LLAMA_WHEELS ?= $(WHEELHOUSE)/llama-cpp
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF \
@@ -55,7 +55,7 @@ llama-cpp: $(LLAMA_STAMP)
 $(LLAMA_STAMP): $(STAMP)
 	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-		$(PY) -m pip wheel --quiet --no-deps --wheel-dir $(LLAMA_WHEELS) '$(LLAMA_CPP)'
+		$(PY) -m pip wheel --quiet --no-cache-dir --no-deps --wheel-dir $(LLAMA_WHEELS) '$(LLAMA_CPP)'
 	$(PY) -m pip install --quiet $(FROM_WHEELHOUSE) --find-links $(LLAMA_WHEELS) '$(LLAMA_CPP)'
 	touch $(LLAMA_STAMP)
 
