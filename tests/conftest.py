@@ -14,6 +14,7 @@ import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tunebook.modeling.models import bundled_gguf, compute_dtype
+from tunebook.train.recipe import TrainConfig
 
 # Models compute in float32 on a CPU and in bfloat16 on a GPU (8 significant bits instead of 24): comparisons of
 # scores, losses and gradients take their tolerance from that, and stay tight on a CPU.
@@ -124,6 +125,22 @@ def wait_until_serving(server, url: str, seconds: float) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "support_triage"
 TRAFFIC = EXAMPLE / "traffic"
+
+
+def fast(**changes) -> TrainConfig:
+    """A short training configuration for the tiny model."""
+    settings = {
+        "quantization": "none",
+        "max_steps": 6,
+        "batch_size": 4,
+        "learning_rate": 5e-3,
+        "lora_r": 8,
+        "warmup_ratio": 0,
+        "eval_steps": 2,
+        "early_stopping_patience": 0,
+        "general_mix": 0.0,
+    }
+    return TrainConfig(**{**settings, **changes})
 
 
 @pytest.fixture(scope="session")

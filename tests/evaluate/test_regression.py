@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_train import fast
+from conftest import fast
 
 from tunebook.errors import TunebookError
 from tunebook.evaluate import general_probe as regression

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_gradients_close, assert_same_choices, tol, write_job
+from conftest import assert_gradients_close, assert_same_choices, fast, tol, write_job
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -29,22 +29,6 @@ def tiny_job(tmp_path_factory):
     card = job.load_job_card(write_job(tmp_path_factory.mktemp("job"), per_label=4))
     kept, _ = data.clean(*data.load_examples(card))
     return card, dataset.split(kept, card, test_fraction=0.25, val_fraction=0.25)
-
-
-def fast(**changes) -> recipe.TrainConfig:
-    """A short training configuration for the tiny model."""
-    settings = {
-        "quantization": "none",
-        "max_steps": 6,
-        "batch_size": 4,
-        "learning_rate": 5e-3,
-        "lora_r": 8,
-        "warmup_ratio": 0,
-        "eval_steps": 2,
-        "early_stopping_patience": 0,
-        "general_mix": 0.0,
-    }
-    return recipe.TrainConfig(**{**settings, **changes})
 
 
 def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -78,6 +78,7 @@ WEIGHTS = ("adapter_model.safetensors", "model.safetensors")  # peft's adapter, 
 MODEL_CARD = "model_card.md"
 NOTEBOOKS = "notebooks"  # where a release keeps its executed notebooks in the registry
 MODEL_ARTIFACT = "model"  # where a release keeps its MLflow pyfunc model in the registry (the version's source)
+RELEASE_ARTIFACT = "release"  # the pyfunc's data: a run folder holding only what answering needs
 
 
 def manifest_path(adapter_dir: str | Path) -> Path:
@@ -369,6 +370,12 @@ class RunFolder:
     def champion_scratch(self) -> Path:
         """Where 05 downloads the champion it gates against."""
         return self.release_dir / "champion"
+
+    @property
+    def released_model_data(self) -> Path:
+        """In a downloaded version: the run folder inside its MLflow pyfunc model (MLflow keeps a model's data under
+        ``data/``) that holds what answers: system, adapter, job card."""
+        return self.root / MODEL_ARTIFACT / "data" / RELEASE_ARTIFACT
 
     @property
     def export_dir(self) -> Path:

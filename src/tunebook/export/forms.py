@@ -18,6 +18,11 @@ MANIFEST_NAME = "export_manifest.json"
 FORMS = ("merged", "adapter", "gguf", "ollama")
 
 
+def form_folder(export: Path, form: str) -> Path:
+    """The folder of one form inside an export (``<job>-v<version>/<form>``; not a run folder)."""
+    return export / form
+
+
 def write_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:
     """The merged model as a transformers folder (safetensors, config, tokenizer with its chat template)."""
     folder.mkdir(parents=True)

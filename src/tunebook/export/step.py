@@ -15,7 +15,7 @@ import pandas as pd
 from tunebook.card.tasks import task_of
 from tunebook.core.artifacts import ExportManifest, FormParity
 from tunebook.core.lineage import check_adapter_matches
-from tunebook.core.runfolder import MODEL_ARTIFACT, RunFolder, read_manifest
+from tunebook.core.runfolder import RunFolder, read_manifest
 from tunebook.core.tables import read_predictions
 from tunebook.errors import TunebookError
 from tunebook.export import forms as written
@@ -29,7 +29,7 @@ from tunebook.modeling.predict import load_for_inference, load_trained, merged_m
 from tunebook.modeling.prompts import build_messages, encode_prompt, system_prompt
 from tunebook.modeling.system import read_system
 from tunebook.registry.store import TAG, Registry, model_name
-from tunebook.serving.pyfunc import RELEASE_ARTIFACT, local_base_model
+from tunebook.serving.pyfunc import local_base_model
 from tunebook.serving.serve import fetch_release
 
 FORMS = written.FORMS
@@ -72,7 +72,7 @@ def export_after_release(
 def answering_folder(release: RunFolder) -> RunFolder:
     """The run folder inside a downloaded version that holds what answers (the pyfunc model's data, or the release
     itself for a version registered before the pyfunc model)."""
-    inner = release.root / MODEL_ARTIFACT / "data" / RELEASE_ARTIFACT
+    inner = release.released_model_data
     return RunFolder(inner) if inner.is_dir() else release
 
 
@@ -146,7 +146,9 @@ def export_version(
         else merged_model(resolved, adapter_dir, manifest.quantization)
     )
     scratch = Path(tempfile.mkdtemp(prefix="tunebook-merged-"))
-    merged_dir = written.write_merged(merged, tokenizer, (out if "merged" in forms else scratch) / "merged")
+    merged_dir = written.write_merged(
+        merged, tokenizer, written.form_folder(out if "merged" in forms else scratch, "merged")
+    )
     result.seconds["merged: write"] = time.perf_counter() - clock
     del merged
     missing = written.not_included(system)
@@ -162,17 +164,19 @@ def export_version(
                 "a full fine-tune has no adapter: the merged folder is the trained model itself"
             )
         elif "adapter" in forms:
-            result.manifests["adapter"] = _adapter_form(out / "adapter", resolved, missing, common)
+            result.manifests["adapter"] = _adapter_form(written.form_folder(out, "adapter"), resolved, missing, common)
         if "gguf" in forms:
             gguf = _gguf_forms(
-                result, out / "gguf", merged_dir, tokenizer, card, test, reference, budget, gguf_types,
+                result, written.form_folder(out, "gguf"), merged_dir, tokenizer, card, test, reference, budget, gguf_types,
                 threads or free_threads(), min_agreement, alpha, progress,
             )  # fmt: skip
             result.parity += gguf.rows
-            result.manifests["gguf"] = _gguf_manifest(out / "gguf", gguf, gguf_types, budget, missing, common)
+            result.manifests["gguf"] = _gguf_manifest(
+                written.form_folder(out, "gguf"), gguf, gguf_types, budget, missing, common
+            )
             if "ollama" in forms:
                 result.manifests["ollama"] = _ollama_form(
-                    out / "ollama", gguf, tokenizer, card, test, budget, missing, common
+                    written.form_folder(out, "ollama"), gguf, tokenizer, card, test, budget, missing, common
                 )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

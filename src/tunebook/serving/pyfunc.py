@@ -17,12 +17,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from tunebook.card.schema import JobCard
-from tunebook.core.runfolder import RunFolder
+from tunebook.core.runfolder import RELEASE_ARTIFACT, RunFolder
 from tunebook.errors import DataError, ModelNotFoundError, TunebookError
 from tunebook.modeling.system import json_answers, load_system, read_system
 from tunebook.serving import inference_log
 
-RELEASE_ARTIFACT = "release"  # the pyfunc's data: a run folder holding only what answering needs
 # The module MLflow records in every released version's MLmodel and imports to load it. It stays this name whatever the
 # package's layout (``tunebook/pyfunc.py`` hands over to ``_load_pyfunc`` here), so versions already registered load.
 LOADER_MODULE = "tunebook.pyfunc"
