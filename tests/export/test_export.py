@@ -152,6 +152,8 @@ def test_forms_are_checked_before_anything_is_written():
         exporting._check_forms(("ollama",), ("f16",))
     with pytest.raises(TunebookError, match="--gguf-types q2_k"):
         exporting._check_forms(("gguf",), ("q2_k",))
+    with pytest.raises(TunebookError, match="--min-agreement 1.5 is out of range"):
+        exporting.export_version(None, "job", forms=("merged",), min_agreement=1.5)
 
 
 # ---- 05's export cell on the whole-workbook run (conftest's finished_run sets EXPORT_FORMS)

@@ -114,6 +114,14 @@ def export_version(
     """Write ``forms`` of the champion (or ``version``) into ``into/<job>-v<version>/``, check each on the frozen test
     split through its runtime, and record on the registered version which forms may ship."""
     _check_forms(forms, gguf_types)
+    for name, value, ok in (
+        ("--min-agreement", min_agreement, 0 < min_agreement <= 1),
+        ("--alpha", alpha, 0 < alpha < 1),
+        ("--threads", threads, threads >= 0),
+        ("--examples", examples, examples >= 0),
+    ):
+        if not ok:
+            raise TunebookError(f"{name} {value} is out of range: see `tunebook export --help`.")
     version, release = fetch_release(registry, job, version)
     model_folder = answering_folder(release)
     card, system = release.read_job_card(), read_system(model_folder)
