@@ -21,7 +21,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from tunebook.errors import ModelNotFoundError, TunebookError, closest
-from tunebook.export.runtime import INSTALL_HINT
+from tunebook.export.runtime import llama_cpp_module, usable_cores
 from tunebook.modeling.models import bundled_gguf
 
 GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
@@ -509,14 +509,10 @@ def quantize_gguf(f16: str | Path, out: str | Path, kind: str) -> Path:
         )
     if not f16.is_file():
         raise TunebookError(f"{f16}: no such GGUF file; write the f16 file with write_gguf first.")
-    try:
-        # deferred: llama-cpp-python is an optional, compiled dependency that only quantizing and the GGUF checks need
-        import llama_cpp
-    except ImportError:
-        raise TunebookError(INSTALL_HINT) from None
+    llama_cpp = llama_cpp_module()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTIZED_FTYPES[kind])
-    params.nthread = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    params.nthread = usable_cores()
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     with _llama_log(llama_cpp) as log:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def write_modelfile(
         f"FROM {gguf if gguf.startswith(('/', '.')) else './' + gguf}",
         f"TEMPLATE {_quoted(template)}",
         f"SYSTEM {_quoted(system)}",
-        *(f"PARAMETER stop {_json_string(stop)}" for stop in stops),
+        *(f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}" for stop in stops),
         "PARAMETER temperature 0",
         "PARAMETER top_k 1",
         "PARAMETER repeat_penalty 1",
@@ -56,10 +57,6 @@ def write_modelfile(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def _json_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def read_modelfile(path: str | Path) -> dict:
@@ -72,17 +69,13 @@ def read_modelfile(path: str | Path) -> dict:
         if instruction == "PARAMETER":
             name, _, raw = value.partition(" ")
             raw = raw.strip()
-            parsed = _unquote(raw) if raw.startswith('"') else raw
+            parsed = json.loads(raw) if raw.startswith('"') else raw
             found["parameters"].setdefault(name, []).append(parsed)
         else:
             found[instruction.lower()] = value
     if "from" not in found or "template" not in found:
         raise TunebookError(f"{path}: a Modelfile needs FROM and TEMPLATE lines.")
     return found
-
-
-def _unquote(raw: str) -> str:
-    return raw[1:-1].replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
 
 
 def render_template(template: str, system: str, prompt: str) -> str:

@@ -100,7 +100,8 @@ def compare(
     reference = reference.reset_index(drop=True)
     answers = answers.set_index("id").loc[reference["id"]].reset_index()
     same = np.array([same_answer(a, b) for a, b in zip(reference["prediction"], answers["prediction"])])
-    primary = evaluate(card, reference)["primary"]
+    reference_scores = evaluate(card, reference)
+    primary = reference_scores["primary"]
     interval = bootstrap(card, answers, resamples=resamples).loc[primary]
     paired = mcnemar(card, reference, answers, alpha)
     agreement = float(same.mean()) if len(same) else 1.0
@@ -125,7 +126,7 @@ def compare(
         value=float(interval["value"]),
         low=float(interval["low"]),
         high=float(interval["high"]),
-        reference_value=float(evaluate(card, reference)[primary]),
+        reference_value=float(reference_scores[primary]),
         fixed=paired.fixed,
         broken=paired.broken,
         p_value=paired.p_value,

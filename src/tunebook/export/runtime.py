@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.special import log_softmax
 
 from tunebook.errors import TunebookError
 
@@ -18,14 +19,20 @@ INSTALL_HINT = (
 )
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def free_threads() -> int:
     """llama.cpp threads from the cores not busy now (1-minute load average), at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, min(cores, round(cores - busy)))
 
 
-def _llama_cpp():
+def llama_cpp_module():
+    """The ``llama_cpp`` bindings, or an error saying how to install them."""
     try:
         # deferred: the bindings are an optional, compiled dependency that only the GGUF checks need
         import llama_cpp
@@ -56,7 +63,7 @@ class GgufRuntime:
     counter: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        llama_cpp = _llama_cpp()
+        llama_cpp = llama_cpp_module()
         self.llm = llama_cpp.Llama(
             model_path=str(self.path),
             n_ctx=self.n_ctx,
@@ -89,7 +96,7 @@ class GgufRuntime:
 
     def is_end(self, token: int) -> bool:
         """Whether llama.cpp ends generation at ``token`` (an end-of-generation token of the file)."""
-        return bool(_llama_cpp().llama_vocab_is_eog(self.llm._model.vocab, token))
+        return bool(llama_cpp_module().llama_vocab_is_eog(self.llm._model.vocab, token))
 
     def tokenize(self, text: str) -> list[int]:
         """``text`` as llama.cpp tokenizes it, special tokens parsed, nothing added."""
@@ -117,7 +124,7 @@ class GgufRuntime:
         """Summed log-probability of each candidate's tokens after ``prompt`` (as tunebook scores fixed answers)."""
         self._eval_prompt(prompt)
         n = len(prompt)
-        first = _log_softmax(self.llm.scores[n - 1])
+        first = log_softmax(self.llm.scores[n - 1].astype(np.float64))
         totals = []
         for candidate in candidates:
             total = float(first[candidate[0]])
@@ -126,8 +133,8 @@ class GgufRuntime:
                 start = time.perf_counter()
                 self.llm.eval(candidate[:-1])
                 self._count(len(candidate) - 1, start)
-                rows = self.llm.scores[n : n + len(candidate) - 1]
-                total += float(sum(_log_softmax(row)[token] for row, token in zip(rows, candidate[1:])))
+                rows = log_softmax(self.llm.scores[n : n + len(candidate) - 1].astype(np.float64), axis=-1)
+                total += float(rows[np.arange(len(rows)), candidate[1:]].sum())
             totals.append(total)
         self.llm.n_tokens = n
         return np.array(totals)
@@ -135,7 +142,7 @@ class GgufRuntime:
     def generate(self, prompt: list[int], max_tokens: int, grammar: str | None = None) -> str:
         """Greedy text after ``prompt`` until an end-of-generation token or ``max_tokens`` (optionally under a GBNF
         ``grammar``), as a llama.cpp server answers at temperature 0."""
-        llama_cpp = _llama_cpp()
+        llama_cpp = llama_cpp_module()
         self._eval_prompt(prompt)
         start = time.perf_counter()
         out = self.llm.create_completion(
@@ -152,12 +159,6 @@ class GgufRuntime:
     def close(self) -> None:
         """Free the model (llama.cpp holds it outside Python's memory accounting)."""
         self.llm.close()
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)
-    top = logits.max()
-    return logits - top - np.log(np.exp(logits - top).sum())
 
 
 def choices_grammar(answers: list[str]) -> str:

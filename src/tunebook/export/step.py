@@ -17,6 +17,7 @@ from tunebook.core.artifacts import ExportManifest, FormParity
 from tunebook.core.lineage import check_adapter_matches
 from tunebook.core.runfolder import RunFolder, read_manifest
 from tunebook.core.tables import read_predictions
+from tunebook.data.examples import answer_frame
 from tunebook.errors import TunebookError
 from tunebook.export import forms as written
 from tunebook.export.gguf import GGUF_TYPES, quantize_gguf, write_gguf
@@ -78,9 +79,7 @@ def answering_folder(release: RunFolder) -> RunFolder:
 
 def _test_examples(release: RunFolder, limit: int) -> pd.DataFrame:
     """The frozen test split as 04 scored it (its predictions file holds every test example's text and target)."""
-    frame = read_predictions(release.tuned_predictions)
-    keep = [c for c in frame.columns if c in ("id", "text", "target", "tags", "context", "context_ids")]
-    frame = frame[keep]
+    frame = answer_frame(read_predictions(release.tuned_predictions))  # the examples and any retrieved context
     return frame.head(limit) if limit else frame
 
 
